@@ -1,0 +1,39 @@
+//! Messages a client sends after startup that the proxy must read or rewrite: Parse, Bind,
+//! Describe/Close (statement targets), Query, and the password/SASL messages. Everything else
+//! (Execute, Sync, Flush, CopyData, FunctionCall, ...) passes through as a raw frame.
+
+pub mod bind;
+pub mod parse;
+pub mod password;
+pub mod target;
+
+pub use bind::Bind;
+pub use parse::Parse;
+pub use password::{SaslInitial, password_message, sasl_initial_response, sasl_response};
+pub use target::{Target, TargetKind};
+
+/// Tags of frontend messages the relay looks at.
+pub mod tag {
+    pub const BIND: u8 = b'B';
+    pub const CLOSE: u8 = b'C';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    pub const COPY_FAIL: u8 = b'f';
+    pub const DESCRIBE: u8 = b'D';
+    pub const EXECUTE: u8 = b'E';
+    pub const FLUSH: u8 = b'H';
+    pub const FUNCTION_CALL: u8 = b'F';
+    pub const PARSE: u8 = b'P';
+    pub const PASSWORD: u8 = b'p';
+    pub const QUERY: u8 = b'Q';
+    pub const SYNC: u8 = b'S';
+    pub const TERMINATE: u8 = b'X';
+}
+
+/// Builds a simple Query ('Q') frame.
+pub fn query(sql: &str) -> crate::Frame {
+    let mut b = bytes::BytesMut::with_capacity(sql.len() + 1);
+    b.extend_from_slice(sql.as_bytes());
+    b.extend_from_slice(&[0]);
+    crate::Frame::new(tag::QUERY, b.freeze())
+}

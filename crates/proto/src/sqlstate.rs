@@ -1,0 +1,16 @@
+//! The SQLSTATE codes Switchyard sends itself (PostgreSQL's appendix A names).
+
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+pub const CONNECTION_FAILURE: &str = "08006";
+pub const SQLCLIENT_UNABLE_TO_ESTABLISH: &str = "08001";
+pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
+pub const INVALID_PASSWORD: &str = "28P01";
+pub const INVALID_AUTHORIZATION: &str = "28000";
+pub const INVALID_CATALOG_NAME: &str = "3D000";
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+pub const ADMIN_SHUTDOWN: &str = "57P01";
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
+pub const SERIALIZATION_FAILURE: &str = "40001";
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+pub const READ_ONLY_TRANSACTION: &str = "25006";
+pub const INTERNAL_ERROR: &str = "XX000";
