@@ -11,7 +11,10 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn new(tag: u8, buf: Bytes) -> Self {
-        Self { buf, tag: tag as char }
+        Self {
+            buf,
+            tag: tag as char,
+        }
     }
 
     pub fn remaining(&self) -> usize {
@@ -20,7 +23,10 @@ impl Cursor {
 
     fn need(&self, n: usize) -> Result<(), ProtoError> {
         if self.buf.len() < n {
-            return Err(ProtoError::Truncated { tag: self.tag, needed: n - self.buf.len() });
+            return Err(ProtoError::Truncated {
+                tag: self.tag,
+                needed: n - self.buf.len(),
+            });
         }
         Ok(())
     }
@@ -81,6 +87,10 @@ mod tests {
         assert!(c.i32().is_err());
         assert_eq!(c.i16().unwrap(), 1);
         assert!(c.u8().is_err());
-        assert!(Cursor::new(b'X', Bytes::from_static(b"no-nul")).cstr().is_err());
+        assert!(
+            Cursor::new(b'X', Bytes::from_static(b"no-nul"))
+                .cstr()
+                .is_err()
+        );
     }
 }

@@ -12,7 +12,10 @@ pub struct Frame {
 
 impl Frame {
     pub fn new(tag: u8, body: impl Into<Bytes>) -> Self {
-        Self { tag, body: body.into() }
+        Self {
+            tag,
+            body: body.into(),
+        }
     }
 
     /// Bytes on the wire: tag, length, body.
@@ -45,7 +48,9 @@ pub struct FrameHeader {
 /// Looks at the next message header without consuming anything. `Ok(None)` means fewer than five
 /// bytes are buffered. Lengths below 4 or above `max` are protocol violations.
 pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<FrameHeader>, ProtoError> {
-    let Some(head) = buf.get(..5) else { return Ok(None) };
+    let Some(head) = buf.get(..5) else {
+        return Ok(None);
+    };
     let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
     if len < 4 {
         return Err(ProtoError::LengthTooShort { len });
@@ -54,14 +59,19 @@ pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<FrameHeader>, ProtoE
     if body > max {
         return Err(ProtoError::TooLarge { len: body, max });
     }
-    Ok(Some(FrameHeader { tag: head[0], wire_len: body + 5 }))
+    Ok(Some(FrameHeader {
+        tag: head[0],
+        wire_len: body + 5,
+    }))
 }
 
 /// Splits one complete message off the front of `buf`, or returns `Ok(None)` if it is not all
 /// here yet (reserving room for the rest). Bodies larger than `max` bytes are refused before any
 /// allocation.
 pub fn decode_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, ProtoError> {
-    let Some(h) = peek_header(buf, max)? else { return Ok(None) };
+    let Some(h) = peek_header(buf, max)? else {
+        return Ok(None);
+    };
     if buf.len() < h.wire_len {
         buf.reserve(h.wire_len - buf.len());
         return Ok(None);
@@ -92,8 +102,14 @@ mod tests {
     #[test]
     fn rejects_bad_lengths() {
         let mut buf = BytesMut::from(&b"Q\x00\x00\x00\x03"[..]);
-        assert!(matches!(decode_frame(&mut buf, 10), Err(ProtoError::LengthTooShort { .. })));
+        assert!(matches!(
+            decode_frame(&mut buf, 10),
+            Err(ProtoError::LengthTooShort { .. })
+        ));
         let mut buf = BytesMut::from(&b"Q\x7f\xff\xff\xff"[..]);
-        assert!(matches!(decode_frame(&mut buf, 10), Err(ProtoError::TooLarge { .. })));
+        assert!(matches!(
+            decode_frame(&mut buf, 10),
+            Err(ProtoError::TooLarge { .. })
+        ));
     }
 }

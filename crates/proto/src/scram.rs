@@ -98,12 +98,17 @@ impl ScramSecret {
 
     /// Parses PostgreSQL's `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`.
     pub fn parse(s: &str) -> Result<Self, ScramError> {
-        let rest = s.strip_prefix("SCRAM-SHA-256$").ok_or(ScramError::BadSecret)?;
+        let rest = s
+            .strip_prefix("SCRAM-SHA-256$")
+            .ok_or(ScramError::BadSecret)?;
         let (iter_salt, keys) = rest.split_once('$').ok_or(ScramError::BadSecret)?;
         let (iter, salt) = iter_salt.split_once(':').ok_or(ScramError::BadSecret)?;
         let (stored, server) = keys.split_once(':').ok_or(ScramError::BadSecret)?;
         let key = |k: &str| -> Result<[u8; 32], ScramError> {
-            B64.decode(k).ok().and_then(|v| v.try_into().ok()).ok_or(ScramError::BadSecret)
+            B64.decode(k)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or(ScramError::BadSecret)
         };
         Ok(Self {
             iterations: iter.parse().map_err(|_| ScramError::BadSecret)?,
@@ -116,7 +121,8 @@ impl ScramSecret {
 
 /// Splits `a=x,b=y` SCRAM attributes.
 fn attr<'a>(msg: &'a str, name: char) -> Option<&'a str> {
-    msg.split(',').find_map(|p| p.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+    msg.split(',')
+        .find_map(|p| p.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
 }
 
 /// The server side of one SCRAM exchange with a client.
@@ -131,7 +137,8 @@ pub struct ServerExchange {
 impl ServerExchange {
     /// Takes the client-first message; returns the exchange and the server-first message.
     pub fn start(secret: ScramSecret, client_first: &[u8]) -> Result<(Self, String), ScramError> {
-        let msg = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let msg =
+            std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let gs2_len = match msg.as_bytes().first() {
             Some(b'n') | Some(b'y') => msg.match_indices(',').nth(1).map(|(i, _)| i + 1),
             Some(b'p') => return Err(ScramError::ChannelBinding),
@@ -144,7 +151,11 @@ impl ServerExchange {
         }
         let client_nonce = attr(bare, 'r').ok_or(ScramError::Malformed("client nonce"))?;
         let nonce = format!("{client_nonce}{}", self::nonce());
-        let server_first = format!("r={nonce},s={},i={}", B64.encode(&secret.salt), secret.iterations);
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&secret.salt),
+            secret.iterations
+        );
         let ex = Self {
             secret,
             client_first_bare: bare.to_string(),
@@ -157,8 +168,11 @@ impl ServerExchange {
 
     /// Checks the client-final message; returns the server-final message on success.
     pub fn finish(&self, client_final: &[u8]) -> Result<String, ScramError> {
-        let msg = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(ScramError::Malformed("proof"))?;
+        let msg =
+            std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let (without_proof, proof) = msg
+            .rsplit_once(",p=")
+            .ok_or(ScramError::Malformed("proof"))?;
         let binding = attr(without_proof, 'c').ok_or(ScramError::Malformed("channel binding"))?;
         if B64.decode(binding).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
             return Err(ScramError::ChannelBinding);
@@ -171,7 +185,10 @@ impl ServerExchange {
             .ok()
             .and_then(|v| v.try_into().ok())
             .ok_or(ScramError::Malformed("proof encoding"))?;
-        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, self.server_first, without_proof
+        );
         let client_signature = hmac(&self.secret.stored_key, auth_message.as_bytes());
         let client_key = xor(&proof, &client_signature);
         if sha256(&client_key) != self.secret.stored_key {
@@ -196,18 +213,26 @@ impl ClientExchange {
         let client_nonce = nonce();
         let client_first_bare = format!("n=,r={client_nonce}");
         let first = format!("n,,{client_first_bare}");
-        let ex = Self { password: password.to_string(), client_first_bare, client_nonce, expected_server_signature: None };
+        let ex = Self {
+            password: password.to_string(),
+            client_first_bare,
+            client_nonce,
+            expected_server_signature: None,
+        };
         (ex, first)
     }
 
     /// Takes the server-first message; returns the client-final message.
     pub fn respond(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
-        let msg = std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let msg =
+            std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let nonce = attr(msg, 'r').ok_or(ScramError::Malformed("nonce"))?;
         if !nonce.starts_with(&self.client_nonce) || nonce.len() == self.client_nonce.len() {
             return Err(ScramError::Nonce);
         }
-        let salt = attr(msg, 's').and_then(|s| B64.decode(s).ok()).ok_or(ScramError::Malformed("salt"))?;
+        let salt = attr(msg, 's')
+            .and_then(|s| B64.decode(s).ok())
+            .ok_or(ScramError::Malformed("salt"))?;
         let iterations: u32 = attr(msg, 'i')
             .and_then(|i| i.parse().ok())
             .filter(|&i| i > 0)
@@ -218,13 +243,15 @@ impl ClientExchange {
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{},{}", self.client_first_bare, msg, without_proof);
         let proof = xor(&client_key, &hmac(&stored_key, auth_message.as_bytes()));
-        self.expected_server_signature = Some(hmac(&hmac(&salted, b"Server Key"), auth_message.as_bytes()));
+        self.expected_server_signature =
+            Some(hmac(&hmac(&salted, b"Server Key"), auth_message.as_bytes()));
         Ok(format!("{without_proof},p={}", B64.encode(proof)))
     }
 
     /// Checks the server-final message.
     pub fn verify(&self, server_final: &[u8]) -> Result<(), ScramError> {
-        let msg = std::str::from_utf8(server_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let msg =
+            std::str::from_utf8(server_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let got = attr(msg, 'v').and_then(|v| B64.decode(v).ok());
         match (got, self.expected_server_signature) {
             (Some(got), Some(want)) if got == want => Ok(()),
@@ -239,7 +266,8 @@ mod tests {
 
     fn run(client_pw: &str, server_pw: &str) -> Result<(), ScramError> {
         let (mut client, first) = ClientExchange::start(client_pw);
-        let (server, server_first) = ServerExchange::start(ScramSecret::from_password(server_pw), first.as_bytes())?;
+        let (server, server_first) =
+            ServerExchange::start(ScramSecret::from_password(server_pw), first.as_bytes())?;
         let client_final = client.respond(server_first.as_bytes())?;
         let server_final = server.finish(client_final.as_bytes())?;
         client.verify(server_final.as_bytes())
@@ -285,6 +313,8 @@ mod tests {
             fin,
             "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
         );
-        client.verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").unwrap();
+        client
+            .verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+            .unwrap();
     }
 }

@@ -39,14 +39,21 @@ pub fn decode_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, Proto
     if buf.first() == Some(&TLS_HANDSHAKE_RECORD) {
         return Ok(Some(StartupPacket::DirectTls));
     }
-    let Some(head) = buf.get(..4) else { return Ok(None) };
+    let Some(head) = buf.get(..4) else {
+        return Ok(None);
+    };
     let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     if len < 8 {
-        return Err(ProtoError::BadStartup { what: "length below 8" });
+        return Err(ProtoError::BadStartup {
+            what: "length below 8",
+        });
     }
     let len = len as usize;
     if len > MAX_STARTUP_PACKET {
-        return Err(ProtoError::TooLarge { len, max: MAX_STARTUP_PACKET });
+        return Err(ProtoError::TooLarge {
+            len,
+            max: MAX_STARTUP_PACKET,
+        });
     }
     if buf.len() < len {
         buf.reserve(len - buf.len());
@@ -62,7 +69,9 @@ pub fn decode_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, Proto
             let process_id = c.i32()?;
             let secret = c.rest().to_vec();
             if secret.len() < 4 || secret.len() > 256 {
-                return Err(ProtoError::BadStartup { what: "cancel key length" });
+                return Err(ProtoError::BadStartup {
+                    what: "cancel key length",
+                });
             }
             StartupPacket::Cancel { process_id, secret }
         }
@@ -92,15 +101,25 @@ fn decode_startup_message(code: i32, mut c: Cursor) -> Result<StartupPacket, Pro
         }
     }
     if c.remaining() != 0 {
-        return Err(ProtoError::BadStartup { what: "bytes after the parameter list" });
+        return Err(ProtoError::BadStartup {
+            what: "bytes after the parameter list",
+        });
     }
-    Ok(StartupPacket::Startup { minor, params, protocol_options })
+    Ok(StartupPacket::Startup {
+        minor,
+        params,
+        protocol_options,
+    })
 }
 
 /// Encodes a StartupMessage for protocol 3.0 (used on the proxy's own server connections).
 pub fn encode_startup(params: &[(&str, &str)], out: &mut BytesMut) {
     use bytes::BufMut;
-    let body_len: usize = params.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>() + 1;
+    let body_len: usize = params
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 2)
+        .sum::<usize>()
+        + 1;
     out.put_i32((8 + body_len) as i32);
     out.put_i32(196_608);
     for (k, v) in params {
@@ -151,12 +170,18 @@ mod tests {
     fn round_trips_our_own_startup_and_cancel() {
         let mut b = BytesMut::new();
         encode_startup(&[("user", "u"), ("database", "d")], &mut b);
-        assert!(matches!(decode_startup(&mut b).unwrap(), Some(StartupPacket::Startup { minor: 0, .. })));
+        assert!(matches!(
+            decode_startup(&mut b).unwrap(),
+            Some(StartupPacket::Startup { minor: 0, .. })
+        ));
         let mut b = BytesMut::new();
         encode_cancel(7, &[1, 2, 3, 4], &mut b);
         assert_eq!(
             decode_startup(&mut b).unwrap(),
-            Some(StartupPacket::Cancel { process_id: 7, secret: vec![1, 2, 3, 4] })
+            Some(StartupPacket::Cancel {
+                process_id: 7,
+                secret: vec![1, 2, 3, 4]
+            })
         );
     }
 
@@ -167,8 +192,17 @@ mod tests {
         assert!(decode_startup(&mut packet(0x0002_0000, b"\0")).is_err());
         let mut huge = BytesMut::new();
         huge.extend_from_slice(&20_000i32.to_be_bytes());
-        assert!(matches!(decode_startup(&mut huge), Err(ProtoError::TooLarge { .. })));
-        assert_eq!(decode_startup(&mut BytesMut::from(&[0x16u8, 3, 1][..])).unwrap(), Some(StartupPacket::DirectTls));
-        assert_eq!(decode_startup(&mut BytesMut::from(&[0u8, 0][..])).unwrap(), None);
+        assert!(matches!(
+            decode_startup(&mut huge),
+            Err(ProtoError::TooLarge { .. })
+        ));
+        assert_eq!(
+            decode_startup(&mut BytesMut::from(&[0x16u8, 3, 1][..])).unwrap(),
+            Some(StartupPacket::DirectTls)
+        );
+        assert_eq!(
+            decode_startup(&mut BytesMut::from(&[0u8, 0][..])).unwrap(),
+            None
+        );
     }
 }

@@ -8,10 +8,18 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub enum AuthRequest {
     Ok,
     Cleartext,
-    Md5 { salt: [u8; 4] },
-    Sasl { mechanisms: Vec<String> },
-    SaslContinue { data: Bytes },
-    SaslFinal { data: Bytes },
+    Md5 {
+        salt: [u8; 4],
+    },
+    Sasl {
+        mechanisms: Vec<String>,
+    },
+    SaslContinue {
+        data: Bytes,
+    },
+    SaslFinal {
+        data: Bytes,
+    },
     /// Kerberos, GSS, SSPI: not supported against servers.
     Other(i32),
 }
@@ -24,7 +32,9 @@ impl AuthRequest {
             3 => Self::Cleartext,
             5 => {
                 let s = c.bytes(4)?;
-                Self::Md5 { salt: [s[0], s[1], s[2], s[3]] }
+                Self::Md5 {
+                    salt: [s[0], s[1], s[2], s[3]],
+                }
             }
             10 => {
                 let mut mechanisms = Vec::new();
@@ -83,11 +93,17 @@ mod tests {
         for r in [
             AuthRequest::Ok,
             AuthRequest::Md5 { salt: [1, 2, 3, 4] },
-            AuthRequest::Sasl { mechanisms: vec!["SCRAM-SHA-256".into()] },
-            AuthRequest::SaslFinal { data: Bytes::from_static(b"v=abc") },
+            AuthRequest::Sasl {
+                mechanisms: vec!["SCRAM-SHA-256".into()],
+            },
+            AuthRequest::SaslFinal {
+                data: Bytes::from_static(b"v=abc"),
+            },
         ] {
             assert_eq!(AuthRequest::decode(&r.encode()).unwrap(), r);
         }
-        assert!(AuthRequest::decode(&Frame::new(b'R', Bytes::from_static(b"\0\0\0\x05\x01"))).is_err());
+        assert!(
+            AuthRequest::decode(&Frame::new(b'R', Bytes::from_static(b"\0\0\0\x05\x01"))).is_err()
+        );
     }
 }

@@ -18,11 +18,19 @@ pub struct ErrorFields {
 
 impl ErrorFields {
     pub fn error(code: &str, message: impl Into<String>) -> Self {
-        Self { severity: "ERROR".into(), code: code.into(), message: message.into(), ..Self::default() }
+        Self {
+            severity: "ERROR".into(),
+            code: code.into(),
+            message: message.into(),
+            ..Self::default()
+        }
     }
 
     pub fn fatal(code: &str, message: impl Into<String>) -> Self {
-        Self { severity: "FATAL".into(), ..Self::error(code, message) }
+        Self {
+            severity: "FATAL".into(),
+            ..Self::error(code, message)
+        }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -94,7 +102,9 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let e = ErrorFields::fatal("08P01", "switchyard: bad").with_detail("d").with_hint("h");
+        let e = ErrorFields::fatal("08P01", "switchyard: bad")
+            .with_detail("d")
+            .with_hint("h");
         assert_eq!(ErrorFields::decode(&e.to_frame()).unwrap(), e);
         assert!(e.is_fatal());
     }

@@ -25,7 +25,10 @@ impl TxStatus {
 }
 
 pub fn ready_for_query(status: TxStatus) -> Frame {
-    Frame::new(tag::READY_FOR_QUERY, Bytes::copy_from_slice(&[status.byte()]))
+    Frame::new(
+        tag::READY_FOR_QUERY,
+        Bytes::copy_from_slice(&[status.byte()]),
+    )
 }
 
 pub fn decode_ready_for_query(frame: &Frame) -> Result<TxStatus, ProtoError> {
@@ -33,7 +36,9 @@ pub fn decode_ready_for_query(frame: &Frame) -> Result<TxStatus, ProtoError> {
         Some(b'I') => Ok(TxStatus::Idle),
         Some(b'T') => Ok(TxStatus::InTransaction),
         Some(b'E') => Ok(TxStatus::Failed),
-        _ => Err(ProtoError::Malformed { what: "ReadyForQuery status" }),
+        _ => Err(ProtoError::Malformed {
+            what: "ReadyForQuery status",
+        }),
     }
 }
 
@@ -101,11 +106,20 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        assert_eq!(decode_ready_for_query(&ready_for_query(TxStatus::Failed)).unwrap(), TxStatus::Failed);
+        assert_eq!(
+            decode_ready_for_query(&ready_for_query(TxStatus::Failed)).unwrap(),
+            TxStatus::Failed
+        );
         assert!(decode_ready_for_query(&Frame::new(b'Z', Bytes::new())).is_err());
         let (k, v) = decode_parameter_status(&parameter_status("TimeZone", "UTC")).unwrap();
         assert_eq!((k.as_str(), v.as_str()), ("TimeZone", "UTC"));
-        assert_eq!(decode_backend_key_data(&backend_key_data(9, &[1, 2, 3, 4])).unwrap(), (9, vec![1, 2, 3, 4]));
-        assert_eq!(decode_command_complete(&command_complete("SET")).unwrap(), "SET");
+        assert_eq!(
+            decode_backend_key_data(&backend_key_data(9, &[1, 2, 3, 4])).unwrap(),
+            (9, vec![1, 2, 3, 4])
+        );
+        assert_eq!(
+            decode_command_complete(&command_complete("SET")).unwrap(),
+            "SET"
+        );
     }
 }

@@ -17,12 +17,17 @@ impl Bind {
         let mut c = Cursor::new(frame.tag, frame.body.clone());
         let portal = c.cstr_bytes()?;
         let statement = c.cstr_bytes()?;
-        Ok(Self { portal, statement, tail: c.rest() })
+        Ok(Self {
+            portal,
+            statement,
+            tail: c.rest(),
+        })
     }
 
     /// The same Bind against another statement name.
     pub fn with_statement(&self, statement: &[u8]) -> Frame {
-        let mut b = BytesMut::with_capacity(self.portal.len() + statement.len() + 2 + self.tail.len());
+        let mut b =
+            BytesMut::with_capacity(self.portal.len() + statement.len() + 2 + self.tail.len());
         b.put_slice(&self.portal);
         b.put_u8(0);
         b.put_slice(statement);

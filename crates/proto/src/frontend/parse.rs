@@ -21,7 +21,9 @@ impl Parse {
         t.cstr_bytes()?;
         let n = t.i16()?;
         if n < 0 || t.remaining() != n as usize * 4 {
-            return Err(ProtoError::Malformed { what: "Parse parameter types" });
+            return Err(ProtoError::Malformed {
+                what: "Parse parameter types",
+            });
         }
         Ok(Self { name, tail })
     }

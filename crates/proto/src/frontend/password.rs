@@ -16,7 +16,11 @@ impl SaslInitial {
         let mut c = Cursor::new(frame.tag, frame.body.clone());
         let mechanism = c.cstr()?;
         let len = c.i32()?;
-        let data = if len < 0 { Bytes::new() } else { c.bytes(len as usize)? };
+        let data = if len < 0 {
+            Bytes::new()
+        } else {
+            c.bytes(len as usize)?
+        };
         Ok(Self { mechanism, data })
     }
 }
@@ -54,8 +58,16 @@ mod tests {
     fn round_trips() {
         let f = sasl_initial_response("SCRAM-SHA-256", b"n,,n=,r=abc");
         let s = SaslInitial::decode(&f).unwrap();
-        assert_eq!((s.mechanism.as_str(), &s.data[..]), ("SCRAM-SHA-256", &b"n,,n=,r=abc"[..]));
-        assert_eq!(&decode_password(&password_message(b"pw")).unwrap()[..], b"pw");
-        assert!(SaslInitial::decode(&Frame::new(b'p', Bytes::from_static(b"M\0\0\0\0\x09ab"))).is_err());
+        assert_eq!(
+            (s.mechanism.as_str(), &s.data[..]),
+            ("SCRAM-SHA-256", &b"n,,n=,r=abc"[..])
+        );
+        assert_eq!(
+            &decode_password(&password_message(b"pw")).unwrap()[..],
+            b"pw"
+        );
+        assert!(
+            SaslInitial::decode(&Frame::new(b'p', Bytes::from_static(b"M\0\0\0\0\x09ab"))).is_err()
+        );
     }
 }

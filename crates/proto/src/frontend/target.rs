@@ -22,7 +22,11 @@ impl Target {
         let kind = match c.u8()? {
             b'S' => TargetKind::Statement,
             b'P' => TargetKind::Portal,
-            _ => return Err(ProtoError::Malformed { what: "Describe/Close target kind" }),
+            _ => {
+                return Err(ProtoError::Malformed {
+                    what: "Describe/Close target kind",
+                });
+            }
         };
         let name = c.cstr_bytes()?;
         Ok(Self { kind, name })
@@ -48,7 +52,13 @@ mod tests {
     #[test]
     fn round_trip() {
         let f = Target::encode(b'C', TargetKind::Statement, b"s1");
-        assert_eq!(Target::decode(&f).unwrap(), Target { kind: TargetKind::Statement, name: Bytes::from_static(b"s1") });
+        assert_eq!(
+            Target::decode(&f).unwrap(),
+            Target {
+                kind: TargetKind::Statement,
+                name: Bytes::from_static(b"s1")
+            }
+        );
         assert!(Target::decode(&Frame::new(b'C', Bytes::from_static(b"Xs\0"))).is_err());
     }
 }

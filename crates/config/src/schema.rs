@@ -1,0 +1,243 @@
+//! The configuration schema. Every field is documented in the README's config reference with its
+//! default, unit and whether it reloads live; keep the two in step.
+
+use crate::Duration;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub pool: PoolDefaults,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    #[serde(default)]
+    pub sites: Vec<SiteConfig>,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+/// The client-facing listener and limits.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address to listen on (restart to change).
+    pub listen: String,
+    /// Most client connections at once; more are refused with 53300.
+    pub max_client_conn: usize,
+    /// Longest a client may take from connecting to finishing authentication.
+    pub login_timeout: Duration,
+    /// Largest message body accepted from a client, in bytes; larger ones get FATAL 08P01.
+    pub max_message_size: usize,
+    /// On SIGTERM, how long open transactions may run before connections are closed.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:6432".into(),
+            max_client_conn: 10_000,
+            login_timeout: Duration::secs(15),
+            max_message_size: 256 << 20,
+            shutdown_timeout: Duration::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A server connection is a client's for its whole session.
+    Session,
+    /// A server connection is a client's for one transaction.
+    Transaction,
+}
+
+/// Pool settings every site inherits unless it overrides them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolDefaults {
+    pub mode: PoolMode,
+    /// Most server connections per (site, user).
+    pub size: usize,
+    /// Idle server connections kept open per (site, user), even without traffic.
+    pub min_idle: usize,
+    /// An idle server connection unused this long is closed (above `min_idle`).
+    pub server_idle_timeout: Duration,
+    /// A server connection older than this is closed when next released.
+    pub server_lifetime: Duration,
+    /// Longest a transaction waits for a server connection before 53300.
+    pub query_wait_timeout: Duration,
+    /// Run on a session-mode server connection before another client gets it.
+    pub server_reset_query: String,
+}
+
+impl Default for PoolDefaults {
+    fn default() -> Self {
+        Self {
+            mode: PoolMode::Transaction,
+            size: 20,
+            min_idle: 0,
+            server_idle_timeout: Duration::secs(600),
+            server_lifetime: Duration::secs(3600),
+            query_wait_timeout: Duration::secs(120),
+            server_reset_query: "DISCARD ALL".into(),
+        }
+    }
+}
+
+/// How Switchyard's own connections to PostgreSQL behave.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Longest a TCP connect plus startup and authentication may take.
+    pub connect_timeout: Duration,
+    /// TCP keepalive: idle time before the first probe.
+    pub keepalive_idle: Duration,
+    /// TCP keepalive: time between probes.
+    pub keepalive_interval: Duration,
+    /// TCP keepalive: unanswered probes before the kernel drops the connection.
+    pub keepalive_count: u32,
+    /// TCP_USER_TIMEOUT: longest unacknowledged data may sit before the kernel drops the connection.
+    pub tcp_user_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::secs(5),
+            keepalive_idle: Duration::secs(5),
+            keepalive_interval: Duration::secs(1),
+            keepalive_count: 3,
+            tcp_user_timeout: Duration::secs(10),
+        }
+    }
+}
+
+/// A PostgreSQL cluster: its members (roles are discovered, never configured).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `host:port` of each member.
+    pub members: Vec<String>,
+}
+
+/// A database (or `*` for any) served from a cluster, with optional pool overrides.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Database name clients ask for; `*` matches any name not listed elsewhere.
+    pub database: String,
+    pub cluster: String,
+    /// Database name on the server; default: the name the client asked for.
+    pub server_database: Option<String>,
+    pub mode: Option<PoolMode>,
+    pub size: Option<usize>,
+    pub min_idle: Option<usize>,
+    pub query_wait_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AuthMethod {
+    #[serde(rename = "trust")]
+    Trust,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+/// A user clients may log in as, and the credentials Switchyard uses for it on the server.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// How clients authenticate to Switchyard.
+    pub auth: AuthMethod,
+    /// Cleartext, an md5 hash (`md5…`) or a SCRAM verifier (`SCRAM-SHA-256$…`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Cleartext password for the server; default: `password` when that is cleartext.
+    #[serde(default)]
+    pub server_password: Option<String>,
+    /// Server-side user name; default: `name`.
+    #[serde(default)]
+    pub server_user: Option<String>,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserConfig {
+    /// The cleartext password to use against the server, if any.
+    pub fn server_password(&self) -> Option<&str> {
+        self.server_password
+            .as_deref()
+            .or(self.password.as_deref().filter(|p| is_cleartext(p)))
+    }
+
+    pub fn server_user(&self) -> &str {
+        self.server_user.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// True when a configured password is neither an md5 hash nor a SCRAM verifier.
+pub fn is_cleartext(p: &str) -> bool {
+    !(is_md5_hash(p) || p.starts_with("SCRAM-SHA-256$"))
+}
+
+pub fn is_md5_hash(p: &str) -> bool {
+    p.len() == 35 && p.starts_with("md5") && p[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The pool settings in force for one site: its overrides over the defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EffectivePool {
+    pub mode: PoolMode,
+    pub size: usize,
+    pub min_idle: usize,
+    pub server_idle_timeout: Duration,
+    pub server_lifetime: Duration,
+    pub query_wait_timeout: Duration,
+    pub server_reset_query: String,
+}
+
+impl Config {
+    pub fn effective_pool(&self, site: &SiteConfig) -> EffectivePool {
+        let d = &self.pool;
+        EffectivePool {
+            mode: site.mode.unwrap_or(d.mode),
+            size: site.size.unwrap_or(d.size),
+            min_idle: site.min_idle.unwrap_or(d.min_idle),
+            server_idle_timeout: d.server_idle_timeout,
+            server_lifetime: d.server_lifetime,
+            query_wait_timeout: site.query_wait_timeout.unwrap_or(d.query_wait_timeout),
+            server_reset_query: d.server_reset_query.clone(),
+        }
+    }
+
+    /// The site serving `database`: an exact match first, then the wildcard.
+    pub fn site_for(&self, database: &str) -> Option<&SiteConfig> {
+        self.sites
+            .iter()
+            .find(|s| s.database == database)
+            .or_else(|| self.sites.iter().find(|s| s.database == "*"))
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}

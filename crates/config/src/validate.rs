@@ -1,0 +1,190 @@
+//! Validation of a parsed config: every problem is collected, so an operator fixes them in one go.
+
+use crate::{AuthMethod, Config, is_cleartext, is_md5_hash};
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("cannot parse config: {0}")]
+    Parse(String),
+    #[error("{0}")]
+    Invalid(ValidationErrors),
+}
+
+/// Every problem found in one config, one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationErrors(pub Vec<String>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "config has {} error(s):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errs = Vec::new();
+        if self.proxy.listen.parse::<SocketAddr>().is_err() {
+            errs.push(format!(
+                "proxy.listen {:?} is not an address like 127.0.0.1:6432",
+                self.proxy.listen
+            ));
+        }
+        if self.proxy.max_client_conn == 0 {
+            errs.push("proxy.max_client_conn must be at least 1".into());
+        }
+        if self.proxy.max_message_size < 1024 {
+            errs.push("proxy.max_message_size must be at least 1024 bytes".into());
+        }
+        self.validate_clusters(&mut errs);
+        self.validate_sites(&mut errs);
+        self.validate_users(&mut errs);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errs))
+        }
+    }
+
+    fn validate_clusters(&self, errs: &mut Vec<String>) {
+        for (name, c) in &self.clusters {
+            if c.members.is_empty() {
+                errs.push(format!("clusters.{name}.members is empty"));
+            }
+            for m in &c.members {
+                let ok = m
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    errs.push(format!("clusters.{name}: member {m:?} is not host:port"));
+                }
+            }
+        }
+    }
+
+    fn validate_sites(&self, errs: &mut Vec<String>) {
+        let mut seen = HashSet::new();
+        for s in &self.sites {
+            if !seen.insert(&s.database) {
+                errs.push(format!("site {:?} is listed twice", s.database));
+            }
+            if !self.clusters.contains_key(&s.cluster) {
+                errs.push(format!(
+                    "site {:?} names unknown cluster {:?}",
+                    s.database, s.cluster
+                ));
+            }
+            let p = self.effective_pool(s);
+            if p.size == 0 {
+                errs.push(format!(
+                    "site {:?}: pool size must be at least 1",
+                    s.database
+                ));
+            }
+            if p.min_idle > p.size {
+                errs.push(format!(
+                    "site {:?}: min_idle {} exceeds size {}",
+                    s.database, p.min_idle, p.size
+                ));
+            }
+        }
+        if self.sites.is_empty() {
+            errs.push("no [[sites]]: clients could not reach any database".into());
+        }
+    }
+
+    fn validate_users(&self, errs: &mut Vec<String>) {
+        let mut seen = HashSet::new();
+        for u in &self.users {
+            let who = format!("user {:?}", u.name);
+            if !seen.insert(&u.name) {
+                errs.push(format!("{who} is listed twice"));
+            }
+            match (u.auth, u.password.as_deref()) {
+                (AuthMethod::Trust, _) => {}
+                (_, None) => errs.push(format!("{who}: auth {:?} needs a password", u.auth)),
+                (AuthMethod::Md5, Some(p)) if p.starts_with("SCRAM-SHA-256$") => {
+                    errs.push(format!(
+                        "{who}: md5 auth cannot use a SCRAM verifier; give cleartext or an md5 hash"
+                    ))
+                }
+                (AuthMethod::ScramSha256, Some(p)) if is_md5_hash(p) => {
+                    errs.push(format!("{who}: scram-sha-256 auth cannot use an md5 hash"))
+                }
+                (AuthMethod::ScramSha256, Some(p)) if !is_cleartext(p) => {
+                    if let Err(e) = switchyard_proto::scram::ScramSecret::parse(p) {
+                        errs.push(format!("{who}: {e}"));
+                    }
+                }
+                _ => {}
+            }
+            if u.server_password
+                .as_deref()
+                .is_some_and(|p| !is_cleartext(p))
+            {
+                errs.push(format!("{who}: server_password must be cleartext"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, ConfigError};
+
+    const GOOD: &str = r#"
+        [clusters.main]
+        members = ["127.0.0.1:5432"]
+        [[sites]]
+        database = "*"
+        cluster = "main"
+        [[users]]
+        name = "postgres"
+        auth = "trust"
+    "#;
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.proxy.listen, "127.0.0.1:6432");
+        assert_eq!(c.site_for("anything").unwrap().cluster, "main");
+        assert_eq!(c.effective_pool(&c.sites[0]).size, 20);
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let bad = r#"
+            [proxy]
+            listen = "nowhere"
+            [clusters.main]
+            members = ["nohost"]
+            [[sites]]
+            database = "db"
+            cluster = "missing"
+            size = 0
+            [[users]]
+            name = "u"
+            auth = "md5"
+        "#;
+        let Err(ConfigError::Invalid(e)) = Config::from_toml(bad) else {
+            panic!("must be invalid")
+        };
+        assert_eq!(e.0.len(), 5, "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(matches!(
+            Config::from_toml("[proxy]\nlisten_port = 1\n"),
+            Err(ConfigError::Parse(_))
+        ));
+    }
+}

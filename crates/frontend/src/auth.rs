@@ -1,0 +1,91 @@
+//! Client authentication against the configured users: trust, md5 and SCRAM-SHA-256. An unknown
+//! user goes through a SCRAM exchange that cannot succeed, so user names do not leak.
+
+use crate::client::ClientConn;
+use crate::{SessionError, UserAuth};
+use switchyard_proto::backend::AuthRequest;
+use switchyard_proto::frontend::{SaslInitial, password::decode_password, tag};
+use switchyard_proto::scram::{MECHANISM, ScramSecret, ServerExchange};
+use switchyard_proto::{Frame, ProtoError};
+
+pub async fn authenticate(
+    client: &mut ClientConn,
+    user: &str,
+    auth: Option<&UserAuth>,
+) -> Result<(), SessionError> {
+    let failed = || SessionError::AuthFailed {
+        user: user.to_string(),
+    };
+    match auth {
+        Some(UserAuth::Trust) => {}
+        Some(UserAuth::Md5 { stored }) => {
+            let salt = rand::random::<[u8; 4]>();
+            client.send(&[AuthRequest::Md5 { salt }.encode()]).await?;
+            let answer = decode_password(&password_frame(client).await?)?;
+            let want = switchyard_proto::md5::response_from_stored(stored, salt);
+            if answer[..] != *want.as_bytes() {
+                return Err(failed());
+            }
+        }
+        Some(UserAuth::Scram { secret }) => {
+            scram(client, secret.clone()).await.map_err(|e| match e {
+                SessionError::AuthFailed { .. } => failed(),
+                other => other,
+            })?
+        }
+        None => {
+            // Same exchange as a real user, against a secret nobody knows.
+            let dummy = ScramSecret::from_password(&format!("{:x}", rand::random::<u128>()));
+            scram(client, dummy).await?;
+            return Err(failed());
+        }
+    }
+    client.send(&[AuthRequest::Ok.encode()]).await
+}
+
+async fn password_frame(client: &mut ClientConn) -> Result<Frame, SessionError> {
+    let f = client.read_frame().await?;
+    if f.tag != tag::PASSWORD {
+        return Err(ProtoError::Unexpected {
+            tag: f.tag as char,
+            during: "authentication",
+        }
+        .into());
+    }
+    Ok(f)
+}
+
+async fn scram(client: &mut ClientConn, secret: ScramSecret) -> Result<(), SessionError> {
+    let failed = || SessionError::AuthFailed {
+        user: String::new(),
+    };
+    client
+        .send(&[AuthRequest::Sasl {
+            mechanisms: vec![MECHANISM.into()],
+        }
+        .encode()])
+        .await?;
+    let initial = SaslInitial::decode(&password_frame(client).await?)?;
+    if initial.mechanism != MECHANISM {
+        return Err(SessionError::Unsupported(format!(
+            "SASL mechanism {:?} is not supported",
+            initial.mechanism
+        )));
+    }
+    let (exchange, server_first) =
+        ServerExchange::start(secret, &initial.data).map_err(|_| failed())?;
+    client
+        .send(&[AuthRequest::SaslContinue {
+            data: server_first.into_bytes().into(),
+        }
+        .encode()])
+        .await?;
+    let response = password_frame(client).await?;
+    let server_final = exchange.finish(&response.body).map_err(|_| failed())?;
+    client
+        .send(&[AuthRequest::SaslFinal {
+            data: server_final.into_bytes().into(),
+        }
+        .encode()])
+        .await
+}

@@ -1,0 +1,108 @@
+//! The one map from internal failures to what a client sees (design.md §2): SQLSTATE, message
+//! (always starting `switchyard:` when Switchyard is the author), and whether the connection closes.
+
+use switchyard_pool::PoolError;
+use switchyard_proto::backend::ErrorFields;
+use switchyard_proto::{ProtoError, sqlstate};
+use switchyard_server::ServerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] ProtoError),
+    #[error("password authentication failed for user {user:?}")]
+    AuthFailed { user: String },
+    #[error("no such database {0:?}")]
+    NoSuchDatabase(String),
+    #[error("unsupported startup: {0}")]
+    Unsupported(String),
+    /// A TLS ClientHello where a startup packet belongs; TLS is not offered, and the client cannot
+    /// read a plain-text error, so the connection is just closed.
+    #[error("direct TLS negotiation is not supported")]
+    DirectTls,
+    #[error("too many client connections")]
+    TooManyClients { max: usize },
+    #[error("login timed out")]
+    LoginTimeout,
+    #[error("pool wait timed out")]
+    PoolTimeout { waited: std::time::Duration },
+    #[error("server error: {0}")]
+    Server(ServerError),
+    #[error("server connection lost mid-request: {0}")]
+    ServerLost(ServerError),
+    #[error("shutting down")]
+    Shutdown,
+    /// The client went away; nobody to tell.
+    #[error("client disconnected: {0}")]
+    ClientGone(std::io::Error),
+}
+
+impl From<PoolError> for SessionError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Timeout(waited) => Self::PoolTimeout { waited },
+            PoolError::Server(s) => Self::Server(s),
+        }
+    }
+}
+
+impl SessionError {
+    /// What the client is sent, or `None` when there is nobody to tell.
+    pub fn to_client(&self) -> Option<ErrorFields> {
+        use sqlstate::*;
+        let fatal =
+            |code: &str, msg: String| Some(ErrorFields::fatal(code, format!("switchyard: {msg}")));
+        let error =
+            |code: &str, msg: String| Some(ErrorFields::error(code, format!("switchyard: {msg}")));
+        match self {
+            Self::Protocol(e) => fatal(PROTOCOL_VIOLATION, format!("protocol violation: {e}")),
+            Self::AuthFailed { user } => fatal(
+                INVALID_PASSWORD,
+                format!("password authentication failed for user \"{user}\""),
+            ),
+            Self::NoSuchDatabase(db) => fatal(
+                INVALID_CATALOG_NAME,
+                format!("database \"{db}\" does not exist"),
+            ),
+            Self::Unsupported(what) => fatal(PROTOCOL_VIOLATION, what.clone()),
+            Self::TooManyClients { max } => fatal(
+                TOO_MANY_CONNECTIONS,
+                format!("sorry, too many clients already (max_client_conn = {max})"),
+            ),
+            Self::LoginTimeout => fatal(
+                PROTOCOL_VIOLATION,
+                "login not completed within login_timeout".into(),
+            ),
+            Self::PoolTimeout { waited } => error(
+                TOO_MANY_CONNECTIONS,
+                format!(
+                    "no server connection available within query_wait_timeout ({} ms); retry later",
+                    waited.as_millis()
+                ),
+            ),
+            Self::Server(ServerError::Refused(f)) | Self::Server(ServerError::Query(f)) => {
+                Some(ErrorFields {
+                    severity: "ERROR".into(),
+                    ..f.clone()
+                })
+            }
+            Self::Server(e) => error(CANNOT_CONNECT_NOW, format!("server unavailable: {e}")),
+            Self::ServerLost(e) => {
+                fatal(CONNECTION_FAILURE, format!("server connection lost: {e}"))
+            }
+            Self::Shutdown => fatal(
+                ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command".into(),
+            ),
+            Self::ClientGone(_) | Self::DirectTls => None,
+        }
+    }
+
+    /// The same error as a FATAL (used when it happens during login).
+    pub fn to_client_fatal(&self) -> Option<ErrorFields> {
+        self.to_client().map(|f| ErrorFields {
+            severity: "FATAL".into(),
+            ..f
+        })
+    }
+}

@@ -1,0 +1,21 @@
+//! Switchyard's client side: the listener, startup negotiation and client authentication, the
+//! client session (the relay between one client and pooled server connections), cancel routing,
+//! and the one map from internal failures to what a client sees.
+//!
+//! Concurrency: one task accepts connections ([`listener::serve`]); one task per client runs its
+//! [`session`]. Shared state lives in [`Proxy`], built once by the binary and passed down.
+#![forbid(unsafe_code)]
+
+mod auth;
+mod cancel;
+mod client;
+mod errors;
+pub mod listener;
+mod params;
+mod proxy;
+mod session;
+mod startup;
+mod statements;
+
+pub use errors::SessionError;
+pub use proxy::{Proxy, UserAuth};

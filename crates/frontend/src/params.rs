@@ -1,0 +1,133 @@
+//! Session parameters a client expects on every server connection it lands on.
+//!
+//! A client's settings are what it sent at startup plus what the server later reported through
+//! ParameterStatus while serving it (a `SET TimeZone`, say). Before a transaction runs on a server
+//! connection whose settings differ, Switchyard brings them in line with `SET`/`RESET`.
+
+use std::collections::BTreeMap;
+
+/// Startup keys that are not settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+#[derive(Debug, Clone, Default)]
+pub struct ClientParams {
+    /// Setting name (server spelling) → value.
+    wanted: BTreeMap<String, String>,
+}
+
+/// The server's spelling of a setting name, given the names it reports.
+fn canonical(name: &str, reported: &BTreeMap<String, String>) -> String {
+    reported
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .cloned()
+        .unwrap_or_else(|| name.to_ascii_lowercase())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+impl ClientParams {
+    /// From the startup packet, against the parameters servers report at login (`welcome`).
+    pub fn from_startup(
+        startup: &[(String, String)],
+        welcome: &BTreeMap<String, String>,
+    ) -> Result<Self, String> {
+        let mut wanted = welcome.clone();
+        for (k, v) in startup {
+            if NOT_SETTINGS.contains(&k.as_str()) {
+                continue;
+            }
+            if !valid_name(k) {
+                return Err(format!("invalid startup parameter name {k:?}"));
+            }
+            wanted.insert(canonical(k, welcome), v.clone());
+        }
+        Ok(Self { wanted })
+    }
+
+    /// What the client is told at startup.
+    pub fn reported<'a>(
+        &'a self,
+        welcome: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = (&'a String, &'a String)> {
+        self.wanted.iter().filter(|(k, _)| welcome.contains_key(*k))
+    }
+
+    /// A ParameterStatus seen while this client used a server.
+    pub fn observe(&mut self, name: &str, value: &str) {
+        self.wanted.insert(name.to_string(), value.to_string());
+    }
+
+    /// SQL that makes a server connection with `server` settings match this client, or `None`.
+    /// `welcome` tells which settings the server reports (others are ones Switchyard set).
+    pub fn sync_sql(
+        &self,
+        server: &BTreeMap<String, String>,
+        welcome: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        let mut sql = String::new();
+        for (k, v) in &self.wanted {
+            if server.get(k) != Some(v) {
+                sql.push_str(&format!("SET {k} TO '{}';", v.replace('\'', "''")));
+            }
+        }
+        for k in server.keys() {
+            if !welcome.contains_key(k) && !self.wanted.contains_key(k) {
+                sql.push_str(&format!("RESET {k};"));
+            }
+        }
+        (!sql.is_empty()).then_some(sql)
+    }
+
+    /// Records on a server's parameter map what a successful `sync_sql` did.
+    pub fn apply_to(
+        &self,
+        server: &mut BTreeMap<String, String>,
+        welcome: &BTreeMap<String, String>,
+    ) {
+        server.retain(|k, _| welcome.contains_key(k) || self.wanted.contains_key(k));
+        for (k, v) in &self.wanted {
+            server.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn sync_sets_differences_and_resets_leftovers() {
+        let welcome = map(&[("TimeZone", "UTC"), ("application_name", "")]);
+        let startup = vec![
+            ("timezone".to_string(), "Europe/Paris".to_string()),
+            ("search_path".into(), "a,b".into()),
+        ];
+        let c = ClientParams::from_startup(&startup, &welcome).unwrap();
+        let server = map(&[
+            ("TimeZone", "UTC"),
+            ("application_name", ""),
+            ("extra_float_digits", "3"),
+        ]);
+        let sql = c.sync_sql(&server, &welcome).unwrap();
+        assert!(sql.contains("SET TimeZone TO 'Europe/Paris';"), "{sql}");
+        assert!(sql.contains("SET search_path TO 'a,b';"), "{sql}");
+        assert!(sql.contains("RESET extra_float_digits;"), "{sql}");
+        let mut s = server.clone();
+        c.apply_to(&mut s, &welcome);
+        assert_eq!(c.sync_sql(&s, &welcome), None);
+        assert!(ClientParams::from_startup(&[("bad;name".into(), "x".into())], &welcome).is_err());
+    }
+}

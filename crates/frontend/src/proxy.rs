@@ -1,0 +1,91 @@
+//! [`Proxy`]: the state every client session shares: live config, pools, cancel registry,
+//! shutdown signal and the client count.
+
+use crate::cancel::CancelRegistry;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use switchyard_config::{AuthMethod, Config, UserConfig, is_md5_hash};
+use switchyard_pool::Pools;
+use switchyard_proto::scram::ScramSecret;
+use tokio_util::sync::CancellationToken;
+
+/// How one configured user proves who they are, derived once per config load.
+#[derive(Debug, Clone)]
+pub enum UserAuth {
+    Trust,
+    /// The stored `md5…` hash of password + user name.
+    Md5 {
+        stored: String,
+    },
+    Scram {
+        secret: ScramSecret,
+    },
+}
+
+impl UserAuth {
+    fn derive(u: &UserConfig) -> Self {
+        let password = u.password.clone().unwrap_or_default();
+        match u.auth {
+            AuthMethod::Trust => Self::Trust,
+            AuthMethod::Md5 if is_md5_hash(&password) => Self::Md5 { stored: password },
+            AuthMethod::Md5 => Self::Md5 {
+                stored: switchyard_proto::md5::stored_hash(&u.name, &password),
+            },
+            AuthMethod::ScramSha256 => {
+                let secret = ScramSecret::parse(&password)
+                    .unwrap_or_else(|_| ScramSecret::from_password(&password));
+                Self::Scram { secret }
+            }
+        }
+    }
+}
+
+/// A config together with what is derived from it.
+pub struct Live {
+    pub config: Config,
+    pub auth: HashMap<String, UserAuth>,
+}
+
+impl Live {
+    pub fn new(config: Config) -> Self {
+        let auth = config
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), UserAuth::derive(u)))
+            .collect();
+        Self { config, auth }
+    }
+}
+
+pub struct Proxy {
+    pub live: ArcSwap<Live>,
+    pub pools: Arc<Pools>,
+    pub(crate) cancels: CancelRegistry,
+    /// Fired on SIGTERM: stop accepting, let sessions finish their transactions.
+    pub shutdown: CancellationToken,
+    pub clients: AtomicUsize,
+}
+
+impl Proxy {
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(Self {
+            live: ArcSwap::from_pointee(Live::new(config)),
+            pools: Arc::new(Pools::default()),
+            cancels: CancelRegistry::default(),
+            shutdown: CancellationToken::new(),
+            clients: AtomicUsize::new(0),
+        })
+    }
+
+    /// Installs a new (already validated) config and applies it to existing pools.
+    pub fn reload(&self, config: Config) {
+        self.live.store(Arc::new(Live::new(config)));
+        crate::session::pool_for::reconcile_pools(self);
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

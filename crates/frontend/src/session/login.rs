@@ -1,0 +1,127 @@
+//! Login: startup negotiation, authentication, choosing the pool, validating the client's
+//! settings on a server, and the greeting (ParameterStatus, BackendKeyData, ReadyForQuery).
+
+use super::pool_for::{INTERNAL_QUERY_TIMEOUT, pool_for};
+use crate::auth::authenticate;
+use crate::cancel::CancelHandle;
+use crate::client::ClientConn;
+use crate::params::ClientParams;
+use crate::startup::{Hello, negotiate};
+use crate::{Proxy, SessionError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use switchyard_config::EffectivePool;
+use switchyard_pool::Pool;
+use switchyard_proto::backend::{self, TxStatus};
+use switchyard_proto::{Frame, sqlstate};
+
+/// A client that has logged in, before its relay starts.
+pub struct LoggedIn {
+    pub user: String,
+    pub database: String,
+    pub pool: Arc<Pool>,
+    pub settings: EffectivePool,
+    pub welcome: BTreeMap<String, String>,
+    pub params: ClientParams,
+    pub cancel: CancelHandle,
+}
+
+/// Runs the login; `Ok(None)` for a connection that only carried a cancel request.
+pub async fn login(
+    proxy: &Proxy,
+    client: &mut ClientConn,
+) -> Result<Option<LoggedIn>, SessionError> {
+    let startup = match negotiate(client).await? {
+        Hello::Cancel { process_id, secret } => {
+            proxy.cancels.cancel(process_id, &secret).await;
+            return Ok(None);
+        }
+        Hello::Startup { params } => params,
+    };
+    let get = |k: &str| startup.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let user = get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
+        SessionError::Unsupported("no PostgreSQL user name specified in startup packet".into())
+    })?;
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    let live = proxy.live.load_full();
+    authenticate(client, &user, live.auth.get(&user)).await?;
+    let config = &live.config;
+    let user_cfg = config
+        .user(&user)
+        .ok_or_else(|| SessionError::AuthFailed { user: user.clone() })?;
+    let site = config
+        .site_for(&database)
+        .ok_or_else(|| SessionError::NoSuchDatabase(database.clone()))?;
+    let (pool, settings) = pool_for(proxy, config, site, &database, user_cfg)
+        .ok_or_else(|| SessionError::NoSuchDatabase(database.clone()))?;
+    let wait = settings.query_wait_timeout.get();
+    let welcome = pool.welcome_params(wait).await?;
+    let params =
+        ClientParams::from_startup(&startup, &welcome).map_err(SessionError::Unsupported)?;
+    validate_settings(&pool, &params, &welcome, wait).await?;
+    let cancel = proxy.cancels.register();
+    greet(client, &params, &welcome, &cancel).await?;
+    tracing::info!(%user, %database, "login");
+    Ok(Some(LoggedIn {
+        user,
+        database,
+        pool,
+        settings,
+        welcome,
+        params,
+        cancel,
+    }))
+}
+
+/// A client asking for settings the servers lack (TimeZone, search_path...) has them tried once
+/// now, so a bad value fails the login as it would on PostgreSQL, not every later transaction.
+async fn validate_settings(
+    pool: &Pool,
+    params: &ClientParams,
+    welcome: &BTreeMap<String, String>,
+    wait: std::time::Duration,
+) -> Result<(), SessionError> {
+    if params.sync_sql(welcome, welcome).is_none() {
+        return Ok(());
+    }
+    let mut server = pool.checkout(wait).await?;
+    let Some(sql) = params.sync_sql(&server.conn.params, welcome) else {
+        pool.release(server);
+        return Ok(());
+    };
+    match tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, server.conn.run(&sql)).await {
+        Ok(Ok(TxStatus::Idle)) => {
+            params.apply_to(&mut server.conn.params, welcome);
+            pool.release(server);
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            pool.release(server);
+            Err(SessionError::Server(e))
+        }
+        _ => {
+            pool.discard(server);
+            Err(SessionError::Unsupported(format!(
+                "{}: settings could not be applied",
+                sqlstate::PROTOCOL_VIOLATION
+            )))
+        }
+    }
+}
+
+async fn greet(
+    client: &mut ClientConn,
+    params: &ClientParams,
+    welcome: &BTreeMap<String, String>,
+    cancel: &CancelHandle,
+) -> Result<(), SessionError> {
+    let mut frames: Vec<Frame> = params
+        .reported(welcome)
+        .map(|(k, v)| backend::parameter_status(k, v))
+        .collect();
+    frames.push(backend::backend_key_data(cancel.process_id, &cancel.secret));
+    frames.push(backend::ready_for_query(TxStatus::Idle));
+    client.send(&frames).await
+}

@@ -1,0 +1,343 @@
+//! The relay proper, sans-IO: moves complete messages between the client's and the server's
+//! buffers, keeps the expected-response queue, rewrites named statements in transaction mode,
+//! and decides when a transaction has ended so the server connection can go back to its pool.
+
+use crate::params::ClientParams;
+use crate::statements::Statements;
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use switchyard_config::PoolMode;
+use switchyard_proto::backend::{self, ErrorFields, TxStatus, tag as be};
+use switchyard_proto::frontend::{Bind, Parse, Target, TargetKind, tag as fe};
+use switchyard_proto::{Frame, ProtoError, decode_frame, peek_header};
+
+/// Largest server message the relay accepts (PostgreSQL's own limit is 1 GiB).
+const MAX_SERVER_MESSAGE: usize = (1 << 30) + 1024;
+
+/// A response the relay is waiting for, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    ParseComplete {
+        injected: bool,
+    },
+    CloseComplete {
+        injected: bool,
+    },
+    /// The ReadyForQuery that ends a Sync, Query or FunctionCall.
+    Ready,
+}
+
+/// What the client asked for in the frames just relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientStep {
+    Continue,
+    /// The client sent Terminate.
+    Terminate,
+}
+
+/// The server connection's state the relay reads and updates.
+pub struct ServerSide<'a> {
+    pub params: &'a mut BTreeMap<String, String>,
+    pub prepared: &'a mut HashSet<Bytes>,
+}
+
+/// Relay state for one attachment of a client to a server connection.
+pub struct Relay {
+    mode: PoolMode,
+    expect: VecDeque<Expect>,
+    /// Extended-protocol messages sent since the last Sync.
+    unsynced: bool,
+    pub status: TxStatus,
+    /// The server sent a FATAL error: it is closing.
+    pub server_fatal: bool,
+}
+
+impl Relay {
+    pub fn new(mode: PoolMode) -> Self {
+        Self {
+            mode,
+            expect: VecDeque::new(),
+            unsynced: false,
+            status: TxStatus::Idle,
+            server_fatal: false,
+        }
+    }
+
+    fn outstanding(&self) -> bool {
+        self.expect.iter().any(|e| *e == Expect::Ready)
+    }
+
+    /// True at a sync point with no transaction open: the server connection is free.
+    pub fn at_sync_point(&self) -> bool {
+        self.status == TxStatus::Idle && !self.unsynced && self.expect.is_empty()
+    }
+
+    /// In transaction mode, the end of a transaction releases the server connection.
+    pub fn releases(&self) -> bool {
+        self.mode == PoolMode::Transaction && self.at_sync_point()
+    }
+
+    /// Moves every complete client frame from `input` to `out`, stopping after a Terminate.
+    pub fn client_to_server(
+        &mut self,
+        input: &mut BytesMut,
+        max: usize,
+        statements: &mut Statements,
+        server: &mut ServerSide<'_>,
+        out: &mut BytesMut,
+    ) -> Result<ClientStep, ProtoError> {
+        while let Some(h) = peek_header(input, max)? {
+            if input.len() < h.wire_len {
+                input.reserve(h.wire_len - input.len());
+                break;
+            }
+            let rewrite = self.mode == PoolMode::Transaction
+                && matches!(h.tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE);
+            if rewrite {
+                let frame =
+                    decode_frame(input, max)?.ok_or(ProtoError::Malformed { what: "frame" })?;
+                self.rewrite(frame, statements, server, out)?;
+                continue;
+            }
+            match h.tag {
+                fe::TERMINATE => {
+                    input.advance(h.wire_len);
+                    return Ok(ClientStep::Terminate);
+                }
+                fe::QUERY | fe::FUNCTION_CALL => self.expect.push_back(Expect::Ready),
+                fe::SYNC => {
+                    self.expect.push_back(Expect::Ready);
+                    self.unsynced = false;
+                }
+                fe::PARSE => self
+                    .expect
+                    .push_back(Expect::ParseComplete { injected: false }),
+                fe::CLOSE => self
+                    .expect
+                    .push_back(Expect::CloseComplete { injected: false }),
+                fe::BIND | fe::DESCRIBE | fe::EXECUTE => self.unsynced = true,
+                _ => {}
+            }
+            if matches!(h.tag, fe::PARSE | fe::CLOSE) {
+                self.unsynced = true;
+            }
+            out.extend_from_slice(&input[..h.wire_len]);
+            input.advance(h.wire_len);
+        }
+        Ok(ClientStep::Continue)
+    }
+
+    /// Transaction mode: named statements get their server-side names, and are prepared on this
+    /// server connection first when it lacks them.
+    fn rewrite(
+        &mut self,
+        frame: Frame,
+        st: &mut Statements,
+        server: &mut ServerSide<'_>,
+        out: &mut BytesMut,
+    ) -> Result<(), ProtoError> {
+        self.unsynced = true;
+        match frame.tag {
+            fe::PARSE => {
+                let parse = Parse::decode(&frame)?;
+                self.expect
+                    .push_back(Expect::ParseComplete { injected: false });
+                if parse.name.is_empty() {
+                    frame.encode(out);
+                    return Ok(());
+                }
+                let s = st.prepare(parse);
+                if server.prepared.contains(&s.server_name) {
+                    self.inject_close(&s.server_name, out);
+                }
+                server.prepared.insert(s.server_name.clone());
+                s.parse.renamed(&s.server_name).encode(out);
+            }
+            fe::BIND => {
+                let bind = Bind::decode(&frame)?;
+                match st.get(&bind.statement) {
+                    Some(s) if !bind.statement.is_empty() => {
+                        let s = s.clone();
+                        self.ensure_prepared(&s.server_name, &s.parse, server, out);
+                        bind.with_statement(&s.server_name).encode(out);
+                    }
+                    _ => frame.encode(out),
+                }
+            }
+            _ => self.rewrite_target(frame, st, server, out)?,
+        }
+        Ok(())
+    }
+
+    fn rewrite_target(
+        &mut self,
+        frame: Frame,
+        st: &mut Statements,
+        server: &mut ServerSide<'_>,
+        out: &mut BytesMut,
+    ) -> Result<(), ProtoError> {
+        let target = Target::decode(&frame)?;
+        let is_close = frame.tag == fe::CLOSE;
+        if is_close {
+            self.expect
+                .push_back(Expect::CloseComplete { injected: false });
+        }
+        if target.kind == TargetKind::Portal || target.name.is_empty() {
+            frame.encode(out);
+            return Ok(());
+        }
+        let known = if is_close {
+            st.close(&target.name)
+        } else {
+            st.get(&target.name).cloned()
+        };
+        match known {
+            Some(s) if is_close => {
+                server.prepared.remove(&s.server_name);
+                Target::encode(fe::CLOSE, TargetKind::Statement, &s.server_name).encode(out);
+            }
+            Some(s) => {
+                self.ensure_prepared(&s.server_name, &s.parse, server, out);
+                Target::encode(fe::DESCRIBE, TargetKind::Statement, &s.server_name).encode(out);
+            }
+            None => frame.encode(out),
+        }
+        Ok(())
+    }
+
+    fn ensure_prepared(
+        &mut self,
+        name: &Bytes,
+        parse: &Parse,
+        server: &mut ServerSide<'_>,
+        out: &mut BytesMut,
+    ) {
+        if server.prepared.contains(name) {
+            return;
+        }
+        // Close first: harmless if absent, and it covers a statement we lost track of.
+        self.inject_close(name, out);
+        parse.renamed(name).encode(out);
+        self.expect
+            .push_back(Expect::ParseComplete { injected: true });
+        server.prepared.insert(name.clone());
+    }
+
+    fn inject_close(&mut self, name: &[u8], out: &mut BytesMut) {
+        Target::encode(fe::CLOSE, TargetKind::Statement, name).encode(out);
+        self.expect
+            .push_back(Expect::CloseComplete { injected: true });
+    }
+
+    /// Moves every complete server frame from `input` to `out`. Returns true if a ReadyForQuery
+    /// went by (the only point where the server connection can be released).
+    pub fn server_to_client(
+        &mut self,
+        input: &mut BytesMut,
+        params: &mut ClientParams,
+        server: &mut ServerSide<'_>,
+        out: &mut BytesMut,
+    ) -> Result<bool, ProtoError> {
+        let mut saw_ready = false;
+        while let Some(h) = peek_header(input, MAX_SERVER_MESSAGE)? {
+            if input.len() < h.wire_len {
+                input.reserve(h.wire_len - input.len());
+                break;
+            }
+            let body = &input[5..h.wire_len];
+            let forward = match h.tag {
+                be::READY_FOR_QUERY => {
+                    saw_ready = true;
+                    self.on_ready(body)?;
+                    true
+                }
+                be::PARAMETER_STATUS | be::ERROR_RESPONSE => {
+                    let f = Frame {
+                        tag: h.tag,
+                        body: Bytes::copy_from_slice(body),
+                    };
+                    self.observe(&f, params, server)?;
+                    true
+                }
+                be::COMMAND_COMPLETE => {
+                    if body.starts_with(b"DISCARD") || body.starts_with(b"DEALLOCATE") {
+                        server.prepared.clear();
+                    }
+                    true
+                }
+                be::PARSE_COMPLETE => !self.take(|e| matches!(e, Expect::ParseComplete { .. })),
+                be::CLOSE_COMPLETE => !self.take(|e| matches!(e, Expect::CloseComplete { .. })),
+                _ => true,
+            };
+            if forward {
+                out.extend_from_slice(&input[..h.wire_len]);
+            }
+            input.advance(h.wire_len);
+        }
+        Ok(saw_ready)
+    }
+
+    /// Pops the expected response if it matches; true if it was one the relay injected.
+    fn take(&mut self, is: impl Fn(&Expect) -> bool) -> bool {
+        match self.expect.front() {
+            Some(e) if is(e) => {
+                let injected = matches!(
+                    e,
+                    Expect::ParseComplete { injected: true }
+                        | Expect::CloseComplete { injected: true }
+                );
+                self.expect.pop_front();
+                injected
+            }
+            _ => false,
+        }
+    }
+
+    fn on_ready(&mut self, body: &[u8]) -> Result<(), ProtoError> {
+        self.status = match body.first() {
+            Some(b'I') => TxStatus::Idle,
+            Some(b'T') => TxStatus::InTransaction,
+            Some(b'E') => TxStatus::Failed,
+            _ => {
+                return Err(ProtoError::Malformed {
+                    what: "ReadyForQuery status",
+                });
+            }
+        };
+        while let Some(e) = self.expect.pop_front() {
+            if e == Expect::Ready {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn observe(
+        &mut self,
+        f: &Frame,
+        params: &mut ClientParams,
+        server: &mut ServerSide<'_>,
+    ) -> Result<(), ProtoError> {
+        if f.tag == be::PARAMETER_STATUS {
+            let (k, v) = backend::decode_parameter_status(f)?;
+            params.observe(&k, &v);
+            server.params.insert(k, v);
+            return Ok(());
+        }
+        // ErrorResponse: the server skips everything up to the next Sync, so do our expectations.
+        while self.expect.front().is_some_and(|e| *e != Expect::Ready) {
+            self.expect.pop_front();
+        }
+        self.server_fatal |= ErrorFields::decode(f)?.is_fatal();
+        Ok(())
+    }
+
+    /// True while a response is still due from the server.
+    pub fn busy(&self) -> bool {
+        self.outstanding()
+    }
+}
+
+#[cfg(test)]
+#[path = "relay_tests.rs"]
+mod tests;

@@ -1,0 +1,160 @@
+//! Relay unit tests: message flows built by hand, no sockets.
+
+use super::*;
+use crate::statements::Statements;
+
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    Frame::new(tag, Bytes::copy_from_slice(body))
+        .to_bytes()
+        .to_vec()
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    frame(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+}
+
+fn bind(stmt: &str) -> Vec<u8> {
+    frame(b'B', format!("\0{stmt}\0\0\0\0\0\0\0").as_bytes())
+}
+
+fn tags(buf: &[u8]) -> String {
+    let mut b = BytesMut::from(buf);
+    let mut out = String::new();
+    while let Some(f) = decode_frame(&mut b, 1 << 20).unwrap() {
+        out.push(f.tag as char);
+    }
+    out
+}
+
+struct World {
+    relay: Relay,
+    st: Statements,
+    params: ClientParams,
+    server_params: BTreeMap<String, String>,
+    prepared: HashSet<Bytes>,
+}
+
+impl World {
+    fn new(mode: PoolMode) -> Self {
+        Self {
+            relay: Relay::new(mode),
+            st: Statements::default(),
+            params: ClientParams::default(),
+            server_params: BTreeMap::new(),
+            prepared: HashSet::new(),
+        }
+    }
+
+    fn client(&mut self, msgs: &[Vec<u8>]) -> (ClientStep, String) {
+        let mut input = BytesMut::from(&msgs.concat()[..]);
+        let mut out = BytesMut::new();
+        let mut server = ServerSide {
+            params: &mut self.server_params,
+            prepared: &mut self.prepared,
+        };
+        let step = self
+            .relay
+            .client_to_server(&mut input, 1 << 20, &mut self.st, &mut server, &mut out)
+            .unwrap();
+        (step, tags(&out))
+    }
+
+    fn server(&mut self, msgs: &[Vec<u8>]) -> String {
+        let mut input = BytesMut::from(&msgs.concat()[..]);
+        let mut out = BytesMut::new();
+        let mut server = ServerSide {
+            params: &mut self.server_params,
+            prepared: &mut self.prepared,
+        };
+        self.relay
+            .server_to_client(&mut input, &mut self.params, &mut server, &mut out)
+            .unwrap();
+        tags(&out)
+    }
+}
+
+#[test]
+fn prepared_statement_follows_the_client_to_a_new_server() {
+    let mut w = World::new(PoolMode::Transaction);
+    let (_, sent) = w.client(&[
+        parse("s1", "select 1"),
+        bind("s1"),
+        frame(b'E', b"\0\0\0\0\0"),
+        frame(b'S', b""),
+    ]);
+    assert_eq!(sent, "PBES");
+    let got = w.server(&[
+        frame(b'1', b""),
+        frame(b'2', b""),
+        frame(b'C', b"SELECT 1\0"),
+        frame(b'Z', b"I"),
+    ]);
+    assert_eq!(got, "12CZ");
+    assert!(w.relay.releases());
+
+    // Next transaction on a fresh server connection: the statement is prepared there first.
+    w.prepared.clear();
+    w.relay = Relay::new(PoolMode::Transaction);
+    let (_, sent) = w.client(&[bind("s1"), frame(b'E', b"\0\0\0\0\0"), frame(b'S', b"")]);
+    assert_eq!(sent, "CPBES");
+    let got = w.server(&[
+        frame(b'3', b""),
+        frame(b'1', b""),
+        frame(b'2', b""),
+        frame(b'C', b"SELECT 1\0"),
+        frame(b'Z', b"I"),
+    ]);
+    assert_eq!(
+        got, "2CZ",
+        "injected CloseComplete and ParseComplete are hidden"
+    );
+    assert!(w.relay.releases());
+}
+
+#[test]
+fn error_drops_expectations_until_sync() {
+    let mut w = World::new(PoolMode::Transaction);
+    w.client(&[parse("s1", "select 1"), bind("s1"), frame(b'S', b"")]);
+    w.prepared.clear();
+    w.relay = Relay::new(PoolMode::Transaction);
+    let (_, sent) = w.client(&[bind("s1"), frame(b'S', b"")]);
+    assert_eq!(sent, "CPBS");
+    let got = w.server(&[
+        frame(b'3', b""),
+        frame(b'E', b"SERROR\0C42P01\0Mgone\0\0"),
+        frame(b'Z', b"I"),
+    ]);
+    assert_eq!(got, "EZ");
+    assert!(w.relay.releases());
+}
+
+#[test]
+fn holds_the_server_inside_a_transaction_and_mid_pipeline() {
+    let mut w = World::new(PoolMode::Transaction);
+    w.client(&[frame(b'Q', b"begin\0")]);
+    w.server(&[frame(b'C', b"BEGIN\0"), frame(b'Z', b"T")]);
+    assert!(!w.relay.releases());
+    w.client(&[frame(b'Q', b"commit\0"), parse("", "select 1")]);
+    w.server(&[frame(b'C', b"COMMIT\0"), frame(b'Z', b"I")]);
+    assert!(!w.relay.releases(), "a Parse without Sync keeps the server");
+    assert_eq!(w.client(&[frame(b'X', b"")]).0, ClientStep::Terminate);
+}
+
+#[test]
+fn session_mode_passes_names_through_and_tracks_parameters() {
+    let mut w = World::new(PoolMode::Session);
+    let (_, sent) = w.client(&[parse("s1", "select 1"), frame(b'S', b"")]);
+    assert_eq!(sent, "PS");
+    let got = w.server(&[
+        frame(b'1', b""),
+        frame(b'S', b"TimeZone\0UTC\0"),
+        frame(b'Z', b"I"),
+    ]);
+    assert_eq!(got, "1SZ");
+    assert_eq!(
+        w.server_params.get("TimeZone").map(String::as_str),
+        Some("UTC")
+    );
+    assert!(!w.relay.releases());
+    assert!(w.relay.at_sync_point());
+}

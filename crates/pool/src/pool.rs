@@ -1,0 +1,233 @@
+//! One pool: permits, idle connections, checkout with a deadline, release, resize, reap.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use switchyard_server::{ConnectParams, ServerConn, ServerError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub min_idle: usize,
+    pub idle_timeout: Duration,
+    pub lifetime: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no server connection became free within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// Counters for SHOW POOLS and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub idle: usize,
+    pub active: usize,
+    pub waiting: usize,
+}
+
+struct Inner {
+    idle: VecDeque<ServerConn>,
+    settings: PoolSettings,
+    /// Permits to destroy as they come back, after a resize down.
+    excess: usize,
+}
+
+pub struct Pool {
+    connect: ConnectParams,
+    permits: Arc<Semaphore>,
+    inner: Mutex<Inner>,
+    active: AtomicUsize,
+    waiting: AtomicUsize,
+    /// Parameters the server reported at its first login: what a new client is told at startup.
+    welcome: Mutex<Option<BTreeMap<String, String>>>,
+}
+
+/// A checked-out server connection. Return it with [`Pool::release`]; dropping it closes it.
+pub struct Pooled {
+    pub conn: ServerConn,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Pool {
+    pub fn new(connect: ConnectParams, settings: PoolSettings) -> Arc<Self> {
+        Arc::new(Self {
+            connect,
+            permits: Arc::new(Semaphore::new(settings.size)),
+            inner: Mutex::new(Inner {
+                idle: VecDeque::new(),
+                settings,
+                excess: 0,
+            }),
+            active: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            welcome: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.connect.addr
+    }
+
+    pub fn connect_params(&self) -> &ConnectParams {
+        &self.connect
+    }
+
+    /// Takes a connection, waiting for a free slot at most `wait`.
+    ///
+    /// Cancel safety: cancel-safe; a cancelled wait takes nothing.
+    pub async fn checkout(&self, wait: Duration) -> Result<Pooled, PoolError> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = match permit {
+            Ok(Ok(p)) => p,
+            _ => return Err(PoolError::Timeout(wait)),
+        };
+        let reused = self.take_idle();
+        let conn = match reused {
+            Some(c) => c,
+            None => self.open().await?,
+        };
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Ok(Pooled { conn, permit })
+    }
+
+    fn take_idle(&self) -> Option<ServerConn> {
+        let mut inner = self.lock();
+        let lifetime = inner.settings.lifetime;
+        while let Some(c) = inner.idle.pop_back() {
+            if c.created.elapsed() < lifetime {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    async fn open(&self) -> Result<ServerConn, ServerError> {
+        let conn = ServerConn::connect(&self.connect).await?;
+        let mut welcome = self.welcome.lock().unwrap_or_else(|p| p.into_inner());
+        if welcome.is_none() {
+            *welcome = Some(conn.params.clone());
+        }
+        Ok(conn)
+    }
+
+    /// The parameters a new client is told at startup, opening a connection to learn them if no
+    /// connection was ever made.
+    pub async fn welcome_params(
+        &self,
+        wait: Duration,
+    ) -> Result<BTreeMap<String, String>, PoolError> {
+        if let Some(w) = self
+            .welcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(w);
+        }
+        let c = self.checkout(wait).await?;
+        let params = c.conn.params.clone();
+        self.release(c);
+        Ok(params)
+    }
+
+    /// Returns a connection that is at a sync point and idle (no transaction open).
+    pub fn release(&self, pooled: Pooled) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        let Pooled { mut conn, permit } = pooled;
+        let mut inner = self.lock();
+        if inner.excess > 0 {
+            inner.excess -= 1;
+            permit.forget();
+            return;
+        }
+        if conn.created.elapsed() >= inner.settings.lifetime {
+            return;
+        }
+        conn.last_used = Instant::now();
+        inner.idle.push_back(conn);
+        drop(permit);
+    }
+
+    /// Closes a checked-out connection that is not reusable (broken, mid-transaction).
+    pub fn discard(&self, pooled: Pooled) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        drop(pooled);
+    }
+
+    /// Applies new settings; shrinking takes effect as connections come back.
+    pub fn resize(&self, settings: PoolSettings) {
+        let mut inner = self.lock();
+        let old = inner.settings.size;
+        let new = settings.size;
+        if new > old {
+            let mut grow = new - old;
+            let cancel = grow.min(inner.excess);
+            inner.excess -= cancel;
+            grow -= cancel;
+            self.permits.add_permits(grow);
+        } else if new < old {
+            let shrink = old - new;
+            let forgotten = self.permits.forget_permits(shrink);
+            inner.excess += shrink - forgotten;
+            let max_idle = new.saturating_sub(self.active.load(Ordering::Relaxed));
+            while inner.idle.len() > max_idle {
+                inner.idle.pop_front();
+            }
+        }
+        inner.settings = settings;
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            idle: self.lock().idle.len(),
+            active: self.active.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes idle connections past their idle timeout (keeping `min_idle`) or lifetime; returns
+    /// how many connections should be opened to reach `min_idle`.
+    pub(crate) fn reap(&self) -> usize {
+        let mut inner = self.lock();
+        let s = inner.settings.clone();
+        inner.idle.retain(|c| c.created.elapsed() < s.lifetime);
+        while inner.idle.len() > s.min_idle {
+            match inner.idle.front() {
+                Some(c) if c.last_used.elapsed() >= s.idle_timeout => drop(inner.idle.pop_front()),
+                _ => break,
+            }
+        }
+        let total = inner.idle.len() + self.active.load(Ordering::Relaxed);
+        s.min_idle
+            .saturating_sub(inner.idle.len())
+            .min(s.size.saturating_sub(total))
+    }
+
+    /// Opens one connection straight into the idle list (for `min_idle`).
+    pub(crate) async fn prefill_one(&self) -> Result<(), ServerError> {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return Ok(());
+        };
+        let conn = self.open().await?;
+        self.lock().idle.push_back(conn);
+        drop(permit);
+        Ok(())
+    }
+
+    /// Drops every idle connection (used when the pool is removed).
+    pub fn close_idle(&self) {
+        self.lock().idle.clear();
+    }
+}

@@ -1,0 +1,91 @@
+//! The registry of pools, and the reaper loop that keeps them within their idle/lifetime limits.
+
+use crate::{Pool, PoolSettings};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchyard_server::ConnectParams;
+use tokio_util::sync::CancellationToken;
+
+/// What a pool serves: a server address, a server database and a server user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub addr: String,
+    pub database: String,
+    pub user: String,
+}
+
+#[derive(Default)]
+pub struct Pools {
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pool for `key`, created with `connect` and `settings` if new, resized if its settings
+    /// changed.
+    pub fn get(
+        &self,
+        key: &PoolKey,
+        connect: impl FnOnce() -> ConnectParams,
+        settings: PoolSettings,
+    ) -> Arc<Pool> {
+        let mut pools = self.lock();
+        if let Some(p) = pools.get(key) {
+            p.resize(settings);
+            return p.clone();
+        }
+        let p = Pool::new(connect(), settings);
+        pools.insert(key.clone(), p.clone());
+        p
+    }
+
+    pub fn all(&self) -> Vec<(PoolKey, Arc<Pool>)> {
+        let mut v: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Removes pools for which `keep` says no; their idle connections close now, checked-out
+    /// ones when released.
+    pub fn retain(&self, mut keep: impl FnMut(&PoolKey, &Pool) -> bool) {
+        self.lock().retain(|k, p| {
+            let kept = keep(k, p);
+            if !kept {
+                p.close_idle();
+            }
+            kept
+        });
+    }
+
+    /// Reaps and prefills every pool once a second until `stop` fires.
+    pub async fn run_reaper(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            for (key, pool) in self.all() {
+                let missing = pool.reap();
+                if missing > 0 {
+                    tokio::spawn(async move {
+                        for _ in 0..missing {
+                            if let Err(e) = pool.prefill_one().await {
+                                tracing::warn!(addr = %key.addr, database = %key.database, error = %e, "min_idle prefill failed");
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! [`ServerConn`]: an authenticated connection to one PostgreSQL server, idle at a sync point.
+
+use crate::{ServerError, SocketOptions, auth};
+use bytes::BytesMut;
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+use switchyard_proto::backend::{self, ErrorFields, TxStatus, tag};
+use switchyard_proto::{Frame, decode_frame, frontend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest message the proxy reads from a server outside the relay (startup, internal queries).
+const MAX_INTERNAL_MESSAGE: usize = 1 << 20;
+
+/// Everything needed to open a server connection.
+#[derive(Clone, PartialEq)]
+pub struct ConnectParams {
+    pub addr: String,
+    pub user: String,
+    pub database: String,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+    pub socket: SocketOptions,
+}
+
+impl std::fmt::Debug for ConnectParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectParams")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key a server gave for cancelling its current query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendKey {
+    pub process_id: i32,
+    pub secret: Vec<u8>,
+}
+
+/// An authenticated server connection. Between uses it sits at a sync point (ReadyForQuery seen,
+/// nothing outstanding); the relay keeps it that way or discards it.
+pub struct ServerConn {
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet consumed.
+    pub read_buf: BytesMut,
+    pub addr: String,
+    /// Parameters as the server last reported them (and search_path as last set).
+    pub params: BTreeMap<String, String>,
+    pub key: BackendKey,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// Server-side names of prepared statements that exist on this connection.
+    pub prepared: HashSet<bytes::Bytes>,
+}
+
+impl ServerConn {
+    /// Connects, authenticates and reads up to the first ReadyForQuery, all within
+    /// `connect_timeout`.
+    pub async fn connect(p: &ConnectParams) -> Result<Self, ServerError> {
+        let t = p.connect_timeout;
+        tokio::time::timeout(t, Self::connect_inner(p))
+            .await
+            .map_err(|_| ServerError::Timeout {
+                addr: p.addr.clone(),
+                what: "connect and login",
+                after_ms: t.as_millis(),
+            })?
+    }
+
+    async fn connect_inner(p: &ConnectParams) -> Result<Self, ServerError> {
+        let stream = TcpStream::connect(&p.addr)
+            .await
+            .map_err(|source| ServerError::Connect {
+                addr: p.addr.clone(),
+                source,
+            })?;
+        p.socket
+            .apply(&stream)
+            .map_err(|source| ServerError::Connect {
+                addr: p.addr.clone(),
+                source,
+            })?;
+        let now = Instant::now();
+        let mut conn = Self {
+            stream,
+            read_buf: BytesMut::with_capacity(8192),
+            addr: p.addr.clone(),
+            params: BTreeMap::new(),
+            key: BackendKey {
+                process_id: 0,
+                secret: Vec::new(),
+            },
+            created: now,
+            last_used: now,
+            prepared: HashSet::new(),
+        };
+        let mut startup = BytesMut::new();
+        switchyard_proto::startup::encode_startup(
+            &[("user", &p.user), ("database", &p.database)],
+            &mut startup,
+        );
+        conn.stream.write_all(&startup).await?;
+        auth::authenticate(&mut conn, p).await?;
+        conn.read_until_ready().await?;
+        Ok(conn)
+    }
+
+    /// Reads one whole message (outside the relay).
+    ///
+    /// Cancel safety: not cancel-safe across a partial message only in that the partial bytes
+    /// stay in `read_buf`; a later call resumes correctly.
+    pub async fn read_frame(&mut self) -> Result<Frame, ServerError> {
+        loop {
+            if let Some(f) = decode_frame(&mut self.read_buf, MAX_INTERNAL_MESSAGE)? {
+                return Ok(f);
+            }
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(ServerError::Closed);
+            }
+        }
+    }
+
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), ServerError> {
+        self.stream.write_all(&frame.to_bytes()).await?;
+        Ok(())
+    }
+
+    /// After authentication: collects ParameterStatus and BackendKeyData until ReadyForQuery.
+    async fn read_until_ready(&mut self) -> Result<(), ServerError> {
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                tag::PARAMETER_STATUS => {
+                    let (k, v) = backend::decode_parameter_status(&f)?;
+                    self.params.insert(k, v);
+                }
+                tag::BACKEND_KEY_DATA => {
+                    let (process_id, secret) = backend::decode_backend_key_data(&f)?;
+                    self.key = BackendKey { process_id, secret };
+                }
+                tag::ERROR_RESPONSE => return Err(ServerError::Refused(ErrorFields::decode(&f)?)),
+                tag::READY_FOR_QUERY => return Ok(()),
+                _ => {} // NoticeResponse and friends
+            }
+        }
+    }
+
+    /// Runs a simple query whose rows are not wanted (reset, SET) and waits for ReadyForQuery.
+    /// The caller bounds it with a timeout.
+    pub async fn run(&mut self, sql: &str) -> Result<TxStatus, ServerError> {
+        self.send(&frontend::query(sql)).await?;
+        let mut failure = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                tag::ERROR_RESPONSE => failure = Some(ErrorFields::decode(&f)?),
+                tag::PARAMETER_STATUS => {
+                    let (k, v) = backend::decode_parameter_status(&f)?;
+                    self.params.insert(k, v);
+                }
+                tag::READY_FOR_QUERY => {
+                    let status = backend::decode_ready_for_query(&f)?;
+                    return match failure {
+                        Some(e) => Err(ServerError::Query(e)),
+                        None => Ok(status),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs a query returning one text value (first column of the first row).
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
+        self.send(&frontend::query(sql)).await?;
+        let (mut value, mut failure) = (None, None);
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                tag::DATA_ROW if value.is_none() => value = first_column(&f)?,
+                tag::ERROR_RESPONSE => failure = Some(ErrorFields::decode(&f)?),
+                tag::READY_FOR_QUERY => {
+                    return match failure {
+                        Some(e) => Err(ServerError::Query(e)),
+                        None => Ok(value),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Tells the server goodbye; errors are irrelevant at that point.
+    pub async fn terminate(mut self) {
+        let bye = Frame::new(frontend::tag::TERMINATE, bytes::Bytes::new());
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.send(&bye)).await;
+    }
+}
+
+fn first_column(f: &Frame) -> Result<Option<String>, ServerError> {
+    let mut c = switchyard_proto::cursor::Cursor::new(f.tag, f.body.clone());
+    if c.i16()? < 1 {
+        return Ok(None);
+    }
+    let len = c.i32()?;
+    if len < 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        String::from_utf8_lossy(&c.bytes(len as usize)?).into_owned(),
+    ))
+}
+
+/// Sends a CancelRequest for `key` to the server at `addr`, bounded by `timeout`.
+pub async fn send_cancel(
+    addr: &str,
+    key: &BackendKey,
+    timeout: Duration,
+) -> Result<(), ServerError> {
+    let work = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ServerError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let mut out = BytesMut::new();
+        switchyard_proto::startup::encode_cancel(key.process_id, &key.secret, &mut out);
+        s.write_all(&out).await?;
+        // The server closes the socket once it has read the request.
+        let mut sink = [0u8; 16];
+        let _ = s.read(&mut sink).await;
+        Ok(())
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| ServerError::Timeout {
+            addr: addr.to_string(),
+            what: "cancel request",
+            after_ms: timeout.as_millis(),
+        })?
+}

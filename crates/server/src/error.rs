@@ -1,0 +1,49 @@
+//! Errors from a server connection, classified by what they mean for the caller.
+
+use switchyard_proto::ProtoError;
+use switchyard_proto::backend::ErrorFields;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{what} to {addr} timed out after {after_ms} ms")]
+    Timeout {
+        addr: String,
+        what: &'static str,
+        after_ms: u128,
+    },
+    /// The server refused the login (bad password, unknown database, too many connections, ...).
+    #[error("server refused the login: {} {}", .0.code, .0.message)]
+    Refused(ErrorFields),
+    #[error("server asks for authentication method {0}, which Switchyard does not support")]
+    UnsupportedAuth(String),
+    #[error(
+        "server wants a password for user {user:?} but none is configured (set server_password)"
+    )]
+    NoPassword { user: String },
+    #[error("SCRAM with the server failed: {0}")]
+    Scram(#[from] switchyard_proto::scram::ScramError),
+    #[error("server broke the protocol: {0}")]
+    Protocol(#[from] ProtoError),
+    #[error("server connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server closed the connection")]
+    Closed,
+    /// An internal query (reset, SET) failed.
+    #[error("internal query failed: {} {}", .0.code, .0.message)]
+    Query(ErrorFields),
+}
+
+impl ServerError {
+    /// True when the server itself could not be reached or dropped us: the member may be down.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::Timeout { .. } | Self::Io(_) | Self::Closed
+        )
+    }
+}

@@ -1,0 +1,16 @@
+//! One Switchyard connection to a PostgreSQL server: TCP connect with keepalive and
+//! TCP_USER_TIMEOUT, startup and authentication (SCRAM-SHA-256, md5, cleartext, trust),
+//! parameter status, simple internal queries (reset, SET), and sending cancel requests.
+//!
+//! The relay in `frontend` reads and writes the socket directly through [`ServerConn::stream`];
+//! this crate owns everything around that.
+#![forbid(unsafe_code)]
+
+mod auth;
+mod conn;
+mod error;
+mod socket;
+
+pub use conn::{BackendKey, ConnectParams, ServerConn, send_cancel};
+pub use error::ServerError;
+pub use socket::SocketOptions;

@@ -1,0 +1,97 @@
+//! The `switchyard` command line: `serve`, `check-config`, `version`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use switchyard::serve;
+use switchyard_config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A PostgreSQL proxy and pooler that never hangs on a dead primary"
+)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "SWITCHYARD_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        #[arg(
+            long,
+            short,
+            default_value = "switchyard.toml",
+            env = "SWITCHYARD_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Validate a config file and list every problem in it.
+    CheckConfig { file: PathBuf },
+    /// Print the version.
+    Version,
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match cli.command {
+        Command::Version => {
+            println!("switchyard {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} cluster(s), {} site(s), {} user(s))",
+                    file.display(),
+                    c.clusters.len(),
+                    c.sites.len(),
+                    c.users.len()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                std::process::exit(1);
+            }
+        },
+        Command::Serve { config } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(run_serve(config))
+        }
+    }
+}
+
+async fn run_serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let shutdown_timeout = config.proxy.shutdown_timeout.get();
+    let running = serve::start(config).await?;
+    tokio::spawn(serve::watch_config(running.proxy.clone(), path));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+    }
+    running.drain(shutdown_timeout).await;
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Starting, reloading and draining one proxy.
+//!
+//! Loops started here: the accept loop (`frontend::listener`), the pool reaper (every second),
+//! and, for a proxy started from a file, the config watcher (SIGHUP, plus a check of the file's
+//! modification time every second).
+
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use switchyard_config::Config;
+use switchyard_frontend::Proxy;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running proxy.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub proxy: Arc<Proxy>,
+    accept: JoinHandle<()>,
+}
+
+/// Binds the listener and starts the proxy's loops.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(&config.proxy.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
+    let addr = listener.local_addr()?;
+    let proxy = Proxy::new(config);
+    tokio::spawn(proxy.pools.clone().run_reaper(proxy.shutdown.clone()));
+    let accept = tokio::spawn(switchyard_frontend::listener::serve(
+        proxy.clone(),
+        listener,
+    ));
+    tracing::info!(%addr, "switchyard listening");
+    Ok(Running {
+        addr,
+        proxy,
+        accept,
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets sessions finish their transactions for up to `timeout`, then returns
+    /// (remaining sessions end with the process or the runtime).
+    pub async fn drain(self, timeout: Duration) {
+        self.proxy.shutdown.cancel();
+        let _ = self.accept.await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.proxy.client_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.proxy.client_count();
+        if left > 0 {
+            tracing::warn!(
+                clients = left,
+                "shutdown timeout reached; closing remaining connections"
+            );
+        } else {
+            tracing::info!("all clients drained");
+        }
+    }
+}
+
+/// Loads `path` again and applies it if valid; an invalid file leaves the running config alone.
+pub fn reload(proxy: &Proxy, path: &Path) -> Result<(), String> {
+    match Config::load(path) {
+        Ok(c) => {
+            if c.proxy.listen != proxy.live.load().config.proxy.listen {
+                tracing::warn!("proxy.listen changed: takes effect after a restart");
+            }
+            proxy.reload(c);
+            tracing::info!(path = %path.display(), "config reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "config reload refused; keeping the running config");
+            Err(e.to_string())
+        }
+    }
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Reloads on SIGHUP and when the file's modification time changes, until shutdown.
+pub async fn watch_config(proxy: Arc<Proxy>, path: PathBuf) -> anyhow::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut seen = mtime(&path);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading config");
+                let _ = reload(&proxy, &path);
+                seen = mtime(&path);
+            }
+            _ = tick.tick() => {
+                let now = mtime(&path);
+                if now.is_some() && now != seen {
+                    seen = now;
+                    let _ = reload(&proxy, &path);
+                }
+            }
+            _ = proxy.shutdown.cancelled() => return Ok(()),
+        }
+    }
+}

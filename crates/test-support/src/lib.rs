@@ -1,0 +1,67 @@
+//! Test fixtures that start REAL PostgreSQL 15 servers for Switchyard's integration tests.
+//!
+//! This crate owns the lifecycle of throw-away PostgreSQL clusters: each [`PgServer`] lives in its
+//! own temporary directory (data dir, unix socket dir, log file) and listens on `127.0.0.1` on a
+//! free port. It can also make a streaming standby ([`PgServer::start_standby`]), promote it, and
+//! inject process faults (stop, crash with `SIGKILL`, freeze with `SIGSTOP`).
+//!
+//! Everything is synchronous (`std::process`), so the fixture works from plain `#[test]`s and from
+//! inside async tests alike (call it before entering, or from `spawn_blocking`).
+//!
+//! * `initdb` runs once per machine into a cached template directory guarded by a lock file, so
+//!   concurrent test processes (nextest) and threads (`cargo test`) share it safely; each server
+//!   copies the template, which takes milliseconds.
+//! * PostgreSQL refuses to run as root: when the tests run as root, every server-side command runs
+//!   as the `postgres` user through `runuser`, and the temp dirs are owned by that user.
+//! * Every wait has a deadline; errors ([`FixtureError`]) name the command, its exit status and its
+//!   stderr, or the tail of the server log.
+//!
+//! ```no_run
+//! let pg = test_support::PgServer::start()?;
+//! assert_eq!(pg.psql("select 1")?, "1");
+//! # Ok::<(), test_support::FixtureError>(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod error;
+mod procs;
+mod server;
+mod sql;
+mod standby;
+mod template;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+pub use error::FixtureError;
+pub use server::{PgOptions, PgServer};
+pub use sql::{PasswordKind, quote_ident, quote_literal};
+
+/// Default directory of the PostgreSQL 15 binaries (Debian's `postgresql-15` package).
+pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The directory holding `initdb`, `pg_ctl`, `psql`, ...: `$PG_BIN` if set, else
+/// [`DEFAULT_PG_BIN`].
+pub fn pg_bin_dir() -> PathBuf {
+    std::env::var_os("PG_BIN")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_PG_BIN), PathBuf::from)
+}
+
+/// A TCP port on `127.0.0.1` that was free a moment ago (bind to port 0 and release it).
+///
+/// Another process may grab it before you do; [`PgServer::start`] retries with a new port when
+/// that happens.
+///
+/// # Panics
+///
+/// Panics if the loopback interface cannot bind at all (the machine is unusable for tests).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind 127.0.0.1:0");
+    listener
+        .local_addr()
+        .expect("local_addr of bound listener")
+        .port()
+}

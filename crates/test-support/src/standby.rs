@@ -1,0 +1,75 @@
+//! Streaming replication: making a hot standby of a fixture server with `pg_basebackup -R`, and
+//! promoting it.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::cmd::{self, pg_command};
+use crate::server::HOST;
+use crate::{FixtureError, PgServer};
+
+/// Deadline for `pg_basebackup`.
+const BASEBACKUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Deadline for a standby to stream, or a promoted one to leave recovery.
+const STATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `t` once the server is a standby that is streaming from its primary.
+const STREAMING_SQL: &str = "SELECT pg_is_in_recovery() AND \
+     (SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming') = 1";
+
+impl PgServer {
+    /// Makes a hot standby of this server: `pg_basebackup -R -X stream` into a new temp dir,
+    /// moved to its own port and socket dir, started, and awaited (up to 30 s) until it is in
+    /// recovery and streaming. It keeps the primary's settings and `pg_hba.conf`.
+    pub fn start_standby(&self) -> Result<PgServer, FixtureError> {
+        let mut standby = PgServer::in_new_dir()?;
+        let port = self.port().to_string();
+        let mut basebackup = pg_command("pg_basebackup");
+        basebackup
+            .args(["-h", HOST, "-p", &port, "-U", "postgres", "-D"])
+            .arg(standby.data_dir())
+            .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]);
+        cmd::run(basebackup, BASEBACKUP_TIMEOUT)?;
+        // postgresql.auto.conf (from -R) keeps primary_conninfo; we only move port and socket.
+        standby.append_conf(&standby.location_conf())?;
+        standby.launch()?;
+        standby.wait_for_sql("the standby to stream from its primary", STREAMING_SQL, "t")?;
+        Ok(standby)
+    }
+
+    /// Promotes this standby (`pg_ctl promote -w`) and waits until it leaves recovery.
+    pub fn promote(&self) -> Result<(), FixtureError> {
+        let mut pg_ctl = pg_command("pg_ctl");
+        pg_ctl
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-w", "-t", "30", "promote"]);
+        cmd::run(pg_ctl, Duration::from_secs(60))?;
+        self.wait_for_sql(
+            "the promoted server to leave recovery",
+            "SELECT pg_is_in_recovery()",
+            "f",
+        )
+    }
+
+    /// Polls `sql` until it prints `want`, for up to [`STATE_TIMEOUT`].
+    fn wait_for_sql(&self, what: &'static str, sql: &str, want: &str) -> Result<(), FixtureError> {
+        let deadline = Instant::now() + STATE_TIMEOUT;
+        loop {
+            let last = match self.psql_with_timeout(sql, Duration::from_secs(2)) {
+                Ok(out) if out == want => return Ok(()),
+                Ok(out) => out,
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(FixtureError::WaitTimeout {
+                    what,
+                    timeout: STATE_TIMEOUT,
+                    last,
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
