@@ -9,7 +9,7 @@ use switchyard_server::BackendKey;
 /// Where a cancel for a client should go right now.
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
-    pub addr: String,
+    pub addr: Arc<str>,
     pub key: BackendKey,
 }
 

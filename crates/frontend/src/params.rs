@@ -13,6 +13,15 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 pub struct ClientParams {
     /// Setting name (server spelling) → value.
     wanted: BTreeMap<String, String>,
+    /// A hash of `wanted`, never 0; see `ServerConn::settings_fingerprint`.
+    fingerprint: u64,
+}
+
+fn fingerprint(wanted: &BTreeMap<String, String>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    wanted.hash(&mut h);
+    h.finish() | 1
 }
 
 /// The server's spelling of a setting name, given the names it reports.
@@ -47,7 +56,10 @@ impl ClientParams {
             }
             wanted.insert(canonical(k, welcome), v.clone());
         }
-        Ok(Self { wanted })
+        Ok(Self {
+            fingerprint: fingerprint(&wanted),
+            wanted,
+        })
     }
 
     /// What the client is told at startup.
@@ -60,7 +72,14 @@ impl ClientParams {
 
     /// A ParameterStatus seen while this client used a server.
     pub fn observe(&mut self, name: &str, value: &str) {
-        self.wanted.insert(name.to_string(), value.to_string());
+        if self.wanted.get(name).map(String::as_str) != Some(value) {
+            self.wanted.insert(name.to_string(), value.to_string());
+            self.fingerprint = fingerprint(&self.wanted);
+        }
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// SQL that makes a server connection with `server` settings match this client, or `None`.

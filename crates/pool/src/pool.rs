@@ -86,12 +86,9 @@ impl Pool {
     ///
     /// Cancel safety: cancel-safe; a cancelled wait takes nothing.
     pub async fn checkout(&self, wait: Duration) -> Result<Pooled, PoolError> {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        let permit = match permit {
-            Ok(Ok(p)) => p,
-            _ => return Err(PoolError::Timeout(wait)),
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => self.wait_for_permit(wait).await?,
         };
         let reused = self.take_idle();
         let conn = match reused {
@@ -100,6 +97,16 @@ impl Pool {
         };
         self.active.fetch_add(1, Ordering::Relaxed);
         Ok(Pooled { conn, permit })
+    }
+
+    async fn wait_for_permit(&self, wait: Duration) -> Result<OwnedSemaphorePermit, PoolError> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        match permit {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(PoolError::Timeout(wait)),
+        }
     }
 
     fn take_idle(&self) -> Option<ServerConn> {

@@ -37,7 +37,7 @@ impl std::fmt::Debug for ConnectParams {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendKey {
     pub process_id: i32,
-    pub secret: Vec<u8>,
+    pub secret: bytes::Bytes,
 }
 
 /// An authenticated server connection. Between uses it sits at a sync point (ReadyForQuery seen,
@@ -46,7 +46,7 @@ pub struct ServerConn {
     pub stream: TcpStream,
     /// Bytes read from the server and not yet consumed.
     pub read_buf: BytesMut,
-    pub addr: String,
+    pub addr: std::sync::Arc<str>,
     /// Parameters as the server last reported them (and search_path as last set).
     pub params: BTreeMap<String, String>,
     pub key: BackendKey,
@@ -54,6 +54,9 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Server-side names of prepared statements that exist on this connection.
     pub prepared: HashSet<bytes::Bytes>,
+    /// Fingerprint of the client settings `params` was last brought in line with (0: none), so
+    /// a client whose settings already match skips the comparison.
+    pub settings_fingerprint: u64,
 }
 
 impl ServerConn {
@@ -87,12 +90,13 @@ impl ServerConn {
         let mut conn = Self {
             stream,
             read_buf: BytesMut::with_capacity(8192),
-            addr: p.addr.clone(),
+            addr: p.addr.as_str().into(),
             params: BTreeMap::new(),
             key: BackendKey {
                 process_id: 0,
-                secret: Vec::new(),
+                secret: bytes::Bytes::new(),
             },
+            settings_fingerprint: 0,
             created: now,
             last_used: now,
             prepared: HashSet::new(),
@@ -139,7 +143,10 @@ impl ServerConn {
                 }
                 tag::BACKEND_KEY_DATA => {
                     let (process_id, secret) = backend::decode_backend_key_data(&f)?;
-                    self.key = BackendKey { process_id, secret };
+                    self.key = BackendKey {
+                        process_id,
+                        secret: secret.into(),
+                    };
                 }
                 tag::ERROR_RESPONSE => return Err(ServerError::Refused(ErrorFields::decode(&f)?)),
                 tag::READY_FOR_QUERY => return Ok(()),

@@ -76,9 +76,28 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Command::Serve { config } => {
-            let rt = tokio::runtime::Runtime::new()?;
+            let rt = runtime()?;
             rt.block_on(run_serve(config))
         }
+    }
+}
+
+/// The runtime: `SWITCHYARD_WORKERS` threads (default: one per core).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = std::env::var("SWITCHYARD_WORKERS")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok());
+    match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
     }
 }
 

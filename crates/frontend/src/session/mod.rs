@@ -20,29 +20,30 @@ pub async fn serve_client(proxy: Arc<Proxy>, stream: TcpStream) {
     let login_timeout = live.config.proxy.login_timeout.get();
     drop(live);
     let span = tracing::info_span!("client", peer = %client.peer);
-    async move {
-        let logged_in =
-            match tokio::time::timeout(login_timeout, login::login(&proxy, &mut client)).await {
-                Ok(Ok(Some(s))) => s,
-                Ok(Ok(None)) => return,
-                Ok(Err(e)) => return refuse(&mut client, e).await,
-                Err(_) => return refuse(&mut client, SessionError::LoginTimeout).await,
-            };
-        let span =
-            tracing::info_span!("session", user = %logged_in.user, database = %logged_in.database);
-        let mut session = run::Session::new(proxy, client, logged_in);
-        let result = session.run().instrument(span.clone()).await;
-        match &result {
-            Ok(()) => tracing::debug!(parent: &span, "client left"),
-            Err(SessionError::ClientGone(e)) => {
-                tracing::debug!(parent: &span, error = %e, "client gone")
-            }
-            Err(e) => tracing::info!(parent: &span, error = %e, "session ended"),
+    let login = tokio::time::timeout(login_timeout, login::login(&proxy, &mut client));
+    let logged_in = match login.instrument(span.clone()).await {
+        Ok(Ok(Some(s))) => s,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return refuse(&mut client, e).instrument(span).await,
+        Err(_) => {
+            return refuse(&mut client, SessionError::LoginTimeout)
+                .instrument(span)
+                .await;
         }
-        session.finish(result.err()).instrument(span).await;
+    };
+    // The relay loop is not instrumented: entering a span on every poll costs more than the
+    // relay's own work. Its few events name the span explicitly.
+    let span = tracing::info_span!(parent: &span, "session", user = %logged_in.user, database = %logged_in.database);
+    let mut session = run::Session::new(proxy, client, logged_in, span.clone());
+    let result = session.run().await;
+    match &result {
+        Ok(()) => tracing::debug!(parent: &span, "client left"),
+        Err(SessionError::ClientGone(e)) => {
+            tracing::debug!(parent: &span, error = %e, "client gone")
+        }
+        Err(e) => tracing::info!(parent: &span, error = %e, "session ended"),
     }
-    .instrument(span)
-    .await
+    session.finish(result.err()).instrument(span).await;
 }
 
 async fn refuse(client: &mut ClientConn, e: SessionError) {

@@ -33,10 +33,11 @@ pub struct Session {
     statements: Statements,
     link: Link,
     out: BytesMut,
+    span: tracing::Span,
 }
 
 impl Session {
-    pub fn new(proxy: Arc<Proxy>, client: ClientConn, info: LoggedIn) -> Self {
+    pub fn new(proxy: Arc<Proxy>, client: ClientConn, info: LoggedIn, span: tracing::Span) -> Self {
         Self {
             proxy,
             client,
@@ -44,6 +45,7 @@ impl Session {
             statements: Statements::default(),
             link: Link::Detached,
             out: BytesMut::with_capacity(8192),
+            span,
         }
     }
 
@@ -153,11 +155,15 @@ impl Session {
         let mut server = pool
             .checkout(self.info.settings.query_wait_timeout.get())
             .await?;
-        if let Some(sql) = self
-            .info
-            .params
-            .sync_sql(&server.conn.params, &self.info.welcome)
-        {
+        let same_settings = server.conn.settings_fingerprint == self.info.params.fingerprint();
+        let sync = if same_settings {
+            None
+        } else {
+            self.info
+                .params
+                .sync_sql(&server.conn.params, &self.info.welcome)
+        };
+        if let Some(sql) = sync {
             match tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, server.conn.run(&sql)).await {
                 Ok(Ok(_)) => self
                     .info
@@ -179,8 +185,9 @@ impl Session {
                 }
             }
         }
+        server.conn.settings_fingerprint = self.info.params.fingerprint();
         self.info.cancel.set(Some(CancelTarget {
-            addr: pool.addr().to_string(),
+            addr: server.conn.addr.clone(),
             key: server.conn.key.clone(),
         }));
         self.link = Link::Attached {
@@ -193,8 +200,14 @@ impl Session {
     /// Gives the server connection back (or closes it if it is not at a clean sync point).
     fn detach(&mut self) {
         self.info.cancel.set(None);
-        if let Link::Attached { server, relay } = std::mem::replace(&mut self.link, Link::Detached)
+        let transaction_mode = self.mode() == PoolMode::Transaction;
+        if let Link::Attached { mut server, relay } =
+            std::mem::replace(&mut self.link, Link::Detached)
         {
+            if transaction_mode {
+                // Every ParameterStatus went to both maps: they still match.
+                server.conn.settings_fingerprint = self.info.params.fingerprint();
+            }
             if relay.at_sync_point() && server.conn.read_buf.is_empty() {
                 self.info.pool.release(server);
             } else {
@@ -212,7 +225,7 @@ impl Session {
         if fields.is_fatal() {
             return Err(e);
         }
-        tracing::info!(error = %e, "request refused");
+        tracing::info!(parent: &self.span, error = %e, "request refused");
         loop {
             let Some(f) = decode_frame(&mut self.client.buf, self.client.max_message)? else {
                 if !self.client.fill().await? {
@@ -263,6 +276,7 @@ impl Session {
             );
             if ok {
                 server.conn.prepared.clear();
+                server.conn.settings_fingerprint = 0;
                 server
                     .conn
                     .params
