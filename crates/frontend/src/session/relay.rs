@@ -140,18 +140,21 @@ impl Relay {
         match frame.tag {
             fe::PARSE => {
                 let parse = Parse::decode(&frame)?;
-                self.expect
-                    .push_back(Expect::ParseComplete { injected: false });
                 if parse.name.is_empty() {
+                    self.expect
+                        .push_back(Expect::ParseComplete { injected: false });
                     frame.encode(out);
                     return Ok(());
                 }
                 let s = st.prepare(parse);
                 if server.prepared.contains(&s.server_name) {
+                    // Another client's identical statement: replace it (same text, same name).
                     self.inject_close(&s.server_name, out);
                 }
                 server.prepared.insert(s.server_name.clone());
                 s.parse.renamed(&s.server_name).encode(out);
+                self.expect
+                    .push_back(Expect::ParseComplete { injected: false });
             }
             fe::BIND => {
                 let bind = Bind::decode(&frame)?;

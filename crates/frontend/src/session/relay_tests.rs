@@ -158,3 +158,15 @@ fn session_mode_passes_names_through_and_tracks_parameters() {
     assert!(!w.relay.releases());
     assert!(w.relay.at_sync_point());
 }
+
+#[test]
+fn reparse_of_a_statement_the_server_has_hides_the_injected_close() {
+    let mut w = World::new(PoolMode::Transaction);
+    w.client(&[parse("a", "select 1"), frame(b'S', b"")]);
+    w.server(&[frame(b'1', b""), frame(b'Z', b"I")]);
+    // A second client name for the same text on the same server connection.
+    let (_, sent) = w.client(&[parse("b", "select 1"), frame(b'S', b"")]);
+    assert_eq!(sent, "CPS");
+    let got = w.server(&[frame(b'3', b""), frame(b'1', b""), frame(b'Z', b"I")]);
+    assert_eq!(got, "1Z");
+}

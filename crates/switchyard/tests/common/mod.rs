@@ -1,0 +1,143 @@
+//! Shared integration-test harness: a real PostgreSQL (from `test-support`) with test users, a
+//! Switchyard proxy started in-process in front of it, clients, and deadline helpers.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use switchyard::serve::{self, Running};
+use switchyard_config::{Config, PoolMode};
+use test_support::{PasswordKind, PgServer};
+use tokio_postgres::{Client, NoTls};
+
+/// Default bound for one step of a test.
+pub const STEP: Duration = Duration::from_secs(20);
+
+pub const SCRAM_USER: &str = "scram_user";
+pub const SCRAM_PASSWORD: &str = "scram-pw";
+pub const MD5_USER: &str = "md5_user";
+pub const MD5_PASSWORD: &str = "md5-pw";
+
+/// Awaits `f` at most `limit`, failing the test with `what` if it takes longer.
+pub async fn within<F: Future>(limit: Duration, what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(limit, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
+    }
+}
+
+/// Starts PostgreSQL with the test users (a SCRAM one and an md5 one) and a `app` database.
+pub fn start_pg() -> PgServer {
+    let pg = PgServer::start().expect("start PostgreSQL");
+    pg.create_user(SCRAM_USER, SCRAM_PASSWORD, PasswordKind::Scram)
+        .expect("scram user");
+    pg.create_user(MD5_USER, MD5_PASSWORD, PasswordKind::Md5)
+        .expect("md5 user");
+    pg.create_database("app", "postgres").expect("app database");
+    pg.psql_db("app", "GRANT ALL ON SCHEMA public TO PUBLIC")
+        .expect("grant");
+    pg
+}
+
+/// A config for Switchyard on a free port in front of `pg`, with trust, SCRAM and md5 users.
+pub fn config_for(pg: &PgServer, mode: PoolMode) -> Config {
+    let toml = format!(
+        r#"
+        [proxy]
+        listen = "127.0.0.1:0"
+        [pool]
+        mode = "{mode}"
+        size = 4
+        [clusters.main]
+        members = ["{addr}"]
+        [[sites]]
+        database = "*"
+        cluster = "main"
+        [[users]]
+        name = "postgres"
+        auth = "trust"
+        [[users]]
+        name = "{SCRAM_USER}"
+        auth = "scram-sha-256"
+        password = "{SCRAM_PASSWORD}"
+        [[users]]
+        name = "{MD5_USER}"
+        auth = "md5"
+        password = "{MD5_PASSWORD}"
+        "#,
+        mode = match mode {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        },
+        addr = pg.addr(),
+    );
+    Config::from_toml(&toml).expect("test config is valid")
+}
+
+/// A PostgreSQL and a proxy in front of it.
+pub struct Harness {
+    pub pg: PgServer,
+    pub proxy: Running,
+}
+
+impl Harness {
+    pub async fn start(mode: PoolMode) -> Self {
+        Self::start_with(mode, |_| {}).await
+    }
+
+    pub async fn start_with(mode: PoolMode, tweak: impl FnOnce(&mut Config)) -> Self {
+        let pg = start_pg();
+        let mut config = config_for(&pg, mode);
+        tweak(&mut config);
+        let proxy = within(STEP, "proxy start", serve::start(config))
+            .await
+            .expect("proxy starts");
+        Self { pg, proxy }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.proxy.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.proxy.addr.port()
+    }
+
+    /// A libpq-style connection string for the proxy.
+    pub fn conninfo(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db}",
+            self.port()
+        )
+    }
+
+    /// Connects through the proxy as postgres to `app`.
+    pub async fn client(&self) -> Client {
+        self.client_as("postgres", "", "app")
+            .await
+            .expect("connect through the proxy")
+    }
+
+    pub async fn client_as(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        connect(&self.conninfo(user, password, db)).await
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection in a task.
+pub async fn connect(conninfo: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = within(STEP, "connect", tokio_postgres::connect(conninfo, NoTls)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE of a tokio-postgres error, or "" if it has none.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
