@@ -63,6 +63,14 @@ impl Relay {
         }
     }
 
+    /// Ready for a new attachment; keeps the queue's allocation.
+    pub fn reset(&mut self) {
+        self.expect.clear();
+        self.unsynced = false;
+        self.status = TxStatus::Idle;
+        self.server_fatal = false;
+    }
+
     fn outstanding(&self) -> bool {
         self.expect.iter().any(|e| *e == Expect::Ready)
     }

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 enum Link {
     Detached,
-    Attached { server: Pooled, relay: Relay },
+    Attached { server: Pooled },
 }
 
 pub struct Session {
@@ -32,18 +32,22 @@ pub struct Session {
     info: LoggedIn,
     statements: Statements,
     link: Link,
+    /// Relay state of the current attachment; reset (not reallocated) on every attach.
+    relay: Relay,
     out: BytesMut,
     span: tracing::Span,
 }
 
 impl Session {
     pub fn new(proxy: Arc<Proxy>, client: ClientConn, info: LoggedIn, span: tracing::Span) -> Self {
+        let relay = Relay::new(info.settings.mode);
         Self {
             proxy,
             client,
             info,
             statements: Statements::default(),
             link: Link::Detached,
+            relay,
             out: BytesMut::with_capacity(8192),
             span,
         }
@@ -67,6 +71,7 @@ impl Session {
                     }
                     None => {
                         tokio::select! {
+                            biased;
                             more = self.client.fill() => if !more? { return Ok(()) },
                             _ = self.proxy.shutdown.cancelled() => return Err(SessionError::Shutdown),
                         }
@@ -83,7 +88,8 @@ impl Session {
     /// Forwards what the client has sent, waits for either side, forwards what the server sent,
     /// and detaches at the end of a transaction (transaction mode).
     async fn relay_once(&mut self) -> Result<ClientStep, SessionError> {
-        let Link::Attached { server, relay } = &mut self.link else {
+        let relay = &mut self.relay;
+        let Link::Attached { server } = &mut self.link else {
             return Ok(ClientStep::Continue);
         };
         let conn = &mut server.conn;
@@ -109,6 +115,12 @@ impl Session {
             return Ok(step);
         }
         tokio::select! {
+            biased;
+            r = conn.stream.read_buf(&mut conn.read_buf) => match r {
+                Ok(0) => return Err(SessionError::ServerLost(switchyard_server::ServerError::Closed)),
+                Ok(_) => {}
+                Err(e) => return Err(SessionError::ServerLost(e.into())),
+            },
             r = self.client.stream.read_buf(&mut self.client.buf) => {
                 return match r {
                     Ok(0) => Ok(ClientStep::Terminate),
@@ -116,11 +128,6 @@ impl Session {
                     Err(e) => Err(SessionError::ClientGone(e)),
                 };
             }
-            r = conn.stream.read_buf(&mut conn.read_buf) => match r {
-                Ok(0) => return Err(SessionError::ServerLost(switchyard_server::ServerError::Closed)),
-                Ok(_) => {}
-                Err(e) => return Err(SessionError::ServerLost(e.into())),
-            },
         }
         self.out.clear();
         let mut side = ServerSide {
@@ -190,10 +197,8 @@ impl Session {
             addr: server.conn.addr.clone(),
             key: server.conn.key.clone(),
         }));
-        self.link = Link::Attached {
-            server,
-            relay: Relay::new(self.mode()),
-        };
+        self.relay.reset();
+        self.link = Link::Attached { server };
         Ok(())
     }
 
@@ -201,14 +206,12 @@ impl Session {
     fn detach(&mut self) {
         self.info.cancel.set(None);
         let transaction_mode = self.mode() == PoolMode::Transaction;
-        if let Link::Attached { mut server, relay } =
-            std::mem::replace(&mut self.link, Link::Detached)
-        {
+        if let Link::Attached { mut server } = std::mem::replace(&mut self.link, Link::Detached) {
             if transaction_mode {
                 // Every ParameterStatus went to both maps: they still match.
                 server.conn.settings_fingerprint = self.info.params.fingerprint();
             }
-            if relay.at_sync_point() && server.conn.read_buf.is_empty() {
+            if self.relay.at_sync_point() && server.conn.read_buf.is_empty() {
                 self.info.pool.release(server);
             } else {
                 self.info.pool.discard(server);
@@ -261,7 +264,8 @@ impl Session {
             self.client.send_error(&fatal).await;
         }
         let session_mode = self.mode() == PoolMode::Session;
-        let Link::Attached { server, relay } = &mut self.link else {
+        let relay = &mut self.relay;
+        let Link::Attached { server } = &mut self.link else {
             return;
         };
         let clean = relay.at_sync_point()
