@@ -13,5 +13,8 @@ fn every_example_config_is_valid() {
             checked += 1;
         }
     }
-    assert!(checked >= 2, "expected the example configs, found {checked}");
+    assert!(
+        checked >= 2,
+        "expected the example configs, found {checked}"
+    );
 }

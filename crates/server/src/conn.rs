@@ -180,19 +180,20 @@ impl ServerConn {
         }
     }
 
-    /// Runs a query returning one text value (first column of the first row).
-    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
+    /// Runs a query and returns its first row as text values (NULL as `None`); an empty
+    /// result gives an empty row. The caller bounds it with a timeout.
+    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, ServerError> {
         self.send(&frontend::query(sql)).await?;
-        let (mut value, mut failure) = (None, None);
+        let (mut row, mut failure) = (None, None);
         loop {
             let f = self.read_frame().await?;
             match f.tag {
-                tag::DATA_ROW if value.is_none() => value = first_column(&f)?,
+                tag::DATA_ROW if row.is_none() => row = Some(decode_row(&f)?),
                 tag::ERROR_RESPONSE => failure = Some(ErrorFields::decode(&f)?),
                 tag::READY_FOR_QUERY => {
                     return match failure {
                         Some(e) => Err(ServerError::Query(e)),
-                        None => Ok(value),
+                        None => Ok(row.unwrap_or_default()),
                     };
                 }
                 _ => {}
@@ -207,18 +208,19 @@ impl ServerConn {
     }
 }
 
-fn first_column(f: &Frame) -> Result<Option<String>, ServerError> {
+fn decode_row(f: &Frame) -> Result<Vec<Option<String>>, ServerError> {
     let mut c = switchyard_proto::cursor::Cursor::new(f.tag, f.body.clone());
-    if c.i16()? < 1 {
-        return Ok(None);
+    let n = c.i16()?.max(0) as usize;
+    let mut row = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = c.i32()?;
+        row.push(if len < 0 {
+            None
+        } else {
+            Some(String::from_utf8_lossy(&c.bytes(len as usize)?).into_owned())
+        });
     }
-    let len = c.i32()?;
-    if len < 0 {
-        return Ok(None);
-    }
-    Ok(Some(
-        String::from_utf8_lossy(&c.bytes(len as usize)?).into_owned(),
-    ))
+    Ok(row)
 }
 
 /// Sends a CancelRequest for `key` to the server at `addr`, bounded by `timeout`.

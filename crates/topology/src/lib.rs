@@ -1,0 +1,14 @@
+//! Cluster topology: which member is the primary, by evidence.
+//!
+//! - [`health`]: per-member health with hysteresis (`Unknown → Up ⇄ Suspect → Down`).
+//! - [`decide`]: the pure function that names the primary from what the probes saw.
+//! - [`probe`]: one probe of one member on its own dedicated connection.
+#![forbid(unsafe_code)]
+
+pub mod decide;
+pub mod health;
+pub mod probe;
+
+pub use decide::{Decision, MemberView, decide};
+pub use health::{Health, Thresholds};
+pub use probe::{NodeFacts, ProbeError};
