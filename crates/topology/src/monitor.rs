@@ -1,0 +1,318 @@
+//! The cluster monitor: one probe loop per member and one decider loop per cluster.
+//!
+//! - Each **probe loop** probes its member every `probe_interval` on a dedicated connection
+//!   (every `fast_interval` while the member is suspect, has requests outstanding, or was
+//!   kicked by the data path), and sends each result to the decider.
+//! - The **decider loop** owns member health and facts, runs [`decide`] after every result,
+//!   and publishes a new [`TopologyView`] (with a new generation) whenever the answer changes.
+//!
+//! Both stop when the shutdown token fires.
+
+use crate::decide::{Decision, MemberView, decide};
+use crate::health::{Health, Thresholds};
+use crate::probe::{NodeFacts, ProbeError, probe};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use switchyard_server::{ConnectParams, ServerConn};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorSettings {
+    pub probe_interval: Duration,
+    pub fast_interval: Duration,
+    pub probe_timeout: Duration,
+    pub thresholds: Thresholds,
+}
+
+/// Which member carries writes now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterState {
+    Primary { id: usize, addr: String },
+    NoPrimary,
+    Conflict(Vec<usize>),
+}
+
+/// One member as the monitor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub addr: String,
+    pub health: Health,
+    pub facts: Option<NodeFacts>,
+    pub fenced: bool,
+}
+
+/// A published answer. `generation` bumps on every change of `state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyView {
+    pub generation: u64,
+    pub state: ClusterState,
+    pub members: Vec<MemberStatus>,
+    /// When `state` last changed.
+    pub since: Instant,
+}
+
+/// What the data path tells the monitor about one member.
+#[derive(Default)]
+struct MemberSignals {
+    kick: Notify,
+    outstanding: AtomicUsize,
+    fast: AtomicBool,
+    fenced: AtomicBool,
+}
+
+/// The handle the rest of Switchyard holds.
+#[derive(Clone)]
+pub struct ClusterMonitor {
+    name: Arc<str>,
+    addrs: Arc<[String]>,
+    signals: Arc<[MemberSignals]>,
+    view: watch::Receiver<Arc<TopologyView>>,
+}
+
+impl ClusterMonitor {
+    /// Starts the loops for a cluster. `params` gives, per member, how to connect for probes.
+    pub fn start(
+        name: &str,
+        params: Vec<ConnectParams>,
+        settings: MonitorSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let addrs: Arc<[String]> = params.iter().map(|p| p.addr.clone()).collect();
+        let signals: Arc<[MemberSignals]> =
+            params.iter().map(|_| MemberSignals::default()).collect();
+        let members = addrs
+            .iter()
+            .map(|a| MemberStatus {
+                addr: a.clone(),
+                health: Health::Unknown,
+                facts: None,
+                fenced: false,
+            })
+            .collect();
+        let first = TopologyView {
+            generation: 0,
+            state: ClusterState::NoPrimary,
+            members,
+            since: Instant::now(),
+        };
+        let (tx, view) = watch::channel(Arc::new(first));
+        let (results_tx, results_rx) = mpsc::channel(64);
+        for (id, p) in params.into_iter().enumerate() {
+            let probe_loop = ProbeLoop {
+                id,
+                params: p,
+                settings: settings.clone(),
+                signals: signals.clone(),
+                results: results_tx.clone(),
+            };
+            tokio::spawn(probe_loop.run(shutdown.clone()));
+        }
+        let decider = Decider {
+            cluster: name.into(),
+            settings,
+            signals: signals.clone(),
+            publish: tx,
+            system_id: None,
+            max_timeline: 0,
+        };
+        tokio::spawn(decider.run(results_rx, shutdown));
+        Self {
+            name: name.into(),
+            addrs,
+            signals,
+            view,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn view(&self) -> Arc<TopologyView> {
+        self.view.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<TopologyView>> {
+        self.view.clone()
+    }
+
+    fn member(&self, addr: &str) -> Option<&MemberSignals> {
+        self.addrs
+            .iter()
+            .position(|a| a == addr)
+            .and_then(|i| self.signals.get(i))
+    }
+
+    /// Evidence from the data path (a socket error, a read-only error, a slow request): probe
+    /// this member now.
+    pub fn suspect(&self, addr: &str) {
+        if let Some(m) = self.member(addr) {
+            m.fast.store(true, Ordering::Relaxed);
+            m.kick.notify_one();
+        }
+    }
+
+    /// Requests outstanding on a member speed up its probing.
+    pub fn request_started(&self, addr: &str) {
+        if let Some(m) = self.member(addr) {
+            m.outstanding.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn request_finished(&self, addr: &str) {
+        if let Some(m) = self.member(addr) {
+            let _ = m
+                .outstanding
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Operator fence: the member never carries traffic until unfenced.
+    pub fn set_fenced(&self, addr: &str, fenced: bool) -> bool {
+        let Some(m) = self.member(addr) else {
+            return false;
+        };
+        m.fenced.store(fenced, Ordering::Relaxed);
+        m.kick.notify_one();
+        true
+    }
+}
+
+struct ProbeLoop {
+    id: usize,
+    params: ConnectParams,
+    settings: MonitorSettings,
+    signals: Arc<[MemberSignals]>,
+    results: mpsc::Sender<(usize, Result<NodeFacts, ProbeError>)>,
+}
+
+impl ProbeLoop {
+    async fn run(self, shutdown: CancellationToken) {
+        let mut conn: Option<ServerConn> = None;
+        let Some(sig) = self.signals.get(self.id) else {
+            return;
+        };
+        loop {
+            let result = probe(&mut conn, &self.params, self.settings.probe_timeout).await;
+            if self.results.send((self.id, result)).await.is_err() {
+                return;
+            }
+            let fast =
+                sig.fast.load(Ordering::Relaxed) || sig.outstanding.load(Ordering::Relaxed) > 0;
+            let wait = if fast {
+                self.settings.fast_interval
+            } else {
+                self.settings.probe_interval
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = sig.kick.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+struct Decider {
+    cluster: Arc<str>,
+    settings: MonitorSettings,
+    signals: Arc<[MemberSignals]>,
+    publish: watch::Sender<Arc<TopologyView>>,
+    /// The cluster's system identifier, learned from the first primary seen.
+    system_id: Option<u64>,
+    /// The highest primary timeline ever seen: no primary below it is accepted.
+    max_timeline: u32,
+}
+
+impl Decider {
+    async fn run(
+        mut self,
+        mut results: mpsc::Receiver<(usize, Result<NodeFacts, ProbeError>)>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let (id, result) = tokio::select! {
+                r = results.recv() => match r { Some(r) => r, None => return },
+                _ = shutdown.cancelled() => return,
+            };
+            self.apply(id, result);
+        }
+    }
+
+    /// Folds one probe result into the view, and publishes if the decision changed.
+    fn apply(&mut self, id: usize, result: Result<NodeFacts, ProbeError>) {
+        let old = self.publish.borrow().clone();
+        let mut members = old.members.clone();
+        let Some(m) = members.get_mut(id) else { return };
+        let before = m.health;
+        m.health = m.health.observe(result.is_ok(), self.settings.thresholds);
+        m.fenced = self
+            .signals
+            .get(id)
+            .is_some_and(|s| s.fenced.load(Ordering::Relaxed));
+        if let Some(s) = self.signals.get(id) {
+            s.fast
+                .store(!matches!(m.health, Health::Up), Ordering::Relaxed);
+        }
+        match &result {
+            Ok(f) => m.facts = Some(f.clone()),
+            Err(e) if before != m.health => {
+                tracing::warn!(cluster = %self.cluster, member = %m.addr, error = %e, "probe failed")
+            }
+            Err(_) => {}
+        }
+        if before != m.health {
+            tracing::info!(cluster = %self.cluster, member = %m.addr, from = ?before, to = ?m.health, "member health changed");
+        }
+        let state = self.decide(&members);
+        if state == old.state && members == old.members {
+            return;
+        }
+        let changed = state != old.state;
+        let view = TopologyView {
+            generation: old.generation + u64::from(changed),
+            since: if changed { Instant::now() } else { old.since },
+            state,
+            members,
+        };
+        if changed {
+            tracing::warn!(cluster = %self.cluster, generation = view.generation, state = ?view.state, "topology changed");
+        }
+        self.publish.send_replace(Arc::new(view));
+    }
+
+    fn decide(&mut self, members: &[MemberStatus]) -> ClusterState {
+        let views: Vec<MemberView> = members
+            .iter()
+            .enumerate()
+            .map(|(id, m)| MemberView {
+                id,
+                health: m.health,
+                facts: m.facts.clone(),
+                fenced: m.fenced,
+            })
+            .collect();
+        match decide(&views, self.system_id, self.max_timeline) {
+            Decision::Primary(id) => {
+                let Some(m) = members.get(id) else {
+                    return ClusterState::NoPrimary;
+                };
+                if let Some(f) = &m.facts {
+                    self.system_id.get_or_insert(f.system_id);
+                    self.max_timeline = self.max_timeline.max(f.timeline);
+                }
+                ClusterState::Primary {
+                    id,
+                    addr: m.addr.clone(),
+                }
+            }
+            Decision::NoPrimary => ClusterState::NoPrimary,
+            Decision::Conflict(ids) => {
+                tracing::error!(cluster = %self.cluster, members = ?ids, "two writable members on the same timeline: refusing writes");
+                ClusterState::Conflict(ids)
+            }
+        }
+    }
+}
