@@ -83,7 +83,7 @@ impl SessionError {
             Self::Server(ServerError::Refused(f)) | Self::Server(ServerError::Query(f)) => {
                 Some(ErrorFields {
                     severity: "ERROR".into(),
-                    ..f.clone()
+                    ..(**f).clone()
                 })
             }
             Self::Server(e) => error(CANNOT_CONNECT_NOW, format!("server unavailable: {e}")),

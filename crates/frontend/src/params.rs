@@ -6,8 +6,49 @@
 
 use std::collections::BTreeMap;
 
-/// Startup keys that are not settings.
+/// Startup keys that are not settings (`options` is unpacked into settings).
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Unpacks a startup `options` string the way PostgreSQL's `pg_split_opts` does: whitespace
+/// separates words, a backslash escapes the next character, and settings come as `-c name=value`
+/// (or `-cname=value`, `--name=value`).
+pub fn split_options(options: &str) -> Result<Vec<(String, String)>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut settings = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next().ok_or("option -c needs name=value")?
+        } else if let Some(rest) = w.strip_prefix("-c").or_else(|| w.strip_prefix("--")) {
+            rest.to_string()
+        } else {
+            return Err(format!(
+                "unsupported startup option {w:?}: only -c name=value is supported"
+            ));
+        };
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("option {setting:?} needs name=value"))?;
+        settings.push((name.replace('-', "_"), value.to_string()));
+    }
+    Ok(settings)
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct ClientParams {
@@ -47,10 +88,15 @@ impl ClientParams {
         welcome: &BTreeMap<String, String>,
     ) -> Result<Self, String> {
         let mut wanted = welcome.clone();
+        let mut settings: Vec<(String, String)> = Vec::new();
         for (k, v) in startup {
-            if NOT_SETTINGS.contains(&k.as_str()) {
-                continue;
+            if k == "options" {
+                settings.extend(split_options(v)?);
+            } else if !NOT_SETTINGS.contains(&k.as_str()) {
+                settings.push((k.clone(), v.clone()));
             }
+        }
+        for (k, v) in &settings {
             if !valid_name(k) {
                 return Err(format!("invalid startup parameter name {k:?}"));
             }
@@ -148,5 +194,23 @@ mod tests {
         c.apply_to(&mut s, &welcome);
         assert_eq!(c.sync_sql(&s, &welcome), None);
         assert!(ClientParams::from_startup(&[("bad;name".into(), "x".into())], &welcome).is_err());
+    }
+
+    #[test]
+    fn options_are_split_like_postgres() {
+        let got = split_options(
+            r"-c search_path=a,b  --statement-timeout=5s -cwork_mem=1MB -c x=with\ space",
+        )
+        .unwrap();
+        let want = [
+            ("search_path", "a,b"),
+            ("statement_timeout", "5s"),
+            ("work_mem", "1MB"),
+            ("x", "with space"),
+        ];
+        assert_eq!(got, want.map(|(k, v)| (k.to_string(), v.to_string())));
+        assert!(split_options("-d 5").is_err());
+        assert!(split_options("-c").is_err());
+        assert!(split_options("-c novalue").is_err());
     }
 }

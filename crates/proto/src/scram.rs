@@ -120,7 +120,7 @@ impl ScramSecret {
 }
 
 /// Splits `a=x,b=y` SCRAM attributes.
-fn attr<'a>(msg: &'a str, name: char) -> Option<&'a str> {
+fn attr(msg: &str, name: char) -> Option<&str> {
     msg.split(',')
         .find_map(|p| p.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
 }

@@ -15,7 +15,9 @@ pub(crate) async fn authenticate(
         let f = conn.read_frame().await?;
         match f.tag {
             tag::AUTHENTICATION => {}
-            tag::ERROR_RESPONSE => return Err(ServerError::Refused(ErrorFields::decode(&f)?)),
+            tag::ERROR_RESPONSE => {
+                return Err(ServerError::Refused(Box::new(ErrorFields::decode(&f)?)));
+            }
             other => {
                 return Err(switchyard_proto::ProtoError::Unexpected {
                     tag: other as char,

@@ -148,7 +148,9 @@ impl ServerConn {
                         secret: secret.into(),
                     };
                 }
-                tag::ERROR_RESPONSE => return Err(ServerError::Refused(ErrorFields::decode(&f)?)),
+                tag::ERROR_RESPONSE => {
+                    return Err(ServerError::Refused(Box::new(ErrorFields::decode(&f)?)));
+                }
                 tag::READY_FOR_QUERY => return Ok(()),
                 _ => {} // NoticeResponse and friends
             }
@@ -171,7 +173,7 @@ impl ServerConn {
                 tag::READY_FOR_QUERY => {
                     let status = backend::decode_ready_for_query(&f)?;
                     return match failure {
-                        Some(e) => Err(ServerError::Query(e)),
+                        Some(e) => Err(ServerError::Query(Box::new(e))),
                         None => Ok(status),
                     };
                 }
@@ -192,7 +194,7 @@ impl ServerConn {
                 tag::ERROR_RESPONSE => failure = Some(ErrorFields::decode(&f)?),
                 tag::READY_FOR_QUERY => {
                     return match failure {
-                        Some(e) => Err(ServerError::Query(e)),
+                        Some(e) => Err(ServerError::Query(Box::new(e))),
                         None => Ok(row.unwrap_or_default()),
                     };
                 }

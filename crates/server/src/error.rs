@@ -18,7 +18,7 @@ pub enum ServerError {
     },
     /// The server refused the login (bad password, unknown database, too many connections, ...).
     #[error("server refused the login: {} {}", .0.code, .0.message)]
-    Refused(ErrorFields),
+    Refused(Box<ErrorFields>),
     #[error("server asks for authentication method {0}, which Switchyard does not support")]
     UnsupportedAuth(String),
     #[error(
@@ -35,7 +35,7 @@ pub enum ServerError {
     Closed,
     /// An internal query (reset, SET) failed.
     #[error("internal query failed: {} {}", .0.code, .0.message)]
-    Query(ErrorFields),
+    Query(Box<ErrorFields>),
 }
 
 impl ServerError {

@@ -104,9 +104,11 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 async fn run_serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let shutdown_timeout = config.proxy.shutdown_timeout.get();
+    use tokio::signal::unix::{SignalKind, signal};
+    let hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
     let running = serve::start(config).await?;
-    tokio::spawn(serve::watch_config(running.proxy.clone(), path));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(serve::watch_config(running.proxy.clone(), path, hup));
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),

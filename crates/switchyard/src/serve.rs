@@ -84,9 +84,9 @@ fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Reloads on SIGHUP and when the file's modification time changes, until shutdown.
-pub async fn watch_config(proxy: Arc<Proxy>, path: PathBuf) -> anyhow::Result<()> {
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+/// Reloads on SIGHUP and when the file's modification time changes, until shutdown. The caller
+/// installs the SIGHUP handler (`hup`) before announcing readiness, so no early signal kills us.
+pub async fn watch_config(proxy: Arc<Proxy>, path: PathBuf, mut hup: tokio::signal::unix::Signal) {
     let mut seen = mtime(&path);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -103,7 +103,7 @@ pub async fn watch_config(proxy: Arc<Proxy>, path: PathBuf) -> anyhow::Result<()
                     let _ = reload(&proxy, &path);
                 }
             }
-            _ = proxy.shutdown.cancelled() => return Ok(()),
+            _ = proxy.shutdown.cancelled() => return,
         }
     }
 }

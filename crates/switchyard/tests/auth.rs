@@ -146,8 +146,7 @@ async fn wrong_server_password_fails_login_with_the_server_error() {
         login(&h, MD5_USER, MD5_PASSWORD, "app"),
     )
     .await
-    .err()
-    .expect("login must fail: the server refuses the proxy's password");
+    .expect_err("login must fail: the server refuses the proxy's password");
     let (severity, code, message) = db_error(&err);
     assert_eq!(code, "28P01", "{message}");
     assert_eq!(severity, "FATAL", "{message}");
@@ -162,8 +161,7 @@ async fn wrong_server_password_fails_login_with_the_server_error() {
         login(&h, MD5_USER, MD5_PASSWORD, "app"),
     )
     .await
-    .err()
-    .expect("second login must fail too");
+    .expect_err("second login must fail too");
     assert_eq!(sqlstate(&err), "28P01");
     login_works(&h, SCRAM_USER, SCRAM_PASSWORD, SCRAM_USER).await;
 }
@@ -178,8 +176,7 @@ async fn unknown_database_fails_login_with_3d000() {
             login(&h, user, password, "no_such_db"),
         )
         .await
-        .err()
-        .expect("login to a missing database must fail");
+        .expect_err("login to a missing database must fail");
         let (severity, code, message) = db_error(&err);
         assert_eq!(code, "3D000", "{user}: {message}");
         assert_eq!(severity, "FATAL", "{user}: {message}");
@@ -198,7 +195,7 @@ async fn bad_startup_options_fail_login() {
         "host=127.0.0.1 port={} user=postgres dbname=app options='-c statement_timeout=bad'",
         h.pg.port()
     );
-    let direct_err = connect(&direct).await.err().expect("PostgreSQL refuses");
+    let direct_err = connect(&direct).await.expect_err("PostgreSQL refuses");
     assert_eq!(sqlstate(&direct_err), "22023");
 
     let info = format!(
@@ -214,8 +211,7 @@ async fn bad_startup_options_fail_login() {
     let err = match result {
         Err(e) => e,
         Ok(c) => {
-            let st: String = c
-                .query_one("show statement_timeout", &[])
+            let st: String = within(STEP, "show", c.query_one("show statement_timeout", &[]))
                 .await
                 .map(|r| r.get(0))
                 .unwrap_or_else(|e| format!("<{e}>"));
@@ -228,8 +224,12 @@ async fn bad_startup_options_fail_login() {
     let (_, code, message) = db_error(&err);
     assert_eq!(code, "22023", "{message}");
     assert!(message.contains("statement_timeout"), "{message:?}");
+}
 
-    // A valid option is applied.
+/// A valid `options=-c ...` at startup is applied to the client's session, as on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_options_are_applied() {
+    let h = Harness::start(PoolMode::Transaction).await;
     let info = format!(
         "{} options='-c statement_timeout=12345'",
         conninfo(&h, "postgres", "", "app")
@@ -317,8 +317,8 @@ enum RawLogin {
     /// ReadyForQuery arrived; the ParameterStatus pairs seen before it.
     Ready(Vec<(String, String)>),
     Refused(RawError),
-    /// The connection closed or something unexpected came.
-    Other(String),
+    /// The connection closed or something unexpected came (shown in failure messages).
+    Other(#[allow(dead_code)] String),
 }
 
 /// Sends a protocol-3.0 startup packet with `params` (trust auth only) and reads until

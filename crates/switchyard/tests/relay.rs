@@ -184,6 +184,8 @@ async fn startup_parameters_are_applied() {
         .unwrap()
         .get(0);
     assert_eq!(app, "myapp");
+    let sp: String = a.query_one("show search_path", &[]).await.unwrap().get(0);
+    assert_eq!(sp, "other", "startup options are applied");
     let app_b: String = b
         .query_one("select current_setting('application_name')", &[])
         .await

@@ -81,7 +81,8 @@ mod tests {
         let standby = facts(true, 1, 7);
         let promoted = facts(false, 2, 7);
         let down = Down { successes: 0 };
-        let cases: Vec<(&str, Vec<MemberView>, Option<u64>, u32, Decision)> = vec![
+        type Case = (&'static str, Vec<MemberView>, Option<u64>, u32, Decision);
+        let cases: Vec<Case> = vec![
             (
                 "one primary",
                 vec![m(0, Up, primary.clone()), m(1, Up, standby.clone())],

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_server::{ConnectParams, SocketOptions};
-use switchyard_topology::{ClusterMonitor, ClusterState, MonitorSettings, Thresholds, TopologyView};
+use switchyard_topology::{
+    ClusterMonitor, ClusterState, MonitorSettings, Thresholds, TopologyView,
+};
 use test_support::PgServer;
 use tokio_util::sync::CancellationToken;
 
@@ -24,12 +26,20 @@ fn settings() -> MonitorSettings {
         probe_interval: Duration::from_millis(200),
         fast_interval: Duration::from_millis(100),
         probe_timeout: Duration::from_millis(500),
-        thresholds: Thresholds { down_after: 2, up_after: 2 },
+        thresholds: Thresholds {
+            down_after: 2,
+            up_after: 2,
+        },
     }
 }
 
 /// Waits (bounded) until the view satisfies `pred`.
-async fn wait_for(m: &ClusterMonitor, limit: Duration, what: &str, pred: impl Fn(&TopologyView) -> bool) -> Arc<TopologyView> {
+async fn wait_for(
+    m: &ClusterMonitor,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&TopologyView) -> bool,
+) -> Arc<TopologyView> {
     let mut rx = m.subscribe();
     let result = tokio::time::timeout(limit, async {
         loop {
@@ -43,7 +53,12 @@ async fn wait_for(m: &ClusterMonitor, limit: Duration, what: &str, pred: impl Fn
         }
     })
     .await;
-    result.unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}; last view: {:?}", m.view()))
+    result.unwrap_or_else(|_| {
+        panic!(
+            "timed out after {limit:?} waiting for {what}; last view: {:?}",
+            m.view()
+        )
+    })
 }
 
 fn primary_is(v: &TopologyView, addr: &str) -> bool {
@@ -55,30 +70,61 @@ async fn follows_crash_and_promotion_and_fences_the_old_primary() {
     let primary = PgServer::start().unwrap();
     let standby = primary.start_standby().unwrap();
     let stop = CancellationToken::new();
-    let m = ClusterMonitor::start("main", vec![params(&primary), params(&standby)], settings(), stop.clone());
-    let v = wait_for(&m, Duration::from_secs(10), "the primary", |v| primary_is(v, &primary.addr())).await;
+    let m = ClusterMonitor::start(
+        "main",
+        vec![params(&primary), params(&standby)],
+        settings(),
+        stop.clone(),
+    );
+    let v = wait_for(&m, Duration::from_secs(10), "the primary", |v| {
+        primary_is(v, &primary.addr())
+    })
+    .await;
     let gen0 = v.generation;
 
     primary.kill().unwrap();
     let killed = Instant::now();
-    let v = wait_for(&m, Duration::from_secs(10), "no primary", |v| v.state == ClusterState::NoPrimary).await;
-    assert!(killed.elapsed() < Duration::from_secs(3), "crash noticed after {:?}", killed.elapsed());
+    let v = wait_for(&m, Duration::from_secs(10), "no primary", |v| {
+        v.state == ClusterState::NoPrimary
+    })
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "crash noticed after {:?}",
+        killed.elapsed()
+    );
     assert!(v.generation > gen0);
 
     standby.promote().unwrap();
     let promoted = Instant::now();
-    let v = wait_for(&m, Duration::from_secs(10), "the promoted standby", |v| primary_is(v, &standby.addr())).await;
-    assert!(promoted.elapsed() < Duration::from_secs(2), "promotion followed after {:?}", promoted.elapsed());
+    let v = wait_for(&m, Duration::from_secs(10), "the promoted standby", |v| {
+        primary_is(v, &standby.addr())
+    })
+    .await;
+    assert!(
+        promoted.elapsed() < Duration::from_secs(2),
+        "promotion followed after {:?}",
+        promoted.elapsed()
+    );
     let gen_new = v.generation;
 
     // The old primary comes back writable on the old timeline: it must not be chosen.
     primary.start_again().unwrap();
-    wait_for(&m, Duration::from_secs(10), "old primary probed again", |v| {
-        v.members[0].facts.as_ref().is_some_and(|f| !f.in_recovery) && v.members[0].health == switchyard_topology::Health::Up
-    })
+    wait_for(
+        &m,
+        Duration::from_secs(10),
+        "old primary probed again",
+        |v| {
+            v.members[0].facts.as_ref().is_some_and(|f| !f.in_recovery)
+                && v.members[0].health == switchyard_topology::Health::Up
+        },
+    )
     .await;
     let v = m.view();
-    assert!(primary_is(&v, &standby.addr()), "old primary fenced by timeline: {v:?}");
+    assert!(
+        primary_is(&v, &standby.addr()),
+        "old primary fenced by timeline: {v:?}"
+    );
     assert_eq!(v.generation, gen_new);
     stop.cancel();
 }
@@ -88,13 +134,26 @@ async fn a_frozen_primary_is_noticed() {
     let primary = PgServer::start().unwrap();
     let stop = CancellationToken::new();
     let m = ClusterMonitor::start("main", vec![params(&primary)], settings(), stop.clone());
-    wait_for(&m, Duration::from_secs(10), "the primary", |v| primary_is(v, &primary.addr())).await;
+    wait_for(&m, Duration::from_secs(10), "the primary", |v| {
+        primary_is(v, &primary.addr())
+    })
+    .await;
     primary.freeze().unwrap();
     let frozen = Instant::now();
-    wait_for(&m, Duration::from_secs(10), "no primary", |v| v.state == ClusterState::NoPrimary).await;
-    assert!(frozen.elapsed() < Duration::from_secs(3), "freeze noticed after {:?}", frozen.elapsed());
+    wait_for(&m, Duration::from_secs(10), "no primary", |v| {
+        v.state == ClusterState::NoPrimary
+    })
+    .await;
+    assert!(
+        frozen.elapsed() < Duration::from_secs(3),
+        "freeze noticed after {:?}",
+        frozen.elapsed()
+    );
     primary.thaw().unwrap();
-    wait_for(&m, Duration::from_secs(10), "primary back", |v| primary_is(v, &primary.addr())).await;
+    wait_for(&m, Duration::from_secs(10), "primary back", |v| {
+        primary_is(v, &primary.addr())
+    })
+    .await;
     stop.cancel();
 }
 
@@ -103,10 +162,19 @@ async fn operator_fence_moves_traffic_off() {
     let primary = PgServer::start().unwrap();
     let stop = CancellationToken::new();
     let m = ClusterMonitor::start("main", vec![params(&primary)], settings(), stop.clone());
-    wait_for(&m, Duration::from_secs(10), "the primary", |v| primary_is(v, &primary.addr())).await;
+    wait_for(&m, Duration::from_secs(10), "the primary", |v| {
+        primary_is(v, &primary.addr())
+    })
+    .await;
     assert!(m.set_fenced(&primary.addr(), true));
-    wait_for(&m, Duration::from_secs(5), "fenced", |v| v.state == ClusterState::NoPrimary).await;
+    wait_for(&m, Duration::from_secs(5), "fenced", |v| {
+        v.state == ClusterState::NoPrimary
+    })
+    .await;
     m.set_fenced(&primary.addr(), false);
-    wait_for(&m, Duration::from_secs(5), "unfenced", |v| primary_is(v, &primary.addr())).await;
+    wait_for(&m, Duration::from_secs(5), "unfenced", |v| {
+        primary_is(v, &primary.addr())
+    })
+    .await;
     stop.cancel();
 }

@@ -21,6 +21,9 @@ use switchyard_proto::frontend::tag as fe;
 use switchyard_proto::{decode_frame, peek_header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+// One Link lives per session and `Attached` is its normal state: boxing it would allocate per
+// transaction for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Link {
     Detached,
     Attached { server: Pooled },
@@ -121,6 +124,10 @@ impl Session {
                 Ok(_) => {}
                 Err(e) => return Err(SessionError::ServerLost(e.into())),
             },
+            // Idle between transactions while attached (session mode): shutdown ends it now.
+            _ = self.proxy.shutdown.cancelled(), if relay.at_sync_point() => {
+                return Err(SessionError::Shutdown);
+            }
             r = self.client.stream.read_buf(&mut self.client.buf) => {
                 return match r {
                     Ok(0) => Ok(ClientStep::Terminate),

@@ -106,7 +106,7 @@ impl Harness {
     /// A libpq-style connection string for the proxy.
     pub fn conninfo(&self, user: &str, password: &str, db: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} user={user} password={password} dbname={db}",
+            "host=127.0.0.1 port={} user='{user}' password='{password}' dbname='{db}'",
             self.port()
         )
     }
