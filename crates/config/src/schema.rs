@@ -15,6 +15,8 @@ pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
+    pub failover: FailoverConfig,
+    #[serde(default)]
     pub clusters: BTreeMap<String, ClusterConfig>,
     #[serde(default)]
     pub sites: Vec<SiteConfig>,
@@ -126,6 +128,48 @@ impl Default for ServerConfig {
 pub struct ClusterConfig {
     /// `host:port` of each member.
     pub members: Vec<String>,
+    /// User the probes log in as (needs no special rights); default: the first configured user
+    /// with a server password or trust.
+    #[serde(default)]
+    pub probe_user: Option<String>,
+    /// Database the probes connect to.
+    #[serde(default = "default_probe_database")]
+    pub probe_database: String,
+}
+
+fn default_probe_database() -> String {
+    "postgres".into()
+}
+
+/// How members are watched and how long work waits for a primary.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// Time between probes of a healthy, quiet member.
+    pub probe_interval: Duration,
+    /// Time between probes of a member that is suspect or has requests outstanding.
+    pub fast_probe_interval: Duration,
+    /// Longest one probe (connect + query) may take before it counts as a failure.
+    pub probe_timeout: Duration,
+    /// Consecutive failed probes that make a member Down.
+    pub down_after: u32,
+    /// Consecutive good probes that bring a Down member back.
+    pub up_after: u32,
+    /// Longest new work waits for a primary before 57P03.
+    pub failover_timeout: Duration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::millis(1000),
+            fast_probe_interval: Duration::millis(200),
+            probe_timeout: Duration::millis(600),
+            down_after: 2,
+            up_after: 2,
+            failover_timeout: Duration::secs(60),
+        }
+    }
 }
 
 /// A database (or `*` for any) served from a cluster, with optional pool overrides.
@@ -239,5 +283,17 @@ impl Config {
 
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The user a cluster's probes log in as: `probe_user`, else the first user Switchyard can
+    /// log in to the servers with (a server password, or trust on both sides).
+    pub fn probe_user(&self, cluster: &ClusterConfig) -> Option<&UserConfig> {
+        match &cluster.probe_user {
+            Some(name) => self.user(name),
+            None => self
+                .users
+                .iter()
+                .find(|u| u.server_password().is_some() || u.auth == AuthMethod::Trust),
+        }
     }
 }

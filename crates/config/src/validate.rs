@@ -67,6 +67,27 @@ impl Config {
                     errs.push(format!("clusters.{name}: member {m:?} is not host:port"));
                 }
             }
+            if let Some(u) = &c.probe_user {
+                if self.user(u).is_none() {
+                    errs.push(format!(
+                        "clusters.{name}.probe_user {u:?} is not a configured user"
+                    ));
+                }
+            } else if !self.users.is_empty() && self.probe_user(c).is_none() {
+                errs.push(format!(
+                    "clusters.{name}: no user can log in to the servers for probes; set probe_user or give a user server_password"
+                ));
+            }
+        }
+        let f = &self.failover;
+        if f.down_after == 0 || f.up_after == 0 {
+            errs.push("failover.down_after and failover.up_after must be at least 1".into());
+        }
+        if f.probe_timeout.get().is_zero()
+            || f.probe_interval.get().is_zero()
+            || f.fast_probe_interval.get().is_zero()
+        {
+            errs.push("failover probe intervals and probe_timeout must be above zero".into());
         }
     }
 
@@ -177,7 +198,7 @@ mod tests {
         let Err(ConfigError::Invalid(e)) = Config::from_toml(bad) else {
             panic!("must be invalid")
         };
-        assert_eq!(e.0.len(), 5, "{e}");
+        assert_eq!(e.0.len(), 6, "{e}");
     }
 
     #[test]

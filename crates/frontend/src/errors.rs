@@ -32,6 +32,14 @@ pub enum SessionError {
     ServerLost(ServerError),
     #[error("shutting down")]
     Shutdown,
+    #[error(transparent)]
+    Route(#[from] switchyard_router::RouteError),
+    /// Session mode: the server connection, and whatever state the session had on it, is gone.
+    #[error("server connection lost in session mode: {0}")]
+    SessionLost(String),
+    /// The server closed the connection with a FATAL error that was relayed to the client.
+    #[error("server ended the session")]
+    EndedByServer,
     /// The client went away; nobody to tell.
     #[error("client disconnected: {0}")]
     ClientGone(std::io::Error),
@@ -94,7 +102,20 @@ impl SessionError {
                 ADMIN_SHUTDOWN,
                 "terminating connection due to administrator command".into(),
             ),
-            Self::ClientGone(_) | Self::DirectTls => None,
+            Self::Route(switchyard_router::RouteError::Conflict { cluster, members }) => error(
+                CANNOT_CONNECT_NOW,
+                format!(
+                    "cluster {cluster:?} has several writable members ({members}); writes are refused until an operator resolves it"
+                ),
+            ),
+            Self::Route(e) => error(CANNOT_CONNECT_NOW, format!("{e}; retry later")),
+            Self::SessionLost(why) => fatal(
+                ADMIN_SHUTDOWN,
+                format!(
+                    "terminating connection because the primary failed over ({why}); session state is lost, reconnect"
+                ),
+            ),
+            Self::ClientGone(_) | Self::DirectTls | Self::EndedByServer => None,
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicUsize;
 use switchyard_config::{AuthMethod, Config, UserConfig, is_md5_hash};
 use switchyard_pool::Pools;
 use switchyard_proto::scram::ScramSecret;
+use switchyard_router::Router;
 use tokio_util::sync::CancellationToken;
 
 /// How one configured user proves who they are, derived once per config load.
@@ -62,25 +63,38 @@ impl Live {
 pub struct Proxy {
     pub live: ArcSwap<Live>,
     pub pools: Arc<Pools>,
+    pub router: Arc<Router>,
     pub(crate) cancels: CancelRegistry,
     /// Fired on SIGTERM: stop accepting, let sessions finish their transactions.
     pub shutdown: CancellationToken,
+    /// Fired when the drain is over: stops the background loops (probes, reaper), which
+    /// draining sessions still need.
+    pub background: CancellationToken,
     pub clients: AtomicUsize,
 }
 
 impl Proxy {
+    /// Builds the shared state and starts watching the configured clusters. Needs a runtime.
     pub fn new(config: Config) -> Arc<Self> {
+        let pools = Arc::new(Pools::default());
+        let shutdown = CancellationToken::new();
+        let background = CancellationToken::new();
+        let router = Router::new(pools.clone(), background.clone());
+        router.reconcile(&config);
         Arc::new(Self {
             live: ArcSwap::from_pointee(Live::new(config)),
-            pools: Arc::new(Pools::default()),
+            pools,
+            router,
             cancels: CancelRegistry::default(),
-            shutdown: CancellationToken::new(),
+            shutdown,
+            background,
             clients: AtomicUsize::new(0),
         })
     }
 
     /// Installs a new (already validated) config and applies it to existing pools.
     pub fn reload(&self, config: Config) {
+        self.router.reconcile(&config);
         self.live.store(Arc::new(Live::new(config)));
         crate::session::pool_for::reconcile_pools(self);
     }

@@ -1,7 +1,7 @@
 //! One pool: permits, idle connections, checkout with a deadline, release, resize, reap.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchyard_server::{ConnectParams, ServerConn, ServerError};
@@ -44,6 +44,8 @@ pub struct Pool {
     inner: Mutex<Inner>,
     active: AtomicUsize,
     waiting: AtomicUsize,
+    /// Connections of older topology generations are retired, never reused.
+    min_generation: AtomicU64,
     /// Parameters the server reported at its first login: what a new client is told at startup.
     welcome: Mutex<Option<BTreeMap<String, String>>>,
 }
@@ -66,6 +68,7 @@ impl Pool {
             }),
             active: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            min_generation: AtomicU64::new(0),
             welcome: Mutex::new(None),
         })
     }
@@ -85,7 +88,8 @@ impl Pool {
     /// Takes a connection, waiting for a free slot at most `wait`.
     ///
     /// Cancel safety: cancel-safe; a cancelled wait takes nothing.
-    pub async fn checkout(&self, wait: Duration) -> Result<Pooled, PoolError> {
+    pub async fn checkout(&self, wait: Duration, generation: u64) -> Result<Pooled, PoolError> {
+        self.retire_before(generation);
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => self.wait_for_permit(wait).await?,
@@ -93,7 +97,11 @@ impl Pool {
         let reused = self.take_idle();
         let conn = match reused {
             Some(c) => c,
-            None => self.open().await?,
+            None => {
+                let mut c = self.open().await?;
+                c.generation = generation;
+                c
+            }
         };
         self.active.fetch_add(1, Ordering::Relaxed);
         Ok(Pooled { conn, permit })
@@ -112,8 +120,9 @@ impl Pool {
     fn take_idle(&self) -> Option<ServerConn> {
         let mut inner = self.lock();
         let lifetime = inner.settings.lifetime;
+        let min_generation = self.min_generation.load(Ordering::Relaxed);
         while let Some(c) = inner.idle.pop_back() {
-            if c.created.elapsed() < lifetime {
+            if c.created.elapsed() < lifetime && c.generation >= min_generation {
                 return Some(c);
             }
         }
@@ -127,6 +136,13 @@ impl Pool {
             *welcome = Some(conn.params.clone());
         }
         Ok(conn)
+    }
+
+    pub fn cached_welcome(&self) -> Option<BTreeMap<String, String>> {
+        self.welcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The parameters a new client is told at startup, opening a connection to learn them if no
@@ -143,7 +159,9 @@ impl Pool {
         {
             return Ok(w);
         }
-        let c = self.checkout(wait).await?;
+        let c = self
+            .checkout(wait, self.min_generation.load(Ordering::Relaxed))
+            .await?;
         let params = c.conn.params.clone();
         self.release(c);
         Ok(params)
@@ -159,7 +177,9 @@ impl Pool {
             permit.forget();
             return;
         }
-        if conn.created.elapsed() >= inner.settings.lifetime {
+        if conn.created.elapsed() >= inner.settings.lifetime
+            || conn.generation < self.min_generation.load(Ordering::Relaxed)
+        {
             return;
         }
         conn.last_used = Instant::now();
@@ -196,6 +216,14 @@ impl Pool {
         inner.settings = settings;
     }
 
+    /// Retires connections opened before `generation`: idle ones close now, checked-out ones
+    /// when they come back.
+    pub fn retire_before(&self, generation: u64) {
+        if self.min_generation.fetch_max(generation, Ordering::Relaxed) < generation {
+            self.lock().idle.retain(|c| c.generation >= generation);
+        }
+    }
+
     pub fn stats(&self) -> PoolStats {
         PoolStats {
             idle: self.lock().idle.len(),
@@ -227,7 +255,8 @@ impl Pool {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             return Ok(());
         };
-        let conn = self.open().await?;
+        let mut conn = self.open().await?;
+        conn.generation = self.min_generation.load(Ordering::Relaxed);
         self.lock().idle.push_back(conn);
         drop(permit);
         Ok(())

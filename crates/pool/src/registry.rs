@@ -43,6 +43,28 @@ impl Pools {
         p
     }
 
+    /// Retires connections older than `generation` in the pools of these server addresses.
+    pub fn retire_before(&self, addrs: &[String], generation: u64) {
+        for (key, pool) in self.all() {
+            if addrs.contains(&key.addr) {
+                pool.retire_before(generation);
+            }
+        }
+    }
+
+    /// The welcome parameters any pool for (database, user) has learned, whatever its server:
+    /// a client can log in while its cluster has no primary.
+    pub fn known_welcome(
+        &self,
+        database: &str,
+        user: &str,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        self.all()
+            .into_iter()
+            .filter(|(k, _)| k.database == database && k.user == user)
+            .find_map(|(_, p)| p.cached_welcome())
+    }
+
     pub fn all(&self) -> Vec<(PoolKey, Arc<Pool>)> {
         let mut v: Vec<_> = self
             .lock()

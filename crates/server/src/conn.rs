@@ -57,6 +57,8 @@ pub struct ServerConn {
     /// Fingerprint of the client settings `params` was last brought in line with (0: none), so
     /// a client whose settings already match skips the comparison.
     pub settings_fingerprint: u64,
+    /// Topology generation this connection was opened under; retired when it is over.
+    pub generation: u64,
 }
 
 impl ServerConn {
@@ -97,6 +99,7 @@ impl ServerConn {
                 secret: bytes::Bytes::new(),
             },
             settings_fingerprint: 0,
+            generation: 0,
             created: now,
             last_used: now,
             prepared: HashSet::new(),

@@ -27,7 +27,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
     let addr = listener.local_addr()?;
     let proxy = Proxy::new(config);
-    tokio::spawn(proxy.pools.clone().run_reaper(proxy.shutdown.clone()));
+    tokio::spawn(proxy.pools.clone().run_reaper(proxy.background.clone()));
     let accept = tokio::spawn(switchyard_frontend::listener::serve(
         proxy.clone(),
         listener,
@@ -59,6 +59,7 @@ impl Running {
         } else {
             tracing::info!("all clients drained");
         }
+        self.proxy.background.cancel();
     }
 }
 

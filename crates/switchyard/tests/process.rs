@@ -311,6 +311,10 @@ cluster = "missing"
 [[users]]
 name = "alice"
 auth = "md5"
+
+[[users]]
+name = "ops"
+auth = "trust"
 "#,
     )
     .unwrap();

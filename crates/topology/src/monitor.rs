@@ -69,6 +69,7 @@ pub struct ClusterMonitor {
     addrs: Arc<[String]>,
     signals: Arc<[MemberSignals]>,
     view: watch::Receiver<Arc<TopologyView>>,
+    generation: watch::Receiver<u64>,
 }
 
 impl ClusterMonitor {
@@ -98,6 +99,7 @@ impl ClusterMonitor {
             since: Instant::now(),
         };
         let (tx, view) = watch::channel(Arc::new(first));
+        let (generation_tx, generation) = watch::channel(0);
         let (results_tx, results_rx) = mpsc::channel(64);
         for (id, p) in params.into_iter().enumerate() {
             let probe_loop = ProbeLoop {
@@ -110,6 +112,7 @@ impl ClusterMonitor {
             tokio::spawn(probe_loop.run(shutdown.clone()));
         }
         let decider = Decider {
+            generation: generation_tx,
             cluster: name.into(),
             settings,
             signals: signals.clone(),
@@ -123,6 +126,7 @@ impl ClusterMonitor {
             addrs,
             signals,
             view,
+            generation,
         }
     }
 
@@ -136,6 +140,12 @@ impl ClusterMonitor {
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<TopologyView>> {
         self.view.clone()
+    }
+
+    /// Changes only when the generation does (the full view also changes on every probe):
+    /// what a session watches.
+    pub fn generations(&self) -> watch::Receiver<u64> {
+        self.generation.clone()
     }
 
     fn member(&self, addr: &str) -> Option<&MemberSignals> {
@@ -220,6 +230,7 @@ struct Decider {
     settings: MonitorSettings,
     signals: Arc<[MemberSignals]>,
     publish: watch::Sender<Arc<TopologyView>>,
+    generation: watch::Sender<u64>,
     /// The cluster's system identifier, learned from the first primary seen.
     system_id: Option<u64>,
     /// The highest primary timeline ever seen: no primary below it is accepted.
@@ -280,7 +291,11 @@ impl Decider {
         if changed {
             tracing::warn!(cluster = %self.cluster, generation = view.generation, state = ?view.state, "topology changed");
         }
+        let generation = view.generation;
         self.publish.send_replace(Arc::new(view));
+        if changed {
+            self.generation.send_replace(generation);
+        }
     }
 
     fn decide(&mut self, members: &[MemberStatus]) -> ClusterState {

@@ -1,7 +1,7 @@
-//! Login: startup negotiation, authentication, choosing the pool, validating the client's
+//! Login: startup negotiation, authentication, the client's target, validating the client's
 //! settings on a server, and the greeting (ParameterStatus, BackendKeyData, ReadyForQuery).
 
-use super::pool_for::{INTERNAL_QUERY_TIMEOUT, pool_for};
+use super::pool_for::{INTERNAL_QUERY_TIMEOUT, Target, pool_at, target_for};
 use crate::auth::authenticate;
 use crate::cancel::CancelHandle;
 use crate::client::ClientConn;
@@ -9,18 +9,19 @@ use crate::params::ClientParams;
 use crate::startup::{Hello, negotiate};
 use crate::{Proxy, SessionError};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use switchyard_config::EffectivePool;
 use switchyard_pool::Pool;
 use switchyard_proto::backend::{self, TxStatus};
 use switchyard_proto::{Frame, sqlstate};
+use switchyard_server::ServerError;
 
 /// A client that has logged in, before its relay starts.
 pub struct LoggedIn {
     pub user: String,
     pub database: String,
-    pub pool: Arc<Pool>,
+    pub target: Target,
     pub settings: EffectivePool,
+    pub failover_timeout: std::time::Duration,
     pub welcome: BTreeMap<String, String>,
     pub params: ClientParams,
     pub cancel: CancelHandle,
@@ -54,39 +55,74 @@ pub async fn login(
     let site = config
         .site_for(&database)
         .ok_or_else(|| SessionError::NoSuchDatabase(database.clone()))?;
-    let (pool, settings) = pool_for(proxy, config, site, &database, user_cfg)
-        .ok_or_else(|| SessionError::NoSuchDatabase(database.clone()))?;
-    let wait = settings.query_wait_timeout.get();
-    let welcome = pool.welcome_params(wait).await?;
+    let target = target_for(site, &database, user_cfg);
+    let settings = config.effective_pool(site);
+    let failover_timeout = config.failover.failover_timeout.get();
+    let known = proxy
+        .pools
+        .known_welcome(&target.server_db, target.user.server_user());
+    let welcome = match known {
+        Some(w) => w,
+        None => {
+            let pool = primary_pool(proxy, &target, &settings, failover_timeout).await?;
+            pool.0
+                .welcome_params(settings.query_wait_timeout.get())
+                .await?
+        }
+    };
     let params =
         ClientParams::from_startup(&startup, &welcome).map_err(SessionError::Unsupported)?;
-    validate_settings(&pool, &params, &welcome, wait).await?;
+    if params.sync_sql(&welcome, &welcome).is_some() {
+        let (pool, generation) = primary_pool(proxy, &target, &settings, failover_timeout).await?;
+        validate_settings(
+            &pool,
+            generation,
+            &params,
+            &welcome,
+            settings.query_wait_timeout.get(),
+        )
+        .await?;
+    }
     let cancel = proxy.cancels.register();
     greet(client, &params, &welcome, &cancel).await?;
     tracing::info!(%user, %database, "login");
     Ok(Some(LoggedIn {
         user,
         database,
-        pool,
+        target,
         settings,
+        failover_timeout,
         welcome,
         params,
         cancel,
     }))
 }
 
-/// A client asking for settings the servers lack (TimeZone, search_path...) has them tried once
-/// now, so a bad value fails the login as it would on PostgreSQL, not every later transaction.
+/// The pool at the target's current primary (waiting in the failover gate) and its generation.
+pub async fn primary_pool(
+    proxy: &Proxy,
+    target: &Target,
+    settings: &EffectivePool,
+    gate: std::time::Duration,
+) -> Result<(std::sync::Arc<Pool>, u64), SessionError> {
+    let route = proxy.router.primary(&target.cluster, gate).await?;
+    let live = proxy.live.load();
+    Ok((
+        pool_at(proxy, &live.config, target, &route.addr, settings),
+        route.generation,
+    ))
+}
+
+/// Settings the servers lack (TimeZone, search_path...) are tried once at login, so a bad value
+/// fails the login as it would on PostgreSQL, not every later transaction.
 async fn validate_settings(
     pool: &Pool,
+    generation: u64,
     params: &ClientParams,
     welcome: &BTreeMap<String, String>,
     wait: std::time::Duration,
 ) -> Result<(), SessionError> {
-    if params.sync_sql(welcome, welcome).is_none() {
-        return Ok(());
-    }
-    let mut server = pool.checkout(wait).await?;
+    let mut server = pool.checkout(wait, generation).await?;
     let Some(sql) = params.sync_sql(&server.conn.params, welcome) else {
         pool.release(server);
         return Ok(());
@@ -97,8 +133,12 @@ async fn validate_settings(
             pool.release(server);
             Ok(())
         }
-        Ok(Err(e)) => {
+        Ok(Err(e @ ServerError::Query(_))) => {
             pool.release(server);
+            Err(SessionError::Server(e))
+        }
+        Ok(Err(e)) => {
+            pool.discard(server);
             Err(SessionError::Server(e))
         }
         _ => {

@@ -1,6 +1,7 @@
 //! One client session: login (startup, auth, greeting), then the relay loop in [`run`], then
 //! cleanup. `serve_client` is the task body the listener spawns per connection.
 
+mod abort;
 mod login;
 pub mod pool_for;
 mod relay;

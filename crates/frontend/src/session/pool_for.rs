@@ -1,4 +1,6 @@
-//! Which pool serves a (site, database, user), and keeping pools in step with a reloaded config.
+//! Where a client's transactions go: its target (cluster, server database, server user), the
+//! pool for that target at the cluster's current primary, and keeping pools in step with a
+//! reloaded config.
 
 use crate::Proxy;
 use std::sync::Arc;
@@ -7,13 +9,26 @@ use switchyard_config::{Config, EffectivePool, SiteConfig, UserConfig};
 use switchyard_pool::{Pool, PoolKey, PoolSettings};
 use switchyard_server::{ConnectParams, SocketOptions};
 
-/// The server to use for a site. Until topology discovery, the first member is the primary.
-fn primary_addr(config: &Config, site: &SiteConfig) -> Option<String> {
-    config
-        .clusters
-        .get(&site.cluster)
-        .and_then(|c| c.members.first())
-        .cloned()
+/// How long internal statements (SET, reset) may take on a healthy server.
+pub const INTERNAL_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a logged-in client is served from.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub cluster: String,
+    pub server_db: String,
+    pub user: UserConfig,
+}
+
+pub fn target_for(site: &SiteConfig, database: &str, user: &UserConfig) -> Target {
+    Target {
+        cluster: site.cluster.clone(),
+        server_db: site
+            .server_database
+            .clone()
+            .unwrap_or_else(|| database.to_string()),
+        user: user.clone(),
+    }
 }
 
 fn settings(p: &EffectivePool) -> PoolSettings {
@@ -47,39 +62,39 @@ fn connect_params(
     }
 }
 
-/// The pool for a client of `site` asking for `database` as `user`.
-pub fn pool_for(
+/// The pool for `target` on the server at `addr`.
+pub fn pool_at(
     proxy: &Proxy,
     config: &Config,
-    site: &SiteConfig,
-    database: &str,
-    user: &UserConfig,
-) -> Option<(Arc<Pool>, EffectivePool)> {
-    let addr = primary_addr(config, site)?;
-    let server_db = site
-        .server_database
-        .clone()
-        .unwrap_or_else(|| database.to_string());
-    let eff = config.effective_pool(site);
+    target: &Target,
+    addr: &str,
+    eff: &EffectivePool,
+) -> Arc<Pool> {
     let key = PoolKey {
-        addr: addr.clone(),
-        database: server_db.clone(),
-        user: user.server_user().to_string(),
+        addr: addr.to_string(),
+        database: target.server_db.clone(),
+        user: target.user.server_user().to_string(),
     };
-    let pool = proxy.pools.get(
+    proxy.pools.get(
         &key,
-        || connect_params(config, addr, server_db, user),
-        settings(&eff),
-    );
-    Some((pool, eff))
+        || {
+            connect_params(
+                config,
+                addr.to_string(),
+                target.server_db.clone(),
+                &target.user,
+            )
+        },
+        settings(eff),
+    )
 }
 
-/// After a reload: resize pools whose site and user remain, drop the others (their checked-out
-/// connections close when released) and those whose connection settings changed.
+/// After a reload: resize pools whose site, user and member remain; drop the others (their
+/// checked-out connections close when released) and those whose connection settings changed.
 pub fn reconcile_pools(proxy: &Proxy) {
     let live = proxy.live.load();
     let config = &live.config;
-    let mut resized = Vec::new();
+    let mut kept = 0;
     proxy.pools.retain(|key, pool| {
         let site = config
             .sites
@@ -90,26 +105,19 @@ pub fn reconcile_pools(proxy: &Proxy) {
         let (Some(site), Some(user)) = (site, user) else {
             return false;
         };
-        if primary_addr(config, site).as_deref() != Some(key.addr.as_str()) {
-            return false;
-        }
-        if *pool.connect_params()
-            != connect_params(config, key.addr.clone(), key.database.clone(), user)
+        let member = config
+            .clusters
+            .get(&site.cluster)
+            .is_some_and(|c| c.members.contains(&key.addr));
+        if !member
+            || *pool.connect_params()
+                != connect_params(config, key.addr.clone(), key.database.clone(), user)
         {
             return false;
         }
-        resized.push((
-            pool.addr().to_string(),
-            settings(&config.effective_pool(site)),
-        ));
         pool.resize(settings(&config.effective_pool(site)));
+        kept += 1;
         true
     });
-    tracing::info!(
-        pools = resized.len(),
-        "pools reconciled with the new config"
-    );
+    tracing::info!(pools = kept, "pools reconciled with the new config");
 }
-
-/// How long internal statements (SET, reset) may take on a healthy server.
-pub const INTERNAL_QUERY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -49,7 +49,56 @@ pub struct Relay {
     unsynced: bool,
     pub status: TxStatus,
     /// The server sent a FATAL error: it is closing.
-    pub server_fatal: bool,
+    pub server_fatal: Option<Fatal>,
+    /// The server said something that suggests it is no longer a healthy primary (read-only
+    /// transaction, shutting down): the monitor should probe it now.
+    pub evidence: bool,
+    /// A COMMIT (or END, PREPARE TRANSACTION...) was sent and not yet answered: if the server
+    /// is lost now, the transaction's outcome is unknown.
+    commit_in_flight: bool,
+}
+
+/// Why a server connection is closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fatal {
+    /// Shutdown or termination (57P01/57P02/57P03): the server is going away. Not relayed: the
+    /// session handles it like any lost server, and the client keeps its connection.
+    ServerGoingAway,
+    /// Anything else (often the client's own doing): relayed, and the session ends.
+    Other,
+}
+
+/// Message types a client may send after startup.
+pub fn is_frontend_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        fe::BIND
+            | fe::CLOSE
+            | fe::COPY_DATA
+            | fe::COPY_DONE
+            | fe::COPY_FAIL
+            | fe::DESCRIBE
+            | fe::EXECUTE
+            | fe::FLUSH
+            | fe::FUNCTION_CALL
+            | fe::PARSE
+            | fe::QUERY
+            | fe::SYNC
+            | fe::TERMINATE
+    )
+}
+
+/// True for statements that end a transaction with a commit (a guess on the text; used only to
+/// choose between "rolled back" and "outcome unknown" when a server is lost).
+pub fn is_commit(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql.get(..64).unwrap_or(sql))
+        .trim_start()
+        .to_ascii_lowercase();
+    let word = |w: &str| {
+        text.strip_prefix(w)
+            .is_some_and(|r| !r.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+    };
+    word("commit") || word("end") || word("prepare transaction")
 }
 
 impl Relay {
@@ -59,7 +108,9 @@ impl Relay {
             expect: VecDeque::new(),
             unsynced: false,
             status: TxStatus::Idle,
-            server_fatal: false,
+            server_fatal: None,
+            evidence: false,
+            commit_in_flight: false,
         }
     }
 
@@ -68,11 +119,27 @@ impl Relay {
         self.expect.clear();
         self.unsynced = false;
         self.status = TxStatus::Idle;
-        self.server_fatal = false;
+        self.server_fatal = None;
+        self.evidence = false;
+        self.commit_in_flight = false;
     }
 
     fn outstanding(&self) -> bool {
         self.expect.iter().any(|e| *e == Expect::Ready)
+    }
+
+    /// Requests forwarded whose ReadyForQuery has not come back.
+    pub fn outstanding_requests(&self) -> usize {
+        self.expect.iter().filter(|e| **e == Expect::Ready).count()
+    }
+
+    /// Extended-protocol messages were sent after the last Sync.
+    pub fn unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    pub fn commit_in_flight(&self) -> bool {
+        self.commit_in_flight
     }
 
     /// True at a sync point with no transaction open: the server connection is free.
@@ -95,6 +162,12 @@ impl Relay {
         out: &mut BytesMut,
     ) -> Result<ClientStep, ProtoError> {
         while let Some(h) = peek_header(input, max)? {
+            if !is_frontend_tag(h.tag) {
+                return Err(ProtoError::Unexpected {
+                    tag: h.tag as char,
+                    during: "a session",
+                });
+            }
             if input.len() < h.wire_len {
                 input.reserve(h.wire_len - input.len());
                 break;
@@ -112,14 +185,26 @@ impl Relay {
                     input.advance(h.wire_len);
                     return Ok(ClientStep::Terminate);
                 }
-                fe::QUERY | fe::FUNCTION_CALL => self.expect.push_back(Expect::Ready),
+                fe::QUERY | fe::FUNCTION_CALL => {
+                    self.commit_in_flight |= h.tag == fe::QUERY && is_commit(&input[5..h.wire_len]);
+                    self.expect.push_back(Expect::Ready)
+                }
                 fe::SYNC => {
                     self.expect.push_back(Expect::Ready);
                     self.unsynced = false;
                 }
-                fe::PARSE => self
-                    .expect
-                    .push_back(Expect::ParseComplete { injected: false }),
+                fe::PARSE => {
+                    // Name, then query text.
+                    let body = &input[5..h.wire_len];
+                    let text = body
+                        .iter()
+                        .position(|&b| b == 0)
+                        .and_then(|i| body.get(i + 1..))
+                        .unwrap_or_default();
+                    self.commit_in_flight |= is_commit(text);
+                    self.expect
+                        .push_back(Expect::ParseComplete { injected: false })
+                }
                 fe::CLOSE => self
                     .expect
                     .push_back(Expect::CloseComplete { injected: false }),
@@ -267,8 +352,7 @@ impl Relay {
                         tag: h.tag,
                         body: Bytes::copy_from_slice(body),
                     };
-                    self.observe(&f, params, server)?;
-                    true
+                    self.observe(&f, params, server)?
                 }
                 be::COMMAND_COMPLETE => {
                     if body.starts_with(b"DISCARD") || body.starts_with(b"DEALLOCATE") {
@@ -323,24 +407,35 @@ impl Relay {
         Ok(())
     }
 
+    /// Looks at a ParameterStatus or ErrorResponse; returns whether to relay it.
     fn observe(
         &mut self,
         f: &Frame,
         params: &mut ClientParams,
         server: &mut ServerSide<'_>,
-    ) -> Result<(), ProtoError> {
+    ) -> Result<bool, ProtoError> {
         if f.tag == be::PARAMETER_STATUS {
             let (k, v) = backend::decode_parameter_status(f)?;
             params.observe(&k, &v);
             server.params.insert(k, v);
-            return Ok(());
+            return Ok(true);
         }
         // ErrorResponse: the server skips everything up to the next Sync, so do our expectations.
         while self.expect.front().is_some_and(|e| *e != Expect::Ready) {
             self.expect.pop_front();
         }
-        self.server_fatal |= ErrorFields::decode(f)?.is_fatal();
-        Ok(())
+        let e = ErrorFields::decode(f)?;
+        let going_away = e.code.starts_with("57P");
+        self.evidence |= going_away || e.code == switchyard_proto::sqlstate::READ_ONLY_TRANSACTION;
+        if !e.is_fatal() {
+            return Ok(true);
+        }
+        self.server_fatal = Some(if going_away {
+            Fatal::ServerGoingAway
+        } else {
+            Fatal::Other
+        });
+        Ok(!going_away)
     }
 
     /// True while a response is still due from the server.

@@ -1,0 +1,250 @@
+//! What a client is told when its server connection is lost (design.md §2), and the local
+//! answering that follows: the only place Switchyard plays the server.
+//!
+//! - Nothing outstanding, not in a transaction: nothing is said; the next request waits in the
+//!   failover gate like any new work.
+//! - Inside a transaction, no COMMIT sent: 40001 (rolled back, safe to retry), then
+//!   ReadyForQuery('E'); Switchyard answers 25P02 to everything until the client ends the
+//!   transaction, and ROLLBACK (or COMMIT, as PostgreSQL does in a failed transaction) itself.
+//! - A COMMIT, or any autocommit request, in flight: 08007 (outcome unknown). A statement
+//!   Switchyard cannot prove read-only counts as a write.
+//! - Session mode: the session's server-side state is gone: FATAL 57P01, connection closed.
+
+use super::relay::is_commit;
+use super::run::{Link, Lost, Session};
+use crate::SessionError;
+use bytes::Bytes;
+use switchyard_config::PoolMode;
+use switchyard_proto::backend::{self, ErrorFields, TxStatus};
+use switchyard_proto::frontend::{Bind, Parse, Target, TargetKind, tag as fe};
+use switchyard_proto::{Frame, sqlstate};
+
+fn rolled_back() -> ErrorFields {
+    ErrorFields::error(
+        sqlstate::SERIALIZATION_FAILURE,
+        "switchyard: the primary failed; this transaction was rolled back and is safe to retry",
+    )
+}
+
+fn outcome_unknown(commit: bool) -> ErrorFields {
+    let what = if commit {
+        "whether the transaction committed"
+    } else {
+        "whether this request took effect"
+    };
+    ErrorFields::error(
+        sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
+        format!(
+            "switchyard: the primary failed while this request was in flight; {what} is unknown"
+        ),
+    )
+}
+
+fn in_failed_transaction() -> ErrorFields {
+    ErrorFields::error(
+        "25P02",
+        "switchyard: current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+/// How a statement would end a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ends {
+    Rollback,
+    Commit,
+}
+
+fn ends_transaction(sql: &[u8]) -> Option<Ends> {
+    let text = String::from_utf8_lossy(sql.get(..64).unwrap_or(sql))
+        .trim_start()
+        .to_ascii_lowercase();
+    let first: String = text
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect();
+    let rest = text[first.len()..]
+        .trim_start()
+        .trim_end_matches(';')
+        .trim();
+    match first.as_str() {
+        "rollback" | "abort" if rest.is_empty() || rest == "work" || rest == "transaction" => {
+            Some(Ends::Rollback)
+        }
+        _ if is_commit(sql) => Some(Ends::Commit),
+        _ => None,
+    }
+}
+
+impl Session {
+    /// The attached server is gone: close it, tell the client per the contract, and move to the
+    /// right state.
+    pub(super) async fn abort(&mut self, cause: Lost) -> Result<(), SessionError> {
+        let Link::Attached { server, pool, .. } = std::mem::replace(&mut self.link, Link::Detached)
+        else {
+            return Ok(());
+        };
+        let addr = server.conn.addr.clone();
+        if let Some(m) = &self.monitor {
+            m.request_finished(&addr);
+            if !matches!(cause, Lost::Generation) {
+                m.suspect(&addr);
+            }
+        }
+        pool.discard(server);
+        self.info.cancel.set(None);
+        let outstanding = self.relay.outstanding_requests();
+        let why = cause.to_string();
+        tracing::warn!(parent: &self.span, server = %addr, cause = %why, outstanding, "server connection lost");
+        if self.mode() == PoolMode::Session {
+            return Err(SessionError::SessionLost(why));
+        }
+        let commit = self.relay.commit_in_flight();
+        let in_tx = self.relay.status != TxStatus::Idle && !commit;
+        let (first, rest, after) = if in_tx {
+            (rolled_back(), in_failed_transaction(), TxStatus::Failed)
+        } else {
+            (
+                outcome_unknown(commit),
+                outcome_unknown(commit),
+                TxStatus::Idle,
+            )
+        };
+        let unsynced = self.relay.unsynced();
+        let mut frames = Vec::new();
+        for i in 0..outstanding + usize::from(unsynced) {
+            frames.push(if i == 0 {
+                first.to_frame()
+            } else {
+                rest.to_frame()
+            });
+            if i < outstanding {
+                frames.push(backend::ready_for_query(after));
+            }
+        }
+        if unsynced {
+            self.owe_ready_at_sync = Some(after);
+        }
+        if in_tx {
+            self.link = Link::FailedTransaction {
+                told: !frames.is_empty(),
+            };
+        }
+        self.relay.reset();
+        self.client.send(&frames).await
+    }
+
+    /// After an aborted extended batch: drop the client's frames up to its Sync, then send the
+    /// ReadyForQuery it is owed.
+    pub(super) async fn drain_to_sync(&mut self) -> Result<(), SessionError> {
+        let Some(status) = self.owe_ready_at_sync.take() else {
+            return Ok(());
+        };
+        loop {
+            let f = self.client.read_frame().await?;
+            if f.tag == fe::SYNC {
+                return self.client.send(&[backend::ready_for_query(status)]).await;
+            }
+        }
+    }
+
+    /// Answers one request of a client whose transaction was lost, without a server.
+    pub(super) async fn answer_failed_transaction(&mut self) -> Result<(), SessionError> {
+        let Link::FailedTransaction { told } = self.link else {
+            return Ok(());
+        };
+        let mut batch = Vec::new();
+        loop {
+            let f = self.client.read_frame().await?;
+            let last = matches!(f.tag, fe::SYNC | fe::QUERY | fe::FUNCTION_CALL);
+            batch.push(f);
+            if last {
+                break;
+            }
+        }
+        let (frames, ended) = self.failed_transaction_reply(&batch, told);
+        self.link = if ended {
+            Link::Detached
+        } else {
+            Link::FailedTransaction { told: true }
+        };
+        self.client.send(&frames).await
+    }
+
+    fn statement_text(&self, bind: &Bind) -> Option<Bytes> {
+        let parse = self.statements.get(&bind.statement)?;
+        Some(parse.parse.tail.clone())
+    }
+
+    /// The reply PostgreSQL would give in a failed transaction: ROLLBACK (and COMMIT, which
+    /// rolls back) end it; anything else is refused. Returns the frames and whether it ended.
+    fn failed_transaction_reply(&self, batch: &[Frame], told: bool) -> (Vec<Frame>, bool) {
+        let ends = batch.iter().find_map(|f| match f.tag {
+            fe::QUERY => ends_transaction(&f.body),
+            fe::PARSE => Parse::decode(f)
+                .ok()
+                .and_then(|p| ends_transaction(&p.tail)),
+            fe::BIND => Bind::decode(f)
+                .ok()
+                .and_then(|b| self.statement_text(&b))
+                .and_then(|t| ends_transaction(&t)),
+            _ => None,
+        });
+        let refused = match ends {
+            None => Some(if told {
+                in_failed_transaction()
+            } else {
+                rolled_back()
+            }),
+            // A COMMIT of a transaction the client has not yet heard was lost: say so.
+            Some(Ends::Commit) if !told => Some(rolled_back()),
+            Some(_) => None,
+        };
+        let status = if ends.is_some() {
+            TxStatus::Idle
+        } else {
+            TxStatus::Failed
+        };
+        if let Some(err) = refused {
+            return (
+                vec![err.to_frame(), backend::ready_for_query(status)],
+                ends.is_some(),
+            );
+        }
+        let mut out = Vec::new();
+        for f in batch {
+            match f.tag {
+                fe::QUERY | fe::EXECUTE => out.push(backend::command_complete("ROLLBACK")),
+                fe::PARSE => out.push(backend::parse_complete()),
+                fe::BIND => out.push(Frame::new(b'2', Bytes::new())),
+                fe::CLOSE => out.push(backend::close_complete()),
+                fe::DESCRIBE => {
+                    if Target::decode(f).is_ok_and(|t| t.kind == TargetKind::Statement) {
+                        out.push(Frame::new(b't', Bytes::from_static(&[0, 0])));
+                    }
+                    out.push(Frame::new(b'n', Bytes::new()));
+                }
+                _ => {}
+            }
+            if matches!(f.tag, fe::SYNC | fe::QUERY | fe::FUNCTION_CALL) {
+                out.push(backend::ready_for_query(TxStatus::Idle));
+            }
+        }
+        (out, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_transaction_ends() {
+        assert_eq!(ends_transaction(b"ROLLBACK"), Some(Ends::Rollback));
+        assert_eq!(ends_transaction(b"  abort work;"), Some(Ends::Rollback));
+        assert_eq!(ends_transaction(b"rollback to savepoint a"), None);
+        assert_eq!(ends_transaction(b"COMMIT"), Some(Ends::Commit));
+        assert_eq!(ends_transaction(b"end"), Some(Ends::Commit));
+        assert_eq!(ends_transaction(b"select 1"), None);
+        assert_eq!(ends_transaction(b"committed_rows"), None);
+    }
+}

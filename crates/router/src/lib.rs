@@ -1,0 +1,216 @@
+//! The router: one [`ClusterMonitor`] per configured cluster, and the failover gate.
+//!
+//! [`Router::primary`] answers "where do writes go now?": at once while a cluster has a primary,
+//! after a bounded wait while it has none (the gate), or with an error when the wait runs out or
+//! two members are writable. [`Router::reconcile`] keeps the monitors in step with the config;
+//! a retire loop per cluster drops idle server connections of generations that are over.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchyard_config::{ClusterConfig, Config};
+use switchyard_pool::Pools;
+use switchyard_server::{ConnectParams, SocketOptions};
+use switchyard_topology::{
+    ClusterMonitor, ClusterState, MonitorSettings, Thresholds, TopologyView,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Where a transaction goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub addr: String,
+    pub generation: u64,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("no primary for cluster {cluster:?} within {waited:?}")]
+    NoPrimary { cluster: String, waited: Duration },
+    #[error("cluster {cluster:?} has several writable members ({members}); writes are refused")]
+    Conflict { cluster: String, members: String },
+    #[error("cluster {0:?} is not configured")]
+    UnknownCluster(String),
+}
+
+struct Entry {
+    config: ClusterConfig,
+    settings: MonitorSettings,
+    monitor: ClusterMonitor,
+    stop: CancellationToken,
+}
+
+pub struct Router {
+    clusters: Mutex<HashMap<String, Entry>>,
+    pools: Arc<Pools>,
+    shutdown: CancellationToken,
+}
+
+fn monitor_settings(config: &Config) -> MonitorSettings {
+    let f = &config.failover;
+    MonitorSettings {
+        probe_interval: f.probe_interval.get(),
+        fast_interval: f.fast_probe_interval.get(),
+        probe_timeout: f.probe_timeout.get(),
+        thresholds: Thresholds {
+            down_after: f.down_after,
+            up_after: f.up_after,
+        },
+    }
+}
+
+/// How the probes of a cluster connect to each member.
+fn probe_params(config: &Config, cluster: &ClusterConfig) -> Vec<ConnectParams> {
+    let user = config.probe_user(cluster);
+    let s = &config.server;
+    cluster
+        .members
+        .iter()
+        .map(|addr| ConnectParams {
+            addr: addr.clone(),
+            user: user
+                .map(|u| u.server_user().to_string())
+                .unwrap_or_else(|| "postgres".into()),
+            database: cluster.probe_database.clone(),
+            password: user.and_then(|u| u.server_password()).map(str::to_string),
+            connect_timeout: config.failover.probe_timeout.get(),
+            socket: SocketOptions {
+                keepalive_idle: s.keepalive_idle.get(),
+                keepalive_interval: s.keepalive_interval.get(),
+                keepalive_count: s.keepalive_count,
+                tcp_user_timeout: s.tcp_user_timeout.get(),
+            },
+        })
+        .collect()
+}
+
+impl Router {
+    pub fn new(pools: Arc<Pools>, shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            clusters: Mutex::new(HashMap::new()),
+            pools,
+            shutdown,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.clusters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts monitors for new or changed clusters and stops those no longer configured.
+    pub fn reconcile(&self, config: &Config) {
+        let settings = monitor_settings(config);
+        let mut clusters = self.lock();
+        clusters.retain(|name, e| {
+            let keep = config.clusters.get(name) == Some(&e.config) && e.settings == settings;
+            if !keep {
+                e.stop.cancel();
+            }
+            keep
+        });
+        for (name, c) in &config.clusters {
+            if clusters.contains_key(name) {
+                continue;
+            }
+            let stop = self.shutdown.child_token();
+            let monitor = ClusterMonitor::start(
+                name,
+                probe_params(config, c),
+                settings.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(retire_loop(
+                monitor.clone(),
+                self.pools.clone(),
+                stop.clone(),
+            ));
+            tracing::info!(cluster = %name, members = ?c.members, "watching cluster");
+            clusters.insert(
+                name.clone(),
+                Entry {
+                    config: c.clone(),
+                    settings: settings.clone(),
+                    monitor,
+                    stop,
+                },
+            );
+        }
+    }
+
+    pub fn monitor(&self, cluster: &str) -> Option<ClusterMonitor> {
+        self.lock().get(cluster).map(|e| e.monitor.clone())
+    }
+
+    /// The current primary of `cluster`, waiting up to `gate` for one to appear.
+    ///
+    /// Cancel safety: cancel-safe.
+    pub async fn primary(&self, cluster: &str, gate: Duration) -> Result<Route, RouteError> {
+        let monitor = self
+            .monitor(cluster)
+            .ok_or_else(|| RouteError::UnknownCluster(cluster.to_string()))?;
+        let mut rx = monitor.subscribe();
+        let wait = async {
+            loop {
+                let view = rx.borrow_and_update().clone();
+                match route(cluster, &view) {
+                    Ok(Some(r)) => return Ok(r),
+                    Err(e) => return Err(e),
+                    Ok(None) => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err(RouteError::NoPrimary {
+                        cluster: cluster.to_string(),
+                        waited: gate,
+                    });
+                }
+            }
+        };
+        tokio::time::timeout(gate, wait).await.unwrap_or_else(|_| {
+            Err(RouteError::NoPrimary {
+                cluster: cluster.to_string(),
+                waited: gate,
+            })
+        })
+    }
+}
+
+/// `Ok(None)` while there is no primary yet.
+fn route(cluster: &str, view: &TopologyView) -> Result<Option<Route>, RouteError> {
+    match &view.state {
+        ClusterState::Primary { addr, .. } => Ok(Some(Route {
+            addr: addr.clone(),
+            generation: view.generation,
+        })),
+        ClusterState::NoPrimary => Ok(None),
+        ClusterState::Conflict(ids) => {
+            let members: Vec<&str> = ids
+                .iter()
+                .filter_map(|i| view.members.get(*i))
+                .map(|m| m.addr.as_str())
+                .collect();
+            Err(RouteError::Conflict {
+                cluster: cluster.to_string(),
+                members: members.join(", "),
+            })
+        }
+    }
+}
+
+/// On every generation change, closes idle server connections opened under older generations.
+async fn retire_loop(monitor: ClusterMonitor, pools: Arc<Pools>, stop: CancellationToken) {
+    let mut rx = monitor.subscribe();
+    let mut generation = rx.borrow().generation;
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+        let now = rx.borrow_and_update().generation;
+        if now != generation {
+            generation = now;
+            let members: Vec<String> = rx.borrow().members.iter().map(|m| m.addr.clone()).collect();
+            pools.retire_before(&members, generation);
+        }
+    }
+}
