@@ -173,10 +173,10 @@ impl Session {
             &mut side,
             &mut self.out,
         )?;
-        if !self.out.is_empty() {
-            if let Err(e) = conn.stream.write_all(&self.out).await {
-                return Ok(Flow::Lost(Lost::Socket(e.into())));
-            }
+        if !self.out.is_empty()
+            && let Err(e) = conn.stream.write_all(&self.out).await
+        {
+            return Ok(Flow::Lost(Lost::Socket(e.into())));
         }
         if step == ClientStep::Terminate {
             return Ok(Flow::ClientLeft);
@@ -230,10 +230,10 @@ impl Session {
         if !self.out.is_empty() {
             self.client.write(&self.out).await?;
         }
-        if std::mem::take(&mut relay.evidence) {
-            if let Some(m) = &self.monitor {
-                m.suspect(&conn.addr);
-            }
+        if std::mem::take(&mut relay.evidence)
+            && let Some(m) = &self.monitor
+        {
+            m.suspect(&conn.addr);
         }
         match relay.server_fatal {
             Some(Fatal::ServerGoingAway) => return Ok(Flow::Lost(Lost::GoingAway)),
