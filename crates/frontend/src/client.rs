@@ -4,39 +4,62 @@ use crate::SessionError;
 use bytes::BytesMut;
 use switchyard_proto::backend::ErrorFields;
 use switchyard_proto::{Frame, decode_frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+/// Read size; also the least room an active client's buffer has before a read.
+const READ_CHUNK: usize = 8192;
 
 pub struct ClientConn {
     pub stream: TcpStream,
+    /// Bytes read and not yet relayed. Idle clients hold no buffer at all (see [`Self::fill`]
+    /// and [`Self::shed_buffer`]): at 10,000 idle clients that is most of the memory.
     pub buf: BytesMut,
     pub max_message: usize,
-    pub peer: String,
 }
 
 impl ClientConn {
     pub fn new(stream: TcpStream, max_message: usize) -> Self {
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
         let _ = stream.set_nodelay(true);
         Self {
             stream,
-            buf: BytesMut::with_capacity(8192),
+            buf: BytesMut::new(),
             max_message,
-            peer,
         }
     }
 
-    /// Reads more bytes into the buffer; `Ok(false)` on a clean EOF.
+    /// Makes room for a read of at least half a chunk.
+    pub fn ensure_room(&mut self) {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            self.buf.reserve(READ_CHUNK);
+        }
+    }
+
+    /// Frees the buffer when nothing is in it.
+    pub fn shed_buffer(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Waits for the client to send something and reads it; `Ok(false)` on a clean EOF. The
+    /// buffer is only allocated once there is something to read.
     ///
-    /// Cancel safety: cancel-safe (tokio's `read_buf`).
+    /// Cancel safety: cancel-safe (waiting for readiness takes nothing).
     pub async fn fill(&mut self) -> Result<bool, SessionError> {
-        match self.stream.read_buf(&mut self.buf).await {
-            Ok(0) => Ok(false),
-            Ok(_) => Ok(true),
-            Err(e) => Err(SessionError::ClientGone(e)),
+        loop {
+            self.stream
+                .readable()
+                .await
+                .map_err(SessionError::ClientGone)?;
+            self.ensure_room();
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(false),
+                Ok(_) => return Ok(true),
+                // Stale readiness: nothing to read after all. Give the buffer back before waiting.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.shed_buffer(),
+                Err(e) => return Err(SessionError::ClientGone(e)),
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 //! connection whose settings differ, Switchyard brings them in line with `SET`/`RESET`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Startup keys that are not settings (`options` is unpacked into settings).
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
@@ -50,23 +51,31 @@ pub fn split_options(options: &str) -> Result<Vec<(String, String)>, String> {
     Ok(settings)
 }
 
+/// Reported parameters a client cannot set: never part of a sync.
+const READ_ONLY: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "is_superuser",
+    "session_authorization",
+    "in_hot_standby",
+    "scram_iterations",
+];
+
+type Params = BTreeMap<String, String>;
+
 #[derive(Debug, Clone, Default)]
 pub struct ClientParams {
-    /// Setting name (server spelling) → value.
-    wanted: BTreeMap<String, String>,
-    /// A hash of `wanted`, never 0; see `ServerConn::settings_fingerprint`.
+    /// What servers report at login, shared by every client of a pool.
+    base: Arc<Params>,
+    /// Where this client's settings differ from `base` (usually a handful or none).
+    overrides: Params,
+    /// A hash of the settable view, never 0; see `ServerConn::settings_fingerprint`.
     fingerprint: u64,
 }
 
-fn fingerprint(wanted: &BTreeMap<String, String>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    wanted.hash(&mut h);
-    h.finish() | 1
-}
-
 /// The server's spelling of a setting name, given the names it reports.
-fn canonical(name: &str, reported: &BTreeMap<String, String>) -> String {
+fn canonical(name: &str, reported: &Params) -> String {
     reported
         .keys()
         .find(|k| k.eq_ignore_ascii_case(name))
@@ -85,9 +94,8 @@ impl ClientParams {
     /// From the startup packet, against the parameters servers report at login (`welcome`).
     pub fn from_startup(
         startup: &[(String, String)],
-        welcome: &BTreeMap<String, String>,
+        welcome: &Arc<Params>,
     ) -> Result<Self, String> {
-        let mut wanted = welcome.clone();
         let mut settings: Vec<(String, String)> = Vec::new();
         for (k, v) in startup {
             if k == "options" {
@@ -96,31 +104,67 @@ impl ClientParams {
                 settings.push((k.clone(), v.clone()));
             }
         }
-        for (k, v) in &settings {
-            if !valid_name(k) {
+        let mut me = Self {
+            base: welcome.clone(),
+            overrides: Params::new(),
+            fingerprint: 0,
+        };
+        for (k, v) in settings {
+            if !valid_name(&k) {
                 return Err(format!("invalid startup parameter name {k:?}"));
             }
-            wanted.insert(canonical(k, welcome), v.clone());
+            me.set(canonical(&k, welcome), v);
         }
-        Ok(Self {
-            fingerprint: fingerprint(&wanted),
-            wanted,
-        })
+        me.fingerprint = me.compute_fingerprint();
+        Ok(me)
+    }
+
+    fn get(&self, k: &str) -> Option<&String> {
+        self.overrides.get(k).or_else(|| self.base.get(k))
+    }
+
+    fn set(&mut self, k: String, v: String) {
+        if self.base.get(&k) == Some(&v) {
+            self.overrides.remove(&k);
+        } else {
+            self.overrides.insert(k, v);
+        }
+    }
+
+    /// The client's settable settings.
+    fn wanted(&self) -> impl Iterator<Item = (&String, &String)> {
+        let from_base = self
+            .base
+            .iter()
+            .map(|(k, v)| (k, self.overrides.get(k).unwrap_or(v)));
+        let extra = self
+            .overrides
+            .iter()
+            .filter(|(k, _)| !self.base.contains_key(*k));
+        from_base
+            .chain(extra)
+            .filter(|(k, _)| !READ_ONLY.contains(&k.as_str()))
+    }
+
+    fn compute_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.wanted().for_each(|kv| kv.hash(&mut h));
+        h.finish() | 1
     }
 
     /// What the client is told at startup.
-    pub fn reported<'a>(
-        &'a self,
-        welcome: &'a BTreeMap<String, String>,
-    ) -> impl Iterator<Item = (&'a String, &'a String)> {
-        self.wanted.iter().filter(|(k, _)| welcome.contains_key(*k))
+    pub fn reported(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.base
+            .iter()
+            .map(|(k, v)| (k, self.overrides.get(k).unwrap_or(v)))
     }
 
     /// A ParameterStatus seen while this client used a server.
     pub fn observe(&mut self, name: &str, value: &str) {
-        if self.wanted.get(name).map(String::as_str) != Some(value) {
-            self.wanted.insert(name.to_string(), value.to_string());
-            self.fingerprint = fingerprint(&self.wanted);
+        if self.get(name).map(String::as_str) != Some(value) {
+            self.set(name.to_string(), value.to_string());
+            self.fingerprint = self.compute_fingerprint();
         }
     }
 
@@ -128,21 +172,22 @@ impl ClientParams {
         self.fingerprint
     }
 
+    /// True when the client wants settings the servers do not start with.
+    pub fn has_overrides(&self) -> bool {
+        !self.overrides.is_empty()
+    }
+
     /// SQL that makes a server connection with `server` settings match this client, or `None`.
     /// `welcome` tells which settings the server reports (others are ones Switchyard set).
-    pub fn sync_sql(
-        &self,
-        server: &BTreeMap<String, String>,
-        welcome: &BTreeMap<String, String>,
-    ) -> Option<String> {
+    pub fn sync_sql(&self, server: &Params, welcome: &Params) -> Option<String> {
         let mut sql = String::new();
-        for (k, v) in &self.wanted {
+        for (k, v) in self.wanted() {
             if server.get(k) != Some(v) {
                 sql.push_str(&format!("SET {k} TO '{}';", v.replace('\'', "''")));
             }
         }
         for k in server.keys() {
-            if !welcome.contains_key(k) && !self.wanted.contains_key(k) {
+            if !welcome.contains_key(k) && self.get(k).is_none() {
                 sql.push_str(&format!("RESET {k};"));
             }
         }
@@ -150,13 +195,9 @@ impl ClientParams {
     }
 
     /// Records on a server's parameter map what a successful `sync_sql` did.
-    pub fn apply_to(
-        &self,
-        server: &mut BTreeMap<String, String>,
-        welcome: &BTreeMap<String, String>,
-    ) {
-        server.retain(|k, _| welcome.contains_key(k) || self.wanted.contains_key(k));
-        for (k, v) in &self.wanted {
+    pub fn apply_to(&self, server: &mut Params, welcome: &Params) {
+        server.retain(|k, _| welcome.contains_key(k) || self.get(k).is_some());
+        for (k, v) in self.wanted() {
             server.insert(k.clone(), v.clone());
         }
     }
@@ -180,6 +221,7 @@ mod tests {
             ("timezone".to_string(), "Europe/Paris".to_string()),
             ("search_path".into(), "a,b".into()),
         ];
+        let welcome = Arc::new(welcome);
         let c = ClientParams::from_startup(&startup, &welcome).unwrap();
         let server = map(&[
             ("TimeZone", "UTC"),

@@ -47,7 +47,7 @@ pub struct Pool {
     /// Connections of older topology generations are retired, never reused.
     min_generation: AtomicU64,
     /// Parameters the server reported at its first login: what a new client is told at startup.
-    welcome: Mutex<Option<BTreeMap<String, String>>>,
+    welcome: Mutex<Option<Arc<BTreeMap<String, String>>>>,
 }
 
 /// A checked-out server connection. Return it with [`Pool::release`]; dropping it closes it.
@@ -122,7 +122,7 @@ impl Pool {
         let lifetime = inner.settings.lifetime;
         let min_generation = self.min_generation.load(Ordering::Relaxed);
         while let Some(c) = inner.idle.pop_back() {
-            if c.created.elapsed() < lifetime && c.generation >= min_generation {
+            if c.created.elapsed() < lifetime && c.generation >= min_generation && c.is_alive() {
                 return Some(c);
             }
         }
@@ -133,12 +133,12 @@ impl Pool {
         let conn = ServerConn::connect(&self.connect).await?;
         let mut welcome = self.welcome.lock().unwrap_or_else(|p| p.into_inner());
         if welcome.is_none() {
-            *welcome = Some(conn.params.clone());
+            *welcome = Some(Arc::new(conn.params.clone()));
         }
         Ok(conn)
     }
 
-    pub fn cached_welcome(&self) -> Option<BTreeMap<String, String>> {
+    pub fn cached_welcome(&self) -> Option<Arc<BTreeMap<String, String>>> {
         self.welcome
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -150,7 +150,7 @@ impl Pool {
     pub async fn welcome_params(
         &self,
         wait: Duration,
-    ) -> Result<BTreeMap<String, String>, PoolError> {
+    ) -> Result<Arc<BTreeMap<String, String>>, PoolError> {
         if let Some(w) = self
             .welcome
             .lock()
@@ -162,7 +162,9 @@ impl Pool {
         let c = self
             .checkout(wait, self.min_generation.load(Ordering::Relaxed))
             .await?;
-        let params = c.conn.params.clone();
+        let params = self
+            .cached_welcome()
+            .unwrap_or_else(|| Arc::new(c.conn.params.clone()));
         self.release(c);
         Ok(params)
     }

@@ -58,7 +58,7 @@ impl Pools {
         &self,
         database: &str,
         user: &str,
-    ) -> Option<std::collections::BTreeMap<String, String>> {
+    ) -> Option<Arc<std::collections::BTreeMap<String, String>>> {
         self.all()
             .into_iter()
             .filter(|(k, _)| k.database == database && k.user == user)

@@ -206,6 +206,13 @@ impl ServerConn {
         }
     }
 
+    /// True if the connection still looks usable: nothing arrived while it sat idle (an idle
+    /// server sends nothing; an EOF, an error or an unsolicited FATAL means it is gone).
+    pub fn is_alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Tells the server goodbye; errors are irrelevant at that point.
     pub async fn terminate(mut self) {
         let bye = Frame::new(frontend::tag::TERMINATE, bytes::Bytes::new());

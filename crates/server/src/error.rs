@@ -40,10 +40,12 @@ pub enum ServerError {
 
 impl ServerError {
     /// True when the server itself could not be reached or dropped us: the member may be down.
+    /// Also true for a login refused because the server is starting up or shutting down.
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            Self::Connect { .. } | Self::Timeout { .. } | Self::Io(_) | Self::Closed
-        )
+        match self {
+            Self::Connect { .. } | Self::Timeout { .. } | Self::Io(_) | Self::Closed => true,
+            Self::Refused(f) => f.code.starts_with("57P"),
+            _ => false,
+        }
     }
 }

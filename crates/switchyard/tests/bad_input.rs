@@ -593,7 +593,8 @@ async fn protocol_3_2_is_negotiated_down_to_3_0() {
     r.send(&packet(PROTOCOL_3_0 | 2, &body)).await;
     let (tag, body) = r.msg().await;
     assert_eq!(tag as char, 'v', "NegotiateProtocolVersion first: {body:?}");
-    let mut want = 0i32.to_be_bytes().to_vec();
+    // The newest version the server speaks, as PostgreSQL encodes it: 3.0 = 0x00030000.
+    let mut want = PROTOCOL_3_0.to_be_bytes().to_vec();
     want.extend_from_slice(&1i32.to_be_bytes());
     want.extend_from_slice(b"_pq_.test_option\0");
     assert_eq!(body, want);

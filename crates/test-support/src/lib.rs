@@ -3,7 +3,8 @@
 //! This crate owns the lifecycle of throw-away PostgreSQL clusters: each [`PgServer`] lives in its
 //! own temporary directory (data dir, unix socket dir, log file) and listens on `127.0.0.1` on a
 //! free port. It can also make a streaming standby ([`PgServer::start_standby`]), promote it, and
-//! inject process faults (stop, crash with `SIGKILL`, freeze with `SIGSTOP`).
+//! inject process faults (stop, crash with `SIGKILL`, freeze with `SIGSTOP`); [`Blackhole`] drops a
+//! port's packets on loopback (`iptables`), as when the host is gone.
 //!
 //! Everything is synchronous (`std::process`), so the fixture works from plain `#[test]`s and from
 //! inside async tests alike (call it before entering, or from `spawn_blocking`).
@@ -26,6 +27,7 @@
 
 mod cmd;
 mod error;
+pub mod net;
 mod procs;
 mod server;
 mod sql;
@@ -36,6 +38,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 
 pub use error::FixtureError;
+pub use net::{Blackhole, iptables_available};
 pub use server::{PgOptions, PgServer};
 pub use sql::{PasswordKind, quote_ident, quote_literal};
 

@@ -30,6 +30,14 @@ pub enum Decision {
 /// Names the primary. `system_id`: the expected system identifier (None: accept the first seen);
 /// `min_timeline`: the highest primary timeline ever seen for this cluster.
 pub fn decide(members: &[MemberView], system_id: Option<u64>, min_timeline: u32) -> Decision {
+    // Until every member has answered (or failed) once, a stale primary could look like the
+    // only one: wait. Bounded, since a first failed probe makes a member Down at once.
+    if members
+        .iter()
+        .any(|m| m.health == Health::Unknown && !m.fenced)
+    {
+        return Decision::NoPrimary;
+    }
     let writable: Vec<(usize, u32)> = members
         .iter()
         .filter(|m| m.health.is_usable() && !m.fenced)
@@ -142,6 +150,13 @@ mod tests {
             (
                 "unknown health",
                 vec![m(0, Unknown, primary.clone())],
+                None,
+                0,
+                Decision::NoPrimary,
+            ),
+            (
+                "a member not heard from yet",
+                vec![m(0, Up, primary.clone()), m(1, Unknown, None)],
                 None,
                 0,
                 Decision::NoPrimary,

@@ -56,10 +56,24 @@ pub struct TopologyView {
 /// What the data path tells the monitor about one member.
 #[derive(Default)]
 struct MemberSignals {
+    /// Wakes the probe loop to re-plan its wait.
     kick: Notify,
+    /// Set with a kick: probe now.
+    urgent: AtomicBool,
     outstanding: AtomicUsize,
+    /// The member is not Up: probe it at the fast pace.
     fast: AtomicBool,
+    /// The cluster has no primary: every member is probed at the fast pace, so a promotion is
+    /// seen within `fast_interval`.
+    no_primary: AtomicBool,
     fenced: AtomicBool,
+}
+
+impl MemberSignals {
+    fn probe_now(&self) {
+        self.urgent.store(true, Ordering::Relaxed);
+        self.kick.notify_one();
+    }
 }
 
 /// The handle the rest of Switchyard holds.
@@ -160,14 +174,17 @@ impl ClusterMonitor {
     pub fn suspect(&self, addr: &str) {
         if let Some(m) = self.member(addr) {
             m.fast.store(true, Ordering::Relaxed);
-            m.kick.notify_one();
+            m.probe_now();
         }
     }
 
     /// Requests outstanding on a member speed up its probing.
     pub fn request_started(&self, addr: &str) {
-        if let Some(m) = self.member(addr) {
-            m.outstanding.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = self.member(addr)
+            && m.outstanding.fetch_add(1, Ordering::Relaxed) == 0
+        {
+            // From quiet to busy: the probe loop shortens its wait to the fast pace.
+            m.kick.notify_one();
         }
     }
 
@@ -185,7 +202,7 @@ impl ClusterMonitor {
             return false;
         };
         m.fenced.store(fenced, Ordering::Relaxed);
-        m.kick.notify_one();
+        m.probe_now();
         true
     }
 }
@@ -205,21 +222,33 @@ impl ProbeLoop {
             return;
         };
         loop {
+            let started = tokio::time::Instant::now();
             let result = probe(&mut conn, &self.params, self.settings.probe_timeout).await;
+            let failed = result.is_err();
             if self.results.send((self.id, result)).await.is_err() {
                 return;
             }
-            let fast =
-                sig.fast.load(Ordering::Relaxed) || sig.outstanding.load(Ordering::Relaxed) > 0;
-            let wait = if fast {
-                self.settings.fast_interval
-            } else {
-                self.settings.probe_interval
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = sig.kick.notified() => {}
-                _ = shutdown.cancelled() => return,
+            // Wait for the next probe. A kick re-plans the wait (new requests, no primary), or
+            // ends it at once when urgent (evidence of trouble from the data path).
+            loop {
+                let fast = failed
+                    || sig.fast.load(Ordering::Relaxed)
+                    || sig.no_primary.load(Ordering::Relaxed)
+                    || sig.outstanding.load(Ordering::Relaxed) > 0;
+                let interval = if fast {
+                    self.settings.fast_interval
+                } else {
+                    self.settings.probe_interval
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep_until(started + interval) => break,
+                    _ = sig.kick.notified() => {
+                        if sig.urgent.swap(false, Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                    _ = shutdown.cancelled() => return,
+                }
             }
         }
     }
@@ -295,6 +324,12 @@ impl Decider {
         self.publish.send_replace(Arc::new(view));
         if changed {
             self.generation.send_replace(generation);
+            let none = !matches!(self.publish.borrow().state, ClusterState::Primary { .. });
+            for s in self.signals.iter() {
+                if s.no_primary.swap(none, Ordering::Relaxed) != none {
+                    s.kick.notify_one();
+                }
+            }
         }
     }
 

@@ -55,6 +55,8 @@ enum Ends {
 }
 
 fn ends_transaction(sql: &[u8]) -> Option<Ends> {
+    // Query and Parse bodies carry the text NUL-terminated (and Parse has more after it).
+    let sql = sql.split(|&b| b == 0).next().unwrap_or_default();
     let text = String::from_utf8_lossy(sql.get(..64).unwrap_or(sql))
         .trim_start()
         .to_ascii_lowercase();
@@ -92,6 +94,12 @@ impl Session {
         }
         pool.discard(server);
         self.info.cancel.set(None);
+        if matches!(cause, Lost::NeverSent(_)) {
+            // Nothing reached the server: the request waits in the gate like new work.
+            tracing::info!(parent: &self.span, server = %addr, %cause, "server gone before the request; retrying via the gate");
+            self.relay.reset();
+            return Ok(());
+        }
         let outstanding = self.relay.outstanding_requests();
         let why = cause.to_string();
         tracing::warn!(parent: &self.span, server = %addr, cause = %why, outstanding, "server connection lost");
@@ -240,6 +248,12 @@ mod tests {
     #[test]
     fn classifies_transaction_ends() {
         assert_eq!(ends_transaction(b"ROLLBACK"), Some(Ends::Rollback));
+        assert_eq!(ends_transaction(b"ROLLBACK\0"), Some(Ends::Rollback));
+        assert_eq!(
+            ends_transaction(b"rollback\0\0\0"),
+            Some(Ends::Rollback),
+            "a Parse tail"
+        );
         assert_eq!(ends_transaction(b"  abort work;"), Some(Ends::Rollback));
         assert_eq!(ends_transaction(b"rollback to savepoint a"), None);
         assert_eq!(ends_transaction(b"COMMIT"), Some(Ends::Commit));

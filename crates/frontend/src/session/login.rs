@@ -22,7 +22,7 @@ pub struct LoggedIn {
     pub target: Target,
     pub settings: EffectivePool,
     pub failover_timeout: std::time::Duration,
-    pub welcome: BTreeMap<String, String>,
+    pub welcome: std::sync::Arc<BTreeMap<String, String>>,
     pub params: ClientParams,
     pub cancel: CancelHandle,
 }
@@ -72,7 +72,7 @@ pub async fn login(
     };
     let params =
         ClientParams::from_startup(&startup, &welcome).map_err(SessionError::Unsupported)?;
-    if params.sync_sql(&welcome, &welcome).is_some() {
+    if params.has_overrides() {
         let (pool, generation) = primary_pool(proxy, &target, &settings, failover_timeout).await?;
         validate_settings(
             &pool,
@@ -84,7 +84,7 @@ pub async fn login(
         .await?;
     }
     let cancel = proxy.cancels.register();
-    greet(client, &params, &welcome, &cancel).await?;
+    greet(client, &params, &cancel).await?;
     tracing::info!(%user, %database, "login");
     Ok(Some(LoggedIn {
         user,
@@ -154,11 +154,10 @@ async fn validate_settings(
 async fn greet(
     client: &mut ClientConn,
     params: &ClientParams,
-    welcome: &BTreeMap<String, String>,
     cancel: &CancelHandle,
 ) -> Result<(), SessionError> {
     let mut frames: Vec<Frame> = params
-        .reported(welcome)
+        .reported()
         .map(|(k, v)| backend::parameter_status(k, v))
         .collect();
     frames.push(backend::backend_key_data(cancel.process_id, &cancel.secret));

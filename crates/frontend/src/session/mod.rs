@@ -2,6 +2,7 @@
 //! cleanup. `serve_client` is the task body the listener spawns per connection.
 
 mod abort;
+mod attach;
 mod login;
 pub mod pool_for;
 mod relay;
@@ -20,8 +21,18 @@ pub async fn serve_client(proxy: Arc<Proxy>, stream: TcpStream) {
     let mut client = ClientConn::new(stream, live.config.proxy.max_message_size);
     let login_timeout = live.config.proxy.login_timeout.get();
     drop(live);
-    let span = tracing::info_span!("client", peer = %client.peer);
-    let login = tokio::time::timeout(login_timeout, login::login(&proxy, &mut client));
+    let peer = client
+        .stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let span = tracing::info_span!("client", %peer);
+    drop(peer);
+    // Boxed so the login's state does not stay in every session task for its whole life.
+    let login = Box::pin(tokio::time::timeout(
+        login_timeout,
+        login::login(&proxy, &mut client),
+    ));
     let logged_in = match login.instrument(span.clone()).await {
         Ok(Ok(Some(s))) => s,
         Ok(Ok(None)) => return,
@@ -44,7 +55,9 @@ pub async fn serve_client(proxy: Arc<Proxy>, stream: TcpStream) {
         }
         Err(e) => tracing::info!(parent: &span, error = %e, "session ended"),
     }
-    session.finish(result.err()).instrument(span).await;
+    Box::pin(session.finish(result.err()))
+        .instrument(span)
+        .await;
 }
 
 async fn refuse(client: &mut ClientConn, e: SessionError) {

@@ -7,10 +7,9 @@
 //! `attach`, `detach` and `abort` are the transitions. In transaction mode the session detaches
 //! at the end of every transaction; in session mode it stays attached until the client leaves.
 
-use super::login::{LoggedIn, primary_pool};
+use super::login::LoggedIn;
 use super::pool_for::INTERNAL_QUERY_TIMEOUT;
 use super::relay::{ClientStep, Fatal, Relay, ServerSide, is_frontend_tag};
-use crate::cancel::CancelTarget;
 use crate::client::ClientConn;
 use crate::statements::Statements;
 use crate::{Proxy, SessionError};
@@ -49,6 +48,8 @@ pub(super) enum Lost {
     /// are abandoned at once, without waiting for TCP to notice anything.
     Generation,
     Socket(ServerError),
+    /// The first write of an attachment failed: the server never saw the request.
+    NeverSent(ServerError),
     /// The server announced it is shutting down (FATAL 57P0x).
     GoingAway,
 }
@@ -58,6 +59,7 @@ impl std::fmt::Display for Lost {
         match self {
             Lost::Generation => f.write_str("the cluster's primary changed"),
             Lost::Socket(e) => write!(f, "{e}"),
+            Lost::NeverSent(e) => write!(f, "{e} (before the request was sent)"),
             Lost::GoingAway => f.write_str("the server is shutting down"),
         }
     }
@@ -80,7 +82,10 @@ pub struct Session {
     out: BytesMut,
     pub(super) span: tracing::Span,
     pub(super) monitor: Option<ClusterMonitor>,
-    generations: Option<watch::Receiver<u64>>,
+    pub(super) generations: Option<watch::Receiver<u64>>,
+    /// Nothing has been written on the current attachment yet: if the first write fails, the
+    /// server never saw the request, which can go back to the gate.
+    pub(super) fresh: bool,
     /// A ReadyForQuery owed to the client at its next Sync (after an aborted extended batch).
     pub(super) owe_ready_at_sync: Option<TxStatus>,
 }
@@ -97,11 +102,12 @@ impl Session {
             statements: Statements::default(),
             link: Link::Detached,
             relay,
-            out: BytesMut::with_capacity(8192),
+            out: BytesMut::new(),
             span,
             monitor,
             generations,
             owe_ready_at_sync: None,
+            fresh: false,
         }
     }
 
@@ -114,14 +120,18 @@ impl Session {
     pub async fn run(&mut self) -> Result<(), SessionError> {
         loop {
             if let Link::Attached { .. } = self.link {
-                match self.relay_once().await? {
-                    Flow::Continue => {}
-                    Flow::ClientLeft => return Ok(()),
-                    Flow::Lost(cause) => self.abort(cause).await?,
+                // Boxed: the relay's state is large and only needed while attached, so an idle
+                // session task stays small. One allocation per transaction.
+                if Box::pin(self.serve_attached()).await? {
+                    return Ok(());
                 }
                 continue;
             }
             let Some(h) = peek_header(&self.client.buf, self.client.max_message)? else {
+                self.client.shed_buffer();
+                if self.out.capacity() > 0 {
+                    self.out = BytesMut::new();
+                }
                 tokio::select! {
                     biased;
                     more = self.client.fill() => if !more? { return Ok(()) },
@@ -139,14 +149,28 @@ impl Session {
             if h.tag == fe::TERMINATE {
                 return Ok(());
             }
+            // Each of these is boxed so that its state does not live in every idle session's task.
             if self.owe_ready_at_sync.is_some() {
-                self.drain_to_sync().await?;
+                Box::pin(self.drain_to_sync()).await?;
             } else if let Link::FailedTransaction { .. } = self.link {
-                self.answer_failed_transaction().await?;
-            } else if let Err(e) = self.attach().await {
-                self.refuse_request(e).await?;
+                Box::pin(self.answer_failed_transaction()).await?;
+            } else if let Err(e) = Box::pin(self.attach()).await {
+                Box::pin(self.refuse_request(e)).await?;
             }
         }
+    }
+
+    /// Relays until the session detaches or loses its server (answered here); true if the
+    /// client left.
+    async fn serve_attached(&mut self) -> Result<bool, SessionError> {
+        while let Link::Attached { .. } = self.link {
+            match self.relay_once().await? {
+                Flow::Continue => {}
+                Flow::ClientLeft => return Ok(true),
+                Flow::Lost(cause) => self.abort(cause).await?,
+            }
+        }
+        Ok(false)
     }
 
     /// Forwards what the client has sent, waits for either side (or a topology change),
@@ -160,7 +184,18 @@ impl Session {
             return Ok(Flow::Continue);
         };
         let generation = *generation;
+        if self
+            .generations
+            .as_ref()
+            .is_some_and(|rx| *rx.borrow() != generation)
+        {
+            // The topology moved on while we were busy elsewhere: not one more byte to this server.
+            return Ok(Flow::Lost(Lost::Generation));
+        }
         let conn = &mut server.conn;
+        // The first write of an attachment may find the server already gone; keep what it
+        // carried so the request can go back to the gate instead of failing.
+        let snapshot = (self.fresh && !self.client.buf.is_empty()).then(|| self.client.buf.clone());
         self.out.clear();
         let mut side = ServerSide {
             params: &mut conn.params,
@@ -173,14 +208,22 @@ impl Session {
             &mut side,
             &mut self.out,
         )?;
-        if !self.out.is_empty()
-            && let Err(e) = conn.stream.write_all(&self.out).await
-        {
-            return Ok(Flow::Lost(Lost::Socket(e.into())));
+        if !self.out.is_empty() {
+            if let Err(e) = conn.stream.write_all(&self.out).await {
+                return Ok(Flow::Lost(match snapshot {
+                    Some(buf) => {
+                        self.client.buf = buf;
+                        Lost::NeverSent(e.into())
+                    }
+                    None => Lost::Socket(e.into()),
+                }));
+            }
+            self.fresh = false;
         }
         if step == ClientStep::Terminate {
             return Ok(Flow::ClientLeft);
         }
+        self.client.ensure_room();
         let generations = &mut self.generations;
         let topology_changed = async {
             match generations {
@@ -246,68 +289,6 @@ impl Session {
             return Err(SessionError::Shutdown);
         }
         Ok(Flow::Continue)
-    }
-
-    /// Takes a server connection at the current primary (waiting in the failover gate if there
-    /// is none) and brings its settings in line with the client's.
-    async fn attach(&mut self) -> Result<(), SessionError> {
-        let (pool, generation) = primary_pool(
-            &self.proxy,
-            &self.info.target,
-            &self.info.settings,
-            self.info.failover_timeout,
-        )
-        .await?;
-        let mut server = pool
-            .checkout(self.info.settings.query_wait_timeout.get(), generation)
-            .await?;
-        let same_settings = server.conn.settings_fingerprint == self.info.params.fingerprint();
-        let sync = if same_settings {
-            None
-        } else {
-            self.info
-                .params
-                .sync_sql(&server.conn.params, &self.info.welcome)
-        };
-        if let Some(sql) = sync {
-            match tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, server.conn.run(&sql)).await {
-                Ok(Ok(_)) => self
-                    .info
-                    .params
-                    .apply_to(&mut server.conn.params, &self.info.welcome),
-                Ok(Err(e @ ServerError::Query(_))) => {
-                    pool.release(server);
-                    return Err(SessionError::Server(e));
-                }
-                Ok(Err(e)) => {
-                    pool.discard(server);
-                    return Err(SessionError::Server(e));
-                }
-                Err(_) => {
-                    pool.discard(server);
-                    return Err(SessionError::Server(ServerError::Timeout {
-                        addr: pool.addr().to_string(),
-                        what: "setting session parameters",
-                        after_ms: INTERNAL_QUERY_TIMEOUT.as_millis(),
-                    }));
-                }
-            }
-        }
-        server.conn.settings_fingerprint = self.info.params.fingerprint();
-        self.info.cancel.set(Some(CancelTarget {
-            addr: server.conn.addr.clone(),
-            key: server.conn.key.clone(),
-        }));
-        if let Some(m) = &self.monitor {
-            m.request_started(&server.conn.addr);
-        }
-        self.relay.reset();
-        self.link = Link::Attached {
-            server,
-            pool,
-            generation,
-        };
-        Ok(())
     }
 
     /// Gives the server connection back (or closes it if it is not at a clean sync point).

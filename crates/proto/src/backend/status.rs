@@ -80,10 +80,12 @@ pub fn decode_command_complete(frame: &Frame) -> Result<String, ProtoError> {
     Cursor::new(frame.tag, frame.body.clone()).cstr()
 }
 
-/// Tells a client which minor version (and which `_pq_` options) this server speaks.
+/// Tells a client the newest protocol 3 minor version this server speaks, and which `_pq_`
+/// options it does not support. The field carries the whole version number, as PostgreSQL's
+/// `PG_PROTOCOL(3, minor)`: libpq 18 refuses anything below 3.0.
 pub fn negotiate_protocol_version(minor: u16, unsupported_options: &[String]) -> Frame {
     let mut b = BytesMut::new();
-    b.put_i32(i32::from(minor));
+    b.put_i32((3 << 16) | i32::from(minor));
     b.put_i32(unsupported_options.len() as i32);
     for o in unsupported_options {
         b.put_slice(o.as_bytes());

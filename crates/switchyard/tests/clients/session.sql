@@ -58,5 +58,5 @@ DEALLOCATE item_by_id;
 COMMIT;
 
 -- The session is still healthy at the end.
-SELECT current_database(), current_user, count(*) AS items FROM items;
+SELECT current_user, count(*) AS items FROM items;
 \echo done

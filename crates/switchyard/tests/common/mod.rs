@@ -141,3 +141,4 @@ pub async fn connect(conninfo: &str) -> Result<Client, tokio_postgres::Error> {
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
+pub mod cluster;

@@ -1,7 +1,7 @@
 """psycopg 3 pipeline mode through Switchyard.
 
-Usage: pipeline.py CONNINFO. Prints one JSON object with what each step observed; the Rust test
-(tests/clients.rs) asserts on it.
+Usage: psycopg_pipeline.py CONNINFO. Prints one JSON object with what each step observed; the
+Rust test (tests/clients.rs) asserts on it.
 """
 
 import json
@@ -14,6 +14,7 @@ from psycopg import errors
 def main(conninfo: str) -> dict:
     out: dict = {}
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        out["database"] = conn.execute("SELECT current_database()").fetchone()[0]
         conn.execute("DROP TABLE IF EXISTS pipe_t")
         conn.execute("CREATE TABLE pipe_t (id int PRIMARY KEY, v text NOT NULL)")
 

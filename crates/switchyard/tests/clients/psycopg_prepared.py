@@ -1,6 +1,6 @@
 """Server-side prepared statements (psycopg 3, prepare_threshold=0) from several connections.
 
-Usage: prepared.py CONNINFO [CONNECTIONS] [TRANSACTIONS]. Each connection runs TRANSACTIONS
+Usage: psycopg_prepared.py CONNINFO [CONNECTIONS] [TRANSACTIONS]. Each connection runs TRANSACTIONS
 transactions in its own thread; every statement is prepared (named, `_pg3_N`) on first use and
 then executed by name. Every 10th transaction is rolled back on purpose, which makes psycopg send
 `DEALLOCATE ALL` and prepare again under new names; a small `prepared_max` makes psycopg close old

@@ -1,0 +1,166 @@
+//! Attaching a session to a server connection at the current primary.
+//!
+//! The failover gate is where waiting happens: `attach` asks the router for the primary (waiting
+//! while there is none), checks a connection out of that primary's pool and brings its settings
+//! in line with the client's — racing all of it against a topology change. A primary that cannot
+//! be reached, or that stops being the primary meanwhile, sends the request back to the gate
+//! (and the monitor a hint to probe now) until `failover_timeout` runs out. Nothing of the
+//! client's has been sent at this point, so retrying is always safe.
+
+use super::login::primary_pool;
+use super::pool_for::INTERNAL_QUERY_TIMEOUT;
+use super::run::{Link, Session};
+use crate::SessionError;
+use crate::cancel::CancelTarget;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_pool::{Pool, PoolError, Pooled};
+use switchyard_server::ServerError;
+use tokio::time::Instant;
+
+/// Pause before retrying a primary that refused us while the monitor still names it.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// What a failed attempt means.
+enum Attempt {
+    /// The primary could not be reached, or stopped being the primary: try again via the gate.
+    Retry(SessionError),
+    Fail(SessionError),
+}
+
+impl Session {
+    /// Takes a server connection at the current primary, waiting in the failover gate for at
+    /// most `failover_timeout` in all.
+    pub(super) async fn attach(&mut self) -> Result<(), SessionError> {
+        let deadline = Instant::now() + self.info.failover_timeout;
+        loop {
+            let gate = deadline.saturating_duration_since(Instant::now());
+            let (pool, generation) =
+                primary_pool(&self.proxy, &self.info.target, &self.info.settings, gate).await?;
+            match self.attempt(&pool, generation).await {
+                Ok(server) => {
+                    self.attached(server, pool, generation);
+                    return Ok(());
+                }
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry(e)) => {
+                    if let Some(m) = &self.monitor {
+                        m.suspect(pool.addr());
+                    }
+                    tracing::info!(parent: &self.span, server = %pool.addr(), error = %e, "primary unusable; back to the gate");
+                    if Instant::now() + RETRY_PAUSE >= deadline {
+                        return Err(e);
+                    }
+                    self.wait_for_news(generation, RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until the generation moves past `generation`, or `pause` passes.
+    async fn wait_for_news(&mut self, generation: u64, pause: Duration) {
+        let Some(rx) = self.generations.as_mut() else {
+            return tokio::time::sleep(pause).await;
+        };
+        let news = async {
+            while rx.changed().await.is_ok() {
+                if *rx.borrow_and_update() != generation {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        let _ = tokio::time::timeout(pause, news).await;
+    }
+
+    /// One checkout and settings sync at the primary of `generation`, abandoned as soon as the
+    /// generation changes.
+    async fn attempt(&mut self, pool: &Arc<Pool>, generation: u64) -> Result<Pooled, Attempt> {
+        let wait = self.info.settings.query_wait_timeout.get();
+        let params = &self.info.params;
+        let welcome = &self.info.welcome;
+        let work = async {
+            let mut server = pool
+                .checkout(wait, generation)
+                .await
+                .map_err(classify_pool)?;
+            if server.conn.settings_fingerprint != params.fingerprint()
+                && let Some(sql) = params.sync_sql(&server.conn.params, welcome)
+            {
+                match tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, server.conn.run(&sql)).await {
+                    Ok(Ok(_)) => params.apply_to(&mut server.conn.params, welcome),
+                    Ok(Err(e @ ServerError::Query(_))) => {
+                        pool.release(server);
+                        return Err(Attempt::Fail(SessionError::Server(e)));
+                    }
+                    Ok(Err(e)) => {
+                        pool.discard(server);
+                        return Err(classify_server(e));
+                    }
+                    Err(_) => {
+                        pool.discard(server);
+                        return Err(Attempt::Retry(SessionError::Server(ServerError::Timeout {
+                            addr: pool.addr().to_string(),
+                            what: "setting session parameters",
+                            after_ms: INTERNAL_QUERY_TIMEOUT.as_millis(),
+                        })));
+                    }
+                }
+            }
+            server.conn.settings_fingerprint = params.fingerprint();
+            Ok(server)
+        };
+        let moved_on = async {
+            match self.generations.as_mut() {
+                Some(rx) => loop {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    if *rx.borrow_and_update() != generation {
+                        return;
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = work => r,
+            () = moved_on => Err(Attempt::Retry(SessionError::Route(switchyard_router::RouteError::NoPrimary {
+                cluster: self.info.target.cluster.clone(),
+                waited: Duration::ZERO,
+            }))),
+        }
+    }
+
+    fn attached(&mut self, server: Pooled, pool: Arc<Pool>, generation: u64) {
+        self.info.cancel.set(Some(CancelTarget {
+            addr: server.conn.addr.clone(),
+            key: server.conn.key.clone(),
+        }));
+        if let Some(m) = &self.monitor {
+            m.request_started(&server.conn.addr);
+        }
+        self.relay.reset();
+        self.fresh = true;
+        self.link = Link::Attached {
+            server,
+            pool,
+            generation,
+        };
+    }
+}
+
+fn classify_server(e: ServerError) -> Attempt {
+    if e.is_unreachable() {
+        Attempt::Retry(SessionError::Server(e))
+    } else {
+        Attempt::Fail(SessionError::Server(e))
+    }
+}
+
+fn classify_pool(e: PoolError) -> Attempt {
+    match e {
+        PoolError::Server(s) => classify_server(s),
+        other => Attempt::Fail(other.into()),
+    }
+}

@@ -1,0 +1,641 @@
+//! Failover through the real proxy (design.md §1–§2, issue 3): for each fault — crash (SIGKILL),
+//! freeze (SIGSTOP of the whole server) and blackhole (loopback packets dropped with iptables) —
+//! one cluster (primary + synchronous streaming standby, DEFAULT failover settings, transaction
+//! pooling) and clients in every state when the fault hits:
+//!
+//! | client  | state at the fault                              | must get                         |
+//! | ------- | ----------------------------------------------- | -------------------------------- |
+//! | idle    | connected, no transaction; speaks once the      | nothing; its statement waits in  |
+//! |         | proxy has no primary                            | the gate, runs on the new        |
+//! |         |                                                 | primary ≤ 2 s after promotion    |
+//! | fresh   | idle, on a pool with no idle server connection; | the same: never an error, never  |
+//! |         | its statement is sent right at the fault        | a write on the old primary       |
+//! | txbusy  | inside a transaction, a statement running       | 40001 ≤ 3 s; ROLLBACK; retry     |
+//! | txidle  | inside a transaction, next statement sent at    | 40001 ≤ 3 s; ROLLBACK; retry     |
+//! |         | the fault                                       |                                  |
+//! | long    | long autocommit query running                   | 08007 ≤ 3 s                      |
+//! | commit  | COMMIT running (a deferred trigger sleeps)      | 08007 ≤ 3 s                      |
+//! | writer  | autocommit inserts in a loop, throughout        | at most one error, 08007         |
+//!
+//! Then every connection must still work and land on the promoted standby
+//! (`pg_is_in_recovery()` false, `inet_server_port()` = its port), every commit the old primary
+//! acknowledged must be on the new one (synchronous replication), and once the old primary is
+//! back (restarted, thawed, unblocked; its synchronous-commit waits released so that whatever
+//! reached it becomes visible) the proxy keeps it fenced and it holds nothing written after the
+//! fault was detected. Contract checks after the promotion are collected and reported together.
+//!
+//! Each run holds a process-wide lock so the three faults do not compete for the (2-core) machine
+//! under `cargo test`; the measured figures are printed with `eprintln!`.
+
+mod common;
+
+use common::cluster::{
+    Answer, Cluster, ClusterOptions, Fault, Injected, blocking, first_value, send, step,
+    where_am_i, why,
+};
+use common::{STEP, connect, sqlstate, within};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use test_support::iptables_available;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+/// Fault → answer for every in-flight client (target 2 s, plus slack).
+const ANSWER_BOUND: Duration = Duration::from_secs(3);
+/// Promotion → first successful write (target 1 s, plus slack).
+const PROMOTION_BOUND: Duration = Duration::from_secs(2);
+const LONG_SQL: &str = "select pg_sleep(60) /* long */";
+const TXBUSY_SQL: &str = "select pg_sleep(60) /* txbusy */";
+/// Pause between two writer inserts: keeps the loop from eating a core the timers need.
+const WRITER_PACE: Duration = Duration::from_millis(10);
+/// Commits the writer makes before the fault.
+const WRITES_BEFORE_FAULT: usize = 20;
+/// Server connections per pool: more than the test's clients, so none waits for a slot.
+const POOL_SIZE: usize = 16;
+/// The database of the `fresh` client: its pool's only server connection is held by another
+/// client, so the `fresh` statement needs a new one.
+const FRESH_DB: &str = "app2";
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const SCHEMA: &str = "\
+CREATE TABLE t (id bigserial PRIMARY KEY, who text NOT NULL, phase text NOT NULL, n int);
+CREATE TABLE slow_commit (x int);
+CREATE FUNCTION sleep_at_commit() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER sleep_at_commit AFTER INSERT ON slow_commit
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION sleep_at_commit();";
+
+/// The clients whose state the fault interrupts.
+struct Clients {
+    idle: Arc<Client>,
+    txbusy: Arc<Client>,
+    txidle: Arc<Client>,
+    long: Arc<Client>,
+    commit: Arc<Client>,
+    fresh: Arc<Client>,
+    /// Holds the only server connection of the `fresh` client's pool (inside a transaction).
+    _hold: Client,
+}
+
+/// Requests running on the primary when the fault hits.
+struct InFlight {
+    txbusy: JoinHandle<Answer>,
+    long: JoinHandle<Answer>,
+    commit: JoinHandle<Answer>,
+}
+
+async fn connect_clients(c: &Cluster) -> Clients {
+    let client = || async { Arc::new(c.client().await) };
+    let app2 = |c: &Cluster| {
+        c.conninfo("")
+            .replace("dbname=app", &format!("dbname={FRESH_DB}"))
+    };
+    let fresh = Arc::new(connect(&app2(c)).await.expect("connect to app2"));
+    let hold = connect(&app2(c)).await.expect("connect to app2");
+    let clients = Clients {
+        idle: client().await,
+        txbusy: client().await,
+        txidle: client().await,
+        long: client().await,
+        commit: client().await,
+        fresh,
+        _hold: hold,
+    };
+    step(&clients.idle, "select 1").await;
+    step(&clients._hold, "BEGIN; select 1").await;
+    step(
+        &clients.txbusy,
+        "BEGIN; INSERT INTO t (who, phase) VALUES ('txbusy', 'pre')",
+    )
+    .await;
+    step(
+        &clients.txidle,
+        "BEGIN; INSERT INTO t (who, phase) VALUES ('txidle', 'pre')",
+    )
+    .await;
+    step(&clients.commit, "BEGIN; INSERT INTO slow_commit VALUES (1)").await;
+    clients
+}
+
+/// Starts the long requests and waits until the primary is really running all three of them.
+async fn start_in_flight(c: &Cluster, cl: &Clients) -> InFlight {
+    let in_flight = InFlight {
+        txbusy: send(&cl.txbusy, TXBUSY_SQL),
+        long: send(&cl.long, LONG_SQL),
+        commit: send(&cl.commit, "COMMIT"),
+    };
+    let primary = c.primary.clone();
+    let running = blocking("the three sleeps to run on the primary", move || {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let n = primary
+                .psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")?;
+            if n == "3" || Instant::now() >= deadline {
+                return Ok(n);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await;
+    assert_eq!(running, "3", "sleeping statements on the primary");
+    in_flight
+}
+
+/// What the writer saw: acknowledged `n`s with the port that acknowledged them, and errors.
+#[derive(Debug, Default)]
+struct WriterLog {
+    acked: Vec<(i32, i32, Instant)>,
+    errors: Vec<(i32, String, Instant)>,
+}
+
+/// Waits until the writer has [`WRITES_BEFORE_FAULT`] acknowledged commits.
+async fn wait_for_writer(progress: &AtomicUsize) {
+    within(STEP, "the writer's first commits", async {
+        while progress.load(Ordering::SeqCst) < WRITES_BEFORE_FAULT {
+            tokio::time::sleep(WRITER_PACE).await;
+        }
+    })
+    .await;
+}
+
+fn start_writer(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicUsize>,
+) -> JoinHandle<WriterLog> {
+    tokio::spawn(async move {
+        let mut log = WriterLog::default();
+        let stmt = client
+            .prepare(
+                "INSERT INTO t (who, phase, n) VALUES ('writer', 'any', $1) \
+                 RETURNING inet_server_port()",
+            )
+            .await
+            .expect("prepare the writer's insert");
+        let mut n = 0;
+        while !stop.load(Ordering::SeqCst) {
+            n += 1;
+            match tokio::time::timeout(STEP, client.query_one(&stmt, &[&n])).await {
+                Ok(Ok(row)) => {
+                    log.acked.push((n, row.get(0), Instant::now()));
+                    progress.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(Err(e)) => log.errors.push((n, short(&e), Instant::now())),
+                Err(_) => {
+                    log.errors.push((n, "stuck".into(), Instant::now()));
+                    break;
+                }
+            }
+            tokio::time::sleep(WRITER_PACE).await;
+        }
+        log
+    })
+}
+
+/// The SQLSTATE alone when it is the expected 08007, else the whole story.
+fn short(e: &tokio_postgres::Error) -> String {
+    if sqlstate(e) == "08007" {
+        "08007".into()
+    } else {
+        why(e)
+    }
+}
+
+/// Contract violations found after the promotion, reported together at the end.
+#[derive(Default)]
+struct Verdict(Vec<String>);
+
+impl Verdict {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(what());
+        }
+    }
+
+    fn finish(self, fault: Fault) {
+        assert!(
+            self.0.is_empty(),
+            "failover[{fault:?}]: {} contract violation(s):\n  - {}",
+            self.0.len(),
+            self.0.join("\n  - ")
+        );
+    }
+}
+
+/// Awaits an in-flight request and checks its SQLSTATE and fault → answer time.
+async fn expect_error(
+    name: &str,
+    h: JoinHandle<Answer>,
+    want: &str,
+    fault_at: Instant,
+) -> Duration {
+    let (r, at) = within(STEP, name, h).await.expect("request task");
+    let took = at.saturating_duration_since(fault_at);
+    match r {
+        Ok(_) => panic!("{name}: succeeded after {took:?}, expected {want}"),
+        Err(e) => assert_eq!(sqlstate(&e), want, "{name}: {} (after {took:?})", why(&e)),
+    }
+    assert!(
+        took <= ANSWER_BOUND,
+        "{name}: answered {took:?} after the fault (bound {ANSWER_BOUND:?})"
+    );
+    took
+}
+
+/// After a 40001: ROLLBACK on the same connection, then the retried transaction commits on the
+/// new primary.
+async fn rollback_and_retry(
+    name: &'static str,
+    client: &Client,
+    new_port: i32,
+) -> Result<(), String> {
+    let step = |what: &'static str, r: Result<(), tokio_postgres::Error>| {
+        r.map_err(|e| format!("{name}: {what}: {}", why(&e)))
+    };
+    let rollback = within(STEP, name, client.batch_execute("ROLLBACK")).await;
+    step("ROLLBACK after 40001", rollback)?;
+    step(
+        "BEGIN of the retry",
+        within(STEP, name, client.batch_execute("BEGIN")).await,
+    )?;
+    let sql = "INSERT INTO t (who, phase) VALUES ($1, 'post')";
+    let insert = within(STEP, name, client.execute(sql, &[&name])).await;
+    step("retried INSERT", insert.map(drop))?;
+    let here = where_am_i(name, client).await;
+    if here != (false, new_port) {
+        return Err(format!(
+            "{name}: retry ran on {here:?}, not the new primary"
+        ));
+    }
+    step(
+        "COMMIT of the retry",
+        within(STEP, name, client.batch_execute("COMMIT")).await,
+    )
+}
+
+/// The cluster and its clients.
+struct Scene {
+    c: Cluster,
+    cl: Clients,
+    old_port: i32,
+    new_port: i32,
+}
+
+/// Measured figures of one run, printed before the contract checks are judged.
+#[derive(Debug, Default)]
+struct Figures {
+    injected_in: Duration,
+    detected: Duration,
+    answers: Vec<(&'static str, Duration)>,
+    monitor_follows: Duration,
+    first_write: Duration,
+    writer_acked: usize,
+    writer_errors: Vec<String>,
+    timeline: Vec<String>,
+}
+
+impl Figures {
+    fn print(&self, fault: Fault, started: Instant) {
+        for line in &self.timeline {
+            eprintln!("failover[{fault:?}]   {line}");
+        }
+        eprintln!(
+            "failover[{fault:?}]: fault injected in {:?}; no primary after {:?}; answers {:?}; \
+             promotion → monitor follows {:?}, → first write {:?}; writer acked {} (errors {:?}); \
+             {:?} so far",
+            self.injected_in,
+            self.detected,
+            self.answers,
+            self.monitor_follows,
+            self.first_write,
+            self.writer_acked,
+            self.writer_errors,
+            started.elapsed(),
+        );
+    }
+}
+
+async fn set_up() -> Scene {
+    let options = ClusterOptions {
+        sync_replication: true,
+        ..ClusterOptions::default()
+    };
+    // Room for every client at once: nobody waits for a pool slot when the fault hits.
+    let c = Cluster::start_with(options, |config| config.pool.size = POOL_SIZE).await;
+    Cluster::psql_on(&c.primary, "app", SCHEMA).await;
+    Cluster::psql_on(
+        &c.primary,
+        "postgres",
+        &format!("CREATE DATABASE {FRESH_DB}"),
+    )
+    .await;
+    Cluster::psql_on(&c.primary, FRESH_DB, "CREATE TABLE late (who text)").await;
+    let cl = connect_clients(&c).await;
+    Scene {
+        old_port: i32::from(c.primary.port()),
+        new_port: i32::from(c.standby.port()),
+        c,
+        cl,
+    }
+}
+
+/// Injects the fault with every client in its state and checks each in-flight answer; returns
+/// when the proxy has no primary (and the instant it was seen), the `fresh` client's request,
+/// and what must be undone.
+async fn hit(
+    s: &Scene,
+    fault: Fault,
+    fig: &mut Figures,
+) -> (Instant, Instant, JoinHandle<Answer>, Injected) {
+    let in_flight = start_in_flight(&s.c, &s.cl).await;
+    let gen_before = s.c.topology().generation;
+    // Times are measured from the START of the fault action (a kill waits for the processes to
+    // be gone; clients may hear of it before it returns).
+    let fault_at = Instant::now();
+    let injected = s.c.inject(fault).await;
+    fig.injected_in = fault_at.elapsed();
+    let txidle = send(
+        &s.cl.txidle,
+        "INSERT INTO t (who, phase) VALUES ('txidle', 'during')",
+    );
+    let fresh = send(
+        &s.cl.fresh,
+        "INSERT INTO late (who) VALUES ('fresh') RETURNING inet_server_port()",
+    );
+    let answers = async {
+        vec![
+            (
+                "txbusy",
+                expect_error("txbusy", in_flight.txbusy, "40001", fault_at).await,
+            ),
+            (
+                "txidle",
+                expect_error("txidle", txidle, "40001", fault_at).await,
+            ),
+            (
+                "long",
+                expect_error("long", in_flight.long, "08007", fault_at).await,
+            ),
+            (
+                "commit",
+                expect_error("commit", in_flight.commit, "08007", fault_at).await,
+            ),
+        ]
+    };
+    let ((view, detected_at), answers) = tokio::join!(s.c.wait_for_no_primary(STEP), answers);
+    assert!(view.generation > gen_before, "{view:?}");
+    fig.detected = detected_at.saturating_duration_since(fault_at);
+    fig.answers = answers;
+    (fault_at, detected_at, fresh, injected)
+}
+
+/// The idle client's next statement waits in the gate until the test promotes the standby,
+/// then runs there; the other clients' connections work on the new primary. Returns the
+/// promotion instant.
+async fn promote(s: &Scene, fig: &mut Figures) -> Instant {
+    let client = s.cl.idle.clone();
+    let idle = tokio::spawn(async move {
+        let r = client
+            .query_one(
+                "INSERT INTO t (who, phase) VALUES ('idle', 'post') \
+                 RETURNING pg_is_in_recovery(), inet_server_port()",
+                &[],
+            )
+            .await;
+        (r, Instant::now())
+    });
+    let promoted_at = s.c.promote_standby().await;
+    let (_, followed_at) = s.c.wait_for_primary(&s.c.standby.addr(), STEP).await;
+    fig.monitor_follows = followed_at.saturating_duration_since(promoted_at);
+    let (idle_r, idle_at) = within(STEP, "the idle client's gated statement", idle)
+        .await
+        .expect("task");
+    let row = idle_r.unwrap_or_else(|e| panic!("idle: gated statement: {}", why(&e)));
+    assert_eq!(
+        (row.get::<_, bool>(0), row.get::<_, i32>(1)),
+        (false, s.new_port),
+        "idle: the gated statement runs on the new primary"
+    );
+    fig.first_write = idle_at.saturating_duration_since(promoted_at);
+    assert!(
+        fig.first_write <= PROMOTION_BOUND,
+        "promotion → first write took {:?} (bound {PROMOTION_BOUND:?})",
+        fig.first_write
+    );
+    let others = [
+        ("long", &s.cl.long),
+        ("commit", &s.cl.commit),
+        ("idle", &s.cl.idle),
+    ];
+    for (name, client) in others {
+        let here = where_am_i(name, client).await;
+        assert_eq!(
+            here,
+            (false, s.new_port),
+            "{name}: next statement on the new primary"
+        );
+    }
+    promoted_at
+}
+
+/// The writer saw at most one error, 08007 (its insert in flight at the fault); everything the
+/// old primary acknowledged is on the new one; the old primary acknowledged nothing after the
+/// fault was detected.
+async fn check_writer(s: &Scene, log: &WriterLog, detected_at: Instant) {
+    let bad: Vec<_> = log.errors.iter().filter(|e| e.1 != "08007").collect();
+    assert!(
+        bad.is_empty() && log.errors.len() <= 1,
+        "writer errors: {:?}",
+        log.errors
+    );
+    let by = |port: i32| log.acked.iter().filter(move |a| a.1 == port);
+    assert!(
+        by(s.old_port).count() >= WRITES_BEFORE_FAULT,
+        "writes before the fault"
+    );
+    assert!(by(s.new_port).count() > 0, "writes after the failover");
+    let late: Vec<_> = by(s.old_port).filter(|a| a.2 > detected_at).collect();
+    assert!(
+        late.is_empty(),
+        "acknowledged by the old primary after detection: {late:?}"
+    );
+    let sql = "SELECT string_agg(n::text, ',') FROM t WHERE who = 'writer'";
+    let on_new = Cluster::psql_on(&s.c.standby, "app", sql).await;
+    let on_new: Vec<i32> = on_new.split(',').filter_map(|v| v.parse().ok()).collect();
+    let lost: Vec<i32> = log
+        .acked
+        .iter()
+        .map(|a| a.0)
+        .filter(|n| !on_new.contains(n))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged commits missing on the new primary: {lost:?}"
+    );
+}
+
+/// The old primary is back (writable, old timeline): the proxy keeps it fenced, and it holds
+/// nothing written after the fault was detected.
+async fn check_old_primary_fenced(s: &Scene, log: &WriterLog, v: &mut Verdict) {
+    let old = s.c.primary.addr();
+    let what = "the old primary to be probed again";
+    let (view, _) = s.c.wait_for(STEP, what, |t| t.is_up(&old)).await;
+    let new = Some(s.c.standby.addr());
+    v.check(view.primary == new, || {
+        format!("old primary not fenced: {view:?}")
+    });
+    let client = s.c.client().await;
+    let sql = "INSERT INTO t (who, phase) VALUES ('after-return', 'post') \
+               RETURNING inet_server_port()";
+    match within(
+        STEP,
+        "a write after the old primary came back",
+        client.query_one(sql, &[]),
+    )
+    .await
+    {
+        Ok(row) => v.check(row.get::<_, i32>(0) == s.new_port, || {
+            format!(
+                "write after the old primary came back ran on port {}",
+                row.get::<_, i32>(0)
+            )
+        }),
+        Err(e) => v.0.push(format!(
+            "write after the old primary came back: {}",
+            why(&e)
+        )),
+    }
+    s.c.release_sync_waits_on_primary().await;
+    let post = Cluster::psql_on(
+        &s.c.primary,
+        "app",
+        "SELECT count(*) FROM t WHERE phase = 'post'",
+    );
+    let post = post.await;
+    v.check(post == "0", || {
+        format!("{post} row(s) written after the fault on the old primary")
+    });
+    let ns: Vec<String> = log
+        .acked
+        .iter()
+        .filter(|a| a.1 == s.new_port)
+        .map(|a| a.0.to_string())
+        .collect();
+    let sql = format!(
+        "SELECT count(*) FROM t WHERE who = 'writer' AND n IN ({})",
+        ns.join(",")
+    );
+    let dup = Cluster::psql_on(&s.c.primary, "app", &sql).await;
+    v.check(dup == "0", || {
+        format!("{dup} writer row(s) of the new primary on the old one")
+    });
+}
+
+/// The `fresh` client's statement, sent at the fault while its pool had to open a connection,
+/// is held in the gate and runs on the new primary — never an error, never the old primary.
+async fn check_fresh(s: &Scene, fresh: JoinHandle<Answer>, promoted_at: Instant, v: &mut Verdict) {
+    let (r, at) = within(STEP, "the fresh client's statement", fresh)
+        .await
+        .expect("task");
+    let after = at.saturating_duration_since(promoted_at);
+    match r {
+        Ok(rows) => {
+            let port = first_value(&rows);
+            v.check(port == Some(s.new_port.to_string()), || {
+                format!("fresh: statement sent at the fault ran on port {port:?}")
+            });
+            v.check(at >= promoted_at && after <= PROMOTION_BOUND, || {
+                format!("fresh: answered {after:?} after the promotion (bound {PROMOTION_BOUND:?})")
+            });
+        }
+        Err(e) => v.0.push(format!(
+            "fresh: statement sent at the fault (idle client, no idle server connection) got {} \
+             — {:?} after the promotion{}",
+            why(&e),
+            after,
+            if at < promoted_at {
+                " (answered BEFORE it)"
+            } else {
+                ""
+            },
+        )),
+    }
+    let on_old = Cluster::psql_on(&s.c.primary, FRESH_DB, "SELECT count(*) FROM late").await;
+    v.check(on_old == "0", || {
+        "fresh: the statement sent at the fault was executed on the OLD primary".into()
+    });
+}
+
+async fn run(fault: Fault) {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let mut fig = Figures::default();
+    let mut verdict = Verdict::default();
+    let s = set_up().await;
+    let stop_writer = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicUsize::new(0));
+    let writer = start_writer(s.c.client().await, stop_writer.clone(), progress.clone());
+    wait_for_writer(&progress).await;
+
+    let topology_log = s.c.record_topology();
+    let (fault_at, detected_at, fresh, injected) = hit(&s, fault, &mut fig).await;
+    let promoted_at = promote(&s, &mut fig).await;
+    stop_writer.store(true, Ordering::SeqCst);
+    let log = within(STEP, "the writer to stop", writer)
+        .await
+        .expect("writer task");
+    fig.writer_acked = log.acked.len();
+    fig.writer_errors = log.errors.iter().map(|e| e.1.clone()).collect();
+    let views = topology_log.stop().await;
+    fig.timeline = views
+        .iter()
+        .map(|(at, t)| {
+            let since = at.saturating_duration_since(fault_at);
+            format!("+{since:?} gen {} {} {:?}", t.generation, t.state, t.health)
+        })
+        .collect();
+    fig.print(fault, started);
+    check_writer(&s, &log, detected_at).await;
+
+    // The old primary comes back; the clients that lost their transaction retry only now, so
+    // their retries also prove that writes stay off it.
+    s.c.restore(injected).await;
+    check_old_primary_fenced(&s, &log, &mut verdict).await;
+    let mut post_rows = vec!["after-return", "idle"];
+    for (name, client) in [("txbusy", &s.cl.txbusy), ("txidle", &s.cl.txidle)] {
+        match rollback_and_retry(name, client, s.new_port).await {
+            Ok(()) => post_rows.push(name),
+            Err(e) => verdict.0.push(e),
+        }
+    }
+    check_fresh(&s, fresh, promoted_at, &mut verdict).await;
+    let post = "SELECT string_agg(who, ',' ORDER BY who) FROM t WHERE phase = 'post'";
+    let on_new = Cluster::psql_on(&s.c.standby, "app", post).await;
+    let want = post_rows.join(",");
+    verdict.check(on_new == want, || {
+        format!("rows written after the failover on the new primary: {on_new:?}, want {want:?}")
+    });
+    eprintln!("failover[{fault:?}]: done in {:?}", started.elapsed());
+    verdict.finish(fault);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_of_the_primary() {
+    run(Fault::Crash).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn freeze_of_the_primary() {
+    run(Fault::Freeze).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blackhole_of_the_primary() {
+    if !iptables_available() {
+        eprintln!("skipped: iptables is not usable here (needs root and the iptables package)");
+        return;
+    }
+    run(Fault::Blackhole).await;
+}
