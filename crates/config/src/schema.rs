@@ -256,7 +256,7 @@ pub struct EffectivePool {
     pub server_idle_timeout: Duration,
     pub server_lifetime: Duration,
     pub query_wait_timeout: Duration,
-    pub server_reset_query: String,
+    pub server_reset_query: std::sync::Arc<str>,
 }
 
 impl Config {
@@ -269,7 +269,7 @@ impl Config {
             server_idle_timeout: d.server_idle_timeout,
             server_lifetime: d.server_lifetime,
             query_wait_timeout: site.query_wait_timeout.unwrap_or(d.query_wait_timeout),
-            server_reset_query: d.server_reset_query.clone(),
+            server_reset_query: d.server_reset_query.as_str().into(),
         }
     }
 

@@ -64,12 +64,42 @@ const READ_ONLY: &[&str] = &[
 
 type Params = BTreeMap<String, String>;
 
+/// A client's few settings that differ from the servers' defaults. A small vector: a BTreeMap
+/// node per idle client costs more than everything else it holds.
+#[derive(Debug, Clone, Default)]
+struct Overrides(Vec<(String, String)>);
+
+impl Overrides {
+    fn get(&self, k: &str) -> Option<&String> {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v)
+    }
+
+    fn remove(&mut self, k: &str) {
+        self.0.retain(|(n, _)| n != k);
+    }
+
+    fn insert(&mut self, k: String, v: String) {
+        match self.0.iter_mut().find(|(n, _)| *n == k) {
+            Some(slot) => slot.1 = v,
+            None => self.0.push((k, v)),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ClientParams {
     /// What servers report at login, shared by every client of a pool.
     base: Arc<Params>,
     /// Where this client's settings differ from `base` (usually a handful or none).
-    overrides: Params,
+    overrides: Overrides,
     /// A hash of the settable view, never 0; see `ServerConn::settings_fingerprint`.
     fingerprint: u64,
 }
@@ -106,7 +136,7 @@ impl ClientParams {
         }
         let mut me = Self {
             base: welcome.clone(),
-            overrides: Params::new(),
+            overrides: Overrides::default(),
             fingerprint: 0,
         };
         for (k, v) in settings {

@@ -47,16 +47,27 @@ impl UserAuth {
 pub struct Live {
     pub config: Config,
     pub auth: HashMap<String, UserAuth>,
+    /// Each user's config, shared by its sessions.
+    pub users: HashMap<String, Arc<UserConfig>>,
 }
 
 impl Live {
     pub fn new(config: Config) -> Self {
+        let users = config
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), Arc::new(u.clone())))
+            .collect();
         let auth = config
             .users
             .iter()
             .map(|u| (u.name.clone(), UserAuth::derive(u)))
             .collect();
-        Self { config, auth }
+        Self {
+            config,
+            auth,
+            users,
+        }
     }
 }
 

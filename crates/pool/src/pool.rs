@@ -46,6 +46,8 @@ pub struct Pool {
     waiting: AtomicUsize,
     /// Connections of older topology generations are retired, never reused.
     min_generation: AtomicU64,
+    /// Removed from the registry (config reload): sessions must look up a new pool.
+    removed: std::sync::atomic::AtomicBool,
     /// Parameters the server reported at its first login: what a new client is told at startup.
     welcome: Mutex<Option<Arc<BTreeMap<String, String>>>>,
 }
@@ -69,6 +71,7 @@ impl Pool {
             active: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             min_generation: AtomicU64::new(0),
+            removed: std::sync::atomic::AtomicBool::new(false),
             welcome: Mutex::new(None),
         })
     }
@@ -264,8 +267,13 @@ impl Pool {
         Ok(())
     }
 
-    /// Drops every idle connection (used when the pool is removed).
-    pub fn close_idle(&self) {
+    /// Marks the pool removed from the registry and drops its idle connections.
+    pub fn remove(&self) {
+        self.removed.store(true, Ordering::Relaxed);
         self.lock().idle.clear();
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
     }
 }

@@ -81,7 +81,7 @@ impl Pools {
         self.lock().retain(|k, p| {
             let kept = keep(k, p);
             if !kept {
-                p.close_idle();
+                p.remove();
             }
             kept
         });

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_pool::{Pool, PoolError, Pooled};
 use switchyard_server::ServerError;
+use switchyard_topology::ClusterState;
 use tokio::time::Instant;
 
 /// Pause before retrying a primary that refused us while the monitor still names it.
@@ -35,8 +36,7 @@ impl Session {
         let deadline = Instant::now() + self.info.failover_timeout;
         loop {
             let gate = deadline.saturating_duration_since(Instant::now());
-            let (pool, generation) =
-                primary_pool(&self.proxy, &self.info.target, &self.info.settings, gate).await?;
+            let (pool, generation) = self.route(gate).await?;
             match self.attempt(&pool, generation).await {
                 Ok(server) => {
                     self.attached(server, pool, generation);
@@ -55,6 +55,25 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The pool at the current primary and its generation. The common case (a primary, the
+    /// same one as last time) takes no lock: it reads the session's own view and pool.
+    async fn route(&mut self, gate: Duration) -> Result<(Arc<Pool>, u64), SessionError> {
+        let current = self.monitor.as_ref().map(|m| m.view());
+        if let Some(view) = current
+            && let ClusterState::Primary { addr, .. } = &view.state
+            && let Some(pool) = self
+                .last_pool
+                .as_ref()
+                .filter(|p| p.addr() == addr && !p.is_removed())
+        {
+            return Ok((pool.clone(), view.generation));
+        }
+        let (pool, generation) =
+            primary_pool(&self.proxy, &self.info.target, &self.info.settings, gate).await?;
+        self.last_pool = Some(pool.clone());
+        Ok((pool, generation))
     }
 
     /// Waits until the generation moves past `generation`, or `pause` passes.
@@ -142,8 +161,9 @@ impl Session {
         }
         self.relay.reset();
         self.fresh = true;
+        // Boxed: an idle session should not carry a server connection's worth of empty space.
         self.link = Link::Attached {
-            server,
+            server: Box::new(server),
             pool,
             generation,
         };

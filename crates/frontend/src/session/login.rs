@@ -17,8 +17,6 @@ use switchyard_server::ServerError;
 
 /// A client that has logged in, before its relay starts.
 pub struct LoggedIn {
-    pub user: String,
-    pub database: String,
     pub target: Target,
     pub settings: EffectivePool,
     pub failover_timeout: std::time::Duration,
@@ -49,8 +47,9 @@ pub async fn login(
     let live = proxy.live.load_full();
     authenticate(client, &user, live.auth.get(&user)).await?;
     let config = &live.config;
-    let user_cfg = config
-        .user(&user)
+    let user_cfg = live
+        .users
+        .get(&user)
         .ok_or_else(|| SessionError::AuthFailed { user: user.clone() })?;
     let site = config
         .site_for(&database)
@@ -85,10 +84,8 @@ pub async fn login(
     }
     let cancel = proxy.cancels.register();
     greet(client, &params, &cancel).await?;
-    tracing::info!(%user, %database, "login");
+    tracing::info!(%user, %database, process_id = cancel.process_id, "login");
     Ok(Some(LoggedIn {
-        user,
-        database,
         target,
         settings,
         failover_timeout,

@@ -16,7 +16,19 @@ use tracing::Instrument;
 
 /// Serves one client connection to its end. Never panics on client input; every failure is
 /// answered per the error contract and logged once.
+///
+/// This future is what every client's task holds for its whole life, so it is kept small: the
+/// login runs boxed and hands back a boxed [`run::Session`].
 pub async fn serve_client(proxy: Arc<Proxy>, stream: TcpStream) {
+    let Some(mut session) = Box::pin(open_session(proxy, stream)).await else {
+        return;
+    };
+    let result = session.run().await;
+    Box::pin(session.close(result)).await;
+}
+
+/// Runs the login; `None` when the connection ends there (refused, or a cancel request).
+async fn open_session(proxy: Arc<Proxy>, stream: TcpStream) -> Option<Box<run::Session>> {
     let live = proxy.live.load_full();
     let mut client = ClientConn::new(stream, live.config.proxy.max_message_size);
     let login_timeout = live.config.proxy.login_timeout.get();
@@ -26,42 +38,29 @@ pub async fn serve_client(proxy: Arc<Proxy>, stream: TcpStream) {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let span = tracing::info_span!("client", %peer);
-    drop(peer);
-    // Boxed so the login's state does not stay in every session task for its whole life.
-    let login = Box::pin(tokio::time::timeout(
-        login_timeout,
-        login::login(&proxy, &mut client),
-    ));
+    // Debug level: at the default level a span per client would cost more memory than the rest
+    // of an idle session; the events that matter carry their own fields.
+    let span = tracing::debug_span!("client", %peer);
+    let login = tokio::time::timeout(login_timeout, login::login(&proxy, &mut client));
     let logged_in = match login.instrument(span.clone()).await {
         Ok(Ok(Some(s))) => s,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => return refuse(&mut client, e).instrument(span).await,
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => {
+            refuse(&mut client, e, &peer).instrument(span).await;
+            return None;
+        }
         Err(_) => {
-            return refuse(&mut client, SessionError::LoginTimeout)
+            refuse(&mut client, SessionError::LoginTimeout, &peer)
                 .instrument(span)
                 .await;
+            return None;
         }
     };
-    // The relay loop is not instrumented: entering a span on every poll costs more than the
-    // relay's own work. Its few events name the span explicitly.
-    let span = tracing::info_span!(parent: &span, "session", user = %logged_in.user, database = %logged_in.database);
-    let mut session = run::Session::new(proxy, client, logged_in, span.clone());
-    let result = session.run().await;
-    match &result {
-        Ok(()) => tracing::debug!(parent: &span, "client left"),
-        Err(SessionError::ClientGone(e)) => {
-            tracing::debug!(parent: &span, error = %e, "client gone")
-        }
-        Err(e) => tracing::info!(parent: &span, error = %e, "session ended"),
-    }
-    Box::pin(session.finish(result.err()))
-        .instrument(span)
-        .await;
+    Some(Box::new(run::Session::new(proxy, client, logged_in, span)))
 }
 
-async fn refuse(client: &mut ClientConn, e: SessionError) {
-    tracing::info!(error = %e, "login refused");
+async fn refuse(client: &mut ClientConn, e: SessionError, peer: &str) {
+    tracing::info!(%peer, error = %e, "login refused");
     if let Some(f) = e.to_client_fatal() {
         client.send_error(&f).await;
     }

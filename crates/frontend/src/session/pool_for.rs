@@ -17,10 +17,10 @@ pub const INTERNAL_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Target {
     pub cluster: String,
     pub server_db: String,
-    pub user: UserConfig,
+    pub user: Arc<UserConfig>,
 }
 
-pub fn target_for(site: &SiteConfig, database: &str, user: &UserConfig) -> Target {
+pub fn target_for(site: &SiteConfig, database: &str, user: &Arc<UserConfig>) -> Target {
     Target {
         cluster: site.cluster.clone(),
         server_db: site

@@ -24,14 +24,13 @@ use switchyard_server::ServerError;
 use switchyard_topology::ClusterMonitor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
+use tracing::Instrument;
 
-// One Link lives per session and `Attached` is its normal state: boxing it would allocate per
-// transaction for nothing.
-#[allow(clippy::large_enum_variant)]
+/// Where a session's requests go; see the module comment.
 pub(super) enum Link {
     Detached,
     Attached {
-        server: Pooled,
+        server: Box<Pooled>,
         pool: Arc<Pool>,
         generation: u64,
     },
@@ -86,6 +85,8 @@ pub struct Session {
     /// Nothing has been written on the current attachment yet: if the first write fails, the
     /// server never saw the request, which can go back to the gate.
     pub(super) fresh: bool,
+    /// The pool last used, reused while its server stays the primary.
+    pub(super) last_pool: Option<Arc<Pool>>,
     /// A ReadyForQuery owed to the client at its next Sync (after an aborted extended batch).
     pub(super) owe_ready_at_sync: Option<TxStatus>,
 }
@@ -108,6 +109,7 @@ impl Session {
             generations,
             owe_ready_at_sync: None,
             fresh: false,
+            last_pool: None,
         }
     }
 
@@ -312,9 +314,9 @@ impl Session {
             && server.conn.read_buf.is_empty()
             && self.relay.server_fatal.is_none();
         if clean {
-            pool.release(server);
+            pool.release(*server);
         } else {
-            pool.discard(server);
+            pool.discard(*server);
         }
     }
 
@@ -355,6 +357,35 @@ impl Session {
                 _ => {}
             }
         }
+    }
+
+    /// Who this session is, for log lines.
+    pub fn describe(&self) -> String {
+        let peer = self
+            .client
+            .stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let t = &self.info.target;
+        format!(
+            "{}@{} from {peer} (key {})",
+            t.user.name, t.server_db, self.info.cancel.process_id
+        )
+    }
+
+    /// Logs how the session ended, then [`Session::finish`]es it.
+    pub async fn close(&mut self, result: Result<(), SessionError>) {
+        let who = self.describe();
+        let span = self.span.clone();
+        match &result {
+            Ok(()) => tracing::debug!(parent: &span, %who, "client left"),
+            Err(SessionError::ClientGone(e)) => {
+                tracing::debug!(parent: &span, %who, error = %e, "client gone")
+            }
+            Err(e) => tracing::info!(parent: &span, %who, error = %e, "session ended"),
+        }
+        self.finish(result.err()).instrument(span).await;
     }
 
     /// Ends the session: tells the client why (if it is still there) and returns or closes the
