@@ -145,6 +145,7 @@ impl ClientParams {
             }
             me.set(canonical(&k, welcome), v);
         }
+        me.overrides.0.shrink_to_fit();
         me.fingerprint = me.compute_fingerprint();
         Ok(me)
     }

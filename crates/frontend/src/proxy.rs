@@ -6,7 +6,7 @@ use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use switchyard_config::{AuthMethod, Config, UserConfig, is_md5_hash};
+use switchyard_config::{AuthMethod, Config, EffectivePool, SiteConfig, UserConfig, is_md5_hash};
 use switchyard_pool::Pools;
 use switchyard_proto::scram::ScramSecret;
 use switchyard_router::Router;
@@ -49,6 +49,18 @@ pub struct Live {
     pub auth: HashMap<String, UserAuth>,
     /// Each user's config, shared by its sessions.
     pub users: HashMap<String, Arc<UserConfig>>,
+    /// Each site's pool settings (same order as `config.sites`), shared by its sessions.
+    pub site_settings: Vec<Arc<EffectivePool>>,
+}
+
+impl Live {
+    /// The pool settings of `site`, shared.
+    pub fn settings_for(&self, site: &SiteConfig) -> Arc<EffectivePool> {
+        let i = self.config.sites.iter().position(|s| std::ptr::eq(s, site));
+        i.and_then(|i| self.site_settings.get(i))
+            .cloned()
+            .unwrap_or_else(|| Arc::new(self.config.effective_pool(site)))
+    }
 }
 
 impl Live {
@@ -63,10 +75,16 @@ impl Live {
             .iter()
             .map(|u| (u.name.clone(), UserAuth::derive(u)))
             .collect();
+        let site_settings = config
+            .sites
+            .iter()
+            .map(|s| Arc::new(config.effective_pool(s)))
+            .collect();
         Self {
             config,
             auth,
             users,
+            site_settings,
         }
     }
 }

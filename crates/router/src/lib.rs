@@ -37,7 +37,7 @@ pub enum RouteError {
 struct Entry {
     config: ClusterConfig,
     settings: MonitorSettings,
-    monitor: ClusterMonitor,
+    monitor: Arc<ClusterMonitor>,
     stop: CancellationToken,
 }
 
@@ -114,14 +114,14 @@ impl Router {
                 continue;
             }
             let stop = self.shutdown.child_token();
-            let monitor = ClusterMonitor::start(
+            let monitor = Arc::new(ClusterMonitor::start(
                 name,
                 probe_params(config, c),
                 settings.clone(),
                 stop.clone(),
-            );
+            ));
             tokio::spawn(retire_loop(
-                monitor.clone(),
+                (*monitor).clone(),
                 self.pools.clone(),
                 stop.clone(),
             ));
@@ -138,7 +138,7 @@ impl Router {
         }
     }
 
-    pub fn monitor(&self, cluster: &str) -> Option<ClusterMonitor> {
+    pub fn monitor(&self, cluster: &str) -> Option<Arc<ClusterMonitor>> {
         self.lock().get(cluster).map(|e| e.monitor.clone())
     }
 

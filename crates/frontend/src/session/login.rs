@@ -18,7 +18,7 @@ use switchyard_server::ServerError;
 /// A client that has logged in, before its relay starts.
 pub struct LoggedIn {
     pub target: Target,
-    pub settings: EffectivePool,
+    pub settings: std::sync::Arc<EffectivePool>,
     pub failover_timeout: std::time::Duration,
     pub welcome: std::sync::Arc<BTreeMap<String, String>>,
     pub params: ClientParams,
@@ -55,7 +55,7 @@ pub async fn login(
         .site_for(&database)
         .ok_or_else(|| SessionError::NoSuchDatabase(database.clone()))?;
     let target = target_for(site, &database, user_cfg);
-    let settings = config.effective_pool(site);
+    let settings = live.settings_for(site);
     let failover_timeout = config.failover.failover_timeout.get();
     let known = proxy
         .pools

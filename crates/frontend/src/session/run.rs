@@ -80,7 +80,7 @@ pub struct Session {
     pub(super) relay: Relay,
     out: BytesMut,
     pub(super) span: tracing::Span,
-    pub(super) monitor: Option<ClusterMonitor>,
+    pub(super) monitor: Option<Arc<ClusterMonitor>>,
     pub(super) generations: Option<watch::Receiver<u64>>,
     /// Nothing has been written on the current attachment yet: if the first write fails, the
     /// server never saw the request, which can go back to the gate.
@@ -95,7 +95,7 @@ impl Session {
     pub fn new(proxy: Arc<Proxy>, client: ClientConn, info: LoggedIn, span: tracing::Span) -> Self {
         let relay = Relay::new(info.settings.mode);
         let monitor = proxy.router.monitor(&info.target.cluster);
-        let generations = monitor.as_ref().map(ClusterMonitor::generations);
+        let generations = monitor.as_ref().map(|m| m.generations());
         Self {
             proxy,
             client,
