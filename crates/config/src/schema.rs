@@ -38,6 +38,10 @@ pub struct ProxyConfig {
     pub max_message_size: usize,
     /// On SIGTERM, how long open transactions may run before connections are closed.
     pub shutdown_timeout: Duration,
+    /// Threads that run client sessions; 0 means one per core. One (like PgBouncer) is the
+    /// fastest where the proxy shares a few cores with PostgreSQL and its clients: no
+    /// cross-thread wake-ups.
+    pub worker_threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -48,6 +52,7 @@ impl Default for ProxyConfig {
             login_timeout: Duration::secs(15),
             max_message_size: 256 << 20,
             shutdown_timeout: Duration::secs(30),
+            worker_threads: 1,
         }
     }
 }

@@ -28,8 +28,14 @@ impl ClientConn {
         }
     }
 
-    /// Makes room for a read of at least half a chunk.
+    /// Makes room for a read of at least half a chunk, and for the whole of a message whose
+    /// header is already here.
     pub fn ensure_room(&mut self) {
+        if let Ok(Some(h)) = switchyard_proto::peek_header(&self.buf, self.max_message)
+            && h.wire_len > self.buf.len()
+        {
+            self.buf.reserve(h.wire_len - self.buf.len());
+        }
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
             self.buf.reserve(READ_CHUNK);
         }

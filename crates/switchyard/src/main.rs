@@ -75,34 +75,35 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
-        Command::Serve { config } => {
-            let rt = runtime()?;
-            rt.block_on(run_serve(config))
+        Command::Serve { config: path } => {
+            let config =
+                Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
+            runtime(config.proxy.worker_threads)?.block_on(run_serve(path, config))
         }
     }
 }
 
-/// The runtime: `SWITCHYARD_WORKERS` threads (default: one per core).
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// The runtime: `proxy.worker_threads` threads (0: one per core), or `SWITCHYARD_WORKERS`.
+fn runtime(configured: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let workers = std::env::var("SWITCHYARD_WORKERS")
         .ok()
-        .and_then(|w| w.parse::<usize>().ok());
+        .and_then(|w| w.parse::<usize>().ok())
+        .unwrap_or(configured);
     match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
+        1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),
     }
 }
 
-async fn run_serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
+async fn run_serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let shutdown_timeout = config.proxy.shutdown_timeout.get();
     use tokio::signal::unix::{SignalKind, signal};
     let hup = signal(SignalKind::hangup())?;

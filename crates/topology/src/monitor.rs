@@ -67,6 +67,8 @@ struct MemberSignals {
     /// seen within `fast_interval`.
     no_primary: AtomicBool,
     fenced: AtomicBool,
+    /// The probe loop is in a slow-paced wait: the first new request should shorten it.
+    sleeping_slow: AtomicBool,
 }
 
 impl MemberSignals {
@@ -182,6 +184,7 @@ impl ClusterMonitor {
     pub fn request_started(&self, addr: &str) {
         if let Some(m) = self.member(addr)
             && m.outstanding.fetch_add(1, Ordering::Relaxed) == 0
+            && m.sleeping_slow.swap(false, Ordering::Relaxed)
         {
             // From quiet to busy: the probe loop shortens its wait to the fast pace.
             m.kick.notify_one();
@@ -240,6 +243,7 @@ impl ProbeLoop {
                 } else {
                     self.settings.probe_interval
                 };
+                sig.sleeping_slow.store(!fast, Ordering::Relaxed);
                 tokio::select! {
                     _ = tokio::time::sleep_until(started + interval) => break,
                     _ = sig.kick.notified() => {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use switchyard_config::PoolMode;
 use switchyard_proto::backend::{self, ErrorFields, TxStatus, tag as be};
 use switchyard_proto::frontend::{Bind, Parse, Target, TargetKind, tag as fe};
-use switchyard_proto::{Frame, ProtoError, decode_frame, peek_header};
+use switchyard_proto::{Frame, ProtoError, peek_header};
 
 /// Largest server message the relay accepts (PostgreSQL's own limit is 1 GiB).
 const MAX_SERVER_MESSAGE: usize = (1 << 30) + 1024;
@@ -91,14 +91,19 @@ pub fn is_frontend_tag(tag: u8) -> bool {
 /// True for statements that end a transaction with a commit (a guess on the text; used only to
 /// choose between "rolled back" and "outcome unknown" when a server is lost).
 pub fn is_commit(sql: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(sql.get(..64).unwrap_or(sql))
-        .trim_start()
-        .to_ascii_lowercase();
-    let word = |w: &str| {
-        text.strip_prefix(w)
-            .is_some_and(|r| !r.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+    let start = sql
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(sql.len());
+    let text = &sql[start..];
+    let word = |w: &[u8]| {
+        text.len() >= w.len()
+            && text[..w.len()].eq_ignore_ascii_case(w)
+            && !text
+                .get(w.len())
+                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
     };
-    word("commit") || word("end") || word("prepare transaction")
+    word(b"commit") || word(b"end") || word(b"prepare transaction")
 }
 
 impl Relay {
@@ -152,41 +157,46 @@ impl Relay {
         self.mode == PoolMode::Transaction && self.at_sync_point()
     }
 
-    /// Moves every complete client frame from `input` to `out`, stopping after a Terminate.
+    /// Copies every complete client frame at the front of `input` to `out` (rewritten where
+    /// needed), stopping after a Terminate. Returns how many bytes of `input` it used: the caller
+    /// drops them only once `out` has reached the server, so a request whose first write fails
+    /// is still there to go elsewhere.
     pub fn client_to_server(
         &mut self,
-        input: &mut BytesMut,
+        input: &[u8],
         max: usize,
         statements: &mut Statements,
         server: &mut ServerSide<'_>,
         out: &mut BytesMut,
-    ) -> Result<ClientStep, ProtoError> {
-        while let Some(h) = peek_header(input, max)? {
+    ) -> Result<(ClientStep, usize), ProtoError> {
+        let mut pos = 0;
+        while let Some(h) = peek_header(&input[pos..], max)? {
             if !is_frontend_tag(h.tag) {
                 return Err(ProtoError::Unexpected {
                     tag: h.tag as char,
                     during: "a session",
                 });
             }
-            if input.len() < h.wire_len {
-                input.reserve(h.wire_len - input.len());
+            let Some(msg) = input.get(pos..pos + h.wire_len) else {
                 break;
-            }
+            };
+            pos += h.wire_len;
             let rewrite = self.mode == PoolMode::Transaction
                 && matches!(h.tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE);
             if rewrite {
-                let frame =
-                    decode_frame(input, max)?.ok_or(ProtoError::Malformed { what: "frame" })?;
+                let frame = Frame {
+                    tag: h.tag,
+                    body: Bytes::copy_from_slice(&msg[5..]),
+                };
                 self.rewrite(frame, statements, server, out)?;
                 continue;
             }
+            // Whether a COMMIT is in flight only matters inside a transaction.
+            let in_tx = self.status != TxStatus::Idle;
             match h.tag {
-                fe::TERMINATE => {
-                    input.advance(h.wire_len);
-                    return Ok(ClientStep::Terminate);
-                }
+                fe::TERMINATE => return Ok((ClientStep::Terminate, pos)),
                 fe::QUERY | fe::FUNCTION_CALL => {
-                    self.commit_in_flight |= h.tag == fe::QUERY && is_commit(&input[5..h.wire_len]);
+                    self.commit_in_flight |= in_tx && h.tag == fe::QUERY && is_commit(&msg[5..]);
                     self.expect.push_back(Expect::Ready)
                 }
                 fe::SYNC => {
@@ -195,13 +205,13 @@ impl Relay {
                 }
                 fe::PARSE => {
                     // Name, then query text.
-                    let body = &input[5..h.wire_len];
+                    let body = &msg[5..];
                     let text = body
                         .iter()
                         .position(|&b| b == 0)
                         .and_then(|i| body.get(i + 1..))
                         .unwrap_or_default();
-                    self.commit_in_flight |= is_commit(text);
+                    self.commit_in_flight |= in_tx && is_commit(text);
                     self.expect
                         .push_back(Expect::ParseComplete { injected: false })
                 }
@@ -214,10 +224,9 @@ impl Relay {
             if matches!(h.tag, fe::PARSE | fe::CLOSE) {
                 self.unsynced = true;
             }
-            out.extend_from_slice(&input[..h.wire_len]);
-            input.advance(h.wire_len);
+            out.extend_from_slice(msg);
         }
-        Ok(ClientStep::Continue)
+        Ok((ClientStep::Continue, pos))
     }
 
     /// Transaction mode: named statements get their server-side names, and are prepared on this

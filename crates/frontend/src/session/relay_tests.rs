@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::statements::Statements;
+use switchyard_proto::decode_frame;
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     Frame::new(tag, Bytes::copy_from_slice(body))
@@ -46,16 +47,17 @@ impl World {
     }
 
     fn client(&mut self, msgs: &[Vec<u8>]) -> (ClientStep, String) {
-        let mut input = BytesMut::from(&msgs.concat()[..]);
+        let input = msgs.concat();
         let mut out = BytesMut::new();
         let mut server = ServerSide {
             params: &mut self.server_params,
             prepared: &mut self.prepared,
         };
-        let step = self
+        let (step, used) = self
             .relay
-            .client_to_server(&mut input, 1 << 20, &mut self.st, &mut server, &mut out)
+            .client_to_server(&input, 1 << 20, &mut self.st, &mut server, &mut out)
             .unwrap();
+        assert!(used <= input.len());
         (step, tags(&out))
     }
 
@@ -169,4 +171,13 @@ fn reparse_of_a_statement_the_server_has_hides_the_injected_close() {
     assert_eq!(sent, "CPS");
     let got = w.server(&[frame(b'3', b""), frame(b'1', b""), frame(b'Z', b"I")]);
     assert_eq!(got, "1Z");
+}
+
+#[test]
+fn commit_detection_needs_no_allocation_and_respects_words() {
+    assert!(is_commit(b"  COMMIT\0"));
+    assert!(is_commit(b"end;"));
+    assert!(!is_commit(b"committed"));
+    assert!(!is_commit(b"select 1"));
+    assert!(is_commit(b"prepare transaction 'x'"));
 }

@@ -13,7 +13,7 @@ use super::relay::{ClientStep, Fatal, Relay, ServerSide, is_frontend_tag};
 use crate::client::ClientConn;
 use crate::statements::Statements;
 use crate::{Proxy, SessionError};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use std::sync::Arc;
 use switchyard_config::PoolMode;
 use switchyard_pool::{Pool, Pooled};
@@ -195,16 +195,13 @@ impl Session {
             return Ok(Flow::Lost(Lost::Generation));
         }
         let conn = &mut server.conn;
-        // The first write of an attachment may find the server already gone; keep what it
-        // carried so the request can go back to the gate instead of failing.
-        let snapshot = (self.fresh && !self.client.buf.is_empty()).then(|| self.client.buf.clone());
         self.out.clear();
         let mut side = ServerSide {
             params: &mut conn.params,
             prepared: &mut conn.prepared,
         };
-        let step = relay.client_to_server(
-            &mut self.client.buf,
+        let (step, used) = relay.client_to_server(
+            &self.client.buf,
             self.client.max_message,
             &mut self.statements,
             &mut side,
@@ -212,16 +209,17 @@ impl Session {
         )?;
         if !self.out.is_empty() {
             if let Err(e) = conn.stream.write_all(&self.out).await {
-                return Ok(Flow::Lost(match snapshot {
-                    Some(buf) => {
-                        self.client.buf = buf;
-                        Lost::NeverSent(e.into())
-                    }
-                    None => Lost::Socket(e.into()),
+                // The first write of an attachment found the server already gone: the request is
+                // still in the client buffer and goes back to the gate instead of failing.
+                return Ok(Flow::Lost(if self.fresh {
+                    Lost::NeverSent(e.into())
+                } else {
+                    Lost::Socket(e.into())
                 }));
             }
             self.fresh = false;
         }
+        self.client.buf.advance(used);
         if step == ClientStep::Terminate {
             return Ok(Flow::ClientLeft);
         }
