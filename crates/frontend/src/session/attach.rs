@@ -9,7 +9,7 @@
 
 use super::login::primary_pool;
 use super::pool_for::INTERNAL_QUERY_TIMEOUT;
-use super::run::{Link, Session};
+use super::run::{Link, Session, generation_moved_past};
 use crate::SessionError;
 use crate::cancel::CancelTarget;
 use std::sync::Arc;
@@ -78,18 +78,11 @@ impl Session {
 
     /// Waits until the generation moves past `generation`, or `pause` passes.
     async fn wait_for_news(&mut self, generation: u64, pause: Duration) {
-        let Some(rx) = self.generations.as_mut() else {
-            return tokio::time::sleep(pause).await;
-        };
-        let news = async {
-            while rx.changed().await.is_ok() {
-                if *rx.borrow_and_update() != generation {
-                    return;
-                }
-            }
-            std::future::pending::<()>().await;
-        };
-        let _ = tokio::time::timeout(pause, news).await;
+        let _ = tokio::time::timeout(
+            pause,
+            generation_moved_past(&mut self.generations, generation),
+        )
+        .await;
     }
 
     /// One checkout and settings sync at the primary of `generation`, abandoned as soon as the
@@ -129,19 +122,7 @@ impl Session {
             server.conn.settings_fingerprint = params.fingerprint();
             Ok(server)
         };
-        let moved_on = async {
-            match self.generations.as_mut() {
-                Some(rx) => loop {
-                    if rx.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                    if *rx.borrow_and_update() != generation {
-                        return;
-                    }
-                },
-                None => std::future::pending().await,
-            }
-        };
+        let moved_on = generation_moved_past(&mut self.generations, generation);
         tokio::select! {
             r = work => r,
             () = moved_on => Err(Attempt::Retry(SessionError::Route(switchyard_router::RouteError::NoPrimary {

@@ -40,6 +40,24 @@ pub(super) enum Link {
     },
 }
 
+/// Resolves once the cluster's generation is no longer `generation`; never, without a monitor
+/// or once the monitor has stopped (process exit).
+///
+/// Cancel safety: cancel-safe.
+pub(super) async fn generation_moved_past(rx: &mut Option<watch::Receiver<u64>>, generation: u64) {
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    loop {
+        if *rx.borrow_and_update() != generation {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 /// Why an attached server connection is gone.
 #[derive(Debug)]
 pub(super) enum Lost {
@@ -225,20 +243,7 @@ impl Session {
         }
         self.client.ensure_room();
         let generations = &mut self.generations;
-        let topology_changed = async {
-            match generations {
-                Some(rx) => loop {
-                    if rx.changed().await.is_err() {
-                        // The monitor stopped (process exit): no more news.
-                        std::future::pending::<()>().await;
-                    }
-                    if *rx.borrow_and_update() != generation {
-                        return;
-                    }
-                },
-                None => std::future::pending().await,
-            }
-        };
+        let topology_changed = generation_moved_past(generations, generation);
         tokio::select! {
             biased;
             r = conn.stream.read_buf(&mut conn.read_buf) => match r {
