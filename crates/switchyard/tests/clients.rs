@@ -1,7 +1,7 @@
 //! Real clients through the proxy: psql scripts, pgbench, and psycopg 3 (with its bundled
 //! libpq 18). The scripts and expected outputs live in `tests/clients/`.
 //!
-//! psql and pgbench come from PostgreSQL 15 (`test_support::pg_bin_dir()`); psycopg runs in
+//! psql and pgbench come from PostgreSQL 15 (`switchyard_localpg::pg_bin_dir()`); psycopg runs in
 //! `$SWITCHYARD_PYTHON`, else in `<workspace>/.venv/bin/python` (made by `scripts/setup`). Each
 //! Python script takes its connection details as arguments and prints one JSON object, which the
 //! tests below assert on. Every external program runs with `kill_on_drop` and a deadline

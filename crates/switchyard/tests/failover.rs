@@ -37,7 +37,7 @@ use common::{STEP, connect, sqlstate, within};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use test_support::iptables_available;
+use switchyard_localpg::iptables_available;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 

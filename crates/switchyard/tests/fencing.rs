@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchyard::serve::{self, Running};
 use switchyard_config::{Config, Duration as CfgDuration, PoolMode};
-use test_support::PgServer;
+use switchyard_localpg::PgServer;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, SimpleQueryMessage};
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 use switchyard_config::{Config, Duration as CfgDuration, PoolMode, UserConfig};
-use test_support::PgServer;
+use switchyard_localpg::PgServer;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
@@ -34,7 +34,7 @@ impl Proc {
     /// Writes `cfg` (listening on a free port) and starts the binary on it, waiting until it
     /// accepts connections.
     async fn start(mut cfg: Config) -> Self {
-        let port = test_support::free_port();
+        let port = switchyard_localpg::free_port();
         cfg.proxy.listen = format!("127.0.0.1:{port}");
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("switchyard.toml");

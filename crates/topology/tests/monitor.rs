@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_localpg::PgServer;
 use switchyard_server::{ConnectParams, SocketOptions};
 use switchyard_topology::{
     ClusterMonitor, ClusterState, MonitorSettings, Thresholds, TopologyView,
 };
-use test_support::PgServer;
 use tokio_util::sync::CancellationToken;
 
 fn params(pg: &PgServer) -> ConnectParams {

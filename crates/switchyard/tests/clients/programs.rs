@@ -58,7 +58,7 @@ pub fn clean_command(program: impl AsRef<OsStr>) -> Command {
 
 /// A PostgreSQL 15 client program (psql, pgbench).
 pub fn pg_program(name: &str) -> Command {
-    clean_command(test_support::pg_bin_dir().join(name))
+    clean_command(switchyard_localpg::pg_bin_dir().join(name))
 }
 
 pub struct Ran {

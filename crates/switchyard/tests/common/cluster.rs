@@ -1,5 +1,5 @@
 //! A two-member cluster for failover tests: a real primary and its streaming standby (both from
-//! `test-support`), with the test users and an `app` database, and a Switchyard started
+//! `switchyard-localpg`), with the test users and an `app` database, and a Switchyard started
 //! in-process with `members = [primary, standby]` and DEFAULT `[failover]` settings (the bounds of
 //! design.md §1 hold for the defaults).
 //!
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::serve::{self, Running};
 use switchyard_config::{Config, PoolMode};
-use test_support::{Blackhole, FixtureError, PasswordKind, PgOptions, PgServer};
+use switchyard_localpg::{Blackhole, FixtureError, PasswordKind, PgOptions, PgServer};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -359,7 +359,7 @@ pub enum Fault {
     /// `SIGSTOP` of the whole process tree: the kernel still completes handshakes and ACKs.
     Freeze,
     /// Every loopback packet to or from the primary's port dropped (`iptables`, see
-    /// [`test_support::Blackhole`]); the standby's replication stream is cut too.
+    /// [`switchyard_localpg::Blackhole`]); the standby's replication stream is cut too.
     Blackhole,
 }
 

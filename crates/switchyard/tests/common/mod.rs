@@ -1,4 +1,4 @@
-//! Shared integration-test harness: a real PostgreSQL (from `test-support`) with test users, a
+//! Shared integration-test harness: a real PostgreSQL (from `switchyard-localpg`) with test users, a
 //! Switchyard proxy started in-process in front of it, clients, and deadline helpers.
 #![allow(dead_code)]
 
@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use switchyard::serve::{self, Running};
 use switchyard_config::{Config, PoolMode};
-use test_support::{PasswordKind, PgServer};
+use switchyard_localpg::{PasswordKind, PgServer};
 use tokio_postgres::{Client, NoTls};
 
 /// Default bound for one step of a test.

@@ -1,6 +1,7 @@
-//! Test fixtures that start REAL PostgreSQL 15 servers for Switchyard's integration tests.
+//! Local PostgreSQL servers for demo, drill and tests.
 //!
-//! This crate owns the lifecycle of throw-away PostgreSQL clusters: each [`PgServer`] lives in its
+//! This crate owns the lifecycle of REAL local PostgreSQL 15 clusters, for `switchyard demo`,
+//! `switchyard drill` and the integration tests. A test's [`PgServer`] lives in its
 //! own temporary directory (data dir, unix socket dir, log file) and listens on `127.0.0.1` on a
 //! free port. It can also make a streaming standby ([`PgServer::start_standby`]), promote it, and
 //! inject process faults (stop, crash with `SIGKILL`, freeze with `SIGSTOP`); [`Blackhole`] drops a
@@ -18,9 +19,9 @@
 //!   stderr, or the tail of the server log.
 //!
 //! ```no_run
-//! let pg = test_support::PgServer::start()?;
+//! let pg = switchyard_localpg::PgServer::start()?;
 //! assert_eq!(pg.psql("select 1")?, "1");
-//! # Ok::<(), test_support::FixtureError>(())
+//! # Ok::<(), switchyard_localpg::FixtureError>(())
 //! ```
 
 #![forbid(unsafe_code)]

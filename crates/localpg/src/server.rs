@@ -96,7 +96,7 @@ impl PgServer {
     /// The fixture's own `postgresql.conf` settings for this server.
     fn base_conf(&self) -> Vec<String> {
         let mut conf = vec![
-            "# added by switchyard test-support".to_owned(),
+            "# added by switchyard-localpg".to_owned(),
             format!("listen_addresses = '{HOST}'"),
         ];
         conf.extend(self.location_conf());

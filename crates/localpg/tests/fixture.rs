@@ -3,7 +3,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use test_support::{FixtureError, PasswordKind, PgOptions, PgServer};
+use switchyard_localpg::{FixtureError, PasswordKind, PgOptions, PgServer};
 
 type Result<T = ()> = std::result::Result<T, FixtureError>;
 
