@@ -165,6 +165,18 @@ pub(crate) fn give_to_pg_user(path: &Path) -> Result<(), FixtureError> {
     Ok(())
 }
 
+/// Whether the user that runs PostgreSQL may create files in `dir` (always true when not root).
+pub(crate) fn pg_user_can_write(dir: &Path) -> bool {
+    if !running_as_root() {
+        return true;
+    }
+    let mut test = Command::new("runuser");
+    test.args(["-u", PG_USER, "--", "test", "-w"])
+        .arg(dir)
+        .current_dir("/");
+    run(test, SHORT).is_ok()
+}
+
 /// Sets the permission bits of `path` (e.g. `0o700`).
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), FixtureError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))

@@ -84,6 +84,23 @@ pub enum FixtureError {
         /// Why the fixture thinks so.
         detail: String,
     },
+    /// A persistent server's port is taken by another process.
+    #[error("cannot start PostgreSQL in {data_dir}: 127.0.0.1:{port} is already in use")]
+    PortInUse {
+        /// The cluster's data directory.
+        data_dir: PathBuf,
+        /// The port.
+        port: u16,
+    },
+    /// When run as root, the `postgres` user (which runs PostgreSQL) cannot write there.
+    #[error(
+        "the `postgres` user cannot write to {path} (PostgreSQL refuses root, so it runs as \
+         `postgres`): use a directory it can reach, e.g. under /var/tmp"
+    )]
+    Unreachable {
+        /// The directory.
+        path: PathBuf,
+    },
     /// A helper program printed something the fixture could not understand.
     #[error("unexpected output from `{command}`: {output:?}")]
     BadOutput {

@@ -7,6 +7,10 @@
 //! inject process faults (stop, crash with `SIGKILL`, freeze with `SIGSTOP`); [`Blackhole`] drops a
 //! port's packets on loopback (`iptables`), as when the host is gone.
 //!
+//! A persistent server ([`PgServer::start_in`], [`PgServer::start_standby_in`]) lives instead in
+//! a directory the caller chose, on the caller's port, and keeps its data across runs: it is
+//! reused when complete, and dropping the server only stops it (for `switchyard demo`).
+//!
 //! Everything is synchronous (`std::process`), so the fixture works from plain `#[test]`s and from
 //! inside async tests alike (call it before entering, or from `spawn_blocking`).
 //!
@@ -29,6 +33,7 @@
 mod cmd;
 mod error;
 pub mod net;
+mod persistent;
 mod procs;
 mod server;
 mod sql;
@@ -40,7 +45,7 @@ use std::path::PathBuf;
 
 pub use error::FixtureError;
 pub use net::{Blackhole, iptables_available};
-pub use server::{PgOptions, PgServer};
+pub use server::{Origin, PgOptions, PgServer};
 pub use sql::{PasswordKind, quote_ident, quote_literal};
 
 /// Default directory of the PostgreSQL 15 binaries (Debian's `postgresql-15` package).

@@ -1,9 +1,10 @@
-//! [`PgServer`]: one real PostgreSQL instance in its own temp dir, its configuration, start and
-//! stop, and the process faults (kill, freeze, thaw) used by failover tests.
+//! [`PgServer`]: one real PostgreSQL instance in its own directory (a temp dir, or a kept one:
+//! see `persistent.rs`), its configuration, start and stop, and the process faults (kill, freeze,
+//! thaw) used by failover tests and drills.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ const LOG_TAIL_LINES: usize = 30;
 
 /// The fixture's `pg_hba.conf`: trust for the superuser and replication, md5 for everyone else
 /// (md5 also accepts SCRAM-stored passwords, and then runs SCRAM).
-const PG_HBA: &str = "\
+pub(crate) const PG_HBA: &str = "\
 local all all trust
 host all postgres 127.0.0.1/32 trust
 host replication all 127.0.0.1/32 trust
@@ -44,16 +45,70 @@ pub struct PgOptions {
     pub extra_conf: Vec<String>,
 }
 
-/// One running PostgreSQL 15 server, listening on `127.0.0.1` on a free port.
+/// One running PostgreSQL 15 server, listening on `127.0.0.1`.
 ///
-/// It lives in its own temp dir (`data/`, `sock/`, `postgres.log`). Dropping it thaws it if
-/// frozen, stops it with `pg_ctl stop -m immediate` and removes the directory; drop never panics.
+/// It lives in its own directory (`data/`, `sock/`, `postgres.log`). A test's server
+/// ([`PgServer::start`]) has a temp dir on a free port; dropping it thaws it if frozen, stops it
+/// with `pg_ctl stop -m immediate` and removes the directory. A persistent server
+/// ([`PgServer::start_in`]) lives in a directory the caller chose, on the caller's port; dropping
+/// it only stops it (`-m fast`, after a thaw) and keeps its files. Drop never panics.
 /// The superuser is `postgres` and needs no password (trust) over TCP and the unix socket.
 #[derive(Debug)]
 pub struct PgServer {
-    dir: TempDir,
-    port: u16,
+    pub(crate) home: Home,
+    pub(crate) port: u16,
+    pub(crate) origin: Origin,
     frozen: AtomicBool,
+}
+
+/// Where a server's files live.
+#[derive(Debug)]
+pub(crate) enum Home {
+    /// A temp dir, removed when the server is dropped.
+    Temp(TempDir),
+    /// A directory chosen by the caller, kept when the server is dropped.
+    Kept(PathBuf),
+}
+
+impl Home {
+    fn path(&self) -> &Path {
+        match self {
+            Home::Temp(dir) => dir.path(),
+            Home::Kept(dir) => dir,
+        }
+    }
+}
+
+/// Whether a server's data directory was made for this start or found from an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Made now, in a directory that held no data.
+    Created,
+    /// Found healthy and started again, with its data.
+    Reused,
+    /// Found but unusable (half made, or not a standby of this primary), so made again.
+    Replaced,
+}
+
+/// The settings every server gets, wherever it lives: fast and unsafe on power loss (no fsync),
+/// ready for streaming replication, quiet logs.
+pub(crate) fn common_conf() -> Vec<String> {
+    [
+        "fsync = off",
+        "full_page_writes = off",
+        "synchronous_commit = on",
+        "shared_buffers = 32MB",
+        "max_connections = 300",
+        "wal_level = replica",
+        "max_wal_senders = 10",
+        "max_replication_slots = 10",
+        "hot_standby = on",
+        "wal_keep_size = '256MB'",
+        "logging_collector = off",
+        "log_min_messages = warning",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 impl PgServer {
@@ -86,11 +141,17 @@ impl PgServer {
         cmd::set_mode(dir.path(), 0o755)?;
         make_dir(&dir.path().join("sock"), 0o755)?;
         give_to_pg_user(dir.path())?;
-        Ok(PgServer {
-            dir,
-            port: free_port(),
+        Ok(PgServer::with_home(Home::Temp(dir), free_port()))
+    }
+
+    /// A handle on the server whose files are (or will be) in `home`, listening on `port`.
+    pub(crate) fn with_home(home: Home, port: u16) -> PgServer {
+        PgServer {
+            home,
+            port,
+            origin: Origin::Created,
             frozen: AtomicBool::new(false),
-        })
+        }
     }
 
     /// The fixture's own `postgresql.conf` settings for this server.
@@ -100,23 +161,7 @@ impl PgServer {
             format!("listen_addresses = '{HOST}'"),
         ];
         conf.extend(self.location_conf());
-        conf.extend(
-            [
-                "fsync = off",
-                "full_page_writes = off",
-                "synchronous_commit = on",
-                "shared_buffers = 32MB",
-                "max_connections = 300",
-                "wal_level = replica",
-                "max_wal_senders = 10",
-                "max_replication_slots = 10",
-                "hot_standby = on",
-                "wal_keep_size = '256MB'",
-                "logging_collector = off",
-                "log_min_messages = warning",
-            ]
-            .map(str::to_owned),
-        );
+        conf.extend(common_conf());
         conf
     }
 
@@ -164,7 +209,7 @@ impl PgServer {
         }
     }
 
-    fn pg_ctl_start(&self) -> Result<(), FixtureError> {
+    pub(crate) fn pg_ctl_start(&self) -> Result<(), FixtureError> {
         let mut pg_ctl = pg_command("pg_ctl");
         pg_ctl
             .arg("-D")
@@ -182,7 +227,7 @@ impl PgServer {
         String::from_utf8_lossy(&log[start..]).contains("already in use")
     }
 
-    fn start_error(&self, cause: FixtureError) -> FixtureError {
+    pub(crate) fn start_error(&self, cause: FixtureError) -> FixtureError {
         FixtureError::Start {
             data_dir: self.data_dir(),
             port: self.port,
@@ -209,17 +254,17 @@ impl PgServer {
 
     /// The directory holding the server's unix socket (`.s.PGSQL.PORT`).
     pub fn socket_dir(&self) -> PathBuf {
-        self.dir.path().join("sock")
+        self.home.path().join("sock")
     }
 
     /// The cluster's data directory.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.home.path().join("data")
     }
 
     /// The server log file (`pg_ctl -l`).
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("postgres.log")
+        self.home.path().join("postgres.log")
     }
 
     /// The last `lines` lines of the server log (empty if there is no log yet).
@@ -251,6 +296,28 @@ impl PgServer {
         }
     }
 
+    /// Whether this server's data was made for this start, or found and reused.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// Stops the server whatever state it is in: thaws it (`SIGCONT` to its whole process tree,
+    /// in case anyone stopped it), `pg_ctl stop -m fast`, and kills the tree if that fails. Does
+    /// nothing if no postmaster runs in its data directory.
+    pub fn shutdown(&self) -> Result<(), FixtureError> {
+        let Ok(pid) = self.postmaster_pid() else {
+            return Ok(());
+        };
+        procs::thaw_tree(pid)?;
+        self.frozen.store(false, Ordering::SeqCst);
+        if self.pg_ctl_stop("fast", PG_CTL_TIMEOUT).is_err()
+            && let Ok(pid) = self.postmaster_pid()
+        {
+            procs::kill_tree(pid, SIGNAL_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
     /// Stops the server cleanly (`pg_ctl stop -m fast`), thawing it first if it is frozen.
     pub fn stop(&self) -> Result<(), FixtureError> {
         if self.is_frozen() {
@@ -259,7 +326,7 @@ impl PgServer {
         self.pg_ctl_stop("fast", PG_CTL_TIMEOUT)
     }
 
-    fn pg_ctl_stop(&self, mode: &str, timeout: Duration) -> Result<(), FixtureError> {
+    pub(crate) fn pg_ctl_stop(&self, mode: &str, timeout: Duration) -> Result<(), FixtureError> {
         let mut pg_ctl = pg_command("pg_ctl");
         pg_ctl
             .arg("-D")
@@ -310,14 +377,18 @@ impl PgServer {
     /// Removes `postmaster.pid` and the socket lock files if they name no live postmaster of
     /// ours. After a kill the dead postmaster may linger as a zombie until init reaps it, and
     /// PostgreSQL treats a zombie's pid as a running server and refuses to start.
-    fn remove_stale_lock_files(&self) -> Result<(), FixtureError> {
+    pub(crate) fn remove_stale_lock_files(&self) -> Result<(), FixtureError> {
         if self.postmaster_pid().is_ok() {
             return Ok(());
         }
         let sock = self.socket_dir();
-        let entries = fs::read_dir(&sock).map_err(|e| FixtureError::io("list", &sock, e))?;
+        let entries: Vec<PathBuf> = match fs::read_dir(&sock) {
+            Ok(entries) => entries.filter_map(|e| Some(e.ok()?.path())).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(FixtureError::io("list", &sock, e)),
+        };
         let mut stale: Vec<PathBuf> = entries
-            .filter_map(|e| Some(e.ok()?.path()))
+            .into_iter()
             .filter(|p| {
                 p.file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with(".s.PGSQL."))
@@ -333,6 +404,10 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
+        if let Home::Kept(_) = self.home {
+            let _ = self.shutdown();
+            return;
+        }
         if self.is_frozen() {
             let _ = self.thaw();
         }

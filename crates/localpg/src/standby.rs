@@ -1,6 +1,7 @@
 //! Streaming replication: making a hot standby of a fixture server with `pg_basebackup -R`, and
 //! promoting it.
 
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,18 +25,29 @@ impl PgServer {
     /// recovery and streaming. It keeps the primary's settings and `pg_hba.conf`.
     pub fn start_standby(&self) -> Result<PgServer, FixtureError> {
         let mut standby = PgServer::in_new_dir()?;
+        self.base_backup(&standby.data_dir())?;
+        // postgresql.auto.conf (from -R) keeps primary_conninfo; we only move port and socket.
+        standby.append_conf(&standby.location_conf())?;
+        standby.launch()?;
+        standby.wait_streaming()?;
+        Ok(standby)
+    }
+
+    /// `pg_basebackup -R -X stream` of this server into `data_dir` (which must not exist or be
+    /// empty): a standby's data directory, with `standby.signal` and `primary_conninfo`.
+    pub(crate) fn base_backup(&self, data_dir: &Path) -> Result<(), FixtureError> {
         let port = self.port().to_string();
         let mut basebackup = pg_command("pg_basebackup");
         basebackup
             .args(["-h", HOST, "-p", &port, "-U", "postgres", "-D"])
-            .arg(standby.data_dir())
+            .arg(data_dir)
             .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]);
-        cmd::run(basebackup, BASEBACKUP_TIMEOUT)?;
-        // postgresql.auto.conf (from -R) keeps primary_conninfo; we only move port and socket.
-        standby.append_conf(&standby.location_conf())?;
-        standby.launch()?;
-        standby.wait_for_sql("the standby to stream from its primary", STREAMING_SQL, "t")?;
-        Ok(standby)
+        cmd::run(basebackup, BASEBACKUP_TIMEOUT).map(drop)
+    }
+
+    /// Waits (up to 30 s) until this server is in recovery and streaming from its primary.
+    pub(crate) fn wait_streaming(&self) -> Result<(), FixtureError> {
+        self.wait_for_sql("the standby to stream from its primary", STREAMING_SQL, "t")
     }
 
     /// Promotes this standby (`pg_ctl promote -w`) and waits until it leaves recovery.
