@@ -7,8 +7,8 @@ use switchyard_proto::{Frame, decode_frame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Read size; also the least room an active client's buffer has before a read.
-const READ_CHUNK: usize = 8192;
+use crate::buffers::{BUFFER_SIZE as READ_CHUNK, Buffers};
+use std::sync::Arc;
 
 pub struct ClientConn {
     pub stream: TcpStream,
@@ -16,21 +16,31 @@ pub struct ClientConn {
     /// and [`Self::shed_buffer`]): at 10,000 idle clients that is most of the memory.
     pub buf: BytesMut,
     pub max_message: usize,
+    buffers: Arc<Buffers>,
 }
 
 impl ClientConn {
-    pub fn new(stream: TcpStream, max_message: usize) -> Self {
+    pub fn new(stream: TcpStream, max_message: usize, buffers: Arc<Buffers>) -> Self {
         let _ = stream.set_nodelay(true);
         Self {
             stream,
             buf: BytesMut::new(),
             max_message,
+            buffers,
         }
+    }
+
+    /// The shared buffer cache (for the session's write buffer too).
+    pub fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
     /// Makes room for a read of at least half a chunk, and for the whole of a message whose
     /// header is already here.
     pub fn ensure_room(&mut self) {
+        if self.buf.capacity() == 0 {
+            self.buf = self.buffers.take();
+        }
         if let Ok(Some(h)) = switchyard_proto::peek_header(&self.buf, self.max_message)
             && h.wire_len > self.buf.len()
         {
@@ -44,7 +54,7 @@ impl ClientConn {
     /// Frees the buffer when nothing is in it.
     pub fn shed_buffer(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
-            self.buf = BytesMut::new();
+            self.buffers.give(std::mem::take(&mut self.buf));
         }
     }
 

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod buffers;
 mod cancel;
 mod client;
 mod errors;

@@ -33,8 +33,9 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         let max = proxy.live.load().config.proxy.max_client_conn;
         if proxy.clients.fetch_add(1, Ordering::Relaxed) >= max {
             proxy.clients.fetch_sub(1, Ordering::Relaxed);
+            let buffers = proxy.buffers.clone();
             tokio::spawn(async move {
-                let mut client = crate::client::ClientConn::new(stream, 1024);
+                let mut client = crate::client::ClientConn::new(stream, 1024, buffers);
                 if let Some(f) = (SessionError::TooManyClients { max }).to_client_fatal() {
                     client.send_error(&f).await;
                 }

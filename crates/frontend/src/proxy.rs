@@ -94,6 +94,7 @@ pub struct Proxy {
     pub pools: Arc<Pools>,
     pub router: Arc<Router>,
     pub(crate) cancels: CancelRegistry,
+    pub(crate) buffers: Arc<crate::buffers::Buffers>,
     /// Fired on SIGTERM: stop accepting, let sessions finish their transactions.
     pub shutdown: CancellationToken,
     /// Fired when the drain is over: stops the background loops (probes, reaper), which
@@ -115,6 +116,7 @@ impl Proxy {
             pools,
             router,
             cancels: CancelRegistry::default(),
+            buffers: Arc::default(),
             shutdown,
             background,
             clients: AtomicUsize::new(0),

@@ -32,7 +32,8 @@ pub struct PoolStats {
 }
 
 struct Inner {
-    idle: VecDeque<ServerConn>,
+    /// Boxed so that checkouts and releases move a pointer, not a whole connection.
+    idle: VecDeque<Box<ServerConn>>,
     settings: PoolSettings,
     /// Permits to destroy as they come back, after a resize down.
     excess: usize,
@@ -54,7 +55,7 @@ pub struct Pool {
 
 /// A checked-out server connection. Return it with [`Pool::release`]; dropping it closes it.
 pub struct Pooled {
-    pub conn: ServerConn,
+    pub conn: Box<ServerConn>,
     permit: OwnedSemaphorePermit,
 }
 
@@ -110,6 +111,16 @@ impl Pool {
         Ok(Pooled { conn, permit })
     }
 
+    /// Takes an idle connection at once if a slot and a connection are free; never waits and
+    /// never connects. The common case of a busy pool, without a future to poll.
+    pub fn try_checkout(&self, generation: u64) -> Option<Pooled> {
+        self.retire_before(generation);
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let conn = self.take_idle()?;
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Some(Pooled { conn, permit })
+    }
+
     async fn wait_for_permit(&self, wait: Duration) -> Result<OwnedSemaphorePermit, PoolError> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
@@ -120,20 +131,22 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self) -> Option<ServerConn> {
+    /// The most recently used idle connection that is of the current generation and still
+    /// alive. (Lifetime is enforced on release and by the reaper, not here: no clock read on the
+    /// hot path.)
+    fn take_idle(&self) -> Option<Box<ServerConn>> {
         let mut inner = self.lock();
-        let lifetime = inner.settings.lifetime;
         let min_generation = self.min_generation.load(Ordering::Relaxed);
         while let Some(c) = inner.idle.pop_back() {
-            if c.created.elapsed() < lifetime && c.generation >= min_generation && c.is_alive() {
+            if c.generation >= min_generation && c.is_alive() {
                 return Some(c);
             }
         }
         None
     }
 
-    async fn open(&self) -> Result<ServerConn, ServerError> {
-        let conn = ServerConn::connect(&self.connect).await?;
+    async fn open(&self) -> Result<Box<ServerConn>, ServerError> {
+        let conn = Box::new(ServerConn::connect(&self.connect).await?);
         let mut welcome = self.welcome.lock().unwrap_or_else(|p| p.into_inner());
         if welcome.is_none() {
             *welcome = Some(Arc::new(conn.params.clone()));
@@ -176,19 +189,21 @@ impl Pool {
     pub fn release(&self, pooled: Pooled) {
         self.active.fetch_sub(1, Ordering::Relaxed);
         let Pooled { mut conn, permit } = pooled;
+        let now = Instant::now();
         let mut inner = self.lock();
         if inner.excess > 0 {
             inner.excess -= 1;
             permit.forget();
             return;
         }
-        if conn.created.elapsed() >= inner.settings.lifetime
+        if now.duration_since(conn.created) >= inner.settings.lifetime
             || conn.generation < self.min_generation.load(Ordering::Relaxed)
         {
             return;
         }
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         inner.idle.push_back(conn);
+        drop(inner);
         drop(permit);
     }
 

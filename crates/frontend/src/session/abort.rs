@@ -92,7 +92,7 @@ impl Session {
                 m.suspect(&addr);
             }
         }
-        pool.discard(*server);
+        pool.discard(server);
         self.info.cancel.set(None);
         if matches!(cause, Lost::NeverSent(_)) {
             // Nothing reached the server: the request waits in the gate like new work.

@@ -57,6 +57,34 @@ impl Session {
         }
     }
 
+    /// Attaches without waiting when the primary is the one last used and its pool has an idle
+    /// connection with the client's settings: the common case, with no future to box or poll.
+    pub(super) fn try_attach_now(&mut self) -> bool {
+        let Some(view) = self.monitor.as_ref().map(|m| m.view()) else {
+            return false;
+        };
+        let ClusterState::Primary { addr, .. } = &view.state else {
+            return false;
+        };
+        let Some(pool) = self
+            .last_pool
+            .as_ref()
+            .filter(|p| p.addr() == addr && !p.is_removed())
+            .cloned()
+        else {
+            return false;
+        };
+        let Some(server) = pool.try_checkout(view.generation) else {
+            return false;
+        };
+        if server.conn.settings_fingerprint != self.info.params.fingerprint() {
+            pool.release(server);
+            return false;
+        }
+        self.attached(server, pool, view.generation);
+        true
+    }
+
     /// The pool at the current primary and its generation. The common case (a primary, the
     /// same one as last time) takes no lock: it reads the session's own view and pool.
     async fn route(&mut self, gate: Duration) -> Result<(Arc<Pool>, u64), SessionError> {
@@ -142,9 +170,8 @@ impl Session {
         }
         self.relay.reset();
         self.fresh = true;
-        // Boxed: an idle session should not carry a server connection's worth of empty space.
         self.link = Link::Attached {
-            server: Box::new(server),
+            server,
             pool,
             generation,
         };

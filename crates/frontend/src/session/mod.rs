@@ -30,7 +30,11 @@ pub async fn serve_client(proxy: Arc<Proxy>, stream: TcpStream) {
 /// Runs the login; `None` when the connection ends there (refused, or a cancel request).
 async fn open_session(proxy: Arc<Proxy>, stream: TcpStream) -> Option<Box<run::Session>> {
     let live = proxy.live.load_full();
-    let mut client = ClientConn::new(stream, live.config.proxy.max_message_size);
+    let mut client = ClientConn::new(
+        stream,
+        live.config.proxy.max_message_size,
+        proxy.buffers.clone(),
+    );
     let login_timeout = live.config.proxy.login_timeout.get();
     drop(live);
     let peer = client

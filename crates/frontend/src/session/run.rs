@@ -14,6 +14,8 @@ use crate::client::ClientConn;
 use crate::statements::Statements;
 use crate::{Proxy, SessionError};
 use bytes::{Buf, BytesMut};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use switchyard_config::PoolMode;
 use switchyard_pool::{Pool, Pooled};
@@ -30,7 +32,7 @@ use tracing::Instrument;
 pub(super) enum Link {
     Detached,
     Attached {
-        server: Box<Pooled>,
+        server: Pooled,
         pool: Arc<Pool>,
         generation: u64,
     },
@@ -150,7 +152,8 @@ impl Session {
             let Some(h) = peek_header(&self.client.buf, self.client.max_message)? else {
                 self.client.shed_buffer();
                 if self.out.capacity() > 0 {
-                    self.out = BytesMut::new();
+                    self.out.clear();
+                    self.client.buffers().give(std::mem::take(&mut self.out));
                 }
                 tokio::select! {
                     biased;
@@ -174,6 +177,8 @@ impl Session {
                 Box::pin(self.drain_to_sync()).await?;
             } else if let Link::FailedTransaction { .. } = self.link {
                 Box::pin(self.answer_failed_transaction()).await?;
+            } else if self.try_attach_now() {
+                // Attached without waiting.
             } else if let Err(e) = Box::pin(self.attach()).await {
                 Box::pin(self.refuse_request(e)).await?;
             }
@@ -183,8 +188,15 @@ impl Session {
     /// Relays until the session detaches or loses its server (answered here); true if the
     /// client left.
     async fn serve_attached(&mut self) -> Result<bool, SessionError> {
+        let Link::Attached { generation, .. } = self.link else {
+            return Ok(false);
+        };
+        // One watch on the topology for the whole attachment, not one per wait.
+        let mut generations = self.generations.clone();
+        let topology_changed = generation_moved_past(&mut generations, generation);
+        tokio::pin!(topology_changed);
         while let Link::Attached { .. } = self.link {
-            match self.relay_once().await? {
+            match self.relay_once(topology_changed.as_mut()).await? {
                 Flow::Continue => {}
                 Flow::ClientLeft => return Ok(true),
                 Flow::Lost(cause) => self.abort(cause).await?,
@@ -195,7 +207,10 @@ impl Session {
 
     /// Forwards what the client has sent, waits for either side (or a topology change),
     /// forwards what the server sent, and detaches at the end of a transaction (transaction mode).
-    async fn relay_once(&mut self) -> Result<Flow, SessionError> {
+    async fn relay_once(
+        &mut self,
+        mut topology_changed: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Flow, SessionError> {
         let relay = &mut self.relay;
         let Link::Attached {
             server, generation, ..
@@ -214,6 +229,9 @@ impl Session {
         }
         let conn = &mut server.conn;
         self.out.clear();
+        if self.out.capacity() == 0 {
+            self.out = self.client.buffers().take();
+        }
         let mut side = ServerSide {
             params: &mut conn.params,
             prepared: &mut conn.prepared,
@@ -242,8 +260,6 @@ impl Session {
             return Ok(Flow::ClientLeft);
         }
         self.client.ensure_room();
-        let generations = &mut self.generations;
-        let topology_changed = generation_moved_past(generations, generation);
         tokio::select! {
             biased;
             r = conn.stream.read_buf(&mut conn.read_buf) => match r {
@@ -251,7 +267,7 @@ impl Session {
                 Ok(_) => {}
                 Err(e) => return Ok(Flow::Lost(Lost::Socket(e.into()))),
             },
-            () = topology_changed => return Ok(Flow::Lost(Lost::Generation)),
+            () = &mut topology_changed => return Ok(Flow::Lost(Lost::Generation)),
             // Idle between transactions while attached (session mode): shutdown ends it now.
             _ = self.proxy.shutdown.cancelled(), if relay.at_sync_point() => {
                 return Err(SessionError::Shutdown);
@@ -317,9 +333,9 @@ impl Session {
             && server.conn.read_buf.is_empty()
             && self.relay.server_fatal.is_none();
         if clean {
-            pool.release(*server);
+            pool.release(server);
         } else {
-            pool.discard(*server);
+            pool.discard(server);
         }
     }
 

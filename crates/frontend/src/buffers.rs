@@ -1,0 +1,72 @@
+//! A small cache of read and write buffers shared by all sessions.
+//!
+//! An idle client holds no buffer (at 10,000 idle clients that is most of the memory), so a busy
+//! one takes a buffer for each request and gives it back when idle again. Allocating an 8 KiB
+//! buffer that often is slow (it misses the allocator's per-thread cache), hence this cache:
+//! bounded, so it holds at most `MAX_CACHED` buffers however many clients come and go.
+
+use bytes::BytesMut;
+use std::sync::Mutex;
+
+/// Size of a fresh buffer.
+pub const BUFFER_SIZE: usize = 8192;
+const MAX_CACHED: usize = 256;
+
+#[derive(Default)]
+pub struct Buffers {
+    free: Mutex<Vec<BytesMut>>,
+}
+
+impl Buffers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<BytesMut>> {
+        self.free.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An empty buffer with room for at least `BUFFER_SIZE` bytes.
+    pub fn take(&self) -> BytesMut {
+        self.lock()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(BUFFER_SIZE))
+    }
+
+    /// Takes back an empty buffer of the usual size; others are simply freed.
+    pub fn give(&self, mut buf: BytesMut) {
+        if !buf.is_empty() {
+            return;
+        }
+        // Reclaims the space before the read position, without allocating, when it can.
+        buf.reserve(BUFFER_SIZE);
+        if buf.capacity() < BUFFER_SIZE || buf.capacity() > 4 * BUFFER_SIZE {
+            return;
+        }
+        let mut free = self.lock();
+        if free.len() < MAX_CACHED {
+            free.push(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_and_bounds() {
+        let b = Buffers::default();
+        let mut x = b.take();
+        let ptr = x.as_ptr();
+        x.extend_from_slice(b"abc");
+        let _ = x.split_to(3);
+        b.give(x);
+        let y = b.take();
+        assert_eq!(y.as_ptr(), ptr, "the same allocation comes back, reclaimed from its start");
+        let mut big = BytesMut::with_capacity(10 * BUFFER_SIZE);
+        big.clear();
+        b.give(big);
+        assert!(b.lock().is_empty(), "oversized buffers are not cached");
+        let mut full = BytesMut::new();
+        full.extend_from_slice(b"x");
+        b.give(full);
+        assert!(b.lock().is_empty(), "non-empty buffers are not cached");
+    }
+}
