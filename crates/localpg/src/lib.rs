@@ -59,6 +59,12 @@ pub fn pg_bin_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from(DEFAULT_PG_BIN), PathBuf::from)
 }
 
+/// Whether PostgreSQL programs run as the `postgres` user (through `runuser`), which they do when
+/// this process runs as root: PostgreSQL refuses to run as root.
+pub fn runs_as_postgres_user() -> bool {
+    cmd::running_as_root()
+}
+
 /// A TCP port on `127.0.0.1` that was free a moment ago (bind to port 0 and release it).
 ///
 /// Another process may grab it before you do; [`PgServer::start`] retries with a new port when

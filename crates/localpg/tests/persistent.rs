@@ -104,12 +104,14 @@ fn leftovers_are_stopped_even_frozen_and_a_taken_port_is_reported() -> Result {
     let dir = state.path().join("primary");
     let primary = PgServer::start_in(&dir, free_port(), PgOptions::default())?;
     let pid = primary.postmaster_pid()?;
-    // As a user would freeze it: the whole process group (pg_ctl makes the postmaster a leader).
-    let status = Command::new("kill")
-        .args(["-STOP", "--", &format!("-{pid}")])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    // Frozen as the demo tells users to: the postmaster, then its children (each of which leads
+    // its own process group, so `kill -STOP -- -PID` would miss them).
+    let pid_arg = pid.to_string();
+    let kill = Command::new("kill").args(["-STOP", &pid_arg]).status();
+    let pkill = Command::new("pkill")
+        .args(["-STOP", "-P", &pid_arg])
+        .status();
+    assert!(kill.expect("kill").success() && pkill.expect("pkill").success());
     // As if our process had been killed: no drop, the server keeps running.
     std::mem::forget(primary);
     assert_eq!(PgServer::stop_leftover(&dir)?, Some(pid));

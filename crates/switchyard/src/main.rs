@@ -1,4 +1,4 @@
-//! The `switchyard` command line: `serve`, `check-config`, `version`.
+//! The `switchyard` command line: `serve`, `demo`, `check-config`, `version`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -32,6 +32,8 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Start a local primary, a streaming standby and Switchyard in front of them, until Ctrl-C.
+    Demo(switchyard::demo::DemoArgs),
     /// Validate a config file and list every problem in it.
     CheckConfig { file: PathBuf },
     /// Print the version.
@@ -75,6 +77,13 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
+        Command::Demo(args) => {
+            if let Err(e) = switchyard::demo::run(args) {
+                eprintln!("switchyard demo: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Serve { config: path } => {
             let config =
                 Config::load(&path).with_context(|| format!("loading {}", path.display()))?;
