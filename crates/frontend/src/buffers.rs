@@ -59,7 +59,11 @@ mod tests {
         let _ = x.split_to(3);
         b.give(x);
         let y = b.take();
-        assert_eq!(y.as_ptr(), ptr, "the same allocation comes back, reclaimed from its start");
+        assert_eq!(
+            y.as_ptr(),
+            ptr,
+            "the same allocation comes back, reclaimed from its start"
+        );
         let mut big = BytesMut::with_capacity(10 * BUFFER_SIZE);
         big.clear();
         b.give(big);

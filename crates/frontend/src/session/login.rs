@@ -71,7 +71,15 @@ pub async fn login(
     };
     let params =
         ClientParams::from_startup(&startup, &welcome).map_err(SessionError::Unsupported)?;
-    if params.has_overrides() {
+    // Settings are tried at login only while there is a primary to try them on: during a
+    // failover the login goes ahead, and the first transaction (held in the gate) applies them.
+    let has_primary = proxy.router.monitor(&target.cluster).is_some_and(|m| {
+        matches!(
+            m.view().state,
+            switchyard_topology::ClusterState::Primary { .. }
+        )
+    });
+    if params.has_overrides() && has_primary {
         let (pool, generation) = primary_pool(proxy, &target, &settings, failover_timeout).await?;
         validate_settings(
             &pool,
