@@ -283,23 +283,35 @@ async fn pool_wait_is_bounded() {
         .expect("b's connection still works");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notices_are_relayed() {
-    let h = Harness::start(PoolMode::Transaction).await;
-    let (client, mut conn) = within(
-        STEP,
-        "connect",
-        tokio_postgres::connect(&h.conninfo("postgres", "", "app"), tokio_postgres::NoTls),
-    )
-    .await
-    .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+/// Drives a connection and hands its asynchronous messages (notices, notifications) to a channel.
+fn forward_messages<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+) -> tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::AsyncMessage>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(Ok(m)) = futures_util::StreamExt::next(&mut stream).await {
             let _ = tx.send(m);
         }
     });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_are_relayed() {
+    let h = Harness::start(PoolMode::Transaction).await;
+    let (client, conn) = within(
+        STEP,
+        "connect",
+        tokio_postgres::connect(&h.conninfo("postgres", "", "app"), tokio_postgres::NoTls),
+    )
+    .await
+    .unwrap();
+    let mut rx = forward_messages(conn);
     client
         .batch_execute("do $$ begin raise notice 'hello from the server'; end $$")
         .await
@@ -315,20 +327,14 @@ async fn notices_are_relayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_notify_in_session_mode() {
     let h = Harness::start(PoolMode::Session).await;
-    let (listener, mut conn) = within(
+    let (listener, conn) = within(
         STEP,
         "connect",
         tokio_postgres::connect(&h.conninfo("postgres", "", "app"), tokio_postgres::NoTls),
     )
     .await
     .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = futures_util::StreamExt::next(&mut stream).await {
-            let _ = tx.send(m);
-        }
-    });
+    let mut rx = forward_messages(conn);
     listener.batch_execute("listen chan").await.unwrap();
     let sender = h.client().await;
     sender
