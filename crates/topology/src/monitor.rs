@@ -321,7 +321,10 @@ impl Decider {
             state,
             members,
         };
-        if changed {
+        if changed && old.generation == 0 {
+            // The first answer after start-up is news, not trouble.
+            tracing::info!(cluster = %self.cluster, generation = view.generation, state = ?view.state, "topology known");
+        } else if changed {
             tracing::warn!(cluster = %self.cluster, generation = view.generation, state = ?view.state, "topology changed");
         }
         let generation = view.generation;
