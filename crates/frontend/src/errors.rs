@@ -28,8 +28,6 @@ pub enum SessionError {
     PoolTimeout { waited: std::time::Duration },
     #[error("server error: {0}")]
     Server(ServerError),
-    #[error("server connection lost mid-request: {0}")]
-    ServerLost(ServerError),
     #[error("shutting down")]
     Shutdown,
     #[error(transparent)]
@@ -95,9 +93,6 @@ impl SessionError {
                 })
             }
             Self::Server(e) => error(CANNOT_CONNECT_NOW, format!("server unavailable: {e}")),
-            Self::ServerLost(e) => {
-                fatal(CONNECTION_FAILURE, format!("server connection lost: {e}"))
-            }
             Self::Shutdown => fatal(
                 ADMIN_SHUTDOWN,
                 "terminating connection due to administrator command".into(),

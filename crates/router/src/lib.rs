@@ -60,6 +60,16 @@ fn monitor_settings(config: &Config) -> MonitorSettings {
     }
 }
 
+/// Socket options of every server connection (pooled and probes), from `[server]`.
+pub fn socket_options(s: &switchyard_config::ServerConfig) -> SocketOptions {
+    SocketOptions {
+        keepalive_idle: s.keepalive_idle.get(),
+        keepalive_interval: s.keepalive_interval.get(),
+        keepalive_count: s.keepalive_count,
+        tcp_user_timeout: s.tcp_user_timeout.get(),
+    }
+}
+
 /// How the probes of a cluster connect to each member.
 fn probe_params(config: &Config, cluster: &ClusterConfig) -> Vec<ConnectParams> {
     let user = config.probe_user(cluster);
@@ -75,12 +85,7 @@ fn probe_params(config: &Config, cluster: &ClusterConfig) -> Vec<ConnectParams> 
             database: cluster.probe_database.clone(),
             password: user.and_then(|u| u.server_password()).map(str::to_string),
             connect_timeout: config.failover.probe_timeout.get(),
-            socket: SocketOptions {
-                keepalive_idle: s.keepalive_idle.get(),
-                keepalive_interval: s.keepalive_interval.get(),
-                keepalive_count: s.keepalive_count,
-                tcp_user_timeout: s.tcp_user_timeout.get(),
-            },
+            socket: socket_options(s),
         })
         .collect()
 }

@@ -8,7 +8,7 @@
 //! client's has been sent at this point, so retrying is always safe.
 
 use super::login::primary_pool;
-use super::pool_for::INTERNAL_QUERY_TIMEOUT;
+use super::pool_for::sync_settings;
 use super::run::{Link, Session, generation_moved_past};
 use crate::SessionError;
 use crate::cancel::CancelTarget;
@@ -120,35 +120,13 @@ impl Session {
         let params = &self.info.params;
         let welcome = &self.info.welcome;
         let work = async {
-            let mut server = pool
+            let server = pool
                 .checkout(wait, generation)
                 .await
                 .map_err(classify_pool)?;
-            if server.conn.settings_fingerprint != params.fingerprint()
-                && let Some(sql) = params.sync_sql(&server.conn.params, welcome)
-            {
-                match tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, server.conn.run(&sql)).await {
-                    Ok(Ok(_)) => params.apply_to(&mut server.conn.params, welcome),
-                    Ok(Err(e @ ServerError::Query(_))) => {
-                        pool.release(server);
-                        return Err(Attempt::Fail(SessionError::Server(e)));
-                    }
-                    Ok(Err(e)) => {
-                        pool.discard(server);
-                        return Err(classify_server(e));
-                    }
-                    Err(_) => {
-                        pool.discard(server);
-                        return Err(Attempt::Retry(SessionError::Server(ServerError::Timeout {
-                            addr: pool.addr().to_string(),
-                            what: "setting session parameters",
-                            after_ms: INTERNAL_QUERY_TIMEOUT.as_millis(),
-                        })));
-                    }
-                }
-            }
-            server.conn.settings_fingerprint = params.fingerprint();
-            Ok(server)
+            sync_settings(pool, server, params, welcome)
+                .await
+                .map_err(classify_server)
         };
         let moved_on = generation_moved_past(&mut self.generations, generation);
         tokio::select! {

@@ -1,7 +1,7 @@
 //! Login: startup negotiation, authentication, the client's target, validating the client's
 //! settings on a server, and the greeting (ParameterStatus, BackendKeyData, ReadyForQuery).
 
-use super::pool_for::{INTERNAL_QUERY_TIMEOUT, Target, pool_at, target_for};
+use super::pool_for::{Target, pool_at, sync_settings, target_for};
 use crate::auth::authenticate;
 use crate::cancel::CancelHandle;
 use crate::client::ClientConn;
@@ -11,9 +11,8 @@ use crate::{Proxy, SessionError};
 use std::collections::BTreeMap;
 use switchyard_config::EffectivePool;
 use switchyard_pool::Pool;
+use switchyard_proto::Frame;
 use switchyard_proto::backend::{self, TxStatus};
-use switchyard_proto::{Frame, sqlstate};
-use switchyard_server::ServerError;
 
 /// A client that has logged in, before its relay starts.
 pub struct LoggedIn {
@@ -127,33 +126,12 @@ async fn validate_settings(
     welcome: &BTreeMap<String, String>,
     wait: std::time::Duration,
 ) -> Result<(), SessionError> {
-    let mut server = pool.checkout(wait, generation).await?;
-    let Some(sql) = params.sync_sql(&server.conn.params, welcome) else {
-        pool.release(server);
-        return Ok(());
-    };
-    match tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, server.conn.run(&sql)).await {
-        Ok(Ok(TxStatus::Idle)) => {
-            params.apply_to(&mut server.conn.params, welcome);
-            pool.release(server);
-            Ok(())
-        }
-        Ok(Err(e @ ServerError::Query(_))) => {
-            pool.release(server);
-            Err(SessionError::Server(e))
-        }
-        Ok(Err(e)) => {
-            pool.discard(server);
-            Err(SessionError::Server(e))
-        }
-        _ => {
-            pool.discard(server);
-            Err(SessionError::Unsupported(format!(
-                "{}: settings could not be applied",
-                sqlstate::PROTOCOL_VIOLATION
-            )))
-        }
-    }
+    let server = pool.checkout(wait, generation).await?;
+    let server = sync_settings(pool, server, params, welcome)
+        .await
+        .map_err(SessionError::Server)?;
+    pool.release(server);
+    Ok(())
 }
 
 async fn greet(

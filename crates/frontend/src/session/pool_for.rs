@@ -3,14 +3,53 @@
 //! reloaded config.
 
 use crate::Proxy;
+use crate::params::ClientParams;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_config::{Config, EffectivePool, SiteConfig, UserConfig};
-use switchyard_pool::{Pool, PoolKey, PoolSettings};
-use switchyard_server::{ConnectParams, SocketOptions};
+use switchyard_pool::{Pool, PoolKey, PoolSettings, Pooled};
+use switchyard_router::socket_options;
+use switchyard_server::{ConnectParams, ServerError};
 
 /// How long internal statements (SET, reset) may take on a healthy server.
 pub const INTERNAL_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Brings a checked-out connection's settings in line with the client's (skipped when its
+/// fingerprint says they already match). On failure the connection goes back to its pool if a
+/// SET was merely refused (a bad value), and is closed otherwise.
+pub async fn sync_settings(
+    pool: &Pool,
+    mut server: Pooled,
+    params: &ClientParams,
+    welcome: &BTreeMap<String, String>,
+) -> Result<Pooled, ServerError> {
+    if server.conn.settings_fingerprint != params.fingerprint()
+        && let Some(sql) = params.sync_sql(&server.conn.params, welcome)
+    {
+        let ran = tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, server.conn.run(&sql)).await;
+        let ran = ran.unwrap_or_else(|_| {
+            Err(ServerError::Timeout {
+                addr: pool.addr().to_string(),
+                what: "setting session parameters",
+                after_ms: INTERNAL_QUERY_TIMEOUT.as_millis(),
+            })
+        });
+        match ran {
+            Ok(_) => params.apply_to(&mut server.conn.params, welcome),
+            Err(e @ ServerError::Query(_)) => {
+                pool.release(server);
+                return Err(e);
+            }
+            Err(e) => {
+                pool.discard(server);
+                return Err(e);
+            }
+        }
+    }
+    server.conn.settings_fingerprint = params.fingerprint();
+    Ok(server)
+}
 
 /// What a logged-in client is served from.
 #[derive(Debug, Clone)]
@@ -53,12 +92,7 @@ fn connect_params(
         database,
         password: user.server_password().map(str::to_string),
         connect_timeout: s.connect_timeout.get(),
-        socket: SocketOptions {
-            keepalive_idle: s.keepalive_idle.get(),
-            keepalive_interval: s.keepalive_interval.get(),
-            keepalive_count: s.keepalive_count,
-            tcp_user_timeout: s.tcp_user_timeout.get(),
-        },
+        socket: socket_options(s),
     }
 }
 

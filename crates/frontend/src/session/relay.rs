@@ -129,10 +129,6 @@ impl Relay {
         self.commit_in_flight = false;
     }
 
-    fn outstanding(&self) -> bool {
-        self.expect.iter().any(|e| *e == Expect::Ready)
-    }
-
     /// Requests forwarded whose ReadyForQuery has not come back.
     pub fn outstanding_requests(&self) -> usize {
         self.expect.iter().filter(|e| **e == Expect::Ready).count()
@@ -449,7 +445,7 @@ impl Relay {
 
     /// True while a response is still due from the server.
     pub fn busy(&self) -> bool {
-        self.outstanding()
+        self.expect.contains(&Expect::Ready)
     }
 }
 

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use switchyard_config::PoolMode;
 use switchyard_pool::{Pool, Pooled};
-use switchyard_proto::backend::{self, ErrorFields, TxStatus};
+use switchyard_proto::backend::{self, TxStatus};
 use switchyard_proto::frontend::tag as fe;
 use switchyard_proto::{ProtoError, decode_frame, peek_header};
 use switchyard_server::ServerError;
@@ -410,11 +410,7 @@ impl Session {
     /// Ends the session: tells the client why (if it is still there) and returns or closes the
     /// server connection. Session mode resets a connection before another client gets it.
     pub async fn finish(&mut self, error: Option<SessionError>) {
-        if let Some(f) = error.as_ref().and_then(SessionError::to_client) {
-            let fatal = ErrorFields {
-                severity: "FATAL".into(),
-                ..f
-            };
+        if let Some(fatal) = error.as_ref().and_then(SessionError::to_client_fatal) {
             self.client.send_error(&fatal).await;
         }
         let session_mode = self.mode() == PoolMode::Session;
