@@ -75,6 +75,8 @@ struct Clients {
     long: Arc<Client>,
     commit: Arc<Client>,
     fresh: Arc<Client>,
+    /// Idle before the fault; sends a lone BEGIN at the fault.
+    begin: Arc<Client>,
     /// Holds the only server connection of the `fresh` client's pool (inside a transaction).
     _hold: Client,
 }
@@ -101,9 +103,11 @@ async fn connect_clients(c: &Cluster) -> Clients {
         long: client().await,
         commit: client().await,
         fresh,
+        begin: client().await,
         _hold: hold,
     };
     step(&clients.idle, "select 1").await;
+    step(&clients.begin, "select 1").await;
     step(&clients._hold, "BEGIN; select 1").await;
     step(
         &clients.txbusy,
@@ -344,11 +348,7 @@ async fn set_up() -> Scene {
 /// Injects the fault with every client in its state and checks each in-flight answer; returns
 /// when the proxy has no primary (and the instant it was seen), the `fresh` client's request,
 /// and what must be undone.
-async fn hit(
-    s: &Scene,
-    fault: Fault,
-    fig: &mut Figures,
-) -> (Instant, Instant, JoinHandle<Answer>, Injected) {
+async fn hit(s: &Scene, fault: Fault, fig: &mut Figures) -> (Instant, Instant, Late, Injected) {
     let in_flight = start_in_flight(&s.c, &s.cl).await;
     let gen_before = s.c.topology().generation;
     // Times are measured from the START of the fault action (a kill waits for the processes to
@@ -360,10 +360,13 @@ async fn hit(
         &s.cl.txidle,
         "INSERT INTO t (who, phase) VALUES ('txidle', 'during')",
     );
-    let fresh = send(
-        &s.cl.fresh,
-        "INSERT INTO late (who) VALUES ('fresh') RETURNING inet_server_port()",
-    );
+    let late = Late {
+        fresh: send(
+            &s.cl.fresh,
+            "INSERT INTO late (who) VALUES ('fresh') RETURNING inet_server_port()",
+        ),
+        begin: send(&s.cl.begin, "BEGIN"),
+    };
     let answers = async {
         vec![
             (
@@ -388,7 +391,13 @@ async fn hit(
     assert!(view.generation > gen_before, "{view:?}");
     fig.detected = detected_at.saturating_duration_since(fault_at);
     fig.answers = answers;
-    (fault_at, detected_at, fresh, injected)
+    (fault_at, detected_at, late, injected)
+}
+
+/// Requests sent at the fault that must wait for the new primary rather than fail.
+struct Late {
+    fresh: JoinHandle<Answer>,
+    begin: JoinHandle<Answer>,
 }
 
 /// The idle client's next statement waits in the gate until the test promotes the standby,
@@ -568,6 +577,50 @@ async fn check_fresh(s: &Scene, fresh: JoinHandle<Answer>, promoted_at: Instant,
     });
 }
 
+/// A lone BEGIN sent at the fault changed nothing, so it is sent again on the new primary:
+/// the client sees no error, and its transaction runs and commits there.
+async fn check_begin(s: &Scene, begin: JoinHandle<Answer>, v: &mut Verdict) {
+    let (r, _) = within(STEP, "the BEGIN sent at the fault", begin)
+        .await
+        .expect("task");
+    if let Err(e) = r {
+        v.0.push(format!(
+            "begin: a lone BEGIN sent at the fault got {}",
+            why(&e)
+        ));
+        return;
+    }
+    let sql = "INSERT INTO t (who, phase) VALUES ('begin', 'post') RETURNING inet_server_port()";
+    let port = match within(
+        STEP,
+        "the statement after BEGIN",
+        s.cl.begin.simple_query(sql),
+    )
+    .await
+    {
+        Ok(rows) => first_value(&rows),
+        Err(e) => {
+            v.0.push(format!(
+                "begin: the statement after the BEGIN got {}",
+                why(&e)
+            ));
+            return;
+        }
+    };
+    v.check(port == Some(s.new_port.to_string()), || {
+        format!("begin: the transaction ran on port {port:?}")
+    });
+    if let Err(e) = within(
+        STEP,
+        "COMMIT after BEGIN",
+        s.cl.begin.simple_query("COMMIT"),
+    )
+    .await
+    {
+        v.0.push(format!("begin: COMMIT got {}", why(&e)));
+    }
+}
+
 async fn run(fault: Fault) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
@@ -580,7 +633,7 @@ async fn run(fault: Fault) {
     wait_for_writer(&progress).await;
 
     let topology_log = s.c.record_topology();
-    let (fault_at, detected_at, fresh, injected) = hit(&s, fault, &mut fig).await;
+    let (fault_at, detected_at, late, injected) = hit(&s, fault, &mut fig).await;
     let promoted_at = promote(&s, &mut fig).await;
     stop_writer.store(true, Ordering::SeqCst);
     let log = within(STEP, "the writer to stop", writer)
@@ -603,14 +656,15 @@ async fn run(fault: Fault) {
     // their retries also prove that writes stay off it.
     s.c.restore(injected).await;
     check_old_primary_fenced(&s, &log, &mut verdict).await;
-    let mut post_rows = vec!["after-return", "idle"];
+    let mut post_rows = vec!["after-return", "begin", "idle"];
     for (name, client) in [("txbusy", &s.cl.txbusy), ("txidle", &s.cl.txidle)] {
         match rollback_and_retry(name, client, s.new_port).await {
             Ok(()) => post_rows.push(name),
             Err(e) => verdict.0.push(e),
         }
     }
-    check_fresh(&s, fresh, promoted_at, &mut verdict).await;
+    check_fresh(&s, late.fresh, promoted_at, &mut verdict).await;
+    check_begin(&s, late.begin, &mut verdict).await;
     let post = "SELECT string_agg(who, ',' ORDER BY who) FROM t WHERE phase = 'post'";
     let on_new = Cluster::psql_on(&s.c.standby, "app", post).await;
     let want = post_rows.join(",");

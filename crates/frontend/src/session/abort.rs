@@ -2,7 +2,8 @@
 //! answering that follows: the only place Switchyard plays the server.
 //!
 //! - Nothing outstanding, not in a transaction: nothing is said; the next request waits in the
-//!   failover gate like any new work.
+//!   failover gate like any new work. The same for an unanswered request that cannot have
+//!   changed anything (a lone `BEGIN`, a driver's prepare): it goes back to the gate.
 //! - Inside a transaction, no COMMIT sent: 40001 (rolled back, safe to retry), then
 //!   ReadyForQuery('E'); Switchyard answers 25P02 to everything until the client ends the
 //!   transaction, and ROLLBACK (or COMMIT, as PostgreSQL does in a failed transaction) itself.
@@ -100,6 +101,15 @@ impl Session {
             self.relay.reset();
             return Ok(());
         }
+        if let Some(request) = self.replay.take()
+            && self.mode() == PoolMode::Transaction
+        {
+            // What reached the server changes nothing (BEGIN, a prepare): send it again via the gate.
+            tracing::info!(parent: &self.span, server = %addr, %cause, "server gone before answering a request that changes nothing; retrying via the gate");
+            self.relay.reset();
+            self.put_back(&request);
+            return Ok(());
+        }
         let outstanding = self.relay.outstanding_requests();
         let why = cause.to_string();
         tracing::warn!(parent: &self.span, server = %addr, cause = %why, outstanding, "server connection lost");
@@ -139,6 +149,15 @@ impl Session {
         }
         self.relay.reset();
         self.client.send(&frames).await
+    }
+
+    /// Puts `frames` back in front of whatever the client has sent since.
+    fn put_back(&mut self, frames: &[u8]) {
+        let later = std::mem::take(&mut self.client.buf);
+        self.client.ensure_room();
+        self.client.buf.extend_from_slice(frames);
+        self.client.buf.extend_from_slice(&later);
+        self.client.buffers().give(later);
     }
 
     /// After an aborted extended batch: drop the client's frames up to its Sync, then send the

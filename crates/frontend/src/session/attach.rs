@@ -148,6 +148,7 @@ impl Session {
         }
         self.relay.reset();
         self.fresh = true;
+        self.replay = None;
         self.link = Link::Attached {
             server,
             pool,

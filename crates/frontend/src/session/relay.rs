@@ -106,6 +106,56 @@ pub fn is_commit(sql: &[u8]) -> bool {
     word(b"commit") || word(b"end") || word(b"prepare transaction")
 }
 
+/// True for a batch of client frames that cannot change anything on the server: one Query
+/// holding a lone `BEGIN …` / `START TRANSACTION …`, or extended-protocol messages without an
+/// Execute (Parse, Bind, Describe, Flush, Sync: what drivers send to prepare a statement). If
+/// the server is lost before it answers, such a batch can simply be sent again elsewhere.
+pub fn changes_nothing(frames: &[u8]) -> bool {
+    let mut rest = frames;
+    let mut any = false;
+    while let Some((&tag, after)) = rest.split_first() {
+        let Some(len) = after
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        else {
+            return false;
+        };
+        let Some(body) = after.get(4..len).filter(|_| len >= 4) else {
+            return false;
+        };
+        let harmless = match tag {
+            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::FLUSH | fe::SYNC => true,
+            fe::QUERY => !any && after.len() == len && is_transaction_start(body),
+            _ => false,
+        };
+        if !harmless {
+            return false;
+        }
+        any = true;
+        rest = &after[len..];
+    }
+    any
+}
+
+/// True for the text of one statement that only starts a transaction.
+fn is_transaction_start(body: &[u8]) -> bool {
+    let text = body.strip_suffix(&[0]).unwrap_or(body);
+    let Ok(text) = std::str::from_utf8(text) else {
+        return false;
+    };
+    let text = text.trim().trim_end_matches(';').trim_end();
+    if text.contains(';') || text.contains("--") || text.contains("/*") {
+        return false;
+    }
+    let lower = text.to_ascii_lowercase();
+    let mut words = lower.split_ascii_whitespace();
+    match words.next() {
+        Some("begin") => true,
+        Some("start") => words.next() == Some("transaction"),
+        _ => false,
+    }
+}
+
 impl Relay {
     pub fn new(mode: PoolMode) -> Self {
         Self {

@@ -181,3 +181,46 @@ fn commit_detection_needs_no_allocation_and_respects_words() {
     assert!(!is_commit(b"select 1"));
     assert!(is_commit(b"prepare transaction 'x'"));
 }
+
+#[test]
+fn knows_which_batches_change_nothing() {
+    let msg = |tag: u8, body: &[u8]| {
+        let mut f = vec![tag];
+        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    };
+    let query = |text: &str| msg(b'Q', format!("{text}\0").as_bytes());
+    for yes in [
+        "BEGIN",
+        "begin;",
+        "  BEGIN ISOLATION LEVEL SERIALIZABLE",
+        "START TRANSACTION READ ONLY",
+    ] {
+        assert!(changes_nothing(&query(yes)), "{yes}");
+    }
+    for no in [
+        "BEGIN; INSERT INTO t VALUES (1)",
+        "START",
+        "select 1",
+        "begin -- comment\n; drop table t",
+        "beginning",
+    ] {
+        assert!(!changes_nothing(&query(no)), "{no}");
+    }
+    let mut two = query("BEGIN");
+    two.extend(query("BEGIN"));
+    assert!(!changes_nothing(&two), "two queries");
+    assert!(!changes_nothing(b"Q\0\0"), "truncated");
+    assert!(!changes_nothing(b""), "nothing");
+
+    let parse = msg(b'P', b"s0\0select 1\0\0\0");
+    let describe = msg(b'D', b"Ss0\0");
+    let sync = msg(b'S', b"");
+    let prepare = [parse.clone(), describe, sync.clone()].concat();
+    assert!(changes_nothing(&prepare), "a driver's prepare");
+    let bind = msg(b'B', b"\0s0\0\0\0\0\0\0\0");
+    let execute = msg(b'E', b"\0\0\0\0\0");
+    let run = [parse, bind, execute, sync].concat();
+    assert!(!changes_nothing(&run), "an Execute may write");
+}

@@ -9,11 +9,11 @@
 
 use super::login::LoggedIn;
 use super::pool_for::INTERNAL_QUERY_TIMEOUT;
-use super::relay::{ClientStep, Fatal, Relay, ServerSide, is_frontend_tag};
+use super::relay::{ClientStep, Fatal, Relay, ServerSide, changes_nothing, is_frontend_tag};
 use crate::client::ClientConn;
 use crate::statements::Statements;
 use crate::{Proxy, SessionError};
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -105,6 +105,10 @@ pub struct Session {
     /// Nothing has been written on the current attachment yet: if the first write fails, the
     /// server never saw the request, which can go back to the gate.
     pub(super) fresh: bool,
+    /// The attachment's only request so far, as the client sent it, while it is unanswered and
+    /// cannot have changed anything (a lone `BEGIN`, a driver's Parse/Describe/Sync): if the
+    /// server is lost now, it goes back to the gate instead of failing.
+    pub(super) replay: Option<Bytes>,
     /// The pool last used, reused while its server stays the primary.
     pub(super) last_pool: Option<Arc<Pool>>,
     /// A ReadyForQuery owed to the client at its next Sync (after an aborted extended batch).
@@ -129,6 +133,7 @@ impl Session {
             generations,
             owe_ready_at_sync: None,
             fresh: false,
+            replay: None,
             last_pool: None,
         }
     }
@@ -253,7 +258,11 @@ impl Session {
                     Lost::Socket(e.into())
                 }));
             }
-            self.fresh = false;
+            let sent = &self.client.buf[..used];
+            self.replay = (std::mem::take(&mut self.fresh)
+                && relay.status == TxStatus::Idle
+                && changes_nothing(sent))
+            .then(|| Bytes::copy_from_slice(sent));
         }
         self.client.buf.advance(used);
         if step == ClientStep::Terminate {
@@ -303,6 +312,9 @@ impl Session {
             Some(Fatal::ServerGoingAway) => return Ok(Flow::Lost(Lost::GoingAway)),
             Some(Fatal::Other) => return Err(SessionError::EndedByServer),
             None => {}
+        }
+        if saw_ready {
+            self.replay = None;
         }
         if saw_ready && relay.releases() {
             self.detach();
