@@ -65,6 +65,20 @@ impl PgServer {
         )
     }
 
+    /// Turns synchronous replication on (`synchronous_standby_names = '*'`, by `ALTER SYSTEM`, so
+    /// a standby made earlier does not inherit it and can commit alone once promoted) and waits
+    /// (up to 30 s) until a standby is the synchronous one: from then on no acknowledged commit
+    /// is lost when this primary dies and the standby is promoted.
+    pub fn make_synchronous(&self) -> Result<(), FixtureError> {
+        self.psql("ALTER SYSTEM SET synchronous_standby_names = '*'")?;
+        self.psql("SELECT pg_reload_conf()")?;
+        self.wait_for_sql(
+            "a standby to become synchronous",
+            "SELECT count(*) > 0 FROM pg_stat_replication WHERE sync_state = 'sync'",
+            "t",
+        )
+    }
+
     /// Polls `sql` until it prints `want`, for up to [`STATE_TIMEOUT`].
     fn wait_for_sql(&self, what: &'static str, sql: &str, want: &str) -> Result<(), FixtureError> {
         let deadline = Instant::now() + STATE_TIMEOUT;

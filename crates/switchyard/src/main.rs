@@ -1,4 +1,4 @@
-//! The `switchyard` command line: `serve`, `demo`, `check-config`, `version`.
+//! The `switchyard` command line: `serve`, `demo`, `drill`, `check-config`, `version`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -34,6 +34,8 @@ enum Command {
     },
     /// Start a local primary, a streaming standby and Switchyard in front of them, until Ctrl-C.
     Demo(switchyard::demo::DemoArgs),
+    /// Replay the incident: the same fault on a primary, direct and through Switchyard; report.
+    Drill(switchyard_drill::DrillArgs),
     /// Validate a config file and list every problem in it.
     CheckConfig { file: PathBuf },
     /// Print the version.
@@ -83,6 +85,29 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Command::Drill(args) => {
+            let exe = match &args.proxy_exe {
+                Some(exe) => exe.clone(),
+                None => std::env::current_exe().context("cannot find this program's path")?,
+            };
+            match switchyard_drill::run(&args, exe) {
+                Ok(report) => {
+                    print!("{}", report.to_text());
+                    eprintln!(
+                        "switchyard drill: report in {}/{{{}, {}, {}}}",
+                        args.out.display(),
+                        switchyard_drill::REPORT_TEXT,
+                        switchyard_drill::REPORT_JSON,
+                        switchyard_drill::CHART_SVG
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("switchyard drill: {e}");
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Serve { config: path } => {
             let config =

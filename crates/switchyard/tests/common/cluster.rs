@@ -129,28 +129,6 @@ fn prepare_primary(pg: &PgServer) -> Result<(), FixtureError> {
     Ok(())
 }
 
-/// Turns synchronous replication on and waits until the standby is the synchronous one.
-fn make_synchronous(primary: &PgServer) -> Result<(), FixtureError> {
-    primary.psql("ALTER SYSTEM SET synchronous_standby_names = '*'")?;
-    primary.psql("SELECT pg_reload_conf()")?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let sync =
-            primary.psql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")?;
-        if sync == "1" {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(FixtureError::WaitTimeout {
-                what: "the standby to become synchronous",
-                timeout: Duration::from_secs(20),
-                last: sync,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The proxy config for a cluster of `primary` and `standby` (default failover settings).
 pub fn cluster_config(primary: &PgServer, standby: &PgServer, mode: PoolMode) -> Config {
     let mut config = config_for(primary, mode);
@@ -178,7 +156,7 @@ impl Cluster {
             prepare_primary(&primary)?;
             let standby = primary.start_standby()?;
             if sync {
-                make_synchronous(&primary)?;
+                primary.make_synchronous()?;
             }
             Ok((primary, standby))
         })
