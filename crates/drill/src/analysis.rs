@@ -42,13 +42,18 @@ impl From<&BackendLog> for BackendSnapshot {
     }
 }
 
-/// Latency of the requests that started during the incident (fault to end) and were answered.
+/// Latency of the requests of the incident: every request answered after the fault, and every
+/// request still unanswered at the end, counted at its age then (a lower bound: `*_unanswered`
+/// says when a figure is one).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Latency {
-    pub answered: u64,
+    pub requests: u64,
     pub p50_ms: Option<f64>,
+    pub p50_unanswered: bool,
     pub p99_ms: Option<f64>,
+    pub p99_unanswered: bool,
     pub max_ms: Option<f64>,
+    pub max_unanswered: bool,
 }
 
 /// A status-page stage.
@@ -143,7 +148,16 @@ pub fn figures(
         stuck,
         longest_stall_s: secs(longest_done.max(longest_open)),
         longest_stall_unanswered: longest_open > longest_done,
-        incident_latency: latency(done().filter(|r| r.start >= at.fault)),
+        incident_latency: latency(
+            done()
+                .filter(|r| r.end >= at.fault)
+                .map(|r| (r.end - r.start, false))
+                .chain(
+                    unanswered
+                        .iter()
+                        .map(|r| (at.end.saturating_sub(r.start), true)),
+                ),
+        ),
         errors_by_sqlstate,
         acked_writes: backends.iter().map(|b| b.acked.len() as u64).sum(),
         lost_writes,
@@ -155,21 +169,24 @@ pub fn figures(
     }
 }
 
-/// p50 / p99 / max of the answered requests given.
-fn latency<'a>(requests: impl Iterator<Item = &'a Request>) -> Latency {
-    let mut ms: Vec<f64> = requests
-        .map(|r| (r.end - r.start).as_secs_f64() * 1000.0)
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    let quantile = |q: f64| {
-        let rank = ((q * ms.len() as f64).ceil() as usize).clamp(1, ms.len().max(1));
-        ms.get(rank - 1).map(|v| (v * 10.0).round() / 10.0)
+/// p50 / p99 / max of the latencies given, each flagged when it belongs to an unanswered request.
+fn latency(requests: impl Iterator<Item = (Duration, bool)>) -> Latency {
+    let mut all: Vec<(Duration, bool)> = requests.collect();
+    all.sort();
+    let pick = |q: f64| {
+        let rank = ((q * all.len() as f64).ceil() as usize).clamp(1, all.len().max(1));
+        all.get(rank - 1)
+            .map(|&(d, open)| ((d.as_secs_f64() * 10_000.0).round() / 10.0, open))
     };
+    let (p50, p99, max) = (pick(0.50), pick(0.99), pick(1.0));
     Latency {
-        answered: ms.len() as u64,
-        p50_ms: quantile(0.50),
-        p99_ms: quantile(0.99),
-        max_ms: ms.last().map(|v| (v * 10.0).round() / 10.0),
+        requests: all.len() as u64,
+        p50_ms: p50.map(|p| p.0),
+        p50_unanswered: p50.is_some_and(|p| p.1),
+        p99_ms: p99.map(|p| p.0),
+        p99_unanswered: p99.is_some_and(|p| p.1),
+        max_ms: max.map(|p| p.0),
+        max_unanswered: max.is_some_and(|p| p.1),
     }
 }
 
@@ -310,6 +327,9 @@ mod tests {
         assert_eq!(f.longest_stall_s, 40.5);
         assert_eq!(f.first_write_after_fault_s, None);
         assert_eq!(f.sites_recovered, 0);
+        assert_eq!(f.incident_latency.requests, 1, "the stuck one counts");
+        assert_eq!(f.incident_latency.p50_ms, Some(40500.0));
+        assert!(f.incident_latency.p50_unanswered);
         let stages: Vec<Stage> = f.timeline.iter().map(|e| e.stage).collect();
         assert_eq!(stages, [Stage::Investigating, Stage::Identified]);
         assert_eq!(
@@ -335,8 +355,9 @@ mod tests {
         assert_eq!(f.stuck, 0);
         assert_eq!(f.errors_by_sqlstate.get("40001"), Some(&1));
         assert_eq!(f.first_write_after_fault_s, Some(20.2));
-        assert_eq!(f.incident_latency.answered, 3);
+        assert_eq!(f.incident_latency.requests, 3);
         assert_eq!(f.incident_latency.max_ms, Some(18800.0));
+        assert!(!f.incident_latency.max_unanswered);
         let stages: Vec<(Stage, f64)> = f.timeline.iter().map(|e| (e.stage, e.at_s)).collect();
         assert_eq!(
             stages,

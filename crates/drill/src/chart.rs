@@ -81,14 +81,14 @@ fn draw(
             BLACK.mix(0.6).stroke_width(1),
         ))?;
         chart.draw_series([Text::new(
-            label.to_owned(),
-            (x, y_max / 2.0),
+            format!(" {label}"),
+            (x, y_max / 1.4),
             ("sans-serif", 14),
         )])?;
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::MiddleRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;

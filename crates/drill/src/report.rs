@@ -96,9 +96,14 @@ const ROWS: [Row; 9] = [
         format!("{:.1} s{open}", f.longest_stall_s)
     }),
     ("latency during incident p50 / p99", |f| {
-        match (f.incident_latency.p50_ms, f.incident_latency.p99_ms) {
-            (Some(p50), Some(p99)) => format!("{} / {}", ms(p50), ms(p99)),
-            _ => "no request answered".to_owned(),
+        let l = &f.incident_latency;
+        match (l.p50_ms, l.p99_ms) {
+            (Some(p50), Some(p99)) => format!(
+                "{} / {}",
+                ms(p50, l.p50_unanswered),
+                ms(p99, l.p99_unanswered)
+            ),
+            _ => "no requests".to_owned(),
         }
     }),
     ("requests answered / succeeded", |f| {
@@ -135,11 +140,13 @@ const ROWS: [Row; 9] = [
     }),
 ];
 
-fn ms(v: f64) -> String {
+/// A latency; `≥` when it is the age of a request still unanswered.
+fn ms(v: f64, unanswered: bool) -> String {
+    let at_least = if unanswered { "≥" } else { "" };
     if v >= 1000.0 {
-        format!("{:.1} s", v / 1000.0)
+        format!("{at_least}{:.1} s", v / 1000.0)
     } else {
-        format!("{v:.0} ms")
+        format!("{at_least}{v:.0} ms")
     }
 }
 
