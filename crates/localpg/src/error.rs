@@ -101,6 +101,21 @@ pub enum FixtureError {
         /// The directory.
         path: PathBuf,
     },
+    /// etcd or a Patroni cluster did not come up (or did not do what was awaited); includes the
+    /// end of their logs.
+    #[error("{what}: {cause}\n{logs}")]
+    Manager {
+        /// What failed, e.g. "Patroni cluster \"drill\" did not start".
+        what: String,
+        /// The underlying failure (a timeout, an exited process, ...).
+        cause: Box<FixtureError>,
+        /// The last lines of the logs concerned, each headed by its file name.
+        logs: String,
+    },
+    /// Options that cannot work, e.g. a Patroni `ttl` shorter than `loop_wait + 2 *
+    /// retry_timeout`, or a scope already in use.
+    #[error("invalid options: {0}")]
+    BadOptions(String),
     /// A helper program printed something the fixture could not understand.
     #[error("unexpected output from `{command}`: {output:?}")]
     BadOutput {

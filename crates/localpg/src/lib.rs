@@ -7,6 +7,10 @@
 //! inject process faults (stop, crash with `SIGKILL`, freeze with `SIGSTOP`); [`Blackhole`] drops a
 //! port's packets on loopback (`iptables`), as when the host is gone.
 //!
+//! [`PatroniCluster`] runs a real cluster manager instead: two PostgreSQL members managed by
+//! Patroni agents over an [`Etcd`], where Patroni itself detects a failed leader and promotes
+//! the replica; its members offer the same faults, plus stopping or killing the agent.
+//!
 //! A persistent server ([`PgServer::start_in`], [`PgServer::start_standby_in`]) lives instead in
 //! a directory the caller chose, on the caller's port, and keeps its data across runs: it is
 //! reused when complete, and dropping the server only stops it (for `switchyard demo`).
@@ -32,7 +36,10 @@
 
 mod cmd;
 mod error;
+mod etcd;
+mod http;
 pub mod net;
+mod patroni;
 mod persistent;
 mod procs;
 mod server;
@@ -44,7 +51,9 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 
 pub use error::FixtureError;
+pub use etcd::Etcd;
 pub use net::{Blackhole, iptables_available};
+pub use patroni::{PatroniCluster, PatroniMember, PatroniOptions, patroni_available};
 pub use server::{Origin, PgOptions, PgServer};
 pub use sql::{PasswordKind, quote_ident, quote_literal};
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,6 +42,51 @@ fn is_stopped_or_gone(pid: u32) -> bool {
 /// The working directory of `pid` (the postmaster's is its data directory).
 pub(crate) fn cwd(pid: u32) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/cwd")).ok()
+}
+
+/// The command line of `pid`, arguments joined by spaces (`None` if it is gone).
+pub(crate) fn cmdline(pid: u32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Some(args.join(" "))
+}
+
+/// The postmaster running in `data_dir`: line 1 of its `postmaster.pid`, checked to be a live
+/// process whose working directory is that data directory (so a stale file never names a
+/// stranger).
+pub(crate) fn postmaster_of(data_dir: &Path) -> Result<u32, FixtureError> {
+    let not_running = |detail: String| FixtureError::NotRunning {
+        data_dir: data_dir.to_owned(),
+        detail,
+    };
+    let path = data_dir.join("postmaster.pid");
+    let text = fs::read_to_string(&path).map_err(|e| not_running(format!("{e}")))?;
+    let first = text.lines().next().unwrap_or_default().trim();
+    let pid: u32 = first
+        .parse()
+        .map_err(|_| not_running(format!("bad pid {first:?} in postmaster.pid")))?;
+    let ours = fs::canonicalize(data_dir).ok();
+    if is_alive(pid) && cwd(pid).is_some_and(|cwd| Some(cwd) == ours) {
+        Ok(pid)
+    } else {
+        Err(not_running(format!("stale postmaster.pid (pid {pid})")))
+    }
+}
+
+/// Living processes whose working directory is `dir` or below it (PostgreSQL's processes work
+/// in their data directory), for a last sweep when a pid file can no longer be trusted.
+pub(crate) fn working_in(dir: &Path) -> Vec<u32> {
+    let Ok(dir) = fs::canonicalize(dir) else {
+        return Vec::new();
+    };
+    all_pids()
+        .into_iter()
+        .filter(|&p| is_alive(p) && cwd(p).is_some_and(|c| c.starts_with(&dir)))
+        .collect()
 }
 
 /// `root` and all its living descendants, parents before children.

@@ -278,22 +278,7 @@ impl PgServer {
     /// The postmaster's pid, from line 1 of `data/postmaster.pid`, checked to be a live process
     /// whose working directory is this data directory (so a stale file never names a stranger).
     pub fn postmaster_pid(&self) -> Result<u32, FixtureError> {
-        let path = self.data_dir().join("postmaster.pid");
-        let not_running = |detail: String| FixtureError::NotRunning {
-            data_dir: self.data_dir(),
-            detail,
-        };
-        let text = fs::read_to_string(&path).map_err(|e| not_running(format!("{e}")))?;
-        let first = text.lines().next().unwrap_or_default().trim();
-        let pid: u32 = first
-            .parse()
-            .map_err(|_| not_running(format!("bad pid {first:?} in postmaster.pid")))?;
-        let ours = fs::canonicalize(self.data_dir()).ok();
-        if procs::is_alive(pid) && procs::cwd(pid).is_some_and(|cwd| Some(cwd) == ours) {
-            Ok(pid)
-        } else {
-            Err(not_running(format!("stale postmaster.pid (pid {pid})")))
-        }
+        procs::postmaster_of(&self.data_dir())
     }
 
     /// Whether this server's data was made for this start, or found and reused.

@@ -31,11 +31,23 @@ impl PasswordKind {
 }
 
 /// Who connects, where, and how long a connection attempt may take.
-struct Login<'a> {
+pub(crate) struct Login<'a> {
     user: &'a str,
     password: Option<&'a str>,
     db: &'a str,
     connect_timeout: Option<Duration>,
+}
+
+impl<'a> Login<'a> {
+    /// `postgres` (trusted, no password) in database `db`.
+    pub(crate) fn superuser(db: &'a str, connect_timeout: Option<Duration>) -> Login<'a> {
+        Login {
+            user: "postgres",
+            password: None,
+            db,
+            connect_timeout,
+        }
+    }
 }
 
 impl PgServer {
@@ -47,7 +59,7 @@ impl PgServer {
 
     /// Like [`PgServer::psql`], in database `db`.
     pub fn psql_db(&self, db: &str, sql: &str) -> Result<String, FixtureError> {
-        self.run_psql(&Self::superuser(db, None), sql)
+        self.run_psql(&Login::superuser(db, None), sql)
     }
 
     /// Like [`PgServer::psql`], giving up connecting after `connect_timeout` (`PGCONNECT_TIMEOUT`,
@@ -57,7 +69,7 @@ impl PgServer {
         sql: &str,
         connect_timeout: Duration,
     ) -> Result<String, FixtureError> {
-        self.run_psql(&Self::superuser("postgres", Some(connect_timeout)), sql)
+        self.run_psql(&Login::superuser("postgres", Some(connect_timeout)), sql)
     }
 
     /// Runs `sql` as `user` with `password` (passed through `PGPASSWORD`) in database `db`, so
@@ -104,38 +116,35 @@ impl PgServer {
         self.psql(&sql).map(drop)
     }
 
-    fn superuser(db: &str, connect_timeout: Option<Duration>) -> Login<'_> {
-        Login {
-            user: "postgres",
-            password: None,
-            db,
-            connect_timeout,
-        }
-    }
-
     fn run_psql(&self, login: &Login<'_>, sql: &str) -> Result<String, FixtureError> {
-        let port = self.port().to_string();
-        let mut psql = Command::new(crate::pg_bin_dir().join("psql"));
-        psql.args(["-X", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", HOST, "-p", &port, "-U", login.user, "-d", login.db])
-            .arg("-c")
-            .arg(sql)
-            .env_remove("PGPASSWORD")
-            .env_remove("PGCONNECT_TIMEOUT");
-        if let Some(password) = login.password {
-            psql.env("PGPASSWORD", password);
-        }
-        let mut deadline = PSQL_TIMEOUT;
-        if let Some(timeout) = login.connect_timeout {
-            let secs = timeout.as_secs().max(2);
-            psql.env("PGCONNECT_TIMEOUT", secs.to_string());
-            deadline = Duration::from_secs(secs + 30);
-        }
-        // The label leaves out the SQL, which may hold passwords.
-        let label = format!("psql -h {HOST} -p {port} -U {} -d {}", login.user, login.db);
-        let out = cmd::run_labelled(psql, &label, deadline)?;
-        Ok(out.stdout.trim().to_owned())
+        psql_at(self.port(), login, sql)
     }
+}
+
+/// Runs `sql` with `psql` against `127.0.0.1:port` as `login` says; returns trimmed stdout
+/// (unaligned, tuples only). Errors carry psql's stderr.
+pub(crate) fn psql_at(port: u16, login: &Login<'_>, sql: &str) -> Result<String, FixtureError> {
+    let port = port.to_string();
+    let mut psql = Command::new(crate::pg_bin_dir().join("psql"));
+    psql.args(["-X", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
+        .args(["-h", HOST, "-p", &port, "-U", login.user, "-d", login.db])
+        .arg("-c")
+        .arg(sql)
+        .env_remove("PGPASSWORD")
+        .env_remove("PGCONNECT_TIMEOUT");
+    if let Some(password) = login.password {
+        psql.env("PGPASSWORD", password);
+    }
+    let mut deadline = PSQL_TIMEOUT;
+    if let Some(timeout) = login.connect_timeout {
+        let secs = timeout.as_secs().max(2);
+        psql.env("PGCONNECT_TIMEOUT", secs.to_string());
+        deadline = Duration::from_secs(secs + 30);
+    }
+    // The label leaves out the SQL, which may hold passwords.
+    let label = format!("psql -h {HOST} -p {port} -U {} -d {}", login.user, login.db);
+    let out = cmd::run_labelled(psql, &label, deadline)?;
+    Ok(out.stdout.trim().to_owned())
 }
 
 /// Quotes an SQL identifier: `a"b` becomes `"a""b"`.
