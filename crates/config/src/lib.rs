@@ -2,10 +2,12 @@
 //! validation that reports every problem at once. A [`Config`] that exists has been validated.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod duration;
 mod schema;
 mod validate;
 
+pub use admin::{AdminConfig, WebhookConfig, WebhookFormat};
 pub use duration::Duration;
 pub use schema::*;
 pub use validate::{ConfigError, ValidationErrors};

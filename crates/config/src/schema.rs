@@ -22,6 +22,8 @@ pub struct Config {
     pub sites: Vec<SiteConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub admin: crate::AdminConfig,
 }
 
 /// The client-facing listener and limits.

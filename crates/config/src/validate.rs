@@ -47,6 +47,8 @@ impl Config {
         self.validate_clusters(&mut errs);
         self.validate_sites(&mut errs);
         self.validate_users(&mut errs);
+        let user_names: Vec<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
+        self.admin.validate(&user_names, &mut errs);
         if errs.is_empty() {
             Ok(())
         } else {

@@ -147,6 +147,13 @@ impl Router {
         self.lock().get(cluster).map(|e| e.monitor.clone())
     }
 
+    /// Every cluster's monitor, by cluster name.
+    pub fn monitors(&self) -> Vec<Arc<ClusterMonitor>> {
+        let mut all: Vec<_> = self.lock().values().map(|e| e.monitor.clone()).collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
     /// The current primary of `cluster`, waiting up to `gate` for one to appear.
     ///
     /// Cancel safety: cancel-safe.

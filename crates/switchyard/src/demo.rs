@@ -46,6 +46,9 @@ pub struct DemoArgs {
     /// Address Switchyard listens on.
     #[arg(long, default_value = "127.0.0.1:6432")]
     pub listen: SocketAddr,
+    /// Address of the status page, metrics and JSON API.
+    #[arg(long, default_value = "127.0.0.1:9930")]
+    pub admin_listen: SocketAddr,
     /// Port of the primary, on 127.0.0.1.
     #[arg(long, default_value_t = 5433)]
     pub primary_port: u16,
@@ -112,7 +115,7 @@ fn prepare_state_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 
 async fn run_locked(args: DemoArgs, state: PathBuf) -> anyhow::Result<()> {
     let stop = stop_on_signal()?;
-    let config = proxy_config(&args)?;
+    let config = proxy_config(&args, &state)?;
     let started = Instant::now();
     let boot = {
         let (args, state) = (args.clone(), state.clone());
@@ -177,7 +180,7 @@ fn stop_on_signal() -> anyhow::Result<CancellationToken> {
 
 /// The proxy's config: both servers as one cluster, any database, user `postgres` with trust,
 /// transaction pooling (as `examples/cluster.toml`).
-fn proxy_config(args: &DemoArgs) -> anyhow::Result<Config> {
+fn proxy_config(args: &DemoArgs, state: &Path) -> anyhow::Result<Config> {
     let toml = format!(
         r#"
         [proxy]
@@ -193,7 +196,13 @@ fn proxy_config(args: &DemoArgs) -> anyhow::Result<Config> {
         [[users]]
         name = "postgres"
         auth = "trust"
+        [admin]
+        listen = "{admin}"
+        incidents_file = "{incidents}"
+        resolve_after = "20s"
         "#,
+        admin = args.admin_listen,
+        incidents = state.join("incidents.json").display(),
         listen = args.listen,
         primary = args.primary_port,
         standby = args.standby_port,
@@ -247,6 +256,7 @@ fn check_ports(args: &DemoArgs) -> anyhow::Result<()> {
         (args.listen, "--listen"),
         (local(primary), "--primary-port"),
         (local(standby), "--standby-port"),
+        (args.admin_listen, "--admin-listen"),
     ];
     for (addr, flag) in wanted {
         if let Err(e) = TcpListener::bind(addr) {
@@ -315,10 +325,11 @@ Try a failover by hand, from another terminal:
   pkill -CONT -P {pid}; kill -CONT {pid}     # thaw the old primary: fenced (older timeline)
 (The next demo starts from the primary's data again and makes a new standby.)
 
-Status page and metrics: not built yet (coming with the observability work).
+Status page: http://{admin}/   metrics: http://{admin}/metrics   API: http://{admin}/api/incidents
 Logs: {state}/primary/postgres.log, {state}/standby/postgres.log; Switchyard's on stderr.
 Ctrl-C stops everything; the data stays in {state} for the next run.
 ",
+        admin = args.admin_listen,
         primary = describe(cluster.primary.origin()),
         standby = describe(cluster.standby.origin()),
         listen = args.listen,
@@ -409,8 +420,10 @@ mod tests {
         let cli = Cli::parse_from(["demo"]);
         assert_eq!(cli.demo.listen.to_string(), "127.0.0.1:6432");
         assert_eq!((cli.demo.primary_port, cli.demo.standby_port), (5433, 5434));
-        let config = proxy_config(&cli.demo).expect("valid");
+        let config = proxy_config(&cli.demo, Path::new("/var/tmp/demo")).expect("valid");
         assert_eq!(config.clusters["demo"].members.len(), 2);
+        assert_eq!(config.admin.listen, "127.0.0.1:9930");
+        assert_eq!(config.admin.incidents_file, "/var/tmp/demo/incidents.json");
     }
 
     #[test]

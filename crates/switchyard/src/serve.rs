@@ -1,6 +1,7 @@
 //! Starting, reloading and draining one proxy.
 //!
 //! Loops started here: the accept loop (`frontend::listener`), the pool reaper (every second),
+//! the admin surfaces (`switchyard-admin`: incident tracker, HTTP listener, notifier),
 //! and, for a proxy started from a file, the config watcher (SIGHUP, plus a check of the file's
 //! modification time every second).
 
@@ -17,6 +18,8 @@ use tokio::task::JoinHandle;
 pub struct Running {
     pub addr: std::net::SocketAddr,
     pub proxy: Arc<Proxy>,
+    /// The operator surfaces: incidents, events, the HTTP listener.
+    pub admin: switchyard_admin::Admin,
     accept: JoinHandle<()>,
 }
 
@@ -26,8 +29,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
     let addr = listener.local_addr()?;
+    let admin_config = config.admin.clone();
     let proxy = Proxy::new(config);
     tokio::spawn(proxy.pools.clone().run_reaper(proxy.background.clone()));
+    // The admin surfaces run until the drain is over, so an incident during shutdown is seen.
+    let admin = switchyard_admin::start(proxy.clone(), &admin_config, proxy.background.clone())
+        .await
+        .with_context(|| format!("cannot listen on {} (admin.listen)", admin_config.listen))?;
     let accept = tokio::spawn(switchyard_frontend::listener::serve(
         proxy.clone(),
         listener,
@@ -36,6 +44,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running {
         addr,
         proxy,
+        admin,
         accept,
     })
 }

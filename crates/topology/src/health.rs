@@ -35,6 +35,16 @@ pub enum Health {
 }
 
 impl Health {
+    /// The state's name, without its counts: `Unknown`, `Up`, `Suspect` or `Down`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Unknown => "Unknown",
+            Health::Up => "Up",
+            Health::Suspect { .. } => "Suspect",
+            Health::Down { .. } => "Down",
+        }
+    }
+
     /// The one transition point: the next state after a probe result.
     pub fn observe(self, ok: bool, t: Thresholds) -> Health {
         use Health::*;

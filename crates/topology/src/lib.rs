@@ -3,14 +3,17 @@
 //! - [`health`]: per-member health with hysteresis (`Unknown → Up ⇄ Suspect → Down`).
 //! - [`decide`]: the pure function that names the primary from what the probes saw.
 //! - [`probe`]: one probe of one member on its own dedicated connection.
+//! - [`counters`]: what the data path and the probes count per cluster (metrics, incidents).
 //! - [`monitor`]: the probe and decider loops, publishing a [`TopologyView`] per cluster.
 #![forbid(unsafe_code)]
 
+pub mod counters;
 pub mod decide;
 pub mod health;
 pub mod monitor;
 pub mod probe;
 
+pub use counters::{Caught, CaughtTotals, ClusterCounters, ProbeCounters};
 pub use decide::{Decision, MemberView, decide};
 pub use health::{Health, Thresholds};
 pub use monitor::{ClusterMonitor, ClusterState, MemberStatus, MonitorSettings, TopologyView};

@@ -8,6 +8,7 @@
 //!
 //! Both stop when the shutdown token fires.
 
+use crate::counters::{ClusterCounters, ProbeCounters};
 use crate::decide::{Decision, MemberView, decide};
 use crate::health::{Health, Thresholds};
 use crate::probe::{NodeFacts, ProbeError, probe};
@@ -69,6 +70,7 @@ struct MemberSignals {
     fenced: AtomicBool,
     /// The probe loop is in a slow-paced wait: the first new request should shorten it.
     sleeping_slow: AtomicBool,
+    probes: ProbeCounters,
 }
 
 impl MemberSignals {
@@ -86,6 +88,7 @@ pub struct ClusterMonitor {
     signals: Arc<[MemberSignals]>,
     view: watch::Receiver<Arc<TopologyView>>,
     generation: watch::Receiver<u64>,
+    counters: Arc<ClusterCounters>,
 }
 
 impl ClusterMonitor {
@@ -143,7 +146,21 @@ impl ClusterMonitor {
             signals,
             view,
             generation,
+            counters: Arc::default(),
         }
+    }
+
+    /// What the data path counts for this cluster.
+    pub fn counters(&self) -> &ClusterCounters {
+        &self.counters
+    }
+
+    /// Each member's address and probe results, in member order.
+    pub fn probes(&self) -> impl Iterator<Item = (&str, &ProbeCounters)> {
+        self.addrs
+            .iter()
+            .map(String::as_str)
+            .zip(self.signals.iter().map(|s| &s.probes))
     }
 
     pub fn name(&self) -> &str {
@@ -228,6 +245,7 @@ impl ProbeLoop {
             let started = tokio::time::Instant::now();
             let result = probe(&mut conn, &self.params, self.settings.probe_timeout).await;
             let failed = result.is_err();
+            sig.probes.record(started.elapsed(), !failed);
             if self.results.send((self.id, result)).await.is_err() {
                 return;
             }

@@ -19,6 +19,7 @@ use switchyard_config::PoolMode;
 use switchyard_proto::backend::{self, ErrorFields, TxStatus};
 use switchyard_proto::frontend::{Bind, Parse, Target, TargetKind, tag as fe};
 use switchyard_proto::{Frame, sqlstate};
+use switchyard_topology::Caught;
 
 fn rolled_back() -> ErrorFields {
     ErrorFields::error(
@@ -99,6 +100,7 @@ impl Session {
             // Nothing reached the server: the request waits in the gate like new work.
             tracing::info!(parent: &self.span, server = %addr, %cause, "server gone before the request; retrying via the gate");
             self.relay.reset();
+            self.count(Caught::Retried);
             return Ok(());
         }
         if let Some(request) = self.replay.take()
@@ -108,16 +110,23 @@ impl Session {
             tracing::info!(parent: &self.span, server = %addr, %cause, "server gone before answering a request that changes nothing; retrying via the gate");
             self.relay.reset();
             self.put_back(&request);
+            self.count(Caught::Retried);
             return Ok(());
         }
         let outstanding = self.relay.outstanding_requests();
         let why = cause.to_string();
         tracing::warn!(parent: &self.span, server = %addr, cause = %why, outstanding, "server connection lost");
         if self.mode() == PoolMode::Session {
+            self.count(Caught::SessionLost);
             return Err(SessionError::SessionLost(why));
         }
         let commit = self.relay.commit_in_flight();
         let in_tx = self.relay.status != TxStatus::Idle && !commit;
+        if in_tx {
+            self.count(Caught::RolledBack);
+        } else if outstanding > 0 || self.relay.unsynced() {
+            self.count(Caught::Unknown);
+        }
         let (first, rest, after) = if in_tx {
             (rolled_back(), in_failed_transaction(), TxStatus::Failed)
         } else {

@@ -15,8 +15,9 @@ use crate::cancel::CancelTarget;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_pool::{Pool, PoolError, Pooled};
+use switchyard_router::RouteError;
 use switchyard_server::ServerError;
-use switchyard_topology::ClusterState;
+use switchyard_topology::{Caught, ClusterState};
 use tokio::time::Instant;
 
 /// Pause before retrying a primary that refused us while the monitor still names it.
@@ -33,17 +34,35 @@ impl Session {
     /// Takes a server connection at the current primary, waiting in the failover gate for at
     /// most `failover_timeout` in all.
     pub(super) async fn attach(&mut self) -> Result<(), SessionError> {
-        let deadline = Instant::now() + self.info.failover_timeout;
+        let started = Instant::now();
+        let deadline = started + self.info.failover_timeout;
+        // Held: the request had to wait for a primary (none, or an unusable one).
+        let mut held = self
+            .monitor
+            .as_ref()
+            .is_some_and(|m| !matches!(m.view().state, ClusterState::Primary { .. }));
         loop {
             let gate = deadline.saturating_duration_since(Instant::now());
-            let (pool, generation) = self.route(gate).await?;
+            let (pool, generation) = match self.route(gate).await {
+                Ok(route) => route,
+                Err(e) => {
+                    if matches!(e, SessionError::Route(RouteError::NoPrimary { .. })) {
+                        self.count(Caught::GateTimeout);
+                    }
+                    return Err(e);
+                }
+            };
             match self.attempt(&pool, generation).await {
                 Ok(server) => {
                     self.attached(server, pool, generation);
+                    if held {
+                        self.count(Caught::Held(started.elapsed()));
+                    }
                     return Ok(());
                 }
                 Err(Attempt::Fail(e)) => return Err(e),
                 Err(Attempt::Retry(e)) => {
+                    held = true;
                     if let Some(m) = &self.monitor {
                         m.suspect(pool.addr());
                     }
@@ -54,6 +73,13 @@ impl Session {
                     self.wait_for_news(generation, RETRY_PAUSE).await;
                 }
             }
+        }
+    }
+
+    /// Counts a request caught by a failover, for the metrics and the incident's scope.
+    pub(super) fn count(&self, what: Caught) {
+        if let Some(m) = &self.monitor {
+            m.counters().caught(&self.info.target.server_db, what);
         }
     }
 
@@ -153,6 +179,7 @@ impl Session {
             server,
             pool,
             generation,
+            since: Instant::now(),
         };
     }
 }

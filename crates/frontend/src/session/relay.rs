@@ -56,6 +56,8 @@ pub struct Relay {
     /// A COMMIT (or END, PREPARE TRANSACTION...) was sent and not yet answered: if the server
     /// is lost now, the transaction's outcome is unknown.
     commit_in_flight: bool,
+    /// Requests answered (ReadyForQuery) on this attachment.
+    pub answered: u32,
 }
 
 /// Why a server connection is closing.
@@ -166,6 +168,7 @@ impl Relay {
             server_fatal: None,
             evidence: false,
             commit_in_flight: false,
+            answered: 0,
         }
     }
 
@@ -177,6 +180,7 @@ impl Relay {
         self.server_fatal = None;
         self.evidence = false;
         self.commit_in_flight = false;
+        self.answered = 0;
     }
 
     /// Requests forwarded whose ReadyForQuery has not come back.
@@ -399,6 +403,7 @@ impl Relay {
             let forward = match h.tag {
                 be::READY_FOR_QUERY => {
                     saw_ready = true;
+                    self.answered = self.answered.saturating_add(1);
                     self.on_ready(body)?;
                     true
                 }

@@ -26,6 +26,7 @@ use switchyard_server::ServerError;
 use switchyard_topology::ClusterMonitor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Where a session's requests go; see the module comment.
@@ -35,6 +36,7 @@ pub(super) enum Link {
         server: Pooled,
         pool: Arc<Pool>,
         generation: u64,
+        since: Instant,
     },
     /// `told`: the client has already been sent the 40001 for it.
     FailedTransaction {
@@ -329,13 +331,18 @@ impl Session {
         self.info.cancel.set(None);
         let transaction_mode = self.mode() == PoolMode::Transaction;
         let Link::Attached {
-            mut server, pool, ..
+            mut server,
+            pool,
+            since,
+            ..
         } = std::mem::replace(&mut self.link, Link::Detached)
         else {
             return;
         };
         if let Some(m) = &self.monitor {
             m.request_finished(&server.conn.addr);
+            m.counters()
+                .transaction(since.elapsed(), u64::from(self.relay.answered));
         }
         if transaction_mode {
             // Every ParameterStatus went to both maps: they still match.

@@ -45,6 +45,9 @@ pub fn config_for(pg: &PgServer, mode: PoolMode) -> Config {
         r#"
         [proxy]
         listen = "127.0.0.1:0"
+        [admin]
+        listen = "127.0.0.1:0"
+        incidents_file = ""
         [pool]
         mode = "{mode}"
         size = 4

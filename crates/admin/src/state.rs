@@ -1,0 +1,130 @@
+//! [`AdminState`]: what the operator surfaces share — the proxy, the event log and the incident
+//! history (kept in the store) — with the few operations that change them.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use switchyard_config::AdminConfig;
+use switchyard_frontend::Proxy;
+use switchyard_topology::counters::unix_ms;
+
+use crate::events::{Event, EventKind, EventLog};
+use crate::incident::{Delivery, Incident};
+use crate::store::{MAX_KEPT, Store};
+
+/// Shared by the tracker, the HTTP handlers, the console and the notifier.
+pub struct AdminState {
+    pub proxy: Arc<Proxy>,
+    pub token: Option<String>,
+    pub resolve_after: Duration,
+    pub started_ms: u64,
+    store: Store,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    events: EventLog,
+    /// Newest first.
+    incidents: Vec<Incident>,
+}
+
+impl AdminState {
+    /// Builds the state, loading the incident history from the store.
+    pub fn new(proxy: Arc<Proxy>, config: &AdminConfig) -> Arc<AdminState> {
+        let store = Store::new(&config.incidents_file);
+        let incidents = store.load();
+        if let Some(path) = store.path() {
+            tracing::info!(path = %path.display(), incidents = incidents.len(), "incident history loaded");
+        }
+        Arc::new(AdminState {
+            proxy,
+            token: config.token.clone(),
+            resolve_after: config.resolve_after.get(),
+            started_ms: unix_ms(),
+            store,
+            inner: Mutex::new(Inner {
+                events: EventLog::default(),
+                incidents,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an event (and logs it).
+    pub fn event(&self, cluster: &str, kind: EventKind, detail: String) {
+        tracing::info!(cluster, kind = kind.name(), %detail, "event");
+        self.lock().events.push(Event {
+            at_ms: unix_ms(),
+            cluster: cluster.to_owned(),
+            kind,
+            detail,
+        });
+    }
+
+    /// The newest `limit` events, oldest first.
+    pub fn events(&self, limit: usize) -> Vec<Event> {
+        self.lock().events.latest(limit)
+    }
+
+    /// The incident history, newest first.
+    pub fn incidents(&self) -> Vec<Incident> {
+        self.lock().incidents.clone()
+    }
+
+    /// The highest incident number used so far.
+    pub fn last_incident_id(&self) -> u64 {
+        self.lock()
+            .incidents
+            .iter()
+            .map(|i| i.id)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Stores a new or changed incident (keeping the deliveries recorded for it); `persist`
+    /// writes the history to the store (on stage changes, not on every scope refresh).
+    pub fn put_incident(&self, incident: &Incident, persist: bool) {
+        let snapshot = {
+            let mut inner = self.lock();
+            match inner.incidents.iter_mut().find(|i| i.id == incident.id) {
+                Some(kept) => {
+                    let notifications = std::mem::take(&mut kept.notifications);
+                    *kept = incident.clone();
+                    kept.notifications = notifications;
+                }
+                None => {
+                    inner.incidents.insert(0, incident.clone());
+                    inner.incidents.truncate(MAX_KEPT);
+                }
+            }
+            persist.then(|| inner.incidents.clone())
+        };
+        if let Some(all) = snapshot {
+            self.store.save(&all);
+        }
+    }
+
+    /// Records the state of a notification's delivery (replacing the earlier state of the same
+    /// webhook and stage) and persists it.
+    pub fn record_delivery(&self, incident_id: u64, delivery: Delivery) {
+        let snapshot = {
+            let mut inner = self.lock();
+            let Some(inc) = inner.incidents.iter_mut().find(|i| i.id == incident_id) else {
+                return;
+            };
+            match inc
+                .notifications
+                .iter_mut()
+                .find(|d| d.url == delivery.url && d.stage == delivery.stage)
+            {
+                Some(kept) => *kept = delivery,
+                None => inc.notifications.push(delivery),
+            }
+            inner.incidents.clone()
+        };
+        self.store.save(&snapshot);
+    }
+}

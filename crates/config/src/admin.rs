@@ -1,0 +1,106 @@
+//! The `[admin]` section: the HTTP listener (metrics, JSON API, status page), who may use the
+//! admin console, where incidents are kept, when an incident counts as resolved, and the
+//! webhooks told of every incident transition.
+
+use crate::Duration;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Operator-facing surfaces.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the HTTP listener (`/metrics`, `/livez`, `/readyz`, `/api/…`, `/`); empty
+    /// string: no HTTP listener (restart to change).
+    pub listen: String,
+    /// If set, every HTTP request but `/livez` and `/readyz` needs `Authorization: Bearer TOKEN`.
+    pub token: Option<String>,
+    /// Users (from `[[users]]`) who may connect to the virtual database `switchyard` for the
+    /// admin console.
+    pub users: Vec<String>,
+    /// File incidents are kept in across restarts (JSON); empty string: memory only.
+    pub incidents_file: String,
+    /// How long traffic must flow on the new primary before an incident is Resolved.
+    pub resolve_after: Duration,
+    /// Incident notifications.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9930".into(),
+            token: None,
+            users: Vec::new(),
+            incidents_file: "switchyard-incidents.json".into(),
+            resolve_after: Duration::secs(60),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// One webhook, told of every incident transition.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://…` (or `https://…`) URL the notification is POSTed to.
+    pub url: String,
+    /// `json` (the incident as JSON) or `slack` (`{"text": …}`, for Slack-compatible hooks).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Longest one delivery attempt may take.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: Duration,
+    /// Attempts per notification before it is given up (with backoff between them).
+    #[serde(default = "default_webhook_attempts")]
+    pub attempts: u32,
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::secs(5)
+}
+
+fn default_webhook_attempts() -> u32 {
+    5
+}
+
+/// The body of a webhook notification.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
+}
+
+impl AdminConfig {
+    pub(crate) fn validate(&self, user_names: &[&str], errs: &mut Vec<String>) {
+        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
+            errs.push(format!(
+                "admin.listen {:?} is not an address like 127.0.0.1:9930 (or \"\" for none)",
+                self.listen
+            ));
+        }
+        if self.token.as_deref() == Some("") {
+            errs.push("admin.token is empty: remove it, or set a secret".into());
+        }
+        for u in &self.users {
+            if !user_names.contains(&u.as_str()) {
+                errs.push(format!(
+                    "admin.users names {u:?}, which is not in [[users]]"
+                ));
+            }
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                errs.push(format!(
+                    "admin.webhooks[{i}].url {:?} must start with http:// or https://",
+                    w.url
+                ));
+            }
+            if w.attempts == 0 {
+                errs.push(format!("admin.webhooks[{i}].attempts must be at least 1"));
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! What the data path and the probes count, per cluster: transactions and their latency, the
+//! outcomes of requests caught by a failover (held in the gate, rolled back, outcome unknown,
+//! gate timeouts, re-sent), probe results, and which sites (databases) a failover touched.
+//!
+//! Plain atomics, written on the data path without locks (the set of touched sites takes a lock,
+//! but only when a failover touches a request) and read at scrape time by the metrics, the admin
+//! console and the incident tracker.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the transaction-latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
+/// A latency histogram over [`LATENCY_BUCKETS`] (cumulative only when read).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| s <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// `(sum in seconds, count, cumulative (upper bound, count) buckets)`, as Prometheus wants.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut running = 0;
+        let buckets = LATENCY_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&b, n)| {
+                running += n.load(Ordering::Relaxed);
+                (b, running)
+            })
+            .collect();
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, self.count.load(Ordering::Relaxed), buckets)
+    }
+}
+
+/// How a request caught by a failover (or by a missing primary) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caught {
+    /// Waited in the failover gate, then ran.
+    Held(Duration),
+    /// Rolled back: 40001 told to the client.
+    RolledBack,
+    /// Outcome unknown: 08007 told to the client.
+    Unknown,
+    /// No primary within the gate's deadline: 57P03.
+    GateTimeout,
+    /// Sent again through the gate (it never reached the server, or changed nothing).
+    Retried,
+    /// Session mode: the session ended with 57P01.
+    SessionLost,
+}
+
+/// Per-cluster counters (see the module doc).
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    pub transactions: AtomicU64,
+    pub queries: AtomicU64,
+    pub transaction_latency: LatencyHistogram,
+    pub held: AtomicU64,
+    pub held_us: AtomicU64,
+    pub longest_hold_us: AtomicU64,
+    pub rolled_back: AtomicU64,
+    pub unknown: AtomicU64,
+    pub gate_timeouts: AtomicU64,
+    pub retried: AtomicU64,
+    pub sessions_lost: AtomicU64,
+    touched: Mutex<BTreeSet<String>>,
+}
+
+/// A copy of the failover outcomes, to compare two moments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CaughtTotals {
+    pub held: u64,
+    pub longest_hold_ms: u64,
+    pub rolled_back: u64,
+    pub unknown: u64,
+    pub gate_timeouts: u64,
+    pub retried: u64,
+    pub sessions_lost: u64,
+}
+
+impl CaughtTotals {
+    /// What happened between `earlier` and `self` (the longest hold is the later maximum).
+    pub fn since(&self, earlier: &CaughtTotals) -> CaughtTotals {
+        CaughtTotals {
+            held: self.held.saturating_sub(earlier.held),
+            longest_hold_ms: self.longest_hold_ms,
+            rolled_back: self.rolled_back.saturating_sub(earlier.rolled_back),
+            unknown: self.unknown.saturating_sub(earlier.unknown),
+            gate_timeouts: self.gate_timeouts.saturating_sub(earlier.gate_timeouts),
+            retried: self.retried.saturating_sub(earlier.retried),
+            sessions_lost: self.sessions_lost.saturating_sub(earlier.sessions_lost),
+        }
+    }
+}
+
+impl ClusterCounters {
+    /// One transaction (transaction mode) or session attachment ended, with its requests.
+    pub fn transaction(&self, took: Duration, queries: u64) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.queries.fetch_add(queries, Ordering::Relaxed);
+        self.transaction_latency.observe(took);
+    }
+
+    /// A request of a client of `database` was caught by a failover.
+    pub fn caught(&self, database: &str, what: Caught) {
+        let counter = match what {
+            Caught::Held(waited) => {
+                let us = waited.as_micros() as u64;
+                self.held_us.fetch_add(us, Ordering::Relaxed);
+                self.longest_hold_us.fetch_max(us, Ordering::Relaxed);
+                &self.held
+            }
+            Caught::RolledBack => &self.rolled_back,
+            Caught::Unknown => &self.unknown,
+            Caught::GateTimeout => &self.gate_timeouts,
+            Caught::Retried => &self.retried,
+            Caught::SessionLost => &self.sessions_lost,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        if !touched.contains(database) {
+            touched.insert(database.to_owned());
+        }
+    }
+
+    /// The failover outcomes so far. `longest_hold_ms` is the longest since the last
+    /// [`ClusterCounters::take_touched`].
+    pub fn caught_totals(&self) -> CaughtTotals {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CaughtTotals {
+            held: load(&self.held),
+            longest_hold_ms: load(&self.longest_hold_us) / 1000,
+            rolled_back: load(&self.rolled_back),
+            unknown: load(&self.unknown),
+            gate_timeouts: load(&self.gate_timeouts),
+            retried: load(&self.retried),
+            sessions_lost: load(&self.sessions_lost),
+        }
+    }
+
+    /// The sites touched since the last call, and a fresh start for the longest hold (an
+    /// incident's scope).
+    pub fn take_touched(&self) -> BTreeSet<String> {
+        self.longest_hold_us.store(0, Ordering::Relaxed);
+        std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The sites touched since the last [`ClusterCounters::take_touched`], without resetting.
+    pub fn touched(&self) -> BTreeSet<String> {
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Probe results of one member.
+#[derive(Debug, Default)]
+pub struct ProbeCounters {
+    pub ok: AtomicU64,
+    /// Wall-clock time of the last successful probe (Unix ms; 0: none yet).
+    pub last_ok_unix_ms: AtomicU64,
+    pub failed: AtomicU64,
+    pub last_latency_us: AtomicU64,
+    pub latency: LatencyHistogram,
+}
+
+impl ProbeCounters {
+    pub fn record(&self, took: Duration, ok: bool) {
+        if ok {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+            self.last_ok_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.last_latency_us
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        self.latency.observe(took);
+    }
+}
+
+/// Now, in Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_sums() {
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(120));
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 3);
+        assert!((sum - 120.0033).abs() < 1e-6, "{sum}");
+        assert_eq!(buckets[0], (0.0005, 1));
+        assert_eq!(buckets[3], (0.005, 2));
+        assert_eq!(
+            buckets.last(),
+            Some(&(60.0, 2)),
+            "beyond the last bucket: only +Inf"
+        );
+    }
+
+    #[test]
+    fn caught_requests_count_and_name_their_sites() {
+        let c = ClusterCounters::default();
+        let before = c.caught_totals();
+        c.caught("site_01", Caught::Held(Duration::from_millis(1500)));
+        c.caught("site_02", Caught::RolledBack);
+        c.caught("site_01", Caught::Unknown);
+        let d = c.caught_totals().since(&before);
+        assert_eq!((d.held, d.rolled_back, d.unknown), (1, 1, 1));
+        assert_eq!(d.longest_hold_ms, 1500);
+        let touched: Vec<String> = c.take_touched().into_iter().collect();
+        assert_eq!(touched, ["site_01", "site_02"]);
+        assert!(c.touched().is_empty());
+        assert_eq!(c.caught_totals().longest_hold_ms, 0);
+    }
+}
