@@ -28,7 +28,7 @@ h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.6em}\
 table{border-collapse:collapse;width:100%;margin:.5em 0}td,th{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left;font-size:.95em}\
 .pill{padding:.1em .6em;border-radius:1em;color:#fff;font-size:.85em}\
 .operational,.Up,.primary,.Resolved{background:#2e7d32}.degraded,.Suspect,.Monitoring,.Identified{background:#ef6c00}\
-.outage,.Down,.no_primary,.conflict,.Investigating{background:#c62828}.Unknown,.standby,.unknown{background:#607d8b}\
+.outage,.Down,.no_primary,.conflict,.Investigating{background:#c62828}.Unknown,.standby,.unknown{background:#607d8b}.writable_not_primary{background:#8e24aa}\
 .timeline li{margin:.3em 0}.muted{color:#777;font-size:.9em}";
 
 fn pill(class: &str, text: &str) -> String {

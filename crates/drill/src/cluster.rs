@@ -1,27 +1,44 @@
-//! One path's cluster under the builtin manager: a real PostgreSQL 15 primary and a streaming,
-//! synchronous standby (as RDS Multi-AZ replicates synchronously), the faults injected on the
-//! primary's host, and the promotion.
+//! One path's cluster: a PostgreSQL 15 primary and a synchronous streaming standby (as RDS
+//! Multi-AZ replicates synchronously), run either by the drill itself (builtin manager: plain
+//! servers, promoted on a timer) or by a real Patroni stack over etcd (Patroni notices the lost
+//! leader and promotes by itself). Also the faults injected on the primary's host.
+//!
+//! A host failure under Patroni takes the member's agent with it (a stopped or killed agent can
+//! no longer renew the leader lock), as hardware failure would. Following Patroni 3.0.2's known
+//! bug (a resumed stale leader can overwrite the new leader's key), a failed leader is never
+//! resumed: it is killed at clean-up.
 //!
 //! Every method blocks (it runs programs and waits for them): call it from `spawn_blocking`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use switchyard_localpg::{Blackhole, PgOptions, PgServer};
+use switchyard_localpg::{Blackhole, Etcd, PatroniCluster, PatroniOptions, PgOptions, PgServer};
 
 use crate::args::FaultKind;
 use crate::error::DrillError;
 
-/// A primary, its synchronous standby, and the fault currently applied.
-pub struct BuiltinCluster {
-    // Fields drop in order: the blackhole is lifted, then the standby and the primary stop.
+/// A path's cluster under either manager, and the blackhole currently applied.
+pub struct PathCluster {
+    // Fields drop in order: the blackhole is lifted before the servers stop.
     blackhole: Mutex<Option<Blackhole>>,
-    pub standby: PgServer,
-    pub primary: PgServer,
+    servers: Servers,
 }
 
-impl BuiltinCluster {
-    /// Starts the primary, makes the standby, and turns synchronous replication on.
-    pub fn start() -> Result<BuiltinCluster, DrillError> {
+enum Servers {
+    Builtin {
+        standby: PgServer,
+        primary: PgServer,
+    },
+    Patroni {
+        cluster: PatroniCluster,
+        _etcd: Arc<Etcd>,
+    },
+}
+
+impl PathCluster {
+    /// Builtin manager: starts the primary, makes the standby, turns synchronous replication on.
+    pub fn builtin() -> Result<PathCluster, DrillError> {
         let primary = PgServer::start_with(PgOptions::default())
             .map_err(DrillError::fixture("start the primary"))?;
         let standby = primary
@@ -30,37 +47,91 @@ impl BuiltinCluster {
         primary
             .make_synchronous()
             .map_err(DrillError::fixture("make the standby synchronous"))?;
-        Ok(BuiltinCluster {
-            blackhole: Mutex::new(None),
-            standby,
-            primary,
-        })
+        Ok(PathCluster::with(Servers::Builtin { standby, primary }))
     }
 
-    /// Both members' addresses, primary first.
+    /// Patroni manager: a two-member Patroni cluster (synchronous mode) in its own scope.
+    pub fn patroni(etcd: Arc<Etcd>, scope: &str) -> Result<PathCluster, DrillError> {
+        let cluster = PatroniCluster::start(&etcd, scope, PatroniOptions::default())
+            .map_err(DrillError::fixture("start the Patroni cluster"))?;
+        Ok(PathCluster::with(Servers::Patroni {
+            cluster,
+            _etcd: etcd,
+        }))
+    }
+
+    fn with(servers: Servers) -> PathCluster {
+        PathCluster {
+            blackhole: Mutex::new(None),
+            servers,
+        }
+    }
+
+    /// Both members' addresses, the primary first.
     pub fn members(&self) -> Vec<String> {
-        vec![self.primary.addr(), self.standby.addr()]
+        match &self.servers {
+            Servers::Builtin { primary, standby } => vec![primary.addr(), standby.addr()],
+            Servers::Patroni { cluster, .. } => {
+                cluster.members().iter().map(|m| m.addr()).collect()
+            }
+        }
+    }
+
+    /// The primary's address at the start (the Patroni cluster's first member leads at start).
+    pub fn primary_addr(&self) -> String {
+        self.members().remove(0)
+    }
+
+    /// The standby's address: the primary after a failover.
+    pub fn standby_addr(&self) -> String {
+        self.members().remove(1)
     }
 
     /// Injects `fault` on the primary's host.
     pub fn inject(&self, fault: FaultKind) -> Result<(), DrillError> {
         let step = "inject the fault";
-        match fault {
-            FaultKind::Crash => self.primary.kill().map_err(DrillError::fixture(step)),
-            FaultKind::Freeze => self.primary.freeze().map_err(DrillError::fixture(step)),
-            FaultKind::Blackhole => {
-                let hole =
-                    Blackhole::start(self.primary.port()).map_err(DrillError::fixture(step))?;
+        let map = DrillError::fixture(step);
+        match (&self.servers, fault) {
+            (Servers::Builtin { primary, .. }, FaultKind::Crash) => primary.kill().map_err(map),
+            (Servers::Builtin { primary, .. }, FaultKind::Freeze) => primary.freeze().map_err(map),
+            (Servers::Patroni { cluster, .. }, FaultKind::Crash) => {
+                let leader = &cluster.members()[0];
+                leader.kill_agent().map_err(DrillError::fixture(step))?;
+                leader.kill_postgres().map_err(map)
+            }
+            (Servers::Patroni { cluster, .. }, FaultKind::Freeze) => {
+                let leader = &cluster.members()[0];
+                leader.stop_agent().map_err(DrillError::fixture(step))?;
+                leader.freeze_postgres().map_err(map)
+            }
+            (servers, FaultKind::Blackhole) => {
+                if let Servers::Patroni { cluster, .. } = servers {
+                    cluster.members()[0]
+                        .stop_agent()
+                        .map_err(DrillError::fixture(step))?;
+                }
+                let port = self
+                    .primary_addr()
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok());
+                let hole = Blackhole::start(port.unwrap_or_default()).map_err(map)?;
                 *self.blackhole.lock().unwrap_or_else(|p| p.into_inner()) = Some(hole);
                 Ok(())
             }
         }
     }
 
-    /// Promotes the standby and waits until it accepts writes.
-    pub fn promote(&self) -> Result<(), DrillError> {
-        self.standby
-            .promote()
-            .map_err(DrillError::fixture("promote the standby"))
+    /// Builtin: promotes the standby now. Patroni: waits (up to `timeout`) for Patroni to have
+    /// promoted it. Returns whether a new primary accepts writes.
+    pub fn promotion(&self, timeout: Duration) -> Result<bool, DrillError> {
+        match &self.servers {
+            Servers::Builtin { standby, .. } => standby
+                .promote()
+                .map(|()| true)
+                .map_err(DrillError::fixture("promote the standby")),
+            Servers::Patroni { cluster, .. } => {
+                Ok(cluster.wait_for_leader_other_than(0, timeout).is_ok())
+            }
+        }
     }
 }

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::analysis::{self, BackendSnapshot, Moments};
 use crate::args::DrillArgs;
+use crate::args::ManagerKind;
 use crate::chart;
-use crate::cluster::BuiltinCluster;
+use crate::cluster::PathCluster;
 use crate::error::DrillError;
 use crate::progress::Progress;
 use crate::proxy::Proxy;
@@ -39,7 +40,7 @@ async fn blocking<T: Send + 'static>(
 /// One path: its cluster, how its backends reach it, and its backends.
 struct DrillPath {
     name: &'static str,
-    cluster: Arc<BuiltinCluster>,
+    cluster: Arc<PathCluster>,
     endpoint: watch::Sender<String>,
     workload: Option<Workload>,
     promoted: Option<Duration>,
@@ -53,17 +54,12 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
             eprintln!("switchyard drill: {what}");
         }
     };
-    say("starting two clusters (PostgreSQL 15 primary + synchronous standby each)");
-    let (direct, proxied) = tokio::try_join!(
-        blocking(BuiltinCluster::start),
-        blocking(BuiltinCluster::start)
-    )?;
-    let (direct, proxied) = (Arc::new(direct), Arc::new(proxied));
+    let (direct, proxied) = start_clusters(args.manager, &say).await?;
     say(&format!(
         "creating {} site databases per cluster",
         args.sites
     ));
-    let (a, b) = (direct.primary.addr(), proxied.primary.addr());
+    let (a, b) = (direct.primary_addr(), proxied.primary_addr());
     tokio::try_join!(sites::create(&a, args.sites), sites::create(&b, args.sites))?;
     let mut proxy = Proxy::start(&exe, &args.out, &proxied.members(), args.sites).await?;
     say(&format!(
@@ -71,12 +67,16 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
         proxy.addr,
         proxy.log.display()
     ));
+    say(&format!(
+        "status page http://{0}/ (metrics http://{0}/metrics)",
+        proxy.admin
+    ));
 
     let epoch = Instant::now();
     let mut paths = [
         DrillPath {
             name: "direct",
-            endpoint: watch::channel(direct.primary.addr()).0,
+            endpoint: watch::channel(direct.primary_addr()).0,
             cluster: direct,
             workload: None,
             promoted: None,
@@ -134,8 +134,9 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
     )?;
     progress.event(&format!("{} of both primaries", kind.name()));
 
-    promote_builtin(&mut paths, epoch, fault + args.promote_after, &progress).await?;
+    promote(&mut paths, args, epoch, fault, &progress).await?;
     tokio::time::sleep(args.observe).await;
+    let incident = proxy.newest_incident().await;
     let end = epoch.elapsed();
     progress_stop.cancel();
     let _ = display.await;
@@ -160,7 +161,7 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
         let lost = match p.promoted {
             Some(_) => {
                 let acked: Vec<Vec<i64>> = snap.iter().map(|b| b.acked.clone()).collect();
-                match sites::count_lost(&p.cluster.standby.addr(), &acked).await {
+                match sites::count_lost(&p.cluster.standby_addr(), &acked).await {
                     Ok(n) => Some(n),
                     Err(e) => {
                         notes.push(format!("{}: acknowledged writes not checked: {e}", p.name));
@@ -206,34 +207,97 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
         paths: figures,
         chart: CHART_SVG.to_owned(),
         notes,
+        switchyard_incident: incident,
     };
     write_files(&args.out, &report, &snapshots)?;
     Ok(report)
 }
 
-/// The builtin manager: promotes both standbys at `when` (concurrently), and points the direct
-/// path's endpoint at its new primary as soon as it is promoted (as a DNS name would follow).
-async fn promote_builtin(
+/// Starts both paths' clusters (concurrently) under `manager`.
+async fn start_clusters(
+    manager: ManagerKind,
+    say: &impl Fn(&str),
+) -> Result<(Arc<PathCluster>, Arc<PathCluster>), DrillError> {
+    let (a, b) = match manager {
+        ManagerKind::Builtin => {
+            say("starting two clusters (PostgreSQL 15 primary + synchronous standby each)");
+            tokio::try_join!(
+                blocking(PathCluster::builtin),
+                blocking(PathCluster::builtin)
+            )?
+        }
+        ManagerKind::Patroni => {
+            say("starting etcd and two Patroni clusters (two members each, synchronous mode)");
+            let etcd = blocking(|| {
+                switchyard_localpg::Etcd::start().map_err(DrillError::fixture("start etcd"))
+            })
+            .await?;
+            let etcd = Arc::new(etcd);
+            let (e1, e2) = (etcd.clone(), etcd);
+            tokio::try_join!(
+                blocking(move || PathCluster::patroni(e1, "drill-direct")),
+                blocking(move || PathCluster::patroni(e2, "drill-switchyard"))
+            )?
+        }
+    };
+    Ok((Arc::new(a), Arc::new(b)))
+}
+
+/// The promotion, per path: the builtin manager promotes both standbys `--promote-after` the
+/// fault; Patroni is waited for (up to `--promotion-timeout`). The direct path's endpoint moves
+/// to its new primary as soon as that is promoted (as a DNS name would follow).
+async fn promote(
     paths: &mut [DrillPath; 2],
+    args: &DrillArgs,
     epoch: Instant,
-    when: Duration,
+    fault: Duration,
     progress: &Progress,
 ) -> Result<(), DrillError> {
-    tokio::time::sleep_until((epoch + when).into()).await;
-    let (a, b) = (paths[0].cluster.clone(), paths[1].cluster.clone());
-    let promote = |c: Arc<BuiltinCluster>| async move {
-        blocking(move || c.promote()).await?;
-        Ok::<_, DrillError>(epoch.elapsed())
-    };
-    let (pa, pb) = tokio::try_join!(promote(a), promote(b))?;
-    paths[0].promoted = Some(pa);
-    paths[1].promoted = Some(pb);
-    let new_primary = paths[0].cluster.standby.addr();
-    paths[0].endpoint.send_replace(new_primary);
-    progress.event(
-        "standbys promoted (builtin manager); direct path's address now names the new primary",
-    );
+    if args.manager == ManagerKind::Builtin {
+        tokio::time::sleep_until((epoch + fault + args.promote_after).into()).await;
+    }
+    let (a, b) = tokio::try_join!(
+        promote_one(&paths[0], args, epoch, progress),
+        promote_one(&paths[1], args, epoch, progress)
+    )?;
+    paths[0].promoted = a;
+    paths[1].promoted = b;
     Ok(())
+}
+
+/// One path's promotion; when it happened (since the drill's start), if it did.
+async fn promote_one(
+    p: &DrillPath,
+    args: &DrillArgs,
+    epoch: Instant,
+    progress: &Progress,
+) -> Result<Option<Duration>, DrillError> {
+    let timeout = args.promotion_timeout;
+    let cluster = p.cluster.clone();
+    if !blocking(move || cluster.promotion(timeout)).await? {
+        progress.event(&format!(
+            "{}: no promotion within {} s",
+            p.name,
+            timeout.as_secs()
+        ));
+        return Ok(None);
+    }
+    let at = epoch.elapsed();
+    let direct = p.name == "direct";
+    if direct {
+        p.endpoint.send_replace(p.cluster.standby_addr());
+    }
+    progress.event(&format!(
+        "{}: standby promoted by the {} manager{}",
+        p.name,
+        args.manager.name(),
+        if direct {
+            "; the direct address now names it"
+        } else {
+            ""
+        }
+    ));
+    Ok(Some(at))
 }
 
 /// Writes report.json, report.txt and the chart into `out`.

@@ -82,10 +82,12 @@ fn check_prerequisites(args: &DrillArgs) -> Result<(), DrillError> {
             why: "it needs the iptables program and root (CAP_NET_ADMIN)".into(),
         });
     }
-    if args.manager == ManagerKind::Patroni {
+    if args.manager == ManagerKind::Patroni
+        && let Err(why) = switchyard_localpg::patroni_available()
+    {
         return Err(DrillError::Unavailable {
             what: "the patroni manager",
-            why: "not wired yet".into(),
+            why,
         });
     }
     Ok(())

@@ -21,12 +21,25 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Proxy {
     child: Option<Child>,
     pub addr: String,
+    /// The admin HTTP listener (status page, metrics, JSON API).
+    pub admin: String,
     pub log: PathBuf,
 }
 
+/// An incident is Resolved after this long of stable traffic on the new primary (short, so a
+/// drill sees the whole incident; the production default is a minute).
+const RESOLVE_AFTER: &str = "5s";
+
 /// The proxy's config: one cluster of both members, any database passed through, user
-/// `postgres` with trust, transaction pooling, DEFAULT failover settings.
-fn config_toml(listen: &str, members: &[String], pool_size: u16) -> String {
+/// `postgres` with trust, transaction pooling, DEFAULT failover settings; the admin listener
+/// on `admin`, incidents kept in the output directory.
+fn config_toml(
+    listen: &str,
+    admin: &str,
+    incidents: &Path,
+    members: &[String],
+    pool_size: u16,
+) -> String {
     let members = members
         .iter()
         .map(|m| format!("\"{m}\""))
@@ -38,7 +51,10 @@ fn config_toml(listen: &str, members: &[String], pool_size: u16) -> String {
          [pool]\nmode = \"transaction\"\nsize = {pool_size}\n\n\
          [clusters.drill]\nmembers = [{members}]\n\n\
          [[sites]]\ndatabase = \"*\"\ncluster = \"drill\"\n\n\
-         [[users]]\nname = \"postgres\"\nauth = \"trust\"\n"
+         [[users]]\nname = \"postgres\"\nauth = \"trust\"\n\n\
+         [admin]\nlisten = \"{admin}\"\nincidents_file = \"{incidents}\"\n\
+         resolve_after = \"{RESOLVE_AFTER}\"\n",
+        incidents = incidents.display()
     )
 }
 
@@ -52,12 +68,16 @@ impl Proxy {
         sites: u16,
     ) -> Result<Proxy, DrillError> {
         let addr = format!("127.0.0.1:{}", switchyard_localpg::free_port());
+        let admin = format!("127.0.0.1:{}", switchyard_localpg::free_port());
         let config = out.join("switchyard.toml");
+        let incidents = out.join("incidents.json");
+        let _ = std::fs::remove_file(&incidents);
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| DrillError::Io { path, source }
         };
-        std::fs::write(&config, config_toml(&addr, members, sites.max(4))).map_err(io(&config))?;
+        let toml = config_toml(&addr, &admin, &incidents, members, sites.max(4));
+        std::fs::write(&config, toml).map_err(io(&config))?;
         let log = out.join("switchyard.log");
         let log_file = File::create(&log).map_err(io(&log))?;
         let child = Command::new(exe)
@@ -76,6 +96,7 @@ impl Proxy {
         let mut proxy = Proxy {
             child: Some(child),
             addr,
+            admin,
             log,
         };
         proxy.wait_serving().await?;
@@ -117,6 +138,13 @@ impl Proxy {
         }
     }
 
+    /// The proxy's newest incident record (`/api/incidents`), if it has one.
+    pub async fn newest_incident(&self) -> Option<serde_json::Value> {
+        let body = http_get(&self.admin, "/api/incidents").await?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["incidents"].get(0).cloned()
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within [`STOP_TIMEOUT`]. Blocking.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -141,4 +169,25 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// One HTTP/1.0 GET with a deadline: the body of a 200 answer. (The drill needs nothing more
+/// of HTTP than this; an HTTP client crate would be all weight here.)
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.0\r\nHost: switchyard\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.split_whitespace().nth(1).filter(|c| *c == "200")?;
+        Some(body.to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .ok()
+        .flatten()
 }

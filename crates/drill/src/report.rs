@@ -27,6 +27,8 @@ pub struct Report {
     pub chart: String,
     /// Notes on what the drill could not check.
     pub notes: Vec<String>,
+    /// Switchyard's own record of the incident (its `/api/incidents`), taken at the end.
+    pub switchyard_incident: Option<serde_json::Value>,
 }
 
 impl Report {
@@ -73,6 +75,9 @@ impl Report {
             if let Some(why) = &f.unresolved {
                 let _ = writeln!(out, "  {:>9}  {:<14} {why}", "", "Unresolved");
             }
+        }
+        if let Some(inc) = &self.switchyard_incident {
+            out.push_str(&incident_text(inc, self.fault_unix_ms));
         }
         for note in &self.notes {
             let _ = writeln!(out, "\nNote: {note}");
@@ -175,5 +180,53 @@ fn utc_time(unix_ms: u64) -> String {
         day_s / 3600,
         (day_s / 60) % 60,
         day_s % 60
+    )
+}
+
+/// Switchyard's incident record, with times since the drill's fault.
+fn incident_text(inc: &serde_json::Value, fault_ms: u64) -> String {
+    let since = |v: &serde_json::Value| {
+        v.as_u64()
+            .map_or(0.0, |ms| (ms as f64 - fault_ms as f64) / 1000.0)
+    };
+    let stages: Vec<String> = inc["timeline"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|e| {
+                    format!(
+                        "{} {:+.1} s",
+                        e["stage"].as_str().unwrap_or("?"),
+                        since(&e["at_ms"])
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let scope = &inc["scope"];
+    let n = |k: &str| scope[k].as_u64().unwrap_or(0);
+    let sites = scope["sites"].as_array().map_or(0, Vec::len);
+    let detected = inc["detection_ms"]
+        .as_u64()
+        .map(|d| {
+            format!(
+                "; sure {:.1} s after the old primary's last good probe",
+                d as f64 / 1000.0
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "\nSwitchyard's own incident record (#{} \"{}\", from its /api/incidents):\n  {}\n  \
+         scope: {sites} sites; held {}, rolled back {}, outcome unknown {}, gate timeouts {}, \
+         re-sent {}; longest hold {:.1} s{detected}\n",
+        inc["id"],
+        inc["title"].as_str().unwrap_or("?"),
+        stages.join(", "),
+        n("held"),
+        n("rolled_back"),
+        n("unknown"),
+        n("gate_timeouts"),
+        n("retried"),
+        n("longest_hold_ms") as f64 / 1000.0,
     )
 }

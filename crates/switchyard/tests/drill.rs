@@ -128,7 +128,11 @@ async fn an_interrupted_drill_stops_everything_it_started() {
     .await;
     let config = std::fs::read_to_string(out.path().join("switchyard.toml")).unwrap();
     let ports = ports_in(&config);
-    assert_eq!(ports.len(), 3, "proxy and two members in {config}");
+    assert_eq!(
+        ports.len(),
+        4,
+        "proxy, admin listener and two members in {config}"
+    );
     let pid = child.id().unwrap().to_string();
     std::process::Command::new("kill")
         .args(["-s", "INT", &pid])
@@ -144,4 +148,227 @@ async fn an_interrupted_drill_stops_everything_it_started() {
             "port {port} still served after the drill stopped"
         );
     }
+}
+
+/// Where the drill's proxy serves its status page (from the config the drill wrote).
+fn admin_addr(config: &str) -> String {
+    let admin = config.split("[admin]").nth(1).expect("an [admin] section");
+    admin
+        .split('"')
+        .find(|s| s.starts_with("127.0.0.1:"))
+        .expect("admin listen")
+        .to_owned()
+}
+
+/// Loads the status page in headless Chromium (Debian's package) and saves a screenshot as a
+/// test artifact; false (with a message) where Chromium is not installed.
+async fn screenshot(url: &str, name: &str) -> bool {
+    let chromium = std::path::Path::new("/usr/bin/chromium");
+    if !chromium.exists() {
+        eprintln!(
+            "skipped screenshot {name}: /usr/bin/chromium is not installed (scripts/setup installs it)"
+        );
+        return false;
+    }
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join(format!("{name}.png"));
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(chromium);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+    ])
+    .args([
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .arg("--window-size=1100,1400")
+    .arg(format!("--screenshot={}", png.display()))
+    .arg(url)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
+    let status = within(Duration::from_secs(60), "chromium", cmd.status())
+        .await
+        .unwrap();
+    assert!(status.success(), "chromium failed on {url}");
+    let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 10_000,
+        "screenshot {} is {size} bytes",
+        png.display()
+    );
+    eprintln!("status page screenshot: {}", png.display());
+    true
+}
+
+/// Polls the drill proxy's newest incident until it is in `stage`.
+async fn wait_for_stage(admin: &str, stage: &str) -> Value {
+    within(Duration::from_secs(60), "the incident's stage", async {
+        loop {
+            if let Some(inc) = newest_incident(admin).await
+                && inc["stage"] == stage
+            {
+                return inc;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+}
+
+async fn newest_incident(admin: &str) -> Option<Value> {
+    let body = http_get(admin, "/api/incidents").await?;
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v["incidents"].get(0).cloned()
+}
+
+async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.ok()?;
+    raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+/// During a drill, the status page shows the incident as it moves through its stages (a
+/// screenshot at Investigating and at Resolved), and the drill's report carries the same record.
+#[tokio::test]
+async fn the_status_page_follows_a_drill_made_incident() {
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "drill", "--fault", "freeze", "--sites", "3", "--warmup", "2s",
+    ])
+    .args(["--promote-after", "5s", "--observe", "8s"])
+    .arg("--out")
+    .arg(out.path())
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    within(DRILL, "the fault", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("freeze of both primaries") {
+                return;
+            }
+        }
+        panic!("the drill ended before its fault");
+    })
+    .await;
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let config = std::fs::read_to_string(out.path().join("switchyard.toml")).unwrap();
+    let admin = admin_addr(&config);
+    let url = format!("http://{admin}/");
+
+    let investigating = wait_for_stage(&admin, "Investigating").await;
+    let page = http_get(&admin, "/").await.expect("status page");
+    assert!(
+        page.contains("Investigating") && page.contains("unresponsive"),
+        "{page}"
+    );
+    screenshot(&url, "status-page-investigating").await;
+    let resolved = wait_for_stage(&admin, "Resolved").await;
+    assert_eq!(resolved["id"], investigating["id"]);
+    let page = http_get(&admin, "/").await.expect("status page");
+    assert!(
+        page.contains("All systems operational") && page.contains("Resolved"),
+        "{page}"
+    );
+    screenshot(&url, "status-page-resolved").await;
+
+    let output = within(DRILL, "the drill", child.wait_with_output())
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    let _ = drain.await;
+    let json = std::fs::read_to_string(out.path().join("report.json")).unwrap();
+    let report: Value = serde_json::from_str(&json).unwrap();
+    let record = &report["switchyard_incident"];
+    assert_eq!(record["id"], resolved["id"], "{report:#}");
+    assert_eq!(record["stage"], "Resolved");
+    let sy = path(&report, "switchyard");
+    let sites = record["scope"]["sites"].as_array().unwrap().len() as u64;
+    assert_eq!(
+        sites,
+        sy["sites"].as_u64().unwrap(),
+        "every site was touched: {record:#}"
+    );
+    let held = record["scope"]["held"].as_u64().unwrap();
+    assert!(held >= 1, "{record:#}");
+    let errors: u64 = sy["errors_by_sqlstate"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    let told = ["rolled_back", "unknown", "gate_timeouts"]
+        .iter()
+        .map(|k| record["scope"][k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(
+        told, errors,
+        "Switchyard's counts of errors match what the backends saw: {record:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_patroni_drill_lets_patroni_fail_over() {
+    if let Err(why) = switchyard_localpg::patroni_available() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "drill",
+        "--manager",
+        "patroni",
+        "--fault",
+        "freeze",
+        "--sites",
+        "3",
+    ])
+    .args([
+        "--warmup",
+        "2s",
+        "--observe",
+        "4s",
+        "--promotion-timeout",
+        "60s",
+    ])
+    .arg("--out")
+    .arg(out.path())
+    .stdin(Stdio::null())
+    .kill_on_drop(true);
+    let output = within(DRILL, "the patroni drill", cmd.output())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json = std::fs::read_to_string(out.path().join("report.json")).unwrap();
+    let report: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["manager"], "patroni");
+    assert!(
+        report["promotion_after_fault_s"].as_f64().is_some(),
+        "Patroni promoted: {report:#}"
+    );
+    let sy = path(&report, "switchyard");
+    assert_eq!(sy["stuck"], 0, "{sy:#}");
+    assert_eq!(sy["lost_writes"], 0, "{sy:#}");
+    assert!(sy["first_write_after_fault_s"].as_f64().is_some(), "{sy:#}");
 }
