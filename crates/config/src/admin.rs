@@ -22,7 +22,8 @@ pub struct AdminConfig {
     pub incidents_file: String,
     /// How long traffic must flow on the new primary before an incident is Resolved.
     pub resolve_after: Duration,
-    /// Incident notifications.
+    /// Incident notifications: every webhook is POSTed every incident stage change, from a
+    /// bounded background queue (restart to change).
     pub webhooks: Vec<WebhookConfig>,
 }
 
@@ -43,15 +44,19 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// `http://…` (or `https://…`) URL the notification is POSTed to.
+    /// `http://…` or `https://…` (rustls; the system's CA certificates) URL the notification
+    /// is POSTed to. Delivery states and logs show it redacted to scheme, host and port, since
+    /// webhook paths often hold the hook's secret.
     pub url: String,
-    /// `json` (the incident as JSON) or `slack` (`{"text": …}`, for Slack-compatible hooks).
+    /// `json` (default: `{"event": "incident.<stage>", "incident": {…}}`) or `slack`
+    /// (`{"text": …}`, a one-line summary, for Slack-compatible hooks).
     #[serde(default)]
     pub format: WebhookFormat,
-    /// Longest one delivery attempt may take.
+    /// Longest one delivery attempt may take (default 5 s); a 2xx answer within it is success.
     #[serde(default = "default_webhook_timeout")]
     pub timeout: Duration,
-    /// Attempts per notification before it is given up (with backoff between them).
+    /// Attempts per notification before it is given up (default 5), with backoff between
+    /// them: 0.5 s, doubling, at most 10 s.
     #[serde(default = "default_webhook_attempts")]
     pub attempts: u32,
 }
