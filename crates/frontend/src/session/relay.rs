@@ -139,23 +139,36 @@ pub fn changes_nothing(frames: &[u8]) -> bool {
     any
 }
 
-/// True for the text of one statement that only starts a transaction.
+/// True for the text of one statement that only starts a transaction. On the data path for
+/// every simple query: the first word decides cheaply; only a `BEGIN`/`START` is looked at whole.
 fn is_transaction_start(body: &[u8]) -> bool {
     let text = body.strip_suffix(&[0]).unwrap_or(body);
-    let Ok(text) = std::str::from_utf8(text) else {
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(text.len());
+    let text = &text[start..];
+    let word_len = text
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (word, rest) = text.split_at(word_len);
+    let begin = word.eq_ignore_ascii_case(b"begin");
+    if !begin && !word.eq_ignore_ascii_case(b"start") {
+        return false;
+    }
+    let Ok(rest) = std::str::from_utf8(rest) else {
         return false;
     };
-    let text = text.trim().trim_end_matches(';').trim_end();
-    if text.contains(';') || text.contains("--") || text.contains("/*") {
+    let rest = rest.trim().trim_end_matches(';').trim_end();
+    if rest.contains(';') || rest.contains("--") || rest.contains("/*") {
         return false;
     }
-    let lower = text.to_ascii_lowercase();
-    let mut words = lower.split_ascii_whitespace();
-    match words.next() {
-        Some("begin") => true,
-        Some("start") => words.next() == Some("transaction"),
-        _ => false,
-    }
+    begin
+        || rest
+            .split_ascii_whitespace()
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("transaction"))
 }
 
 impl Relay {
