@@ -9,6 +9,7 @@
 //! - `notify`: webhooks on every incident transition, off the data path.
 #![forbid(unsafe_code)]
 
+pub mod console;
 pub mod events;
 mod http;
 pub mod incident;

@@ -179,11 +179,15 @@ impl Default for FailoverConfig {
     }
 }
 
+/// The database name that reaches the admin console; no site may use it.
+pub const CONSOLE_DATABASE: &str = "switchyard";
+
 /// A database (or `*` for any) served from a cluster, with optional pool overrides.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
-    /// Database name clients ask for; `*` matches any name not listed elsewhere.
+    /// Database name clients ask for; `*` matches any name not listed elsewhere (but never
+    /// [`CONSOLE_DATABASE`], the admin console).
     pub database: String,
     pub cluster: String,
     /// Database name on the server; default: the name the client asked for.

@@ -1,6 +1,6 @@
 //! Validation of a parsed config: every problem is collected, so an operator fixes them in one go.
 
-use crate::{AuthMethod, Config, is_cleartext, is_md5_hash};
+use crate::{AuthMethod, CONSOLE_DATABASE, Config, is_cleartext, is_md5_hash};
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -98,6 +98,11 @@ impl Config {
         for s in &self.sites {
             if !seen.insert(&s.database) {
                 errs.push(format!("site {:?} is listed twice", s.database));
+            }
+            if s.database == CONSOLE_DATABASE {
+                errs.push(format!(
+                    "site {CONSOLE_DATABASE:?}: that name is the admin console's; serve the database under another name (server_database = {CONSOLE_DATABASE:?})"
+                ));
             }
             if !self.clusters.contains_key(&s.cluster) {
                 errs.push(format!(
@@ -201,6 +206,21 @@ mod tests {
             panic!("must be invalid")
         };
         assert_eq!(e.0.len(), 6, "{e}");
+    }
+
+    #[test]
+    fn the_console_database_is_reserved() {
+        let text = r#"
+            [clusters.main]
+            members = ["h:5432"]
+            [[sites]]
+            database = "switchyard"
+            cluster = "main"
+        "#;
+        let Err(ConfigError::Invalid(e)) = Config::from_toml(text) else {
+            panic!("must be invalid")
+        };
+        assert!(e.to_string().contains("the admin console's"), "{e}");
     }
 
     #[test]

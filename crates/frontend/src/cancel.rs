@@ -1,9 +1,20 @@
-//! Cancel routing. Each client gets a backend key of Switchyard's own; a CancelRequest with that
-//! key is forwarded to whichever server connection the client is using at that moment.
+//! The client registry: every logged-in client (sessions and admin-console connections), under
+//! the backend key Switchyard gave it.
+//!
+//! - Cancel routing: a CancelRequest with a client's key is forwarded to whichever server
+//!   connection the client is using at that moment.
+//! - What the admin console shows of each client (SHOW CLIENTS, SHOW SERVERS, SHOW POOLS): who
+//!   it is, where from, since when, and whether it is idle, waiting for a server or using one.
+//!
+//! Per client this is one small shared [`Slot`], written only when a session attaches, detaches
+//! or starts waiting, and read only by cancels and the console.
 
+use crate::session::pool_for::Target;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use switchyard_config::UserConfig;
 use switchyard_server::BackendKey;
 
 /// Where a cancel for a client should go right now.
@@ -13,9 +24,87 @@ pub struct CancelTarget {
     pub key: BackendKey,
 }
 
+/// Who a registered client is.
+pub enum Who {
+    /// A client session, with what it is served from.
+    Session(Arc<Target>),
+    /// An admin-console connection, as this user.
+    Console(Arc<UserConfig>),
+}
+
+/// What is known of a client from its login.
+pub struct ClientInfo {
+    pub who: Who,
+    pub peer: Option<SocketAddr>,
+    /// Wall-clock time of the login (Unix seconds).
+    pub connected_unix_s: u64,
+}
+
+/// What a client is doing, as SHOW CLIENTS names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Logged in, no request outstanding.
+    Idle,
+    /// A request waits for a server connection (failover gate, PAUSE, a full pool).
+    Waiting,
+    /// Using a server connection.
+    Active,
+}
+
+impl ClientState {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Waiting => "waiting",
+            Self::Active => "active",
+        }
+    }
+}
+
+/// A copy of one client's registration, for the admin console.
+#[derive(Debug, Clone)]
+pub struct ClientSnapshot {
+    /// The backend key's process id Switchyard gave the client.
+    pub process_id: i32,
+    pub user: String,
+    /// The server user its pools log in as.
+    pub server_user: String,
+    /// The server database (`switchyard` for the console).
+    pub server_db: String,
+    /// Its cluster; `None` for an admin-console connection.
+    pub cluster: Option<String>,
+    pub peer: Option<SocketAddr>,
+    pub connected_unix_s: u64,
+    pub state: ClientState,
+    /// Since the client's latest request started (waiting or attached), if it made one.
+    pub request_age: Option<Duration>,
+    /// The server connection in use: address and backend process id.
+    pub server: Option<(Arc<str>, i32)>,
+}
+
+#[derive(Default)]
+struct Link {
+    server: Option<CancelTarget>,
+    /// When the latest request started waiting or was attached.
+    since: Option<Instant>,
+    waiting: bool,
+}
+
+/// One client's shared registration.
+struct Slot {
+    link: Mutex<Link>,
+    info: ClientInfo,
+}
+
+impl Slot {
+    fn link(&self) -> std::sync::MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 struct Entry {
     secret: [u8; 4],
-    target: Arc<Mutex<Option<CancelTarget>>>,
+    slot: Arc<Slot>,
 }
 
 type Entries = Arc<Mutex<HashMap<i32, Entry>>>;
@@ -34,13 +123,16 @@ pub struct CancelHandle {
     entries: Entries,
     pub process_id: i32,
     pub secret: [u8; 4],
-    target: Arc<Mutex<Option<CancelTarget>>>,
+    slot: Arc<Slot>,
 }
 
 impl CancelRegistry {
     /// Gives a new client a unique key.
-    pub fn register(&self) -> CancelHandle {
-        let target = Arc::new(Mutex::new(None));
+    pub fn register(&self, info: ClientInfo) -> CancelHandle {
+        let slot = Arc::new(Slot {
+            link: Mutex::default(),
+            info,
+        });
         let mut entries = lock(&self.entries);
         loop {
             let process_id = rand::random::<i32>() & 0x7fff_ffff;
@@ -52,14 +144,14 @@ impl CancelRegistry {
                 process_id,
                 Entry {
                     secret,
-                    target: target.clone(),
+                    slot: slot.clone(),
                 },
             );
             return CancelHandle {
                 entries: self.entries.clone(),
                 process_id,
                 secret,
-                target,
+                slot,
             };
         }
     }
@@ -69,9 +161,7 @@ impl CancelRegistry {
         let target = {
             let entries = lock(&self.entries);
             match entries.get(&process_id) {
-                Some(e) if e.secret[..] == *secret => {
-                    e.target.lock().unwrap_or_else(|p| p.into_inner()).clone()
-                }
+                Some(e) if e.secret[..] == *secret => e.slot.link().server.clone(),
                 _ => None,
             }
         };
@@ -85,11 +175,89 @@ impl CancelRegistry {
             tracing::warn!(process_id, error = %e, "forwarding cancel request failed");
         }
     }
+
+    /// Every registered client, by process id.
+    pub fn clients(&self) -> Vec<ClientSnapshot> {
+        let slots: Vec<(i32, Arc<Slot>)> = lock(&self.entries)
+            .iter()
+            .map(|(pid, e)| (*pid, e.slot.clone()))
+            .collect();
+        let now = Instant::now();
+        let mut all: Vec<ClientSnapshot> = slots
+            .into_iter()
+            .map(|(pid, slot)| snapshot(pid, &slot, now))
+            .collect();
+        all.sort_by_key(|c| c.process_id);
+        all
+    }
+}
+
+fn snapshot(process_id: i32, slot: &Slot, now: Instant) -> ClientSnapshot {
+    let (server, since, waiting) = {
+        let link = slot.link();
+        let server = link
+            .server
+            .as_ref()
+            .map(|t| (t.addr.clone(), t.key.process_id));
+        (server, link.since, link.waiting)
+    };
+    let state = match (&server, waiting) {
+        (Some(_), _) => ClientState::Active,
+        (None, true) => ClientState::Waiting,
+        (None, false) => ClientState::Idle,
+    };
+    let info = &slot.info;
+    let (user, server_user, server_db, cluster) = match &info.who {
+        Who::Session(t) => (
+            t.user.name.clone(),
+            t.user.server_user().to_owned(),
+            t.server_db.clone(),
+            Some(t.cluster.clone()),
+        ),
+        Who::Console(u) => (
+            u.name.clone(),
+            u.name.clone(),
+            crate::console::CONSOLE_DATABASE.to_owned(),
+            None,
+        ),
+    };
+    ClientSnapshot {
+        process_id,
+        user,
+        server_user,
+        server_db,
+        cluster,
+        peer: info.peer,
+        connected_unix_s: info.connected_unix_s,
+        state,
+        request_age: since.map(|s| now.saturating_duration_since(s)),
+        server,
+    }
 }
 
 impl CancelHandle {
-    pub fn set(&self, target: Option<CancelTarget>) {
-        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target;
+    /// The client now uses this server connection (since `at`).
+    pub fn link(&self, target: CancelTarget, at: Instant) {
+        let mut link = self.slot.link();
+        link.server = Some(target);
+        if !link.waiting {
+            link.since = Some(at);
+        }
+        link.waiting = false;
+    }
+
+    /// The client gave its server connection back (or lost it).
+    pub fn unlink(&self) {
+        self.slot.link().server = None;
+    }
+
+    /// The client's request starts (`Some`) or stops (`None`) waiting for a server connection.
+    pub fn waiting(&self, since: Option<Instant>) {
+        let mut link = self.slot.link();
+        link.waiting = since.is_some();
+        if since.is_some() {
+            link.since = since;
+        }
     }
 }
 

@@ -14,6 +14,18 @@ pub enum SessionError {
     AuthFailed { user: String },
     #[error("no such database {0:?}")]
     NoSuchDatabase(String),
+    /// Authenticated, but not in `admin.users`, and asked for the admin console.
+    #[error("user {user:?} is not allowed on the admin console")]
+    NotAdmin { user: String },
+    /// Asked for the admin console, and this process runs none.
+    #[error("no admin console in this process")]
+    NoConsole,
+    /// PAUSE held the request, and no RESUME came within `failover_timeout`.
+    #[error("database {database:?} paused, not resumed within {waited:?}")]
+    Paused {
+        database: String,
+        waited: std::time::Duration,
+    },
     #[error("unsupported startup: {0}")]
     Unsupported(String),
     /// A TLS ClientHello where a startup packet belongs; TLS is not offered, and the client cannot
@@ -69,6 +81,24 @@ impl SessionError {
             Self::NoSuchDatabase(db) => fatal(
                 INVALID_CATALOG_NAME,
                 format!("database \"{db}\" does not exist"),
+            ),
+            Self::NotAdmin { user } => fatal(
+                INVALID_AUTHORIZATION,
+                format!("user \"{user}\" is not allowed on the admin console"),
+            ),
+            Self::NoConsole => fatal(
+                INVALID_CATALOG_NAME,
+                format!(
+                    "the admin console (database \"{}\") is not available in this process",
+                    crate::console::CONSOLE_DATABASE
+                ),
+            ),
+            Self::Paused { database, waited } => error(
+                CANNOT_CONNECT_NOW,
+                format!(
+                    "database \"{database}\" is paused by an operator and was not resumed within failover_timeout ({} ms); retry later",
+                    waited.as_millis()
+                ),
             ),
             Self::Unsupported(what) => fatal(PROTOCOL_VIOLATION, what.clone()),
             Self::TooManyClients { max } => fatal(

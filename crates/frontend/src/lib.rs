@@ -1,6 +1,7 @@
 //! Switchyard's client side: the listener, startup negotiation and client authentication, the
-//! client session (the relay between one client and pooled server connections), cancel routing,
-//! and the one map from internal failures to what a client sees.
+//! client session (the relay between one client and pooled server connections), the client
+//! registry (cancel routing, what the admin console lists), PAUSE/RESUME, the hook the admin
+//! console is served through, and the one map from internal failures to what a client sees.
 //!
 //! Concurrency: one task accepts connections ([`listener::serve`]); one task per client runs its
 //! [`session`]. Shared state lives in [`Proxy`], built once by the binary and passed down.
@@ -10,13 +11,17 @@ mod auth;
 mod buffers;
 mod cancel;
 mod client;
+pub mod console;
 mod errors;
 pub mod listener;
 mod params;
+pub mod pause;
 mod proxy;
 mod session;
 mod startup;
 mod statements;
 
+pub use cancel::{ClientSnapshot, ClientState};
+pub use client::ClientConn;
 pub use errors::SessionError;
 pub use proxy::{Proxy, UserAuth};

@@ -1,11 +1,13 @@
-//! [`Proxy`]: the state every client session shares: live config, pools, cancel registry,
-//! shutdown signal and the client count.
+//! [`Proxy`]: the state every client session shares: live config, pools, the client registry,
+//! pauses, the admin console's hook, shutdown signal and the client count.
 
-use crate::cancel::CancelRegistry;
+use crate::cancel::{CancelRegistry, ClientSnapshot};
+use crate::console::Console;
+use crate::pause::Pauses;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock, Weak};
 use switchyard_config::{AuthMethod, Config, EffectivePool, SiteConfig, UserConfig, is_md5_hash};
 use switchyard_pool::Pools;
 use switchyard_proto::scram::ScramSecret;
@@ -94,6 +96,10 @@ pub struct Proxy {
     pub pools: Arc<Pools>,
     pub router: Arc<Router>,
     pub(crate) cancels: CancelRegistry,
+    /// PAUSE/RESUME state, consulted when a session attaches.
+    pub pauses: Pauses,
+    /// The admin console, once installed (weak: the console holds the proxy).
+    console: OnceLock<Weak<dyn Console>>,
     pub(crate) buffers: Arc<crate::buffers::Buffers>,
     /// Fired on SIGTERM: stop accepting, let sessions finish their transactions.
     pub shutdown: CancellationToken,
@@ -116,6 +122,8 @@ impl Proxy {
             pools,
             router,
             cancels: CancelRegistry::default(),
+            pauses: Pauses::default(),
+            console: OnceLock::new(),
             buffers: Arc::default(),
             shutdown,
             background,
@@ -128,6 +136,22 @@ impl Proxy {
         self.router.reconcile(&config);
         self.live.store(Arc::new(Live::new(config)));
         crate::session::pool_for::reconcile_pools(self);
+    }
+
+    /// Installs the admin console, which serves the virtual database `switchyard`; false if one
+    /// was installed already. The proxy keeps only a weak reference: the caller keeps it alive.
+    pub fn install_console(&self, console: &Arc<dyn Console>) -> bool {
+        self.console.set(Arc::downgrade(console)).is_ok()
+    }
+
+    /// The admin console, if one is installed and alive.
+    pub fn console(&self) -> Option<Arc<dyn Console>> {
+        self.console.get().and_then(Weak::upgrade)
+    }
+
+    /// Every logged-in client (sessions and console connections).
+    pub fn clients(&self) -> Vec<ClientSnapshot> {
+        self.cancels.clients()
     }
 
     pub fn client_count(&self) -> usize {

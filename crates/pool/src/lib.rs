@@ -12,5 +12,5 @@
 mod pool;
 mod registry;
 
-pub use pool::{Pool, PoolError, PoolSettings, PoolStats, Pooled};
+pub use pool::{IdleServer, Pool, PoolError, PoolSettings, PoolStats, Pooled};
 pub use registry::{PoolKey, Pools};

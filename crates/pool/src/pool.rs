@@ -23,6 +23,17 @@ pub enum PoolError {
     Server(#[from] ServerError),
 }
 
+/// One idle server connection, for SHOW SERVERS.
+#[derive(Debug, Clone)]
+pub struct IdleServer {
+    /// The server's backend process id.
+    pub pid: i32,
+    pub local_addr: Option<std::net::SocketAddr>,
+    pub created: Instant,
+    pub last_used: Instant,
+    pub generation: u64,
+}
+
 /// Counters for SHOW POOLS and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStats {
@@ -37,6 +48,8 @@ struct Inner {
     settings: PoolSettings,
     /// Permits to destroy as they come back, after a resize down.
     excess: usize,
+    /// RECONNECT: connections opened up to this moment close when they come back.
+    reconnect_before: Option<Instant>,
 }
 
 pub struct Pool {
@@ -68,6 +81,7 @@ impl Pool {
                 idle: VecDeque::new(),
                 settings,
                 excess: 0,
+                reconnect_before: None,
             }),
             active: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
@@ -198,6 +212,7 @@ impl Pool {
         }
         if now.duration_since(conn.created) >= inner.settings.lifetime
             || conn.generation < self.min_generation.load(Ordering::Relaxed)
+            || inner.reconnect_before.is_some_and(|t| conn.created <= t)
         {
             return;
         }
@@ -242,6 +257,29 @@ impl Pool {
         if self.min_generation.fetch_max(generation, Ordering::Relaxed) < generation {
             self.lock().idle.retain(|c| c.generation >= generation);
         }
+    }
+
+    /// RECONNECT: closes the idle connections now, and the checked-out ones when they come
+    /// back; new connections are opened as needed.
+    pub fn reconnect(&self) {
+        let mut inner = self.lock();
+        inner.reconnect_before = Some(Instant::now());
+        inner.idle.clear();
+    }
+
+    /// The idle connections, oldest use first.
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        self.lock()
+            .idle
+            .iter()
+            .map(|c| IdleServer {
+                pid: c.key.process_id,
+                local_addr: c.stream.local_addr().ok(),
+                created: c.created,
+                last_used: c.last_used,
+                generation: c.generation,
+            })
+            .collect()
     }
 
     pub fn stats(&self) -> PoolStats {

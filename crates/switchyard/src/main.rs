@@ -142,11 +142,13 @@ async fn run_serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
-    let running = serve::start(config).await?;
+    let running = serve::start_with(config, Some(path.clone())).await?;
     tokio::spawn(serve::watch_config(running.proxy.clone(), path, hup));
+    let shutdown = running.proxy.shutdown.clone();
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        () = shutdown.cancelled() => tracing::info!("SHUTDOWN (admin console): draining"),
     }
     running.drain(shutdown_timeout).await;
     Ok(())

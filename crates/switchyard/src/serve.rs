@@ -1,7 +1,8 @@
 //! Starting, reloading and draining one proxy.
 //!
 //! Loops started here: the accept loop (`frontend::listener`), the pool reaper (every second),
-//! the admin surfaces (`switchyard-admin`: incident tracker, HTTP listener, notifier),
+//! the admin surfaces (`switchyard-admin`: incident tracker, HTTP listener, notifier; the admin
+//! console is installed in the proxy and served from client connections),
 //! and, for a proxy started from a file, the config watcher (SIGHUP, plus a check of the file's
 //! modification time every second).
 
@@ -9,8 +10,10 @@ use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use switchyard_admin::console::{ConsoleHooks, ReloadHook};
 use switchyard_config::Config;
 use switchyard_frontend::Proxy;
+use switchyard_frontend::console::Console;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -20,11 +23,20 @@ pub struct Running {
     pub proxy: Arc<Proxy>,
     /// The operator surfaces: incidents, events, the HTTP listener.
     pub admin: switchyard_admin::Admin,
+    /// The admin console (the proxy holds it weakly: this keeps it serving).
+    pub console: Arc<dyn Console>,
     accept: JoinHandle<()>,
 }
 
-/// Binds the listener and starts the proxy's loops.
+/// Binds the listener and starts the proxy's loops, with no config file behind it (the admin
+/// console's RELOAD says so).
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with(config, None).await
+}
+
+/// Binds the listener and starts the proxy's loops; `path` is the file `config` came from,
+/// which the admin console's RELOAD reads again.
+pub async fn start_with(config: Config, path: Option<PathBuf>) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
@@ -36,6 +48,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin = switchyard_admin::start(proxy.clone(), &admin_config, proxy.background.clone())
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", admin_config.listen))?;
+    let hooks = ConsoleHooks {
+        reload: path.map(|p| Box::new(move |proxy: &Proxy| reload(proxy, &p)) as ReloadHook),
+        listen: Some(addr),
+    };
+    let console = switchyard_admin::console::install(&admin.state, hooks);
     let accept = tokio::spawn(switchyard_frontend::listener::serve(
         proxy.clone(),
         listener,
@@ -45,6 +62,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         addr,
         proxy,
         admin,
+        console,
         accept,
     })
 }

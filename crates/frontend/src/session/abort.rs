@@ -95,7 +95,7 @@ impl Session {
             }
         }
         pool.discard(server);
-        self.info.cancel.set(None);
+        self.info.cancel.unlink();
         if matches!(cause, Lost::NeverSent(_)) {
             // Nothing reached the server: the request waits in the gate like new work.
             tracing::info!(parent: &self.span, server = %addr, %cause, "server gone before the request; retrying via the gate");

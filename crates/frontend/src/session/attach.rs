@@ -1,5 +1,8 @@
 //! Attaching a session to a server connection at the current primary.
 //!
+//! An operator's PAUSE of the session's database holds the request first (until RESUME, within
+//! the same `failover_timeout`; then 57P03).
+//!
 //! The failover gate is where waiting happens: `attach` asks the router for the primary (waiting
 //! while there is none), checks a connection out of that primary's pool and brings its settings
 //! in line with the client's — racing all of it against a topology change. A primary that cannot
@@ -31,11 +34,19 @@ enum Attempt {
 }
 
 impl Session {
-    /// Takes a server connection at the current primary, waiting in the failover gate for at
-    /// most `failover_timeout` in all.
+    /// Takes a server connection at the current primary, waiting (PAUSE, then the failover
+    /// gate) for at most `failover_timeout` in all. The client shows as waiting meanwhile.
     pub(super) async fn attach(&mut self) -> Result<(), SessionError> {
         let started = Instant::now();
+        self.info.cancel.waiting(Some(started.into_std()));
+        let attached = self.attach_from(started).await;
+        self.info.cancel.waiting(None);
+        attached
+    }
+
+    async fn attach_from(&mut self, started: Instant) -> Result<(), SessionError> {
         let deadline = started + self.info.failover_timeout;
+        self.wait_unpaused(deadline).await?;
         // Held: the request had to wait for a primary (none, or an unusable one).
         let mut held = self
             .monitor
@@ -76,6 +87,27 @@ impl Session {
         }
     }
 
+    /// Holds the request while an operator has paused its database (PAUSE), until RESUME or
+    /// `deadline`.
+    async fn wait_unpaused(&self, deadline: Instant) -> Result<(), SessionError> {
+        let pauses = &self.proxy.pauses;
+        let t = &self.info.target;
+        if !pauses.is_paused(&t.cluster, &t.server_db) {
+            return Ok(());
+        }
+        tracing::info!(parent: &self.span, database = %t.server_db, "database paused; waiting for RESUME");
+        if pauses
+            .wait_resumed(&t.cluster, &t.server_db, deadline)
+            .await
+        {
+            return Ok(());
+        }
+        Err(SessionError::Paused {
+            database: t.server_db.clone(),
+            waited: self.info.failover_timeout,
+        })
+    }
+
     /// Counts a request caught by a failover, for the metrics and the incident's scope.
     pub(super) fn count(&self, what: Caught) {
         if let Some(m) = &self.monitor {
@@ -85,7 +117,11 @@ impl Session {
 
     /// Attaches without waiting when the primary is the one last used and its pool has an idle
     /// connection with the client's settings: the common case, with no future to box or poll.
+    /// Never while anything is paused (PAUSE): [`Session::attach`] decides then.
     pub(super) fn try_attach_now(&mut self) -> bool {
+        if self.proxy.pauses.any() {
+            return false;
+        }
         let Some(view) = self.monitor.as_ref().map(|m| m.view()) else {
             return false;
         };
@@ -165,10 +201,12 @@ impl Session {
     }
 
     fn attached(&mut self, server: Pooled, pool: Arc<Pool>, generation: u64) {
-        self.info.cancel.set(Some(CancelTarget {
+        let now = Instant::now();
+        let target = CancelTarget {
             addr: server.conn.addr.clone(),
             key: server.conn.key.clone(),
-        }));
+        };
+        self.info.cancel.link(target, now.into_std());
         if let Some(m) = &self.monitor {
             m.request_started(&server.conn.addr);
         }
@@ -179,7 +217,7 @@ impl Session {
             server,
             pool,
             generation,
-            since: Instant::now(),
+            since: now,
         };
     }
 }

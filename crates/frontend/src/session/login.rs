@@ -1,22 +1,27 @@
-//! Login: startup negotiation, authentication, the client's target, validating the client's
-//! settings on a server, and the greeting (ParameterStatus, BackendKeyData, ReadyForQuery).
+//! Login: startup negotiation, authentication, then either a client session (its target,
+//! validating the client's settings on a server) or an admin-console connection (the virtual
+//! database `switchyard`, `admin.users` only), and the greeting (ParameterStatus,
+//! BackendKeyData, ReadyForQuery).
 
 use super::pool_for::{Target, pool_at, sync_settings, target_for};
 use crate::auth::authenticate;
-use crate::cancel::CancelHandle;
+use crate::cancel::{CancelHandle, ClientInfo, Who};
 use crate::client::ClientConn;
+use crate::console::{CONSOLE_DATABASE, Console};
 use crate::params::ClientParams;
 use crate::startup::{Hello, negotiate};
 use crate::{Proxy, SessionError};
 use std::collections::BTreeMap;
-use switchyard_config::EffectivePool;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use switchyard_config::{Config, EffectivePool, UserConfig};
 use switchyard_pool::Pool;
 use switchyard_proto::Frame;
 use switchyard_proto::backend::{self, TxStatus};
 
 /// A client that has logged in, before its relay starts.
 pub struct LoggedIn {
-    pub target: Target,
+    pub target: Arc<Target>,
     pub settings: std::sync::Arc<EffectivePool>,
     pub failover_timeout: std::time::Duration,
     pub welcome: std::sync::Arc<BTreeMap<String, String>>,
@@ -24,15 +29,30 @@ pub struct LoggedIn {
     pub cancel: CancelHandle,
 }
 
-/// Runs the login; `Ok(None)` for a connection that only carried a cancel request.
+/// How a login ended.
+pub enum Login {
+    /// A client session, greeted; its relay comes next.
+    Session(LoggedIn),
+    /// An admin-console connection, greeted; the console serves it next.
+    Console {
+        user: String,
+        registration: CancelHandle,
+        console: Arc<dyn Console>,
+    },
+    /// The connection only carried a cancel request.
+    Cancel,
+}
+
+/// Runs the login: startup, authentication, then a session's or the console's greeting.
 pub async fn login(
     proxy: &Proxy,
     client: &mut ClientConn,
-) -> Result<Option<LoggedIn>, SessionError> {
+    peer: Option<SocketAddr>,
+) -> Result<Login, SessionError> {
     let startup = match negotiate(client).await? {
         Hello::Cancel { process_id, secret } => {
             proxy.cancels.cancel(process_id, &secret).await;
-            return Ok(None);
+            return Ok(Login::Cancel);
         }
         Hello::Startup { params } => params,
     };
@@ -45,17 +65,37 @@ pub async fn login(
         .unwrap_or_else(|| user.clone());
     let live = proxy.live.load_full();
     authenticate(client, &user, live.auth.get(&user)).await?;
-    let config = &live.config;
     let user_cfg = live
         .users
         .get(&user)
+        .cloned()
         .ok_or_else(|| SessionError::AuthFailed { user: user.clone() })?;
+    if database == CONSOLE_DATABASE {
+        return console_login(proxy, client, &live.config, user_cfg, peer).await;
+    }
+    drop(live);
+    let s = session_login(proxy, client, &startup, &database, &user_cfg, peer).await?;
+    Ok(Login::Session(s))
+}
+
+/// A client session's login after authentication: its target, its settings, the greeting.
+async fn session_login(
+    proxy: &Proxy,
+    client: &mut ClientConn,
+    startup: &[(String, String)],
+    database: &str,
+    user_cfg: &Arc<UserConfig>,
+    peer: Option<SocketAddr>,
+) -> Result<LoggedIn, SessionError> {
+    let live = proxy.live.load_full();
+    let config = &live.config;
     let site = config
-        .site_for(&database)
-        .ok_or_else(|| SessionError::NoSuchDatabase(database.clone()))?;
-    let target = target_for(site, &database, user_cfg);
+        .site_for(database)
+        .ok_or_else(|| SessionError::NoSuchDatabase(database.to_owned()))?;
+    let target = Arc::new(target_for(site, database, user_cfg));
     let settings = live.settings_for(site);
     let failover_timeout = config.failover.failover_timeout.get();
+    drop(live);
     let known = proxy
         .pools
         .known_welcome(&target.server_db, target.user.server_user());
@@ -69,37 +109,103 @@ pub async fn login(
         }
     };
     let params =
-        ClientParams::from_startup(&startup, &welcome).map_err(SessionError::Unsupported)?;
-    // Settings are tried at login only while there is a primary to try them on: during a
-    // failover the login goes ahead, and the first transaction (held in the gate) applies them.
-    let has_primary = proxy.router.monitor(&target.cluster).is_some_and(|m| {
-        matches!(
-            m.view().state,
-            switchyard_topology::ClusterState::Primary { .. }
-        )
+        ClientParams::from_startup(startup, &welcome).map_err(SessionError::Unsupported)?;
+    check_settings(
+        proxy,
+        &target,
+        &settings,
+        &params,
+        &welcome,
+        failover_timeout,
+    )
+    .await?;
+    let cancel = proxy.cancels.register(ClientInfo {
+        who: Who::Session(target.clone()),
+        peer,
+        connected_unix_s: unix_s(),
     });
-    if params.has_overrides() && has_primary {
-        let (pool, generation) = primary_pool(proxy, &target, &settings, failover_timeout).await?;
-        validate_settings(
-            &pool,
-            generation,
-            &params,
-            &welcome,
-            settings.query_wait_timeout.get(),
-        )
-        .await?;
-    }
-    let cancel = proxy.cancels.register();
-    greet(client, &params, &cancel).await?;
-    tracing::info!(%user, %database, process_id = cancel.process_id, "login");
-    Ok(Some(LoggedIn {
+    let frames = params
+        .reported()
+        .map(|(k, v)| backend::parameter_status(k, v));
+    greet(client, frames.collect(), &cancel).await?;
+    tracing::info!(user = %user_cfg.name, %database, process_id = cancel.process_id, "login");
+    Ok(LoggedIn {
         target,
         settings,
         failover_timeout,
         welcome,
         params,
         cancel,
-    }))
+    })
+}
+
+/// Settings are tried at login only while there is a primary to try them on: during a
+/// failover the login goes ahead, and the first transaction (held in the gate) applies them.
+async fn check_settings(
+    proxy: &Proxy,
+    target: &Target,
+    settings: &EffectivePool,
+    params: &ClientParams,
+    welcome: &BTreeMap<String, String>,
+    failover_timeout: std::time::Duration,
+) -> Result<(), SessionError> {
+    let has_primary = proxy.router.monitor(&target.cluster).is_some_and(|m| {
+        matches!(
+            m.view().state,
+            switchyard_topology::ClusterState::Primary { .. }
+        )
+    });
+    if !(params.has_overrides() && has_primary) {
+        return Ok(());
+    }
+    let (pool, generation) = primary_pool(proxy, target, settings, failover_timeout).await?;
+    let wait = settings.query_wait_timeout.get();
+    validate_settings(&pool, generation, params, welcome, wait).await
+}
+
+/// An admin-console connection's login after authentication: only `admin.users` get in.
+async fn console_login(
+    proxy: &Proxy,
+    client: &mut ClientConn,
+    config: &Config,
+    user: Arc<UserConfig>,
+    peer: Option<SocketAddr>,
+) -> Result<Login, SessionError> {
+    if !config.admin.users.contains(&user.name) {
+        let user = user.name.clone();
+        return Err(SessionError::NotAdmin { user });
+    }
+    let console = proxy.console().ok_or(SessionError::NoConsole)?;
+    let name = user.name.clone();
+    let cancel = proxy.cancels.register(ClientInfo {
+        who: Who::Console(user),
+        peer,
+        connected_unix_s: unix_s(),
+    });
+    let version = format!("{}/switchyard", env!("CARGO_PKG_VERSION"));
+    let params = [
+        ("server_version", version.as_str()),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", ""),
+    ];
+    let frames = params.iter().map(|(k, v)| backend::parameter_status(k, v));
+    greet(client, frames.collect(), &cancel).await?;
+    tracing::info!(user = %name, process_id = cancel.process_id, "admin console login");
+    Ok(Login::Console {
+        user: name,
+        registration: cancel,
+        console,
+    })
+}
+
+fn unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The pool at the target's current primary (waiting in the failover gate) and its generation.
@@ -136,13 +242,9 @@ async fn validate_settings(
 
 async fn greet(
     client: &mut ClientConn,
-    params: &ClientParams,
+    mut frames: Vec<Frame>,
     cancel: &CancelHandle,
 ) -> Result<(), SessionError> {
-    let mut frames: Vec<Frame> = params
-        .reported()
-        .map(|(k, v)| backend::parameter_status(k, v))
-        .collect();
     frames.push(backend::backend_key_data(cancel.process_id, &cancel.secret));
     frames.push(backend::ready_for_query(TxStatus::Idle));
     client.send(&frames).await

@@ -1,5 +1,6 @@
 //! One client session: login (startup, auth, greeting), then the relay loop in [`run`], then
-//! cleanup. `serve_client` is the task body the listener spawns per connection.
+//! cleanup; or, for the virtual database `switchyard`, the admin console. `serve_client` is the
+//! task body the listener spawns per connection.
 
 mod abort;
 mod attach;
@@ -9,7 +10,11 @@ mod relay;
 mod run;
 
 use crate::client::ClientConn;
+use crate::console::ConsoleClient;
 use crate::{Proxy, SessionError};
+use login::Login;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tracing::Instrument;
@@ -18,17 +23,28 @@ use tracing::Instrument;
 /// answered per the error contract and logged once.
 ///
 /// This future is what every client's task holds for its whole life, so it is kept small: the
-/// login runs boxed and hands back a boxed [`run::Session`].
+/// login runs boxed and hands back a boxed [`run::Session`] (or the console's boxed future).
 pub async fn serve_client(proxy: Arc<Proxy>, stream: TcpStream) {
-    let Some(mut session) = Box::pin(open_session(proxy, stream)).await else {
-        return;
-    };
-    let result = session.run().await;
-    Box::pin(session.close(result)).await;
+    match Box::pin(open_session(proxy, stream)).await {
+        Opened::Session(mut session) => {
+            let result = session.run().await;
+            Box::pin(session.close(result)).await;
+        }
+        Opened::Console(serve) => serve.await,
+        Opened::Nothing => {}
+    }
 }
 
-/// Runs the login; `None` when the connection ends there (refused, or a cancel request).
-async fn open_session(proxy: Arc<Proxy>, stream: TcpStream) -> Option<Box<run::Session>> {
+/// What a connection turned into after its login.
+enum Opened {
+    Session(Box<run::Session>),
+    Console(Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// Refused, or a cancel request.
+    Nothing,
+}
+
+/// Runs the login.
+async fn open_session(proxy: Arc<Proxy>, stream: TcpStream) -> Opened {
     let live = proxy.live.load_full();
     let mut client = ClientConn::new(
         stream,
@@ -37,30 +53,29 @@ async fn open_session(proxy: Arc<Proxy>, stream: TcpStream) -> Option<Box<run::S
     );
     let login_timeout = live.config.proxy.login_timeout.get();
     drop(live);
-    let peer = client
-        .stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let peer_addr = client.stream.peer_addr().ok();
+    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
     // Debug level: at the default level a span per client would cost more memory than the rest
     // of an idle session; the events that matter carry their own fields.
     let span = tracing::debug_span!("client", %peer);
-    let login = tokio::time::timeout(login_timeout, login::login(&proxy, &mut client));
-    let logged_in = match login.instrument(span.clone()).await {
-        Ok(Ok(Some(s))) => s,
-        Ok(Ok(None)) => return None,
-        Ok(Err(e)) => {
-            refuse(&mut client, e, &peer).instrument(span).await;
-            return None;
+    let login = tokio::time::timeout(login_timeout, login::login(&proxy, &mut client, peer_addr));
+    let error = match login.instrument(span.clone()).await {
+        Ok(Ok(Login::Session(s))) => {
+            return Opened::Session(Box::new(run::Session::new(proxy, client, s, span)));
         }
-        Err(_) => {
-            refuse(&mut client, SessionError::LoginTimeout, &peer)
-                .instrument(span)
-                .await;
-            return None;
+        Ok(Ok(Login::Console {
+            user,
+            registration,
+            console,
+        })) => {
+            return Opened::Console(console.serve(ConsoleClient::new(client, user, registration)));
         }
+        Ok(Ok(Login::Cancel)) => return Opened::Nothing,
+        Ok(Err(e)) => e,
+        Err(_) => SessionError::LoginTimeout,
     };
-    Some(Box::new(run::Session::new(proxy, client, logged_in, span)))
+    refuse(&mut client, error, &peer).instrument(span).await;
+    Opened::Nothing
 }
 
 async fn refuse(client: &mut ClientConn, e: SessionError, peer: &str) {

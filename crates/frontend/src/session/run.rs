@@ -328,7 +328,7 @@ impl Session {
 
     /// Gives the server connection back (or closes it if it is not at a clean sync point).
     pub(super) fn detach(&mut self) {
-        self.info.cancel.set(None);
+        self.info.cancel.unlink();
         let transaction_mode = self.mode() == PoolMode::Transaction;
         let Link::Attached {
             mut server,

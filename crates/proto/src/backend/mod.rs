@@ -2,11 +2,15 @@
 //! clients, and the ones it must read from its servers. Others pass through as raw frames.
 
 pub mod auth;
+pub mod data_row;
 pub mod error_response;
+pub mod row_description;
 pub mod status;
 
 pub use auth::AuthRequest;
+pub use data_row::data_row;
 pub use error_response::ErrorFields;
+pub use row_description::{ColumnType, row_description};
 pub use status::*;
 
 /// Tags of backend messages the relay looks at.
@@ -22,6 +26,7 @@ pub mod tag {
     pub const COPY_DATA: u8 = b'd';
     pub const COPY_DONE: u8 = b'c';
     pub const DATA_ROW: u8 = b'D';
+    pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
     pub const ERROR_RESPONSE: u8 = b'E';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
     pub const NOTICE_RESPONSE: u8 = b'N';
@@ -29,4 +34,5 @@ pub mod tag {
     pub const PARAMETER_STATUS: u8 = b'S';
     pub const PARSE_COMPLETE: u8 = b'1';
     pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const ROW_DESCRIPTION: u8 = b'T';
 }

@@ -1,5 +1,6 @@
 //! Small status messages: ReadyForQuery ('Z'), ParameterStatus ('S'), BackendKeyData ('K'),
-//! CommandComplete ('C'), NegotiateProtocolVersion ('v') and the bare completions.
+//! CommandComplete ('C'), NegotiateProtocolVersion ('v') and the bare completions (ParseComplete,
+//! CloseComplete, EmptyQueryResponse).
 
 use super::tag;
 use crate::cursor::Cursor;
@@ -100,6 +101,11 @@ pub fn parse_complete() -> Frame {
 
 pub fn close_complete() -> Frame {
     Frame::new(tag::CLOSE_COMPLETE, Bytes::new())
+}
+
+/// EmptyQueryResponse ('I'): the answer to a query string with no statement in it.
+pub fn empty_query_response() -> Frame {
+    Frame::new(tag::EMPTY_QUERY_RESPONSE, Bytes::new())
 }
 
 #[cfg(test)]
