@@ -119,6 +119,9 @@ pub struct IncidentTrack {
     last_primary: Option<String>,
     last_lag: Option<u64>,
     baseline: CaughtTotals,
+    /// Transactions counted at the last sample without a primary: any beyond it ran on the
+    /// primary identified since (they may complete before the sample that sees it).
+    tx_without_primary: u64,
     /// Transactions counted when the current primary was identified.
     identified_tx: u64,
     /// When the incident entered Monitoring.
@@ -156,6 +159,9 @@ impl IncidentTrack {
                 if let Some((stage, note)) = next {
                     self.enter(&mut inc, stage, note, s);
                 }
+                if inc.stage == Stage::Investigating {
+                    self.tx_without_primary = s.transactions;
+                }
                 if inc.stage == Stage::Resolved {
                     return Some(inc);
                 }
@@ -172,6 +178,7 @@ impl IncidentTrack {
 
     fn open_incident(&mut self, cluster: &str, s: &Sample, next_id: &mut u64) -> Incident {
         *next_id += 1;
+        self.tx_without_primary = s.transactions;
         let title = if s.conflict {
             "Several writable members: writes refused".to_owned()
         } else {
@@ -259,7 +266,7 @@ impl IncidentTrack {
     fn enter(&mut self, inc: &mut Incident, stage: Stage, note: String, s: &Sample) {
         match stage {
             Stage::Identified => {
-                self.identified_tx = s.transactions;
+                self.identified_tx = self.tx_without_primary;
                 inc.new_primary = s.primary.clone();
             }
             Stage::Monitoring => self.monitoring_since = Some(s.now_ms),
@@ -369,6 +376,28 @@ mod tests {
         assert_eq!(again.stage, Stage::Investigating);
         assert_eq!(again.timeline.len(), 3);
         assert_eq!(id, 1, "the same incident");
+    }
+
+    #[test]
+    fn traffic_that_ran_before_the_tracker_saw_the_new_primary_counts() {
+        let mut t = IncidentTrack::default();
+        let mut id = 0;
+        t.step("main", &sample(0, Some("a:1"), 5), 10_000, &mut id);
+        t.step("main", &sample(100, None, 5), 10_000, &mut id)
+            .unwrap();
+        // Between two samples: the new primary appeared and two transactions ran on it.
+        let identified = t
+            .step("main", &sample(200, Some("b:2"), 7), 10_000, &mut id)
+            .unwrap();
+        assert_eq!(identified.stage, Stage::Identified);
+        let monitoring = t
+            .step("main", &sample(300, Some("b:2"), 7), 10_000, &mut id)
+            .unwrap();
+        assert_eq!(monitoring.stage, Stage::Monitoring);
+        assert_eq!(
+            monitoring.timeline[2].note,
+            "traffic flows on the new primary"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod json;
 #[allow(dead_code)]
 mod programs;
 
-use common::cluster::{Cluster, ClusterOptions, Fault, cluster_config};
+use common::cluster::{Cluster, ClusterOptions, Fault};
 use common::*;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -200,6 +200,11 @@ async fn a_failover_becomes_an_incident_that_resolves_and_is_kept() {
         "{resolved:#}"
     );
     assert_eq!(resolved["new_primary"], c.standby.addr());
+    let monitoring = &resolved["timeline"][2]["note"];
+    assert_eq!(
+        monitoring, "traffic flows on the new primary",
+        "{resolved:#}"
+    );
     assert!(
         resolved["scope"]["held"].as_u64().unwrap() >= 1,
         "{resolved:#}"
@@ -219,7 +224,7 @@ async fn a_failover_becomes_an_incident_that_resolves_and_is_kept() {
     // Kept across a restart: a new proxy with the same file shows the incident.
     let kept = std::fs::read_to_string(&file).expect("the incidents file exists");
     assert!(kept.contains("Resolved"), "{kept}");
-    let mut config = cluster_config(&c.standby, &c.standby, PoolMode::Transaction);
+    let mut config = config_for(&c.standby, PoolMode::Transaction);
     config.admin.incidents_file = file_str;
     let again = within(STEP, "second proxy", switchyard::serve::start(config))
         .await
