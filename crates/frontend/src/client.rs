@@ -2,6 +2,7 @@
 
 use crate::SessionError;
 use bytes::BytesMut;
+use std::task::{Context, Poll, ready};
 use switchyard_proto::backend::ErrorFields;
 use switchyard_proto::{Frame, decode_frame};
 use tokio::io::AsyncWriteExt;
@@ -63,18 +64,24 @@ impl ClientConn {
     ///
     /// Cancel safety: cancel-safe (waiting for readiness takes nothing).
     pub async fn fill(&mut self) -> Result<bool, SessionError> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// [`ClientConn::fill`] as a poll function. Readiness is awaited with `poll_read_ready`,
+    /// which keeps the waker in the socket's own slot: no waiter node lives in the future that
+    /// every idle client's task holds.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, SessionError>> {
         loop {
-            self.stream
-                .readable()
-                .await
-                .map_err(SessionError::ClientGone)?;
+            if let Err(e) = ready!(self.stream.poll_read_ready(cx)) {
+                return Poll::Ready(Err(SessionError::ClientGone(e)));
+            }
             self.ensure_room();
             match self.stream.try_read_buf(&mut self.buf) {
-                Ok(0) => return Ok(false),
-                Ok(_) => return Ok(true),
-                // Stale readiness: nothing to read after all. Give the buffer back before waiting.
+                Ok(0) => return Poll::Ready(Ok(false)),
+                Ok(_) => return Poll::Ready(Ok(true)),
+                // Stale readiness (now cleared): give the buffer back and wait again.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.shed_buffer(),
-                Err(e) => return Err(SessionError::ClientGone(e)),
+                Err(e) => return Poll::Ready(Err(SessionError::ClientGone(e))),
             }
         }
     }

@@ -20,6 +20,7 @@ mod proxy;
 mod session;
 mod startup;
 mod statements;
+mod targets;
 
 pub use cancel::{ClientSnapshot, ClientState};
 pub use client::ClientConn;

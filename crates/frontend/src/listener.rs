@@ -1,19 +1,12 @@
 //! The accept loop: admits clients up to `max_client_conn`, spawns a session task per client,
 //! and stops accepting when shutdown fires.
 
+use crate::proxy::Admitted;
+use crate::session::Accepted;
 use crate::{Proxy, SessionError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
-
-/// Decrements the client count when a session task ends, however it ends.
-struct Admitted(Arc<Proxy>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Accepts clients until `proxy.shutdown` fires.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
@@ -42,11 +35,11 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
             });
             continue;
         }
-        let admitted = Admitted(proxy.clone());
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            crate::session::serve_client(proxy, stream).await;
-            drop(admitted);
+        // One box holds what the task starts with, so its future carries a pointer, not copies.
+        let accepted = Box::new(Accepted {
+            proxy: Admitted::counted(proxy.clone()),
+            stream,
         });
+        tokio::spawn(crate::session::serve_client(accepted));
     }
 }

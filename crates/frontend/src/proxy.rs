@@ -101,6 +101,8 @@ pub struct Proxy {
     /// The admin console, once installed (weak: the console holds the proxy).
     console: OnceLock<Weak<dyn Console>>,
     pub(crate) buffers: Arc<crate::buffers::Buffers>,
+    /// Where clients' targets are shared.
+    pub(crate) targets: crate::targets::Targets,
     /// Fired on SIGTERM: stop accepting, let sessions finish their transactions.
     pub shutdown: CancellationToken,
     /// Fired when the drain is over: stops the background loops (probes, reaper), which
@@ -125,6 +127,7 @@ impl Proxy {
             pauses: Pauses::default(),
             console: OnceLock::new(),
             buffers: Arc::default(),
+            targets: Default::default(),
             shutdown,
             background,
             clients: AtomicUsize::new(0),
@@ -156,5 +159,31 @@ impl Proxy {
 
     pub fn client_count(&self) -> usize {
         self.clients.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A client counted against `max_client_conn` (the caller has counted it): the count goes down
+/// when this drops, however the client's task ends. Dereferences to the proxy, so a session
+/// holds this instead of a second handle.
+pub(crate) struct Admitted(Arc<Proxy>);
+
+impl Admitted {
+    pub(crate) fn counted(proxy: Arc<Proxy>) -> Admitted {
+        Admitted(proxy)
+    }
+}
+
+impl std::ops::Deref for Admitted {
+    type Target = Arc<Proxy>;
+    fn deref(&self) -> &Arc<Proxy> {
+        &self.0
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

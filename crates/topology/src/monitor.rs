@@ -175,6 +175,11 @@ impl ClusterMonitor {
         self.view.clone()
     }
 
+    /// The current generation.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
     /// Changes only when the generation does (the full view also changes on every probe):
     /// what a session watches.
     pub fn generations(&self) -> watch::Receiver<u64> {

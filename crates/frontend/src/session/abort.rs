@@ -98,7 +98,7 @@ impl Session {
         self.info.cancel.unlink();
         if matches!(cause, Lost::NeverSent(_)) {
             // Nothing reached the server: the request waits in the gate like new work.
-            tracing::info!(parent: &self.span, server = %addr, %cause, "server gone before the request; retrying via the gate");
+            tracing::info!(parent: self.span(), server = %addr, %cause, "server gone before the request; retrying via the gate");
             self.relay.reset();
             self.count(Caught::Retried);
             return Ok(());
@@ -107,7 +107,7 @@ impl Session {
             && self.mode() == PoolMode::Transaction
         {
             // What reached the server changes nothing (BEGIN, a prepare): send it again via the gate.
-            tracing::info!(parent: &self.span, server = %addr, %cause, "server gone before answering a request that changes nothing; retrying via the gate");
+            tracing::info!(parent: self.span(), server = %addr, %cause, "server gone before answering a request that changes nothing; retrying via the gate");
             self.relay.reset();
             self.put_back(&request);
             self.count(Caught::Retried);
@@ -115,7 +115,7 @@ impl Session {
         }
         let outstanding = self.relay.outstanding_requests();
         let why = cause.to_string();
-        tracing::warn!(parent: &self.span, server = %addr, cause = %why, outstanding, "server connection lost");
+        tracing::warn!(parent: self.span(), server = %addr, cause = %why, outstanding, "server connection lost");
         if self.mode() == PoolMode::Session {
             self.count(Caught::SessionLost);
             return Err(SessionError::SessionLost(why));

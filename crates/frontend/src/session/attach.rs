@@ -45,7 +45,7 @@ impl Session {
     }
 
     async fn attach_from(&mut self, started: Instant) -> Result<(), SessionError> {
-        let deadline = started + self.info.failover_timeout;
+        let deadline = started + self.failover_timeout();
         self.wait_unpaused(deadline).await?;
         // Held: the request had to wait for a primary (none, or an unusable one).
         let mut held = self
@@ -77,7 +77,7 @@ impl Session {
                     if let Some(m) = &self.monitor {
                         m.suspect(pool.addr());
                     }
-                    tracing::info!(parent: &self.span, server = %pool.addr(), error = %e, "primary unusable; back to the gate");
+                    tracing::info!(parent: self.span(), server = %pool.addr(), error = %e, "primary unusable; back to the gate");
                     if Instant::now() + RETRY_PAUSE >= deadline {
                         return Err(e);
                     }
@@ -95,7 +95,7 @@ impl Session {
         if !pauses.is_paused(&t.cluster, &t.server_db) {
             return Ok(());
         }
-        tracing::info!(parent: &self.span, database = %t.server_db, "database paused; waiting for RESUME");
+        tracing::info!(parent: self.span(), database = %t.server_db, "database paused; waiting for RESUME");
         if pauses
             .wait_resumed(&t.cluster, &t.server_db, deadline)
             .await
@@ -104,7 +104,7 @@ impl Session {
         }
         Err(SessionError::Paused {
             database: t.server_db.clone(),
-            waited: self.info.failover_timeout,
+            waited: self.failover_timeout(),
         })
     }
 
@@ -170,7 +170,7 @@ impl Session {
     async fn wait_for_news(&mut self, generation: u64, pause: Duration) {
         let _ = tokio::time::timeout(
             pause,
-            generation_moved_past(&mut self.generations, generation),
+            generation_moved_past(&mut self.generations(), generation),
         )
         .await;
     }
@@ -190,7 +190,8 @@ impl Session {
                 .await
                 .map_err(classify_server)
         };
-        let moved_on = generation_moved_past(&mut self.generations, generation);
+        let mut generations = self.generations();
+        let moved_on = generation_moved_past(&mut generations, generation);
         tokio::select! {
             r = work => r,
             () = moved_on => Err(Attempt::Retry(SessionError::Route(switchyard_router::RouteError::NoPrimary {

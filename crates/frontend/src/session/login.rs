@@ -23,7 +23,6 @@ use switchyard_proto::backend::{self, TxStatus};
 pub struct LoggedIn {
     pub target: Arc<Target>,
     pub settings: std::sync::Arc<EffectivePool>,
-    pub failover_timeout: std::time::Duration,
     pub welcome: std::sync::Arc<BTreeMap<String, String>>,
     pub params: ClientParams,
     pub cancel: CancelHandle,
@@ -92,7 +91,7 @@ async fn session_login(
     let site = config
         .site_for(database)
         .ok_or_else(|| SessionError::NoSuchDatabase(database.to_owned()))?;
-    let target = Arc::new(target_for(site, database, user_cfg));
+    let target = proxy.targets.share(target_for(site, database, user_cfg));
     let settings = live.settings_for(site);
     let failover_timeout = config.failover.failover_timeout.get();
     drop(live);
@@ -132,7 +131,6 @@ async fn session_login(
     Ok(LoggedIn {
         target,
         settings,
-        failover_timeout,
         welcome,
         params,
         cancel,

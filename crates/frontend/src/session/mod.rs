@@ -9,13 +9,13 @@ pub mod pool_for;
 mod relay;
 mod run;
 
+use crate::SessionError;
 use crate::client::ClientConn;
 use crate::console::ConsoleClient;
-use crate::{Proxy, SessionError};
+use crate::proxy::Admitted;
 use login::Login;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -24,27 +24,39 @@ use tracing::Instrument;
 ///
 /// This future is what every client's task holds for its whole life, so it is kept small: the
 /// login runs boxed and hands back a boxed [`run::Session`] (or the console's boxed future).
-pub async fn serve_client(proxy: Arc<Proxy>, stream: TcpStream) {
-    match Box::pin(open_session(proxy, stream)).await {
+pub(crate) async fn serve_client(accepted: Box<Accepted>) {
+    match Box::pin(open_session(accepted)).await {
         Opened::Session(mut session) => {
             let result = session.run().await;
             Box::pin(session.close(result)).await;
         }
-        Opened::Console(serve) => serve.await,
+        Opened::Console(serve, admitted) => {
+            serve.await;
+            drop(admitted);
+        }
         Opened::Nothing => {}
     }
+}
+
+/// A connection the listener admitted, as its task starts (one box: the task's future holds a
+/// pointer, not the stream and the handles).
+pub(crate) struct Accepted {
+    pub proxy: Admitted,
+    pub stream: TcpStream,
 }
 
 /// What a connection turned into after its login.
 enum Opened {
     Session(Box<run::Session>),
-    Console(Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// The console's future, and the client's place in the count.
+    Console(Pin<Box<dyn Future<Output = ()> + Send>>, Admitted),
     /// Refused, or a cancel request.
     Nothing,
 }
 
 /// Runs the login.
-async fn open_session(proxy: Arc<Proxy>, stream: TcpStream) -> Opened {
+async fn open_session(accepted: Box<Accepted>) -> Opened {
+    let Accepted { proxy, stream } = *accepted;
     let live = proxy.live.load_full();
     let mut client = ClientConn::new(
         stream,
@@ -68,7 +80,8 @@ async fn open_session(proxy: Arc<Proxy>, stream: TcpStream) -> Opened {
             registration,
             console,
         })) => {
-            return Opened::Console(console.serve(ConsoleClient::new(client, user, registration)));
+            let serve = console.serve(ConsoleClient::new(client, user, registration));
+            return Opened::Console(serve, proxy);
         }
         Ok(Ok(Login::Cancel)) => return Opened::Nothing,
         Ok(Err(e)) => e,
@@ -84,3 +97,5 @@ async fn refuse(client: &mut ClientConn, e: SessionError, peer: &str) {
         client.send_error(&f).await;
     }
 }
+#[cfg(test)]
+mod sizes;

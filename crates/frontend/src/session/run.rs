@@ -10,13 +10,15 @@
 use super::login::LoggedIn;
 use super::pool_for::INTERNAL_QUERY_TIMEOUT;
 use super::relay::{ClientStep, Fatal, Relay, ServerSide, changes_nothing, is_frontend_tag};
+use crate::SessionError;
 use crate::client::ClientConn;
+use crate::proxy::Admitted;
 use crate::statements::Statements;
-use crate::{Proxy, SessionError};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use switchyard_config::PoolMode;
 use switchyard_pool::{Pool, Pooled};
 use switchyard_proto::backend::{self, TxStatus};
@@ -93,7 +95,7 @@ enum Flow {
 }
 
 pub struct Session {
-    pub(super) proxy: Arc<Proxy>,
+    pub(super) proxy: Admitted,
     pub(super) client: ClientConn,
     pub(super) info: LoggedIn,
     pub(super) statements: Statements,
@@ -101,16 +103,16 @@ pub struct Session {
     /// Relay state of the current attachment; reset (not reallocated) on every attach.
     pub(super) relay: Relay,
     out: BytesMut,
-    pub(super) span: tracing::Span,
+    /// The client's span, boxed when enabled (debug level): a disabled one takes no room.
+    span: Option<Box<tracing::Span>>,
     pub(super) monitor: Option<Arc<ClusterMonitor>>,
-    pub(super) generations: Option<watch::Receiver<u64>>,
     /// Nothing has been written on the current attachment yet: if the first write fails, the
     /// server never saw the request, which can go back to the gate.
     pub(super) fresh: bool,
     /// The attachment's only request so far, as the client sent it, while it is unanswered and
     /// cannot have changed anything (a lone `BEGIN`, a driver's Parse/Describe/Sync): if the
     /// server is lost now, it goes back to the gate instead of failing.
-    pub(super) replay: Option<Bytes>,
+    pub(super) replay: Option<Box<[u8]>>,
     /// The pool last used, reused while its server stays the primary.
     pub(super) last_pool: Option<Arc<Pool>>,
     /// A ReadyForQuery owed to the client at its next Sync (after an aborted extended batch).
@@ -118,10 +120,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(proxy: Arc<Proxy>, client: ClientConn, info: LoggedIn, span: tracing::Span) -> Self {
+    pub(crate) fn new(
+        proxy: Admitted,
+        client: ClientConn,
+        info: LoggedIn,
+        span: tracing::Span,
+    ) -> Self {
         let relay = Relay::new(info.settings.mode);
         let monitor = proxy.router.monitor(&info.target.cluster);
-        let generations = monitor.as_ref().map(|m| m.generations());
         Self {
             proxy,
             client,
@@ -130,14 +136,37 @@ impl Session {
             link: Link::Detached,
             relay,
             out: BytesMut::new(),
-            span,
+            span: (!span.is_disabled()).then(|| Box::new(span)),
             monitor,
-            generations,
             owe_ready_at_sync: None,
             fresh: false,
             replay: None,
             last_pool: None,
         }
+    }
+
+    /// The client's span (a disabled one when its level is off).
+    pub(super) fn span(&self) -> &tracing::Span {
+        static DISABLED: std::sync::LazyLock<tracing::Span> =
+            std::sync::LazyLock::new(tracing::Span::none);
+        self.span.as_deref().unwrap_or(&DISABLED)
+    }
+
+    /// The longest new work waits in the failover gate (read live: a reload applies to every
+    /// client's next request).
+    pub(super) fn failover_timeout(&self) -> std::time::Duration {
+        self.proxy
+            .live
+            .load()
+            .config
+            .failover
+            .failover_timeout
+            .get()
+    }
+
+    /// A watch of the cluster's generation (a fresh receiver: sessions keep none while idle).
+    pub(super) fn generations(&self) -> Option<watch::Receiver<u64>> {
+        self.monitor.as_ref().map(|m| m.generations())
     }
 
     pub(super) fn mode(&self) -> PoolMode {
@@ -162,10 +191,8 @@ impl Session {
                     self.out.clear();
                     self.client.buffers().give(std::mem::take(&mut self.out));
                 }
-                tokio::select! {
-                    biased;
-                    more = self.client.fill() => if !more? { return Ok(()) },
-                    _ = self.proxy.shutdown.cancelled() => return Err(SessionError::Shutdown),
+                if !self.wait_idle().await? {
+                    return Ok(());
                 }
                 continue;
             };
@@ -192,6 +219,24 @@ impl Session {
         }
     }
 
+    /// The idle wait: the client's next bytes (`Ok(false)`: it left) or shutdown. Every idle
+    /// client's task holds this future, so it is one poll function over the socket and the
+    /// shutdown signal, without `select!`'s extra state.
+    ///
+    /// Cancel safety: cancel-safe.
+    async fn wait_idle(&mut self) -> Result<bool, SessionError> {
+        let shutdown = self.proxy.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let client = &mut self.client;
+        std::future::poll_fn(|cx| match client.poll_fill(cx) {
+            Poll::Pending if shutdown.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(SessionError::Shutdown))
+            }
+            other => other,
+        })
+        .await
+    }
+
     /// Relays until the session detaches or loses its server (answered here); true if the
     /// client left.
     async fn serve_attached(&mut self) -> Result<bool, SessionError> {
@@ -199,7 +244,7 @@ impl Session {
             return Ok(false);
         };
         // One watch on the topology for the whole attachment, not one per wait.
-        let mut generations = self.generations.clone();
+        let mut generations = self.generations();
         let topology_changed = generation_moved_past(&mut generations, generation);
         tokio::pin!(topology_changed);
         while let Link::Attached { .. } = self.link {
@@ -227,9 +272,9 @@ impl Session {
         };
         let generation = *generation;
         if self
-            .generations
+            .monitor
             .as_ref()
-            .is_some_and(|rx| *rx.borrow() != generation)
+            .is_some_and(|m| m.generation() != generation)
         {
             // The topology moved on while we were busy elsewhere: not one more byte to this server.
             return Ok(Flow::Lost(Lost::Generation));
@@ -264,7 +309,7 @@ impl Session {
             self.replay = (std::mem::take(&mut self.fresh)
                 && relay.status == TxStatus::Idle
                 && changes_nothing(sent))
-            .then(|| Bytes::copy_from_slice(sent));
+            .then(|| Box::from(sent));
         }
         self.client.buf.advance(used);
         if step == ClientStep::Terminate {
@@ -367,7 +412,7 @@ impl Session {
         if fields.is_fatal() {
             return Err(e);
         }
-        tracing::info!(parent: &self.span, error = %e, "request refused");
+        tracing::info!(parent: self.span(), error = %e, "request refused");
         self.skip_request().await?;
         self.client
             .send(&[fields.to_frame(), backend::ready_for_query(TxStatus::Idle)])
@@ -415,7 +460,7 @@ impl Session {
     /// Logs how the session ended, then [`Session::finish`]es it.
     pub async fn close(&mut self, result: Result<(), SessionError>) {
         let who = self.describe();
-        let span = self.span.clone();
+        let span = self.span().clone();
         match &result {
             Ok(()) => tracing::debug!(parent: &span, %who, "client left"),
             Err(SessionError::ClientGone(e)) => {
