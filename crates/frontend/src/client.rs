@@ -18,16 +18,22 @@ pub struct ClientConn {
     pub buf: BytesMut,
     pub max_message: usize,
     buffers: Arc<Buffers>,
+    /// The runtime is single-threaded, so a read's readiness can be forgotten right after a
+    /// short read without losing a wakeup (see [`Self::poll_fill`]).
+    single_threaded: bool,
 }
 
 impl ClientConn {
     pub fn new(stream: TcpStream, max_message: usize, buffers: Arc<Buffers>) -> Self {
         let _ = stream.set_nodelay(true);
+        let single_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         Self {
             stream,
             buf: BytesMut::new(),
             max_message,
             buffers,
+            single_threaded,
         }
     }
 
@@ -76,14 +82,32 @@ impl ClientConn {
                 return Poll::Ready(Err(SessionError::ClientGone(e)));
             }
             self.ensure_room();
+            let room = self.buf.capacity() - self.buf.len();
             match self.stream.try_read_buf(&mut self.buf) {
                 Ok(0) => return Poll::Ready(Ok(false)),
-                Ok(_) => return Poll::Ready(Ok(true)),
+                Ok(n) => {
+                    if n < room && self.single_threaded {
+                        self.forget_readiness();
+                    }
+                    return Poll::Ready(Ok(true));
+                }
                 // Stale readiness (now cleared): give the buffer back and wait again.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.shed_buffer(),
                 Err(e) => return Poll::Ready(Err(SessionError::ClientGone(e))),
             }
         }
+    }
+
+    /// After a read that did not fill the buffer the socket is drained, but tokio still holds
+    /// it readable until a read fails, so the next wait would begin with a read that can only
+    /// fail: one wasted syscall per request. Clearing the readiness now avoids it. Safe only
+    /// on a single-threaded runtime, where the I/O driver cannot record new data between the
+    /// read above and this clear (new data after it raises a new readiness event); on a
+    /// multi-threaded one the wasted read stays.
+    fn forget_readiness(&self) {
+        let _ = self.stream.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
     }
 
     /// Reads one whole frame; EOF is an error (the client left mid-conversation).

@@ -251,7 +251,9 @@ impl Session {
             match self.relay_once(topology_changed.as_mut()).await? {
                 Flow::Continue => {}
                 Flow::ClientLeft => return Ok(true),
-                Flow::Lost(cause) => self.abort(cause).await?,
+                // Boxed: losing a server is rare, and its state would more than double this
+                // future, which is boxed afresh for every transaction.
+                Flow::Lost(cause) => Box::pin(self.abort(cause)).await?,
             }
         }
         Ok(false)
