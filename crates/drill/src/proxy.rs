@@ -52,7 +52,7 @@ fn config_toml(
          [clusters.drill]\nmembers = [{members}]\n\n\
          [[sites]]\ndatabase = \"*\"\ncluster = \"drill\"\n\n\
          [[users]]\nname = \"postgres\"\nauth = \"trust\"\n\n\
-         [admin]\nlisten = \"{admin}\"\nincidents_file = \"{incidents}\"\n\
+         [admin]\nlisten = \"{admin}\"\nusers = [\"postgres\"]\nincidents_file = \"{incidents}\"\n\
          resolve_after = \"{RESOLVE_AFTER}\"\n",
         incidents = incidents.display()
     )

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::within;
+use common::{STEP, within};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Stdio;
@@ -286,6 +286,9 @@ async fn the_status_page_follows_a_drill_made_incident() {
         "{page}"
     );
     screenshot(&url, "status-page-resolved").await;
+    // The metrics and the admin console tell the same story as the incident record.
+    let metrics = http_get(&admin, "/metrics").await.expect("metrics");
+    let console = show_incidents(proxy_port(&config)).await;
 
     let output = within(DRILL, "the drill", child.wait_with_output())
         .await
@@ -306,6 +309,32 @@ async fn the_status_page_follows_a_drill_made_incident() {
     );
     let held = record["scope"]["held"].as_u64().unwrap();
     assert!(held >= 1, "{record:#}");
+    let scope = &record["scope"];
+    for (outcome, key) in [
+        ("held", "held"),
+        ("rolled_back", "rolled_back"),
+        ("unknown", "unknown"),
+        ("gate_timeout", "gate_timeouts"),
+    ] {
+        let labels = format!("cluster=\"drill\",outcome=\"{outcome}\"");
+        let metric = metric_value(&metrics, "switchyard_failover_requests_total", &labels);
+        assert_eq!(
+            metric,
+            scope[key].as_f64(),
+            "/metrics {outcome} vs the incident record"
+        );
+        assert_eq!(
+            console[key],
+            scope[key].to_string(),
+            "SHOW INCIDENTS {key} vs the incident record"
+        );
+    }
+    assert_eq!(
+        metric_value(&metrics, "switchyard_failovers_total", "cluster=\"drill\""),
+        Some(1.0)
+    );
+    assert_eq!(console["id"], record["id"].to_string());
+    assert_eq!(console["stage"], "Resolved");
     let errors: u64 = sy["errors_by_sqlstate"]
         .as_object()
         .unwrap()
@@ -371,4 +400,58 @@ async fn a_patroni_drill_lets_patroni_fail_over() {
     assert_eq!(sy["stuck"], 0, "{sy:#}");
     assert_eq!(sy["lost_writes"], 0, "{sy:#}");
     assert!(sy["first_write_after_fault_s"].as_f64().is_some(), "{sy:#}");
+}
+
+/// The proxy's own port (the first address in the config the drill wrote).
+fn proxy_port(config: &str) -> u16 {
+    ports_in(config)[0]
+}
+
+/// One sample's value from a Prometheus text exposition: the line `name{labels} value`.
+fn metric_value(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let want = format!("{name}{{{labels}}}");
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (series == want).then(|| value.parse().ok())?
+    })
+}
+
+/// The newest row of `SHOW INCIDENTS` on the drill proxy's admin console, by column name,
+/// through PostgreSQL 15's psql.
+async fn show_incidents(port: u16) -> std::collections::HashMap<String, String> {
+    let psql = switchyard_localpg::pg_bin_dir().join("psql");
+    let mut cmd = Command::new(psql);
+    cmd.args([
+        "-X",
+        "-A",
+        "-F",
+        "\u{1f}",
+        "-P",
+        "footer=off",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+    ])
+    .args(["-d", "switchyard", "-c", "SHOW INCIDENTS", "-p"])
+    .arg(port.to_string())
+    .stdin(Stdio::null())
+    .kill_on_drop(true);
+    let out = within(STEP, "psql SHOW INCIDENTS", cmd.output())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split('\u{1f}').collect();
+    let row: Vec<&str> = lines.next().expect("an incident").split('\u{1f}').collect();
+    header
+        .iter()
+        .map(|h| h.to_string())
+        .zip(row.iter().map(|v| v.to_string()))
+        .collect()
 }
