@@ -56,7 +56,10 @@ pub fn run(args: &DrillArgs, proxy_exe: PathBuf) -> Result<Report, DrillError> {
             source,
         })?;
     runtime.block_on(async {
-        let interrupted = interrupted()?;
+        let interrupted = interrupted().map_err(|source| DrillError::Io {
+            path: PathBuf::from("(signal handlers)"),
+            source,
+        })?;
         tokio::select! {
             report = drive::drive(args, proxy_exe) => report,
             () = interrupted.cancelled() => Err(DrillError::Interrupted),
@@ -93,16 +96,14 @@ fn check_prerequisites(args: &DrillArgs) -> Result<(), DrillError> {
     Ok(())
 }
 
-/// A token cancelled by the first SIGINT, SIGTERM or SIGHUP.
-fn interrupted() -> Result<tokio_util::sync::CancellationToken, DrillError> {
+/// A token cancelled by the first SIGINT, SIGTERM or SIGHUP (the terminal closed), for the
+/// local runs (`drill`, `demo`). The handlers stay installed afterwards, so further signals do
+/// not interrupt the clean-up. Needs a runtime.
+pub fn interrupted() -> std::io::Result<tokio_util::sync::CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
-    let io = |source| DrillError::Io {
-        path: PathBuf::from("(signal handlers)"),
-        source,
-    };
-    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
-    let mut term = signal(SignalKind::terminate()).map_err(io)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let token = tokio_util::sync::CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {

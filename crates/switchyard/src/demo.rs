@@ -158,24 +158,9 @@ async fn run_locked(args: DemoArgs, state: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A token cancelled by the first SIGINT, SIGTERM or SIGHUP (the terminal closed). The handlers
-/// stay installed afterwards, so further signals do not interrupt the clean-up.
+/// A token cancelled by the first SIGINT, SIGTERM or SIGHUP (shared with the drill).
 fn stop_on_signal() -> anyhow::Result<CancellationToken> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {}
-        }
-        cancel.cancel();
-    });
-    Ok(token)
+    switchyard_drill::interrupted().context("cannot handle SIGINT, SIGTERM or SIGHUP")
 }
 
 /// The proxy's config: both servers as one cluster, any database, user `postgres` with trust,

@@ -10,8 +10,8 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{ChildStderr, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -34,6 +34,19 @@ fn drill(out: &Path, fault: &str) -> Command {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd
+}
+
+/// Reads the drill's progress lines until it reports its fault.
+async fn wait_for_fault(lines: &mut Lines<BufReader<ChildStderr>>) {
+    within(DRILL, "the fault", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("freeze of both primaries") {
+                return;
+            }
+        }
+        panic!("the drill ended before its fault");
+    })
+    .await;
 }
 
 fn path<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -117,15 +130,7 @@ async fn an_interrupted_drill_stops_everything_it_started() {
     cmd.stderr(Stdio::piped()).stdout(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    within(DRILL, "the fault", async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("freeze of both primaries") {
-                return;
-            }
-        }
-        panic!("the drill ended before its fault");
-    })
-    .await;
+    wait_for_fault(&mut lines).await;
     let config = std::fs::read_to_string(out.path().join("switchyard.toml")).unwrap();
     let ports = ports_in(&config);
     assert_eq!(
@@ -257,15 +262,7 @@ async fn the_status_page_follows_a_drill_made_incident() {
     .kill_on_drop(true);
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    within(DRILL, "the fault", async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("freeze of both primaries") {
-                return;
-            }
-        }
-        panic!("the drill ended before its fault");
-    })
-    .await;
+    wait_for_fault(&mut lines).await;
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let config = std::fs::read_to_string(out.path().join("switchyard.toml")).unwrap();
     let admin = admin_addr(&config);
