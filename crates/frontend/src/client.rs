@@ -18,22 +18,16 @@ pub struct ClientConn {
     pub buf: BytesMut,
     pub max_message: usize,
     buffers: Arc<Buffers>,
-    /// The runtime is single-threaded, so a read's readiness can be forgotten right after a
-    /// short read without losing a wakeup (see [`Self::poll_fill`]).
-    single_threaded: bool,
 }
 
 impl ClientConn {
     pub fn new(stream: TcpStream, max_message: usize, buffers: Arc<Buffers>) -> Self {
         let _ = stream.set_nodelay(true);
-        let single_threaded = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         Self {
             stream,
             buf: BytesMut::new(),
             max_message,
             buffers,
-            single_threaded,
         }
     }
 
@@ -73,41 +67,28 @@ impl ClientConn {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 
-    /// [`ClientConn::fill`] as a poll function. Readiness is awaited with `poll_read_ready`,
-    /// which keeps the waker in the socket's own slot: no waiter node lives in the future that
-    /// every idle client's task holds.
+    /// [`ClientConn::fill`] as a poll function. Readiness is awaited first with
+    /// `poll_read_ready`, which keeps the waker in the socket's own slot (no waiter node in the
+    /// future every idle client's task holds) and takes no buffer until there is something to
+    /// read. The read goes through `poll_read`, which forgets the readiness after a read that did
+    /// not fill the buffer (race-free: tokio clears only the readiness event seen before the
+    /// read), so the next wait does not begin with a read that can only fail.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, SessionError>> {
-        loop {
-            if let Err(e) = ready!(self.stream.poll_read_ready(cx)) {
-                return Poll::Ready(Err(SessionError::ClientGone(e)));
-            }
-            self.ensure_room();
-            let room = self.buf.capacity() - self.buf.len();
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(0) => return Poll::Ready(Ok(false)),
-                Ok(n) => {
-                    if n < room && self.single_threaded {
-                        self.forget_readiness();
-                    }
-                    return Poll::Ready(Ok(true));
-                }
-                // Stale readiness (now cleared): give the buffer back and wait again.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.shed_buffer(),
-                Err(e) => return Poll::Ready(Err(SessionError::ClientGone(e))),
+        if let Err(e) = ready!(self.stream.poll_read_ready(cx)) {
+            return Poll::Ready(Err(SessionError::ClientGone(e)));
+        }
+        self.ensure_room();
+        match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.stream), cx, &mut self.buf)
+        {
+            Poll::Ready(Ok(0)) => Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(true)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(SessionError::ClientGone(e))),
+            // Stale readiness, now cleared and the waker registered: give the buffer back.
+            Poll::Pending => {
+                self.shed_buffer();
+                Poll::Pending
             }
         }
-    }
-
-    /// After a read that did not fill the buffer the socket is drained, but tokio still holds
-    /// it readable until a read fails, so the next wait would begin with a read that can only
-    /// fail: one wasted syscall per request. Clearing the readiness now avoids it. Safe only
-    /// on a single-threaded runtime, where the I/O driver cannot record new data between the
-    /// read above and this clear (new data after it raises a new readiness event); on a
-    /// multi-threaded one the wasted read stays.
-    fn forget_readiness(&self) {
-        let _ = self.stream.try_io(tokio::io::Interest::READABLE, || {
-            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-        });
     }
 
     /// Reads one whole frame; EOF is an error (the client left mid-conversation).
