@@ -148,6 +148,7 @@ fn clusters(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
     let mut transactions = Vec::new();
     let mut queries = Vec::new();
     let mut latency = Vec::new();
+    let mut query_latency = Vec::new();
     let mut caught = Vec::new();
     let mut hold_seconds = Vec::new();
     let mut role = Vec::new();
@@ -166,6 +167,7 @@ fn clusters(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
         transactions.push((cl(name), c.transactions.load(Ordering::Relaxed)));
         queries.push((cl(name), c.queries.load(Ordering::Relaxed)));
         latency.push((cl(name), &c.transaction_latency));
+        query_latency.push((cl(name), &c.query_latency));
         let t = c.caught_totals();
         for (outcome, n) in [
             ("held", t.held),
@@ -245,6 +247,11 @@ fn clusters(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
         "switchyard_transaction_duration_seconds",
         "Time a client held a server connection",
         &latency,
+    )?;
+    f.histograms(
+        "switchyard_query_duration_seconds",
+        "Time from a request sent to the server to its ReadyForQuery",
+        &query_latency,
     )?;
     f.counters(
         "switchyard_failover_requests",

@@ -87,6 +87,13 @@ async fn metrics_health_and_api_describe_a_healthy_proxy() {
     assert!(tx >= 5.0, "{tx} transactions");
     let count = sample(&m, "switchyard_transaction_duration_seconds_count", &main).unwrap();
     assert_eq!(count, tx, "one latency observation per transaction");
+    assert_eq!(m["types"]["switchyard_query_duration_seconds"], "histogram");
+    let answered = sample(&m, "switchyard_queries_total", &main).unwrap();
+    let timed = sample(&m, "switchyard_query_duration_seconds_count", &main).unwrap();
+    assert!(
+        timed >= 5.0 && timed <= answered,
+        "{timed} timed requests of {answered}"
+    );
     assert_eq!(
         sample(&m, "switchyard_cluster_has_primary", &main),
         Some(1.0)

@@ -74,6 +74,8 @@ pub struct ClusterCounters {
     pub transactions: AtomicU64,
     pub queries: AtomicU64,
     pub transaction_latency: LatencyHistogram,
+    /// From a request's (or pipelined batch's) last byte sent to its ReadyForQuery.
+    pub query_latency: LatencyHistogram,
     pub held: AtomicU64,
     pub held_us: AtomicU64,
     pub longest_hold_us: AtomicU64,

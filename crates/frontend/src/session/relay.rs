@@ -58,6 +58,9 @@ pub struct Relay {
     commit_in_flight: bool,
     /// Requests answered (ReadyForQuery) on this attachment.
     pub answered: u32,
+    /// When the request being answered was sent, in µs since the attachment began (for the
+    /// request-latency histogram).
+    pub request_started_us: u64,
 }
 
 /// Why a server connection is closing.
@@ -182,6 +185,7 @@ impl Relay {
             evidence: false,
             commit_in_flight: false,
             answered: 0,
+            request_started_us: 0,
         }
     }
 
@@ -194,6 +198,7 @@ impl Relay {
         self.evidence = false;
         self.commit_in_flight = false;
         self.answered = 0;
+        self.request_started_us = 0;
     }
 
     /// Requests forwarded whose ReadyForQuery has not come back.

@@ -19,6 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 use switchyard_config::PoolMode;
 use switchyard_pool::{Pool, Pooled};
 use switchyard_proto::backend::{self, TxStatus};
@@ -267,12 +268,15 @@ impl Session {
     ) -> Result<Flow, SessionError> {
         let relay = &mut self.relay;
         let Link::Attached {
-            server, generation, ..
+            server,
+            generation,
+            since,
+            ..
         } = &mut self.link
         else {
             return Ok(Flow::Continue);
         };
-        let generation = *generation;
+        let (generation, since) = (*generation, *since);
         if self
             .monitor
             .as_ref()
@@ -290,6 +294,7 @@ impl Session {
             params: &mut conn.params,
             prepared: &mut conn.prepared,
         };
+        let nothing_outstanding = relay.outstanding_requests() == 0;
         let (step, used) = relay.client_to_server(
             &self.client.buf,
             self.client.max_message,
@@ -306,6 +311,9 @@ impl Session {
                 } else {
                     Lost::Socket(e.into())
                 }));
+            }
+            if nothing_outstanding {
+                relay.request_started_us = since.elapsed().as_micros() as u64;
             }
             let sent = &self.client.buf[..used];
             self.replay = (std::mem::take(&mut self.fresh)
@@ -364,6 +372,12 @@ impl Session {
         }
         if saw_ready {
             self.replay = None;
+            if let Some(m) = &self.monitor {
+                let started = Duration::from_micros(relay.request_started_us);
+                m.counters()
+                    .query_latency
+                    .observe(since.elapsed().saturating_sub(started));
+            }
         }
         if saw_ready && relay.releases() {
             self.detach();
