@@ -1,8 +1,14 @@
-//! The HTTP listener (axum): `/livez`, `/readyz`, `/metrics`, `/api/clusters`,
-//! `/api/incidents`, `/api/events` and the status page `/`. With `admin.token` set, everything
-//! but `/livez` and `/readyz` needs `Authorization: Bearer TOKEN`.
+//! The HTTP listener (axum routes on hyper connections): `/livez`, `/readyz`, `/metrics`,
+//! `/api/clusters`, `/api/incidents`, `/api/events` and the status page `/`. With `admin.token`
+//! set, everything but `/livez` and `/readyz` needs `Authorization: Bearer TOKEN`.
+//!
+//! Every connection has deadlines: its request headers must arrive within
+//! [`HEADER_READ_TIMEOUT`], and it is closed after [`CONNECTION_LIFETIME`] whatever it does, so
+//! a slow or silent client cannot hold one open. (Hence hyper's connection builder here rather
+//! than `axum::serve`, which has no such settings.)
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, Request, State};
@@ -20,6 +26,12 @@ use crate::{metrics, page, snapshot};
 
 type Shared = Arc<AdminState>;
 
+/// Longest a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest one connection (keep-alive included) stays open.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Serves on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, state: Shared, stop: CancellationToken) {
     let protected = Router::new()
@@ -34,12 +46,31 @@ pub async fn serve(listener: TcpListener, state: Shared, stop: CancellationToken
         .route("/readyz", get(readyz))
         .merge(protected)
         .with_state(state);
-    let shutdown = async move { stop.cancelled().await };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::warn!(error = %e, "the admin HTTP listener stopped");
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "admin HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, connection) => {}
+                () = stop.cancelled() => {}
+            }
+        });
     }
 }
 

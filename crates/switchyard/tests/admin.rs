@@ -241,3 +241,34 @@ async fn a_failover_becomes_an_incident_that_resolves_and_is_kept() {
     assert_eq!(v["incidents"][0]["id"], resolved["id"], "{v:#}");
     assert_eq!(v["incidents"][0]["stage"], "Resolved");
 }
+
+/// A client that starts a request and never finishes its headers is cut off after the admin
+/// listener's header deadline (5 s), and the listener keeps serving others meanwhile.
+#[tokio::test]
+async fn a_silent_http_client_is_cut_off() {
+    let h = Harness::start(PoolMode::Transaction).await;
+    let addr = admin_addr(&h.proxy);
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        get(addr, "/livez", None).await.0,
+        200,
+        "others are served meanwhile"
+    );
+    let mut rest = Vec::new();
+    within(
+        Duration::from_secs(10),
+        "the server to close the slow connection",
+        slow.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(4),
+        "closed after {took:?}, before the deadline"
+    );
+}
