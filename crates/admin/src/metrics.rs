@@ -190,14 +190,7 @@ fn clusters(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
                     extra,
                 ]
             };
-            let is_primary =
-                matches!(&view.state, ClusterState::Primary { addr, .. } if *addr == member.addr);
-            let r = match (is_primary, member.facts.as_ref()) {
-                (true, _) => "primary",
-                (false, Some(f)) if f.in_recovery => "standby",
-                (false, Some(_)) => "writable_not_primary",
-                (false, None) => "unknown",
-            };
+            let r = view.role_of(member);
             role.push((member_labels(("role", r.to_owned())), 1.0));
             for h in ["Unknown", "Up", "Suspect", "Down"] {
                 let on = member.health.name() == h;

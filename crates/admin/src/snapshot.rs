@@ -56,44 +56,21 @@ pub fn clusters(state: &AdminState) -> Vec<ClusterSnapshot> {
         .iter()
         .map(|m| {
             let view = m.view();
-            let primary = match &view.state {
-                ClusterState::Primary { addr, .. } => Some(addr.clone()),
-                _ => None,
-            };
-            let head = primary.as_ref().and_then(|p| {
-                view.members
-                    .iter()
-                    .find(|x| &x.addr == p)?
-                    .facts
-                    .as_ref()
-                    .map(|f| f.wal_lsn)
-            });
+            let primary = view.primary_addr().map(str::to_owned);
             let probes: Vec<_> = m.probes().collect();
             let members = view
                 .members
                 .iter()
                 .zip(&probes)
                 .map(|(member, (_, p))| {
-                    let is_primary = primary.as_deref() == Some(member.addr.as_str());
-                    let role = match (is_primary, &member.facts) {
-                        (true, _) => "primary",
-                        (false, Some(f)) if f.in_recovery => "standby",
-                        (false, Some(_)) => "writable_not_primary",
-                        (false, None) => "unknown",
-                    };
                     let facts = member.facts.as_ref();
                     MemberSnapshot {
                         addr: member.addr.clone(),
-                        role,
+                        role: view.role_of(member),
                         health: member.health.name().to_owned(),
                         fenced: member.fenced,
                         timeline: facts.map(|f| f.timeline),
-                        lag_bytes: match (head, facts) {
-                            (Some(h), Some(f)) if f.in_recovery => {
-                                Some(h.saturating_sub(f.wal_lsn))
-                            }
-                            _ => None,
-                        },
+                        lag_bytes: view.lag_of(member),
                         probes_ok: p.ok.load(Ordering::Relaxed),
                         probes_failed: p.failed.load(Ordering::Relaxed),
                         last_probe_ms: p.last_latency_us.load(Ordering::Relaxed) as f64 / 1000.0,

@@ -89,10 +89,7 @@ pub async fn run(state: Arc<AdminState>, notifier: Option<Notifier>, stop: Cance
 /// One cluster's sample.
 fn sample(m: &ClusterMonitor, view: &TopologyView, last_primary: Option<&str>) -> Sample {
     let counters = m.counters();
-    let primary = match &view.state {
-        ClusterState::Primary { addr, .. } => Some(addr.clone()),
-        _ => None,
-    };
+    let primary = view.primary_addr().map(str::to_owned);
     let old_primary_last_ok_ms = last_primary.and_then(|old| {
         m.probes()
             .find(|(addr, _)| *addr == old)
@@ -108,27 +105,9 @@ fn sample(m: &ClusterMonitor, view: &TopologyView, last_primary: Option<&str>) -
         caught: counters.caught_totals(),
         sites: counters.touched().into_iter().collect(),
         old_primary_last_ok_ms,
-        lag_bytes: lag_bytes(view, primary.as_deref()),
+        lag_bytes: view.standby_lag(),
         primary,
     }
-}
-
-/// How far the most advanced standby is behind the primary, in bytes of WAL.
-pub fn lag_bytes(view: &TopologyView, primary: Option<&str>) -> Option<u64> {
-    let primary = primary?;
-    let facts = |addr: &str| view.members.iter().find(|m| m.addr == addr)?.facts.clone();
-    let head = facts(primary)?.wal_lsn;
-    view.members
-        .iter()
-        .filter(|m| m.addr != primary)
-        .filter_map(|m| {
-            m.facts
-                .as_ref()
-                .filter(|f| f.in_recovery)
-                .map(|f| f.wal_lsn)
-        })
-        .max()
-        .map(|standby| head.saturating_sub(standby))
 }
 
 /// Events for what changed between two views of a cluster.

@@ -54,6 +54,48 @@ pub struct TopologyView {
     pub since: Instant,
 }
 
+impl TopologyView {
+    /// The primary's address, if the cluster has one.
+    pub fn primary_addr(&self) -> Option<&str> {
+        match &self.state {
+            ClusterState::Primary { addr, .. } => Some(addr),
+            _ => None,
+        }
+    }
+
+    /// A member's role as the probes see it: `primary`, `standby`, `writable_not_primary`
+    /// (fenced, or an old primary) or `unknown` (never probed successfully).
+    pub fn role_of(&self, member: &MemberStatus) -> &'static str {
+        match (
+            self.primary_addr() == Some(member.addr.as_str()),
+            &member.facts,
+        ) {
+            (true, _) => "primary",
+            (false, Some(f)) if f.in_recovery => "standby",
+            (false, Some(_)) => "writable_not_primary",
+            (false, None) => "unknown",
+        }
+    }
+
+    /// How many bytes of WAL a standby is behind the primary; `None` for anything else.
+    pub fn lag_of(&self, member: &MemberStatus) -> Option<u64> {
+        let primary = self.primary_addr()?;
+        let head = self
+            .members
+            .iter()
+            .find(|m| m.addr == primary)?
+            .facts
+            .as_ref()?;
+        let standby = member.facts.as_ref().filter(|f| f.in_recovery)?;
+        Some(head.wal_lsn.saturating_sub(standby.wal_lsn))
+    }
+
+    /// The lag of the most advanced standby (the one a promotion would pick up).
+    pub fn standby_lag(&self) -> Option<u64> {
+        self.members.iter().filter_map(|m| self.lag_of(m)).min()
+    }
+}
+
 /// What the data path tells the monitor about one member.
 #[derive(Default)]
 struct MemberSignals {
@@ -394,5 +436,67 @@ impl Decider {
                 ClusterState::Conflict(ids)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    fn member(addr: &str, facts: Option<(bool, u64)>) -> MemberStatus {
+        MemberStatus {
+            addr: addr.into(),
+            health: Health::Up,
+            facts: facts.map(|(in_recovery, wal_lsn)| NodeFacts {
+                in_recovery,
+                timeline: 1,
+                system_id: 7,
+                wal_lsn,
+            }),
+            fenced: false,
+        }
+    }
+
+    #[test]
+    fn roles_and_lag_come_from_the_view() {
+        let view = TopologyView {
+            generation: 3,
+            state: ClusterState::Primary {
+                id: 0,
+                addr: "a:1".into(),
+            },
+            members: vec![
+                member("a:1", Some((false, 1000))),
+                member("b:2", Some((true, 900))),
+                member("c:3", Some((true, 400))),
+                member("d:4", None),
+                member("e:5", Some((false, 10))),
+            ],
+            since: Instant::now(),
+        };
+        let roles: Vec<&str> = view.members.iter().map(|m| view.role_of(m)).collect();
+        assert_eq!(
+            roles,
+            [
+                "primary",
+                "standby",
+                "standby",
+                "unknown",
+                "writable_not_primary"
+            ]
+        );
+        assert_eq!(view.lag_of(&view.members[1]), Some(100));
+        assert_eq!(
+            view.lag_of(&view.members[0]),
+            None,
+            "the primary has no lag"
+        );
+        assert_eq!(view.standby_lag(), Some(100), "the most advanced standby");
+        let none = TopologyView {
+            state: ClusterState::NoPrimary,
+            ..view
+        };
+        assert_eq!(none.standby_lag(), None);
+        assert_eq!(none.role_of(&none.members[0]), "writable_not_primary");
     }
 }
