@@ -145,3 +145,4 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
 pub mod cluster;
+pub mod served;

@@ -1,105 +1,18 @@
 //! The console commands that act on the process, against the `switchyard serve` binary on a
 //! config file: RELOAD (a changed file applied, a bad one refused) and SHUTDOWN (the drain).
 
+use crate::common::served::Served as Proc;
 use crate::common::*;
 use crate::psql::{Shown, command, console, console_error};
-use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant};
-use switchyard_config::{Config, Duration as CfgDuration, PoolMode};
-use tokio::process::{Child, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
-
-/// A `switchyard serve` process, its config file and its log.
-struct Proc {
-    child: Child,
-    port: u16,
-    config: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
+use std::time::Duration;
+use switchyard_config::{Duration as CfgDuration, PoolMode};
 
 impl Proc {
-    /// Writes `cfg` (on a free port) and starts the binary on it; returns once it accepts
-    /// connections.
-    async fn start(mut cfg: Config) -> Self {
-        let port = switchyard_localpg::free_port();
-        cfg.proxy.listen = format!("127.0.0.1:{port}");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("switchyard.toml");
-        let log = dir.path().join("stderr.log");
-        std::fs::write(&config, toml::to_string(&cfg).expect("config as TOML")).expect("write");
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("NO_COLOR", "1")
-            .env("SWITCHYARD_LOG", "info")
-            .env_remove("SWITCHYARD_LOG_JSON")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn switchyard");
-        let mut p = Self {
-            child,
-            port,
-            config,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + STEP;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!(
-                    "switchyard exited ({status}) before listening:\n{}",
-                    p.log()
-                );
-            }
-            assert!(Instant::now() < deadline, "not listening:\n{}", p.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        p
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Replaces the config file, keeping its modification time so that the file watcher does
-    /// not notice: only RELOAD (or SIGHUP) applies it.
-    fn rewrite_unnoticed(&self, text: &str) {
-        let mtime = std::fs::metadata(&self.config)
-            .and_then(|m| m.modified())
-            .expect("mtime");
-        let tmp = self.config.with_extension("tmp");
-        std::fs::write(&tmp, text).expect("write config");
-        std::fs::File::options()
-            .write(true)
-            .open(&tmp)
-            .and_then(|f| f.set_modified(mtime))
-            .expect("keep mtime");
-        std::fs::rename(&tmp, &self.config).expect("rename config");
-    }
-
     fn conninfo(&self, db: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user=postgres dbname={db}",
             self.port
         )
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    async fn exit_within(&mut self, limit: Duration) -> ExitStatus {
-        match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => status.expect("wait for switchyard"),
-            Err(_) => panic!("switchyard still running after {limit:?}:\n{}", self.log()),
-        }
     }
 }
 
@@ -127,7 +40,7 @@ async fn reload_through_the_console_applies_the_file_or_refuses_it() {
 
     cfg.pool.size = 7;
     cfg.proxy.listen = format!("127.0.0.1:{}", p.port);
-    p.rewrite_unnoticed(&toml::to_string(&cfg).expect("config as TOML"));
+    p.rewrite(&toml::to_string(&cfg).expect("config as TOML"), true);
     assert_eq!(
         size(console(p.port, "SHOW CONFIG").await),
         "4",
@@ -141,7 +54,7 @@ async fn reload_through_the_console_applies_the_file_or_refuses_it() {
         p.log()
     );
 
-    p.rewrite_unnoticed("[pool]\nsize = \"many\"\n");
+    p.rewrite("[pool]\nsize = \"many\"\n", true);
     let err = console_error(p.port, "RELOAD").await;
     assert!(
         err.contains("F0000: switchyard: config reload refused"),
