@@ -38,6 +38,10 @@ pub enum SessionError {
     LoginTimeout,
     #[error("pool wait timed out")]
     PoolTimeout { waited: std::time::Duration },
+    /// The topology moved on while the request waited for a server connection (the gate retries
+    /// this; it reaches a client only where there is no gate, at login).
+    #[error("the cluster's primary changed")]
+    PrimaryChanged,
     #[error("server error: {0}")]
     Server(ServerError),
     #[error("shutting down")]
@@ -60,6 +64,7 @@ impl From<PoolError> for SessionError {
         match e {
             PoolError::Timeout(waited) => Self::PoolTimeout { waited },
             PoolError::Server(s) => Self::Server(s),
+            PoolError::Retired => Self::PrimaryChanged,
         }
     }
 }
@@ -123,6 +128,10 @@ impl SessionError {
                 })
             }
             Self::Server(e) => error(CANNOT_CONNECT_NOW, format!("server unavailable: {e}")),
+            Self::PrimaryChanged => error(
+                CANNOT_CONNECT_NOW,
+                "the cluster's primary changed while this request waited; retry".into(),
+            ),
             Self::Shutdown => fatal(
                 ADMIN_SHUTDOWN,
                 "terminating connection due to administrator command".into(),

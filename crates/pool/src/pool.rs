@@ -1,11 +1,20 @@
-//! One pool: permits, idle connections, checkout with a deadline, release, resize, reap.
+//! One pool: its slots, idle connections and queue of waiting requests; checkout with a
+//! deadline, release, resize, reap, and retiring the connections of an old topology generation.
+//!
+//! Everything is under one mutex, held for a few instructions at a time: the slot count, the
+//! idle list, the queue and the registry of checked-out sockets. (A semaphore beside it would
+//! take a second lock on every checkout and release, and could not hand a released connection
+//! straight to the request that has waited longest.)
 
+use crate::wait::{Handoff, Wait, Waiter};
+use slab::Slab;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::{Duration, Instant};
-use switchyard_server::{ConnectParams, ServerConn, ServerError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use switchyard_server::{Closer, ConnectParams, ServerConn, ServerError};
+use tokio::sync::Notify;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
@@ -19,6 +28,10 @@ pub struct PoolSettings {
 pub enum PoolError {
     #[error("no server connection became free within {0:?}")]
     Timeout(Duration),
+    /// The topology moved on (or the pool was removed) while the request waited: this pool's
+    /// server is not the one to use any more. Nothing was sent; go back to the gate.
+    #[error("the cluster's primary changed while waiting for a server connection")]
+    Retired,
     #[error(transparent)]
     Server(#[from] ServerError),
 }
@@ -42,56 +55,243 @@ pub struct PoolStats {
     pub waiting: usize,
 }
 
-struct Inner {
+/// A checked-out connection's socket, to cut off if its generation is retired.
+struct Out {
+    closer: Closer,
+    generation: u64,
+}
+
+impl Out {
+    fn of(conn: &ServerConn) -> Self {
+        Self {
+            closer: conn.closer.clone(),
+            generation: conn.generation,
+        }
+    }
+}
+
+pub(crate) struct Inner {
     /// Boxed so that checkouts and releases move a pointer, not a whole connection.
     idle: VecDeque<Box<ServerConn>>,
     settings: PoolSettings,
-    /// Permits to destroy as they come back, after a resize down.
-    excess: usize,
+    /// Slots taken: connections checked out, or being opened. At most `settings.size`, except
+    /// after a resize down, until enough come back.
+    busy: usize,
+    /// The checked-out connections' sockets.
+    out: Slab<Out>,
+    /// Requests waiting for a slot, by ticket: first come, first served.
+    pub(crate) waiters: BTreeMap<u64, Waiter>,
+    next_ticket: u64,
+    /// How many of `waiters` have no outcome yet.
+    pub(crate) waiting: usize,
+    /// A task is enforcing the waiters' deadlines.
+    pub(crate) sweeping: bool,
     /// RECONNECT: connections opened up to this moment close when they come back.
     reconnect_before: Option<Instant>,
 }
 
+impl Inner {
+    /// The longest-waiting request that has no outcome yet.
+    fn first_waiting(&self) -> Option<u64> {
+        if self.waiting == 0 {
+            return None;
+        }
+        self.waiters
+            .iter()
+            .find(|(_, w)| w.outcome.is_none())
+            .map(|(t, _)| *t)
+    }
+
+    fn hand(&mut self, ticket: u64, what: Handoff) -> Waker {
+        self.waiting -= 1;
+        let w = self.waiters.get_mut(&ticket).expect("a queued ticket");
+        w.outcome = Some(what);
+        w.waker.clone()
+    }
+
+    /// A slot came free: the longest-waiting request gets it, or it is freed.
+    pub(crate) fn free_slot(&mut self) -> Option<Waker> {
+        if self.busy <= self.settings.size
+            && let Some(t) = self.first_waiting()
+        {
+            return Some(self.hand(t, Handoff::Slot));
+        }
+        self.busy -= 1;
+        None
+    }
+
+    /// A reusable connection came back: straight to the longest-waiting request, or idle.
+    /// (Closed instead if the pool was shrunk and is still over its size.)
+    pub(crate) fn put_back(&mut self, conn: Box<ServerConn>) -> Option<Waker> {
+        if self.busy <= self.settings.size
+            && let Some(t) = self.first_waiting()
+        {
+            let key = self.out.insert(Out::of(&conn));
+            return Some(self.hand(t, Handoff::Conn(conn, key)));
+        }
+        self.busy -= 1;
+        if self.busy + self.idle.len() < self.settings.size {
+            self.idle.push_back(conn);
+        }
+        None
+    }
+
+    pub(crate) fn forget_out(&mut self, key: usize) {
+        self.out.try_remove(key);
+    }
+
+    /// The most recently used idle connection that is of a current generation and still alive.
+    /// (Lifetime is enforced on release and by the reaper, not here: no clock read on the hot
+    /// path.)
+    fn take_idle(&mut self, min_generation: u64) -> Option<Box<ServerConn>> {
+        while let Some(c) = self.idle.pop_back() {
+            if c.generation >= min_generation && c.is_alive() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Ends the wait of every request queued for a generation before `generation`.
+    fn retire_waiters(&mut self, generation: u64) -> Vec<Waker> {
+        let tickets: Vec<u64> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.outcome.is_none() && w.generation < generation)
+            .map(|(t, _)| *t)
+            .collect();
+        tickets
+            .into_iter()
+            .map(|t| self.hand(t, Handoff::Retired))
+            .collect()
+    }
+
+    /// Ends the wait of every request past its deadline; returns their wakers and the next
+    /// deadline among those still waiting.
+    pub(crate) fn expire(&mut self, now: Instant) -> (Vec<Waker>, Option<Instant>) {
+        let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (t, w) in &self.waiters {
+            if w.outcome.is_some() {
+                continue;
+            }
+            if w.deadline <= now {
+                due.push(*t);
+            } else {
+                next = Some(next.map_or(w.deadline, |n| n.min(w.deadline)));
+            }
+        }
+        let wakers = due
+            .into_iter()
+            .map(|t| self.hand(t, Handoff::Expired))
+            .collect();
+        (wakers, next)
+    }
+}
+
 pub struct Pool {
     connect: ConnectParams,
-    permits: Arc<Semaphore>,
     inner: Mutex<Inner>,
-    active: AtomicUsize,
-    waiting: AtomicUsize,
     /// Connections of older topology generations are retired, never reused.
     min_generation: AtomicU64,
+    /// Wakes connection attempts when a generation is retired.
+    retired: Notify,
     /// Removed from the registry (config reload): sessions must look up a new pool.
-    removed: std::sync::atomic::AtomicBool,
+    removed: AtomicBool,
     /// Parameters the server reported at its first login: what a new client is told at startup.
     welcome: Mutex<Option<Arc<BTreeMap<String, String>>>>,
 }
 
-/// A checked-out server connection. Return it with [`Pool::release`]; dropping it closes it.
+/// A slot of a pool, held by a checked-out connection or a checkout that is opening one. Gives
+/// the slot back when dropped, so a forgotten or cancelled checkout never leaks one.
+pub(crate) struct Lease {
+    pool: Option<Arc<Pool>>,
+    /// The connection's entry among the checked-out sockets, once it has one (else `NO_OUT`).
+    out: usize,
+}
+
+const NO_OUT: usize = usize::MAX;
+
+impl Lease {
+    pub(crate) fn new(pool: &Arc<Pool>, out: Option<usize>) -> Self {
+        Self {
+            pool: Some(pool.clone()),
+            out: out.unwrap_or(NO_OUT),
+        }
+    }
+
+    fn take_out(&mut self) -> Option<usize> {
+        let out = std::mem::replace(&mut self.out, NO_OUT);
+        (out != NO_OUT).then_some(out)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let mut inner = pool.lock();
+            if let Some(key) = self.take_out() {
+                inner.forget_out(key);
+            }
+            let wake = inner.free_slot();
+            drop(inner);
+            if let Some(w) = wake {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// A checked-out server connection. Return it with [`Pool::release`]; dropping it closes it
+/// and frees its slot.
 pub struct Pooled {
     pub conn: Box<ServerConn>,
-    permit: OwnedSemaphorePermit,
+    lease: Lease,
+}
+
+impl Pooled {
+    /// The pool it came from.
+    pub fn pool(&self) -> &Arc<Pool> {
+        self.lease
+            .pool
+            .as_ref()
+            .expect("a checked-out connection has its pool")
+    }
+
+    /// Gives the connection back to its pool (see [`Pool::release`]); `now` is the time of
+    /// release, already read by the caller.
+    pub fn release_at(self, now: Instant) {
+        let Pooled { conn, mut lease } = self;
+        // The lease's work is done by `take_back`, under the pool's lock.
+        if let Some(pool) = lease.pool.take() {
+            pool.take_back(conn, lease.take_out(), now);
+        }
+    }
 }
 
 impl Pool {
     pub fn new(connect: ConnectParams, settings: PoolSettings) -> Arc<Self> {
         Arc::new(Self {
             connect,
-            permits: Arc::new(Semaphore::new(settings.size)),
             inner: Mutex::new(Inner {
                 idle: VecDeque::new(),
                 settings,
-                excess: 0,
+                busy: 0,
+                out: Slab::new(),
+                waiters: BTreeMap::new(),
+                next_ticket: 0,
+                waiting: 0,
+                sweeping: false,
                 reconnect_before: None,
             }),
-            active: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
             min_generation: AtomicU64::new(0),
-            removed: std::sync::atomic::AtomicBool::new(false),
+            retired: Notify::new(),
+            removed: AtomicBool::new(false),
             welcome: Mutex::new(None),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -103,60 +303,113 @@ impl Pool {
         &self.connect
     }
 
-    /// Takes a connection, waiting for a free slot at most `wait`.
+    /// Takes a connection for `generation`, waiting for a free slot at most `wait` (in line
+    /// behind earlier requests), opening one if none is idle. Ends with [`PoolError::Retired`]
+    /// as soon as `generation` is retired.
     ///
     /// Cancel safety: cancel-safe; a cancelled wait takes nothing.
-    pub async fn checkout(&self, wait: Duration, generation: u64) -> Result<Pooled, PoolError> {
+    pub async fn checkout(
+        self: &Arc<Self>,
+        wait: Duration,
+        generation: u64,
+    ) -> Result<Pooled, PoolError> {
         self.retire_before(generation);
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => self.wait_for_permit(wait).await?,
-        };
-        let reused = self.take_idle();
-        let conn = match reused {
-            Some(c) => c,
-            None => {
-                let mut c = self.open().await?;
-                c.generation = generation;
-                c
+        if generation < self.min_generation.load(Ordering::Relaxed) {
+            return Err(PoolError::Retired);
+        }
+        let queued = {
+            let mut inner = self.lock();
+            if inner.busy < inner.settings.size && inner.waiting == 0 {
+                inner.busy += 1;
+                None
+            } else {
+                let ticket = inner.next_ticket;
+                inner.next_ticket += 1;
+                let deadline = Instant::now() + wait;
+                // The waker is set at the first poll.
+                inner.waiters.insert(
+                    ticket,
+                    Waiter::new(deadline, generation, Waker::noop().clone()),
+                );
+                inner.waiting += 1;
+                self.ensure_sweeper(&mut inner);
+                Some(ticket)
             }
         };
-        self.active.fetch_add(1, Ordering::Relaxed);
-        Ok(Pooled { conn, permit })
+        let lease = match queued {
+            None => Lease::new(self, None),
+            Some(ticket) => match Wait::new(self, ticket).await {
+                Handoff::Conn(conn, key) => {
+                    return Ok(Pooled {
+                        conn,
+                        lease: Lease::new(self, Some(key)),
+                    });
+                }
+                Handoff::Slot => Lease::new(self, None),
+                Handoff::Expired => return Err(PoolError::Timeout(wait)),
+                Handoff::Retired => return Err(PoolError::Retired),
+            },
+        };
+        self.fill(lease, generation).await
     }
 
     /// Takes an idle connection at once if a slot and a connection are free; never waits and
     /// never connects. The common case of a busy pool, without a future to poll.
-    pub fn try_checkout(&self, generation: u64) -> Option<Pooled> {
+    pub fn try_checkout(self: &Arc<Self>, generation: u64) -> Option<Pooled> {
         self.retire_before(generation);
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        let conn = self.take_idle()?;
-        self.active.fetch_add(1, Ordering::Relaxed);
-        Some(Pooled { conn, permit })
-    }
-
-    async fn wait_for_permit(&self, wait: Duration) -> Result<OwnedSemaphorePermit, PoolError> {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        match permit {
-            Ok(Ok(p)) => Ok(p),
-            _ => Err(PoolError::Timeout(wait)),
-        }
-    }
-
-    /// The most recently used idle connection that is of the current generation and still
-    /// alive. (Lifetime is enforced on release and by the reaper, not here: no clock read on the
-    /// hot path.)
-    fn take_idle(&self) -> Option<Box<ServerConn>> {
-        let mut inner = self.lock();
         let min_generation = self.min_generation.load(Ordering::Relaxed);
-        while let Some(c) = inner.idle.pop_back() {
-            if c.generation >= min_generation && c.is_alive() {
-                return Some(c);
+        let mut inner = self.lock();
+        if inner.busy >= inner.settings.size || inner.waiting > 0 || generation < min_generation {
+            return None;
+        }
+        let conn = inner.take_idle(min_generation)?;
+        inner.busy += 1;
+        let key = inner.out.insert(Out::of(&conn));
+        drop(inner);
+        Some(Pooled {
+            conn,
+            lease: Lease::new(self, Some(key)),
+        })
+    }
+
+    /// Puts a connection under a slot just taken: an idle one, or a new one.
+    async fn fill(&self, mut lease: Lease, generation: u64) -> Result<Pooled, PoolError> {
+        let min_generation = self.min_generation.load(Ordering::Relaxed);
+        {
+            let mut inner = self.lock();
+            if let Some(conn) = inner.take_idle(min_generation) {
+                lease.out = inner.out.insert(Out::of(&conn));
+                drop(inner);
+                return Ok(Pooled { conn, lease });
             }
         }
-        None
+        // Boxed: connecting is rare, and its state would make every checkout's future large.
+        let mut open = Box::pin(self.open());
+        let mut conn = loop {
+            let retired = self.retired.notified();
+            tokio::pin!(retired);
+            retired.as_mut().enable();
+            if self.min_generation.load(Ordering::Relaxed) > generation {
+                return Err(PoolError::Retired);
+            }
+            tokio::select! {
+                c = &mut open => break c?,
+                // Some generation was retired: this one, or an older one (then keep going).
+                () = retired => {}
+            }
+        };
+        conn.generation = generation;
+        {
+            let mut inner = self.lock();
+            // Checked under the lock, so that a retirement either sees this socket or happened
+            // before (and is seen here).
+            if self.min_generation.load(Ordering::Relaxed) <= generation {
+                lease.out = inner.out.insert(Out::of(&conn));
+                drop(inner);
+                return Ok(Pooled { conn, lease });
+            }
+        }
+        Err(PoolError::Retired)
     }
 
     async fn open(&self) -> Result<Box<ServerConn>, ServerError> {
@@ -178,20 +431,21 @@ impl Pool {
     /// The parameters a new client is told at startup, opening a connection to learn them if no
     /// connection was ever made.
     pub async fn welcome_params(
-        &self,
+        self: &Arc<Self>,
         wait: Duration,
     ) -> Result<Arc<BTreeMap<String, String>>, PoolError> {
-        if let Some(w) = self
-            .welcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(w) = self.cached_welcome() {
             return Ok(w);
         }
-        let c = self
-            .checkout(wait, self.min_generation.load(Ordering::Relaxed))
-            .await?;
+        // Any generation's server will do for the parameters: a retirement meanwhile is retried.
+        let mut tries = 0;
+        let c = loop {
+            let generation = self.min_generation.load(Ordering::Relaxed);
+            match self.checkout(wait, generation).await {
+                Err(PoolError::Retired) if tries < 3 => tries += 1,
+                other => break other?,
+            }
+        };
         let params = self
             .cached_welcome()
             .unwrap_or_else(|| Arc::new(c.conn.params.clone()));
@@ -201,62 +455,82 @@ impl Pool {
 
     /// Returns a connection that is at a sync point and idle (no transaction open).
     pub fn release(&self, pooled: Pooled) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
-        let Pooled { mut conn, permit } = pooled;
-        let now = Instant::now();
+        self.release_at(pooled, Instant::now());
+    }
+
+    /// [`Pool::release`] with the time already read by the caller.
+    pub fn release_at(&self, pooled: Pooled, now: Instant) {
+        debug_assert!(std::ptr::eq(&**pooled.pool(), self));
+        pooled.release_at(now);
+    }
+
+    /// Takes back a connection whose lease was just ended (`out`: its checked-out entry).
+    fn take_back(&self, mut conn: Box<ServerConn>, out: Option<usize>, now: Instant) {
         let mut inner = self.lock();
-        if inner.excess > 0 {
-            inner.excess -= 1;
-            permit.forget();
-            return;
+        if let Some(key) = out {
+            inner.forget_out(key);
         }
-        if now.duration_since(conn.created) >= inner.settings.lifetime
-            || conn.generation < self.min_generation.load(Ordering::Relaxed)
-            || inner.reconnect_before.is_some_and(|t| conn.created <= t)
-        {
-            return;
-        }
-        conn.last_used = now;
-        inner.idle.push_back(conn);
+        let reusable = now.duration_since(conn.created) < inner.settings.lifetime
+            && conn.generation >= self.min_generation.load(Ordering::Relaxed)
+            && inner.reconnect_before.is_none_or(|t| conn.created > t)
+            && !self.removed.load(Ordering::Relaxed);
+        let (wake, closed) = if reusable {
+            conn.last_used = now;
+            (inner.put_back(conn), None)
+        } else {
+            (inner.free_slot(), Some(conn))
+        };
         drop(inner);
-        drop(permit);
+        drop(closed);
+        if let Some(w) = wake {
+            w.wake();
+        }
     }
 
     /// Closes a checked-out connection that is not reusable (broken, mid-transaction).
     pub fn discard(&self, pooled: Pooled) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
         drop(pooled);
     }
 
-    /// Applies new settings; shrinking takes effect as connections come back.
+    /// Applies new settings; shrinking takes effect as connections come back, growing lets
+    /// waiting requests in at once.
     pub fn resize(&self, settings: PoolSettings) {
         let mut inner = self.lock();
-        let old = inner.settings.size;
         let new = settings.size;
-        if new > old {
-            let mut grow = new - old;
-            let cancel = grow.min(inner.excess);
-            inner.excess -= cancel;
-            grow -= cancel;
-            self.permits.add_permits(grow);
-        } else if new < old {
-            let shrink = old - new;
-            let forgotten = self.permits.forget_permits(shrink);
-            inner.excess += shrink - forgotten;
-            let max_idle = new.saturating_sub(self.active.load(Ordering::Relaxed));
-            while inner.idle.len() > max_idle {
-                inner.idle.pop_front();
-            }
-        }
         inner.settings = settings;
+        let mut wakers = Vec::new();
+        while inner.busy < new
+            && let Some(t) = inner.first_waiting()
+        {
+            inner.busy += 1;
+            wakers.push(inner.hand(t, Handoff::Slot));
+        }
+        let max_idle = new.saturating_sub(inner.busy);
+        while inner.idle.len() > max_idle {
+            inner.idle.pop_front();
+        }
+        drop(inner);
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     /// Retires connections opened before `generation`: idle ones close now, checked-out ones
-    /// when they come back.
+    /// are shut down (their session's read ends at once) and close when they come back, and
+    /// requests waiting for an older generation are sent back to the gate.
     pub fn retire_before(&self, generation: u64) {
-        if self.min_generation.fetch_max(generation, Ordering::Relaxed) < generation {
-            self.lock().idle.retain(|c| c.generation >= generation);
+        if self.min_generation.fetch_max(generation, Ordering::Relaxed) >= generation {
+            return;
         }
+        let mut inner = self.lock();
+        inner.idle.retain(|c| c.generation >= generation);
+        for (_, o) in inner.out.iter() {
+            if o.generation < generation {
+                o.closer.shut_down();
+            }
+        }
+        let wakers = inner.retire_waiters(generation);
+        drop(inner);
+        wakers.into_iter().for_each(Waker::wake);
+        self.retired.notify_waiters();
     }
 
     /// RECONNECT: closes the idle connections now, and the checked-out ones when they come
@@ -283,10 +557,11 @@ impl Pool {
     }
 
     pub fn stats(&self) -> PoolStats {
+        let inner = self.lock();
         PoolStats {
-            idle: self.lock().idle.len(),
-            active: self.active.load(Ordering::Relaxed),
-            waiting: self.waiting.load(Ordering::Relaxed),
+            idle: inner.idle.len(),
+            active: inner.out.len(),
+            waiting: inner.waiting,
         }
     }
 
@@ -302,31 +577,50 @@ impl Pool {
                 _ => break,
             }
         }
-        let total = inner.idle.len() + self.active.load(Ordering::Relaxed);
+        let total = inner.idle.len() + inner.busy;
         s.min_idle
             .saturating_sub(inner.idle.len())
             .min(s.size.saturating_sub(total))
     }
 
-    /// Opens one connection straight into the idle list (for `min_idle`).
-    pub(crate) async fn prefill_one(&self) -> Result<(), ServerError> {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            return Ok(());
+    /// Opens one connection straight into the idle list (for `min_idle`), or to a waiting
+    /// request if one arrived meanwhile.
+    pub(crate) async fn prefill_one(self: &Arc<Self>) -> Result<(), ServerError> {
+        let lease = {
+            let mut inner = self.lock();
+            if inner.busy + inner.idle.len() >= inner.settings.size || inner.waiting > 0 {
+                return Ok(());
+            }
+            inner.busy += 1;
+            Lease::new(self, None)
         };
         let mut conn = self.open().await?;
         conn.generation = self.min_generation.load(Ordering::Relaxed);
-        self.lock().idle.push_back(conn);
-        drop(permit);
+        self.release(Pooled { conn, lease });
         Ok(())
     }
 
-    /// Marks the pool removed from the registry and drops its idle connections.
+    /// Marks the pool removed from the registry, drops its idle connections and sends waiting
+    /// requests back to look up their new pool.
     pub fn remove(&self) {
         self.removed.store(true, Ordering::Relaxed);
-        self.lock().idle.clear();
+        let mut inner = self.lock();
+        inner.idle.clear();
+        let wakers = inner.retire_waiters(u64::MAX);
+        drop(inner);
+        wakers.into_iter().for_each(Waker::wake);
+        self.retired.notify_waiters();
     }
 
     pub fn is_removed(&self) -> bool {
         self.removed.load(Ordering::Relaxed)
+    }
+
+    /// Starts the task that ends waits at their deadline, unless one is running.
+    fn ensure_sweeper(self: &Arc<Self>, inner: &mut Inner) {
+        if !inner.sweeping {
+            inner.sweeping = true;
+            tokio::spawn(crate::wait::sweep(Arc::downgrade(self)));
+        }
     }
 }

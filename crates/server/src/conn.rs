@@ -1,6 +1,6 @@
 //! [`ServerConn`]: an authenticated connection to one PostgreSQL server, idle at a sync point.
 
-use crate::{ServerError, SocketOptions, auth};
+use crate::{Closer, ServerError, SocketOptions, auth};
 use bytes::BytesMut;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -59,6 +59,8 @@ pub struct ServerConn {
     pub settings_fingerprint: u64,
     /// Topology generation this connection was opened under; retired when it is over.
     pub generation: u64,
+    /// Cuts the socket off from another task (the pool, when the topology moves on).
+    pub closer: Closer,
 }
 
 impl ServerConn {
@@ -88,8 +90,13 @@ impl ServerConn {
                 addr: p.addr.clone(),
                 source,
             })?;
+        let closer = Closer::new(&stream).map_err(|source| ServerError::Connect {
+            addr: p.addr.clone(),
+            source,
+        })?;
         let now = Instant::now();
         let mut conn = Self {
+            closer,
             stream,
             read_buf: BytesMut::with_capacity(8192),
             addr: p.addr.as_str().into(),

@@ -13,4 +13,4 @@ mod socket;
 
 pub use conn::{BackendKey, ConnectParams, ServerConn, send_cancel};
 pub use error::ServerError;
-pub use socket::SocketOptions;
+pub use socket::{Closer, SocketOptions};

@@ -36,3 +36,32 @@ impl SocketOptions {
         Ok(())
     }
 }
+
+/// A second handle on a server connection's socket (a `dup` made once at connect), so that the
+/// pool can cut a checked-out connection off from outside the task using it: after
+/// [`Closer::shut_down`] the session's pending read returns end-of-file at once, and writes fail.
+/// This is how a topology change reaches the requests in flight on the old primary, without
+/// every request registering a waker somewhere.
+#[derive(Clone)]
+pub struct Closer(std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl Closer {
+    pub fn new(stream: &TcpStream) -> std::io::Result<Self> {
+        use std::os::fd::AsFd;
+        Ok(Self(std::sync::Arc::new(
+            stream.as_fd().try_clone_to_owned()?,
+        )))
+    }
+
+    /// Shuts the socket down both ways (the connection's own handle stays open until it is
+    /// dropped, so nothing else can get this descriptor's number meanwhile).
+    pub fn shut_down(&self) {
+        let _ = socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl std::fmt::Debug for Closer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Closer")
+    }
+}

@@ -83,7 +83,7 @@ impl Session {
     /// The attached server is gone: close it, tell the client per the contract, and move to the
     /// right state.
     pub(super) async fn abort(&mut self, cause: Lost) -> Result<(), SessionError> {
-        let Link::Attached { server, pool, .. } = std::mem::replace(&mut self.link, Link::Detached)
+        let Link::Attached { server, .. } = std::mem::replace(&mut self.link, Link::Detached)
         else {
             return Ok(());
         };
@@ -94,7 +94,7 @@ impl Session {
                 m.suspect(&addr);
             }
         }
-        pool.discard(server);
+        drop(server);
         self.info.cancel.unlink();
         if matches!(cause, Lost::NeverSent(_)) {
             // Nothing reached the server: the request waits in the gate like new work.

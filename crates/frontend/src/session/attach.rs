@@ -65,13 +65,20 @@ impl Session {
             };
             match self.attempt(&pool, generation).await {
                 Ok(server) => {
-                    self.attached(server, pool, generation);
+                    self.attached(server, generation);
                     if held {
                         self.count(Caught::Held(started.elapsed()));
                     }
                     return Ok(());
                 }
                 Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry(SessionError::PrimaryChanged)) => {
+                    // The topology moved on while this request waited: route it afresh.
+                    held = true;
+                    if Instant::now() >= deadline {
+                        return Err(SessionError::PrimaryChanged);
+                    }
+                }
                 Err(Attempt::Retry(e)) => {
                     held = true;
                     if let Some(m) = &self.monitor {
@@ -132,7 +139,6 @@ impl Session {
             .last_pool
             .as_ref()
             .filter(|p| p.addr() == addr && !p.is_removed())
-            .cloned()
         else {
             return false;
         };
@@ -143,7 +149,7 @@ impl Session {
             pool.release(server);
             return false;
         }
-        self.attached(server, pool, view.generation);
+        self.attached(server, view.generation);
         true
     }
 
@@ -175,33 +181,31 @@ impl Session {
         .await;
     }
 
-    /// One checkout and settings sync at the primary of `generation`, abandoned as soon as the
-    /// generation changes.
+    /// One checkout and settings sync at the primary of `generation`. A topology change ends it
+    /// at once without a watch of its own: the pool sends queued requests back and cuts off the
+    /// sockets of the old generation, including the one being brought in line here.
     async fn attempt(&mut self, pool: &Arc<Pool>, generation: u64) -> Result<Pooled, Attempt> {
         let wait = self.info.settings.query_wait_timeout.get();
-        let params = &self.info.params;
-        let welcome = &self.info.welcome;
-        let work = async {
-            let server = pool
-                .checkout(wait, generation)
-                .await
-                .map_err(classify_pool)?;
-            sync_settings(pool, server, params, welcome)
-                .await
-                .map_err(classify_server)
-        };
-        let mut generations = self.generations();
-        let moved_on = generation_moved_past(&mut generations, generation);
-        tokio::select! {
-            r = work => r,
-            () = moved_on => Err(Attempt::Retry(SessionError::Route(switchyard_router::RouteError::NoPrimary {
-                cluster: self.info.target.cluster.clone(),
-                waited: Duration::ZERO,
-            }))),
-        }
+        let server = pool
+            .checkout(wait, generation)
+            .await
+            .map_err(classify_pool)?;
+        sync_settings(pool, server, &self.info.params, &self.info.welcome)
+            .await
+            .map_err(|e| {
+                if self
+                    .monitor
+                    .as_ref()
+                    .is_some_and(|m| m.generation() != generation)
+                {
+                    Attempt::Retry(SessionError::PrimaryChanged)
+                } else {
+                    classify_server(e)
+                }
+            })
     }
 
-    fn attached(&mut self, server: Pooled, pool: Arc<Pool>, generation: u64) {
+    fn attached(&mut self, server: Pooled, generation: u64) {
         let now = Instant::now();
         let target = CancelTarget {
             addr: server.conn.addr.clone(),
@@ -216,7 +220,6 @@ impl Session {
         self.replay = None;
         self.link = Link::Attached {
             server,
-            pool,
             generation,
             since: now,
         };
@@ -234,6 +237,7 @@ fn classify_server(e: ServerError) -> Attempt {
 fn classify_pool(e: PoolError) -> Attempt {
     match e {
         PoolError::Server(s) => classify_server(s),
+        PoolError::Retired => Attempt::Retry(SessionError::PrimaryChanged),
         other => Attempt::Fail(other.into()),
     }
 }

@@ -158,7 +158,11 @@ async fn check_settings(
     }
     let (pool, generation) = primary_pool(proxy, target, settings, failover_timeout).await?;
     let wait = settings.query_wait_timeout.get();
-    validate_settings(&pool, generation, params, welcome, wait).await
+    match validate_settings(&pool, generation, params, welcome, wait).await {
+        // A failover began meanwhile: as above, the first transaction applies them.
+        Err(SessionError::PrimaryChanged) => Ok(()),
+        other => other,
+    }
 }
 
 /// An admin-console connection's login after authentication: only `admin.users` get in.
@@ -224,7 +228,7 @@ pub async fn primary_pool(
 /// Settings the servers lack (TimeZone, search_path...) are tried once at login, so a bad value
 /// fails the login as it would on PostgreSQL, not every later transaction.
 async fn validate_settings(
-    pool: &Pool,
+    pool: &std::sync::Arc<Pool>,
     generation: u64,
     params: &ClientParams,
     welcome: &BTreeMap<String, String>,

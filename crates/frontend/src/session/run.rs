@@ -16,7 +16,6 @@ use crate::proxy::Admitted;
 use crate::statements::Statements;
 use bytes::{Buf, BytesMut};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -36,8 +35,8 @@ use tracing::Instrument;
 pub(super) enum Link {
     Detached,
     Attached {
+        /// Knows its pool: [`Pooled::pool`].
         server: Pooled,
-        pool: Arc<Pool>,
         generation: u64,
         since: Instant,
     },
@@ -62,6 +61,19 @@ pub(super) async fn generation_moved_past(rx: &mut Option<watch::Receiver<u64>>,
         if rx.changed().await.is_err() {
             return std::future::pending().await;
         }
+    }
+}
+
+/// Names the topology change as the cause when a server's socket failed because the pool cut
+/// it off (a new generation), or failed on its own just as the topology moved on.
+fn lost(monitor: &Option<Arc<ClusterMonitor>>, generation: u64, cause: Lost) -> Lost {
+    if monitor
+        .as_ref()
+        .is_some_and(|m| m.generation() != generation)
+    {
+        Lost::Generation
+    } else {
+        cause
     }
 }
 
@@ -240,16 +252,13 @@ impl Session {
 
     /// Relays until the session detaches or loses its server (answered here); true if the
     /// client left.
+    ///
+    /// No watch on the topology here: when the generation moves on, the pool shuts down the
+    /// sockets of the old generation's checked-out connections, so a read in flight ends at once
+    /// and [`lost`] names the cause.
     async fn serve_attached(&mut self) -> Result<bool, SessionError> {
-        let Link::Attached { generation, .. } = self.link else {
-            return Ok(false);
-        };
-        // One watch on the topology for the whole attachment, not one per wait.
-        let mut generations = self.generations();
-        let topology_changed = generation_moved_past(&mut generations, generation);
-        tokio::pin!(topology_changed);
         while let Link::Attached { .. } = self.link {
-            match self.relay_once(topology_changed.as_mut()).await? {
+            match self.relay_once().await? {
                 Flow::Continue => {}
                 Flow::ClientLeft => return Ok(true),
                 // Boxed: losing a server is rare, and its state would more than double this
@@ -260,12 +269,9 @@ impl Session {
         Ok(false)
     }
 
-    /// Forwards what the client has sent, waits for either side (or a topology change),
-    /// forwards what the server sent, and detaches at the end of a transaction (transaction mode).
-    async fn relay_once(
-        &mut self,
-        mut topology_changed: Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<Flow, SessionError> {
+    /// Forwards what the client has sent, waits for either side, forwards what the server sent,
+    /// and detaches at the end of a transaction (transaction mode).
+    async fn relay_once(&mut self) -> Result<Flow, SessionError> {
         let relay = &mut self.relay;
         let Link::Attached {
             server,
@@ -277,8 +283,8 @@ impl Session {
             return Ok(Flow::Continue);
         };
         let (generation, since) = (*generation, *since);
-        if self
-            .monitor
+        let monitor = &self.monitor;
+        if monitor
             .as_ref()
             .is_some_and(|m| m.generation() != generation)
         {
@@ -309,11 +315,16 @@ impl Session {
                 return Ok(Flow::Lost(if self.fresh {
                     Lost::NeverSent(e.into())
                 } else {
-                    Lost::Socket(e.into())
+                    lost(monitor, generation, Lost::Socket(e.into()))
                 }));
             }
             if nothing_outstanding {
-                relay.request_started_us = since.elapsed().as_micros() as u64;
+                // The first request of an attachment starts as it is attached: no clock read.
+                relay.request_started_us = if self.fresh {
+                    0
+                } else {
+                    since.elapsed().as_micros() as u64
+                };
             }
             let sent = &self.client.buf[..used];
             self.replay = (std::mem::take(&mut self.fresh)
@@ -329,11 +340,10 @@ impl Session {
         tokio::select! {
             biased;
             r = conn.stream.read_buf(&mut conn.read_buf) => match r {
-                Ok(0) => return Ok(Flow::Lost(Lost::Socket(ServerError::Closed))),
+                Ok(0) => return Ok(Flow::Lost(lost(monitor, generation, Lost::Socket(ServerError::Closed)))),
                 Ok(_) => {}
-                Err(e) => return Ok(Flow::Lost(Lost::Socket(e.into()))),
+                Err(e) => return Ok(Flow::Lost(lost(monitor, generation, Lost::Socket(e.into())))),
             },
-            () = &mut topology_changed => return Ok(Flow::Lost(Lost::Generation)),
             // Idle between transactions while attached (session mode): shutdown ends it now.
             _ = self.proxy.shutdown.cancelled(), if relay.at_sync_point() => {
                 return Err(SessionError::Shutdown);
@@ -370,18 +380,21 @@ impl Session {
             Some(Fatal::Other) => return Err(SessionError::EndedByServer),
             None => {}
         }
-        if saw_ready {
-            self.replay = None;
-            if let Some(m) = &self.monitor {
-                let started = Duration::from_micros(relay.request_started_us);
-                m.counters()
-                    .query_latency
-                    .observe(since.elapsed().saturating_sub(started));
-            }
+        if !saw_ready {
+            return Ok(Flow::Continue);
         }
-        if saw_ready && relay.releases() {
-            self.detach();
-        } else if saw_ready && relay.at_sync_point() && self.proxy.shutdown.is_cancelled() {
+        // One clock read for the request's latency, the transaction's and the release.
+        let now = Instant::now();
+        self.replay = None;
+        if let Some(m) = &self.monitor {
+            let started = Duration::from_micros(relay.request_started_us);
+            m.counters()
+                .query_latency
+                .observe((now - since).saturating_sub(started));
+        }
+        if relay.releases() {
+            self.detach_at(now);
+        } else if relay.at_sync_point() && self.proxy.shutdown.is_cancelled() {
             return Err(SessionError::Shutdown);
         }
         Ok(Flow::Continue)
@@ -389,13 +402,15 @@ impl Session {
 
     /// Gives the server connection back (or closes it if it is not at a clean sync point).
     pub(super) fn detach(&mut self) {
+        self.detach_at(Instant::now());
+    }
+
+    /// [`Session::detach`] with the time already read.
+    fn detach_at(&mut self, now: Instant) {
         self.info.cancel.unlink();
         let transaction_mode = self.mode() == PoolMode::Transaction;
         let Link::Attached {
-            mut server,
-            pool,
-            since,
-            ..
+            mut server, since, ..
         } = std::mem::replace(&mut self.link, Link::Detached)
         else {
             return;
@@ -403,7 +418,7 @@ impl Session {
         if let Some(m) = &self.monitor {
             m.request_finished(&server.conn.addr);
             m.counters()
-                .transaction(since.elapsed(), u64::from(self.relay.answered));
+                .transaction(now - since, u64::from(self.relay.answered));
         }
         if transaction_mode {
             // Every ParameterStatus went to both maps: they still match.
@@ -413,9 +428,9 @@ impl Session {
             && server.conn.read_buf.is_empty()
             && self.relay.server_fatal.is_none();
         if clean {
-            pool.release(server);
+            server.release_at(now.into_std());
         } else {
-            pool.discard(server);
+            drop(server);
         }
     }
 

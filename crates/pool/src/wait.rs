@@ -1,0 +1,145 @@
+//! Waiting in a pool's queue: the waiter record, its outcome, the future a request awaits, and
+//! the task that ends waits at their deadline.
+//!
+//! A request's deadline is enforced by one sweeper task per pool (started when the first request
+//! queues, gone when the queue empties) rather than by a timer per request: under load every
+//! request may queue, and a timer armed and disarmed each time costs more than the rest of the
+//! wait.
+
+use crate::pool::Pool;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+use switchyard_server::ServerConn;
+
+/// Longest a sweeper sleeps, so that a wait with a shorter deadline than those before it (after
+/// a reload) ends at most this late.
+const SWEEP_AT_LEAST_EVERY: Duration = Duration::from_millis(100);
+
+/// How a wait ended.
+pub(crate) enum Handoff {
+    /// A connection released by another request, already registered as checked out (the key).
+    Conn(Box<ServerConn>, usize),
+    /// A free slot: take an idle connection or open one.
+    Slot,
+    Expired,
+    /// The generation waited for is over, or the pool was removed.
+    Retired,
+}
+
+pub(crate) struct Waiter {
+    pub(crate) waker: Waker,
+    pub(crate) deadline: Instant,
+    pub(crate) generation: u64,
+    /// Set (under the pool's lock) by whoever ends the wait.
+    pub(crate) outcome: Option<Handoff>,
+}
+
+impl Waiter {
+    pub(crate) fn new(deadline: Instant, generation: u64, waker: Waker) -> Self {
+        Self {
+            waker,
+            deadline,
+            generation,
+            outcome: None,
+        }
+    }
+}
+
+/// A queued request's wait for its outcome.
+///
+/// Cancel safety: dropping it leaves the queue; whatever was handed to it meanwhile is given
+/// back (to the next request in line, or the idle list).
+pub(crate) struct Wait<'a> {
+    pool: &'a Arc<Pool>,
+    ticket: u64,
+    done: bool,
+}
+
+impl<'a> Wait<'a> {
+    pub(crate) fn new(pool: &'a Arc<Pool>, ticket: u64) -> Self {
+        Self {
+            pool,
+            ticket,
+            done: false,
+        }
+    }
+}
+
+impl Future for Wait<'_> {
+    type Output = Handoff;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Handoff> {
+        let mut inner = self.pool.lock();
+        let Some(w) = inner.waiters.get_mut(&self.ticket) else {
+            // Not reachable: only this future removes its record.
+            self.done = true;
+            return Poll::Ready(Handoff::Expired);
+        };
+        if w.outcome.is_none() {
+            if !w.waker.will_wake(cx.waker()) {
+                w.waker = cx.waker().clone();
+            }
+            return Poll::Pending;
+        }
+        let w = inner.waiters.remove(&self.ticket).expect("just found");
+        drop(inner);
+        self.done = true;
+        Poll::Ready(w.outcome.expect("checked"))
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut inner = self.pool.lock();
+        let Some(w) = inner.waiters.remove(&self.ticket) else {
+            return;
+        };
+        let (wake, closed) = match w.outcome {
+            None => {
+                inner.waiting -= 1;
+                (None, None)
+            }
+            Some(Handoff::Conn(conn, key)) => {
+                inner.forget_out(key);
+                (inner.put_back(conn), None)
+            }
+            Some(Handoff::Slot) => (inner.free_slot(), None),
+            Some(other) => (None, Some(other)),
+        };
+        drop(inner);
+        drop(closed);
+        if let Some(w) = wake {
+            w.wake();
+        }
+    }
+}
+
+/// Ends waits at their deadlines while any request is queued in `pool`.
+pub(crate) async fn sweep(pool: Weak<Pool>) {
+    loop {
+        let next = {
+            let Some(pool) = pool.upgrade() else {
+                return;
+            };
+            let mut inner = pool.lock();
+            let now = Instant::now();
+            let (wakers, next) = inner.expire(now);
+            if next.is_none() {
+                inner.sweeping = false;
+            }
+            drop(inner);
+            wakers.into_iter().for_each(Waker::wake);
+            match next {
+                Some(t) => t.min(now + SWEEP_AT_LEAST_EVERY),
+                None => return,
+            }
+        };
+        tokio::time::sleep_until(next.into()).await;
+    }
+}
