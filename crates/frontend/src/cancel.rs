@@ -94,6 +94,9 @@ struct Link {
 struct Slot {
     link: Mutex<Link>,
     info: ClientInfo,
+    /// The session task's waker, kept from its first idle wait on: a shutdown wakes every idle
+    /// session through it, so an idle wait registers nothing anywhere (see `wake_all`).
+    idle_waker: std::sync::OnceLock<std::task::Waker>,
 }
 
 impl Slot {
@@ -127,11 +130,21 @@ pub struct CancelHandle {
 }
 
 impl CancelRegistry {
+    /// Wakes every session that has waited idle (at shutdown: each then sees it and ends).
+    pub fn wake_all(&self) {
+        for e in lock(&self.entries).values() {
+            if let Some(w) = e.slot.idle_waker.get() {
+                w.wake_by_ref();
+            }
+        }
+    }
+
     /// Gives a new client a unique key.
     pub fn register(&self, info: ClientInfo) -> CancelHandle {
         let slot = Arc::new(Slot {
             link: Mutex::default(),
             info,
+            idle_waker: std::sync::OnceLock::new(),
         });
         let mut entries = lock(&self.entries);
         loop {
@@ -244,6 +257,11 @@ impl CancelHandle {
             link.since = Some(at);
         }
         link.waiting = false;
+    }
+
+    /// Keeps `waker` (the session task's: it never changes) for [`CancelRegistry::wake_all`].
+    pub fn wake_on_shutdown(&self, waker: &std::task::Waker) {
+        self.slot.idle_waker.get_or_init(|| waker.clone());
     }
 
     /// The client gave its server connection back (or lost it).

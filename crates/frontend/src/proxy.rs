@@ -6,7 +6,7 @@ use crate::console::Console;
 use crate::pause::Pauses;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, OnceLock, Weak};
 use switchyard_config::{AuthMethod, Config, EffectivePool, SiteConfig, UserConfig, is_md5_hash};
 use switchyard_pool::Pools;
@@ -105,6 +105,9 @@ pub struct Proxy {
     pub(crate) targets: crate::targets::Targets,
     /// Fired on SIGTERM: stop accepting, let sessions finish their transactions.
     pub shutdown: CancellationToken,
+    /// `shutdown` has fired (an atomic: the token's own check takes a lock, and idle sessions
+    /// check this on every wait).
+    stopping: AtomicBool,
     /// Fired when the drain is over: stops the background loops (probes, reaper), which
     /// draining sessions still need.
     pub background: CancellationToken,
@@ -119,7 +122,7 @@ impl Proxy {
         let background = CancellationToken::new();
         let router = Router::new(pools.clone(), background.clone());
         router.reconcile(&config);
-        Arc::new(Self {
+        let proxy = Arc::new(Self {
             live: ArcSwap::from_pointee(Live::new(config)),
             pools,
             router,
@@ -129,9 +132,25 @@ impl Proxy {
             buffers: Arc::default(),
             targets: Default::default(),
             shutdown,
+            stopping: AtomicBool::new(false),
             background,
             clients: AtomicUsize::new(0),
-        })
+        });
+        tokio::spawn(wake_idle_sessions_at_shutdown(Arc::downgrade(&proxy)));
+        proxy
+    }
+
+    /// True once shutdown has begun (a plain check).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// The check a waiting session makes after keeping its waker with
+    /// [`crate::cancel::CancelHandle::wake_on_shutdown`]: the fence pairs with the one in
+    /// `wake_idle_sessions_at_shutdown`, so either the session sees the flag here or it is woken.
+    pub(crate) fn is_stopping_after_registering(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// Installs a new (already validated) config and applies it to existing pools.
@@ -159,6 +178,19 @@ impl Proxy {
 
     pub fn client_count(&self) -> usize {
         self.clients.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Sets `stopping` when shutdown fires, then wakes every idle session to see it.
+async fn wake_idle_sessions_at_shutdown(proxy: Weak<Proxy>) {
+    let Some(shutdown) = proxy.upgrade().map(|p| p.shutdown.clone()) else {
+        return;
+    };
+    shutdown.cancelled().await;
+    if let Some(p) = proxy.upgrade() {
+        p.stopping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        p.cancels.wake_all();
     }
 }
 

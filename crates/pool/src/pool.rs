@@ -79,9 +79,11 @@ pub(crate) struct Inner {
     busy: usize,
     /// The checked-out connections' sockets.
     out: Slab<Out>,
-    /// Requests waiting for a slot, by ticket: first come, first served.
-    pub(crate) waiters: BTreeMap<u64, Waiter>,
-    next_ticket: u64,
+    /// Requests waiting for a slot (and those whose outcome is not collected yet).
+    pub(crate) waiters: Slab<Waiter>,
+    /// `waiters` keys in arrival order: first come, first served. Keys whose wait has ended are
+    /// skipped as they come up (a reused key may get served a little early: harmless).
+    queue: VecDeque<usize>,
     /// How many of `waiters` have no outcome yet.
     pub(crate) waiting: usize,
     /// A task is enforcing the waiters' deadlines.
@@ -91,30 +93,40 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    /// The longest-waiting request that has no outcome yet.
-    fn first_waiting(&self) -> Option<u64> {
+    /// Takes the longest-waiting request that has no outcome yet off the queue.
+    fn next_waiting(&mut self) -> Option<usize> {
         if self.waiting == 0 {
             return None;
         }
-        self.waiters
-            .iter()
-            .find(|(_, w)| w.outcome.is_none())
-            .map(|(t, _)| *t)
+        while let Some(key) = self.queue.pop_front() {
+            if self.waiters.get(key).is_some_and(|w| w.outcome.is_none()) {
+                return Some(key);
+            }
+        }
+        None
     }
 
-    fn hand(&mut self, ticket: u64, what: Handoff) -> Waker {
+    fn hand(&mut self, key: usize, what: Handoff) -> Waker {
         self.waiting -= 1;
-        let w = self.waiters.get_mut(&ticket).expect("a queued ticket");
+        let w = &mut self.waiters[key];
         w.outcome = Some(what);
         w.waker.clone()
+    }
+
+    /// Queues a request; returns its key.
+    fn enqueue(&mut self, waiter: Waiter) -> usize {
+        let key = self.waiters.insert(waiter);
+        self.queue.push_back(key);
+        self.waiting += 1;
+        key
     }
 
     /// A slot came free: the longest-waiting request gets it, or it is freed.
     pub(crate) fn free_slot(&mut self) -> Option<Waker> {
         if self.busy <= self.settings.size
-            && let Some(t) = self.first_waiting()
+            && let Some(key) = self.next_waiting()
         {
-            return Some(self.hand(t, Handoff::Slot));
+            return Some(self.hand(key, Handoff::Slot));
         }
         self.busy -= 1;
         None
@@ -124,10 +136,10 @@ impl Inner {
     /// (Closed instead if the pool was shrunk and is still over its size.)
     pub(crate) fn put_back(&mut self, conn: Box<ServerConn>) -> Option<Waker> {
         if self.busy <= self.settings.size
-            && let Some(t) = self.first_waiting()
+            && let Some(key) = self.next_waiting()
         {
-            let key = self.out.insert(Out::of(&conn));
-            return Some(self.hand(t, Handoff::Conn(conn, key)));
+            let out = self.out.insert(Out::of(&conn));
+            return Some(self.hand(key, Handoff::Conn(conn, out)));
         }
         self.busy -= 1;
         if self.busy + self.idle.len() < self.settings.size {
@@ -154,15 +166,14 @@ impl Inner {
 
     /// Ends the wait of every request queued for a generation before `generation`.
     fn retire_waiters(&mut self, generation: u64) -> Vec<Waker> {
-        let tickets: Vec<u64> = self
+        let keys: Vec<usize> = self
             .waiters
             .iter()
             .filter(|(_, w)| w.outcome.is_none() && w.generation < generation)
-            .map(|(t, _)| *t)
+            .map(|(k, _)| k)
             .collect();
-        tickets
-            .into_iter()
-            .map(|t| self.hand(t, Handoff::Retired))
+        keys.into_iter()
+            .map(|k| self.hand(k, Handoff::Retired))
             .collect()
     }
 
@@ -171,20 +182,26 @@ impl Inner {
     pub(crate) fn expire(&mut self, now: Instant) -> (Vec<Waker>, Option<Instant>) {
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
-        for (t, w) in &self.waiters {
+        for (k, w) in &self.waiters {
             if w.outcome.is_some() {
                 continue;
             }
             if w.deadline <= now {
-                due.push(*t);
+                due.push(k);
             } else {
                 next = Some(next.map_or(w.deadline, |n| n.min(w.deadline)));
             }
         }
         let wakers = due
             .into_iter()
-            .map(|t| self.hand(t, Handoff::Expired))
+            .map(|k| self.hand(k, Handoff::Expired))
             .collect();
+        // Keys of ended waits pile up in the queue while nothing is released: drop them.
+        if self.queue.len() > 2 * self.waiting + 16 {
+            let waiters = &self.waiters;
+            self.queue
+                .retain(|k| waiters.get(*k).is_some_and(|w| w.outcome.is_none()));
+        }
         (wakers, next)
     }
 }
@@ -278,8 +295,8 @@ impl Pool {
                 settings,
                 busy: 0,
                 out: Slab::new(),
-                waiters: BTreeMap::new(),
-                next_ticket: 0,
+                waiters: Slab::new(),
+                queue: VecDeque::new(),
                 waiting: 0,
                 sweeping: false,
                 reconnect_before: None,
@@ -323,22 +340,16 @@ impl Pool {
                 inner.busy += 1;
                 None
             } else {
-                let ticket = inner.next_ticket;
-                inner.next_ticket += 1;
                 let deadline = Instant::now() + wait;
                 // The waker is set at the first poll.
-                inner.waiters.insert(
-                    ticket,
-                    Waiter::new(deadline, generation, Waker::noop().clone()),
-                );
-                inner.waiting += 1;
+                let key = inner.enqueue(Waiter::new(deadline, generation, Waker::noop().clone()));
                 self.ensure_sweeper(&mut inner);
-                Some(ticket)
+                Some(key)
             }
         };
         let lease = match queued {
             None => Lease::new(self, None),
-            Some(ticket) => match Wait::new(self, ticket).await {
+            Some(key) => match Wait::new(self, key).await {
                 Handoff::Conn(conn, key) => {
                     return Ok(Pooled {
                         conn,
@@ -500,10 +511,10 @@ impl Pool {
         inner.settings = settings;
         let mut wakers = Vec::new();
         while inner.busy < new
-            && let Some(t) = inner.first_waiting()
+            && let Some(key) = inner.next_waiting()
         {
             inner.busy += 1;
-            wakers.push(inner.hand(t, Handoff::Slot));
+            wakers.push(inner.hand(key, Handoff::Slot));
         }
         let max_idle = new.saturating_sub(inner.busy);
         while inner.idle.len() > max_idle {
@@ -517,7 +528,10 @@ impl Pool {
     /// are shut down (their session's read ends at once) and close when they come back, and
     /// requests waiting for an older generation are sent back to the gate.
     pub fn retire_before(&self, generation: u64) {
-        if self.min_generation.fetch_max(generation, Ordering::Relaxed) >= generation {
+        // A plain read first: this is on every checkout, and almost never retires anything.
+        if self.min_generation.load(Ordering::Relaxed) >= generation
+            || self.min_generation.fetch_max(generation, Ordering::Relaxed) >= generation
+        {
             return;
         }
         let mut inner = self.lock();

@@ -54,15 +54,17 @@ impl Waiter {
 /// back (to the next request in line, or the idle list).
 pub(crate) struct Wait<'a> {
     pool: &'a Arc<Pool>,
-    ticket: u64,
+    /// The waiter's key in the pool (only this future removes it, so it cannot be reused
+    /// meanwhile).
+    key: usize,
     done: bool,
 }
 
 impl<'a> Wait<'a> {
-    pub(crate) fn new(pool: &'a Arc<Pool>, ticket: u64) -> Self {
+    pub(crate) fn new(pool: &'a Arc<Pool>, key: usize) -> Self {
         Self {
             pool,
-            ticket,
+            key,
             done: false,
         }
     }
@@ -73,7 +75,7 @@ impl Future for Wait<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Handoff> {
         let mut inner = self.pool.lock();
-        let Some(w) = inner.waiters.get_mut(&self.ticket) else {
+        let Some(w) = inner.waiters.get_mut(self.key) else {
             // Not reachable: only this future removes its record.
             self.done = true;
             return Poll::Ready(Handoff::Expired);
@@ -84,7 +86,7 @@ impl Future for Wait<'_> {
             }
             return Poll::Pending;
         }
-        let w = inner.waiters.remove(&self.ticket).expect("just found");
+        let w = inner.waiters.remove(self.key);
         drop(inner);
         self.done = true;
         Poll::Ready(w.outcome.expect("checked"))
@@ -97,7 +99,7 @@ impl Drop for Wait<'_> {
             return;
         }
         let mut inner = self.pool.lock();
-        let Some(w) = inner.waiters.remove(&self.ticket) else {
+        let Some(w) = inner.waiters.try_remove(self.key) else {
             return;
         };
         let (wake, closed) = match w.outcome {

@@ -13,7 +13,7 @@ use crate::decide::{Decision, MemberView, decide};
 use crate::health::{Health, Thresholds};
 use crate::probe::{NodeFacts, ProbeError, probe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use switchyard_server::{ConnectParams, ServerConn};
 use tokio::sync::{Notify, mpsc, watch};
@@ -130,6 +130,9 @@ pub struct ClusterMonitor {
     signals: Arc<[MemberSignals]>,
     view: watch::Receiver<Arc<TopologyView>>,
     generation: watch::Receiver<u64>,
+    /// The generation of the view last published (a plain atomic: the data path reads it for
+    /// every request, and a watch's read takes a lock).
+    current: Arc<AtomicU64>,
     counters: Arc<ClusterCounters>,
 }
 
@@ -161,6 +164,7 @@ impl ClusterMonitor {
         };
         let (tx, view) = watch::channel(Arc::new(first));
         let (generation_tx, generation) = watch::channel(0);
+        let current = Arc::new(AtomicU64::new(0));
         let (results_tx, results_rx) = mpsc::channel(64);
         for (id, p) in params.into_iter().enumerate() {
             let probe_loop = ProbeLoop {
@@ -174,6 +178,7 @@ impl ClusterMonitor {
         }
         let decider = Decider {
             generation: generation_tx,
+            current: current.clone(),
             cluster: name.into(),
             settings,
             signals: signals.clone(),
@@ -188,6 +193,7 @@ impl ClusterMonitor {
             signals,
             view,
             generation,
+            current,
             counters: Arc::default(),
         }
     }
@@ -217,9 +223,9 @@ impl ClusterMonitor {
         self.view.clone()
     }
 
-    /// The current generation.
+    /// The current generation (of the view [`ClusterMonitor::view`] gives now or later).
     pub fn generation(&self) -> u64 {
-        *self.generation.borrow()
+        self.current.load(Ordering::Acquire)
     }
 
     /// Changes only when the generation does (the full view also changes on every probe):
@@ -329,6 +335,8 @@ struct Decider {
     signals: Arc<[MemberSignals]>,
     publish: watch::Sender<Arc<TopologyView>>,
     generation: watch::Sender<u64>,
+    /// Mirrors the published view's generation, stored after the view.
+    current: Arc<AtomicU64>,
     /// The cluster's system identifier, learned from the first primary seen.
     system_id: Option<u64>,
     /// The highest primary timeline ever seen: no primary below it is accepted.
@@ -394,6 +402,7 @@ impl Decider {
         }
         let generation = view.generation;
         self.publish.send_replace(Arc::new(view));
+        self.current.store(generation, Ordering::Release);
         if changed {
             self.generation.send_replace(generation);
             let none = !matches!(self.publish.borrow().state, ClusterState::Primary { .. });

@@ -122,34 +122,34 @@ impl Session {
         }
     }
 
-    /// Attaches without waiting when the primary is the one last used and its pool has an idle
-    /// connection with the client's settings: the common case, with no future to box or poll.
-    /// Never while anything is paused (PAUSE): [`Session::attach`] decides then.
+    /// Attaches without waiting when the topology has not changed since the pool was last used
+    /// and that pool has an idle connection with the client's settings: the common case, with
+    /// no future to box or poll and no lock but the pool's. Never while anything is paused
+    /// (PAUSE): [`Session::attach`] decides then.
     pub(super) fn try_attach_now(&mut self) -> bool {
         if self.proxy.pauses.any() {
             return false;
         }
-        let Some(view) = self.monitor.as_ref().map(|m| m.view()) else {
+        let Some(generation) = self.monitor.as_ref().map(|m| m.generation()) else {
             return false;
         };
-        let ClusterState::Primary { addr, .. } = &view.state else {
-            return false;
-        };
+        // The same generation means the same state, so the same primary as when `last_pool`
+        // was chosen (always at a primary).
         let Some(pool) = self
             .last_pool
             .as_ref()
-            .filter(|p| p.addr() == addr && !p.is_removed())
+            .filter(|p| self.last_generation == generation && !p.is_removed())
         else {
             return false;
         };
-        let Some(server) = pool.try_checkout(view.generation) else {
+        let Some(server) = pool.try_checkout(generation) else {
             return false;
         };
         if server.conn.settings_fingerprint != self.info.params.fingerprint() {
             pool.release(server);
             return false;
         }
-        self.attached(server, view.generation);
+        self.attached(server, generation);
         true
     }
 
@@ -164,11 +164,13 @@ impl Session {
                 .as_ref()
                 .filter(|p| p.addr() == addr && !p.is_removed())
         {
+            self.last_generation = view.generation;
             return Ok((pool.clone(), view.generation));
         }
         let (pool, generation) =
             primary_pool(&self.proxy, &self.info.target, &self.info.settings, gate).await?;
         self.last_pool = Some(pool.clone());
+        self.last_generation = generation;
         Ok((pool, generation))
     }
 

@@ -64,6 +64,27 @@ pub(super) async fn generation_moved_past(rx: &mut Option<watch::Receiver<u64>>,
     }
 }
 
+/// Resolves once shutdown has begun; the task is woken then through the waker its
+/// registration keeps (nothing is registered per wait).
+///
+/// Cancel safety: cancel-safe.
+fn stopping<'a>(
+    proxy: &'a crate::Proxy,
+    cancel: &'a crate::cancel::CancelHandle,
+) -> impl Future<Output = ()> + 'a {
+    std::future::poll_fn(move |cx| {
+        if proxy.is_stopping() {
+            return Poll::Ready(());
+        }
+        cancel.wake_on_shutdown(cx.waker());
+        if proxy.is_stopping_after_registering() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+}
+
 /// Names the topology change as the cause when a server's socket failed because the pool cut
 /// it off (a new generation), or failed on its own just as the topology moved on.
 fn lost(monitor: &Option<Arc<ClusterMonitor>>, generation: u64, cause: Lost) -> Lost {
@@ -128,6 +149,8 @@ pub struct Session {
     pub(super) replay: Option<Box<[u8]>>,
     /// The pool last used, reused while its server stays the primary.
     pub(super) last_pool: Option<Arc<Pool>>,
+    /// The generation `last_pool` was chosen in: while it is current, so is the pool.
+    pub(super) last_generation: u64,
     /// A ReadyForQuery owed to the client at its next Sync (after an aborted extended batch).
     pub(super) owe_ready_at_sync: Option<TxStatus>,
 }
@@ -155,6 +178,7 @@ impl Session {
             fresh: false,
             replay: None,
             last_pool: None,
+            last_generation: 0,
         }
     }
 
@@ -233,19 +257,30 @@ impl Session {
     }
 
     /// The idle wait: the client's next bytes (`Ok(false)`: it left) or shutdown. Every idle
-    /// client's task holds this future, so it is one poll function over the socket and the
-    /// shutdown signal, without `select!`'s extra state.
+    /// client's task holds this future, so it is one poll function over the socket alone: the
+    /// shutdown wakes the task through the waker kept in its registration (no waiter node to
+    /// add and remove on every wait).
     ///
     /// Cancel safety: cancel-safe.
     async fn wait_idle(&mut self) -> Result<bool, SessionError> {
-        let shutdown = self.proxy.shutdown.cancelled();
-        tokio::pin!(shutdown);
+        let proxy = &self.proxy;
+        let cancel = &self.info.cancel;
         let client = &mut self.client;
-        std::future::poll_fn(|cx| match client.poll_fill(cx) {
-            Poll::Pending if shutdown.as_mut().poll(cx).is_ready() => {
-                Poll::Ready(Err(SessionError::Shutdown))
+        std::future::poll_fn(|cx| {
+            if proxy.is_stopping() {
+                return Poll::Ready(Err(SessionError::Shutdown));
             }
-            other => other,
+            match client.poll_fill(cx) {
+                Poll::Pending => {
+                    cancel.wake_on_shutdown(cx.waker());
+                    if proxy.is_stopping_after_registering() {
+                        Poll::Ready(Err(SessionError::Shutdown))
+                    } else {
+                        Poll::Pending
+                    }
+                }
+                other => other,
+            }
         })
         .await
     }
@@ -345,7 +380,7 @@ impl Session {
                 Err(e) => return Ok(Flow::Lost(lost(monitor, generation, Lost::Socket(e.into())))),
             },
             // Idle between transactions while attached (session mode): shutdown ends it now.
-            _ = self.proxy.shutdown.cancelled(), if relay.at_sync_point() => {
+            () = stopping(&self.proxy, &self.info.cancel), if relay.at_sync_point() => {
                 return Err(SessionError::Shutdown);
             }
             r = self.client.stream.read_buf(&mut self.client.buf) => {
@@ -394,7 +429,7 @@ impl Session {
         }
         if relay.releases() {
             self.detach_at(now);
-        } else if relay.at_sync_point() && self.proxy.shutdown.is_cancelled() {
+        } else if relay.at_sync_point() && self.proxy.is_stopping() {
             return Err(SessionError::Shutdown);
         }
         Ok(Flow::Continue)
