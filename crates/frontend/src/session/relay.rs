@@ -4,7 +4,7 @@
 
 use crate::params::ClientParams;
 use crate::statements::Statements;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use switchyard_config::PoolMode;
 use switchyard_proto::backend::{self, ErrorFields, TxStatus, tag as be};
@@ -61,6 +61,39 @@ pub struct Relay {
     /// When the request being answered was sent, in µs since the attachment began (for the
     /// request-latency histogram).
     pub request_started_us: u64,
+}
+
+/// What a relay step consumed and where the bytes to send are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Bytes of the input consumed.
+    pub used: usize,
+    /// When `verbatim`: the bytes to send are the input's first `end` (a Terminate is consumed,
+    /// not sent).
+    pub end: usize,
+    /// The frames go through unchanged, straight from the input; else they are in `out`.
+    pub verbatim: bool,
+}
+
+impl Forwarded {
+    /// The bytes to send.
+    pub fn bytes<'a>(&self, input: &'a [u8], out: &'a [u8]) -> &'a [u8] {
+        if self.verbatim {
+            &input[..self.end]
+        } else {
+            out
+        }
+    }
+}
+
+/// Room for the whole of a partial server message at the front of `input` (after the relayed
+/// ones were dropped), so that a large one is read in few steps.
+pub fn reserve_for_partial(input: &mut BytesMut) {
+    if let Ok(Some(h)) = peek_header(input, MAX_SERVER_MESSAGE)
+        && input.len() < h.wire_len
+    {
+        input.reserve(h.wire_len - input.len());
+    }
 }
 
 /// Why a server connection is closing.
@@ -225,10 +258,11 @@ impl Relay {
         self.mode == PoolMode::Transaction && self.at_sync_point()
     }
 
-    /// Copies every complete client frame at the front of `input` to `out` (rewritten where
-    /// needed), stopping after a Terminate. Returns how many bytes of `input` it used: the caller
-    /// drops them only once `out` has reached the server, so a request whose first write fails
-    /// is still there to go elsewhere.
+    /// Relays every complete client frame at the front of `input`, stopping after a Terminate.
+    /// Frames go through unchanged where they can ([`Forwarded::verbatim`]: nothing is copied)
+    /// and into `out` from the first one that must be rewritten. The caller drops the used bytes
+    /// of `input` only once they have reached the server, so a request whose first write fails is
+    /// still there to go elsewhere.
     pub fn client_to_server(
         &mut self,
         input: &[u8],
@@ -236,8 +270,14 @@ impl Relay {
         statements: &mut Statements,
         server: &mut ServerSide<'_>,
         out: &mut BytesMut,
-    ) -> Result<(ClientStep, usize), ProtoError> {
+    ) -> Result<(ClientStep, Forwarded), ProtoError> {
         let mut pos = 0;
+        let mut copying = false;
+        let forwarded = |pos: usize, end: usize, copying: bool| Forwarded {
+            used: pos,
+            end,
+            verbatim: !copying,
+        };
         while let Some(h) = peek_header(&input[pos..], max)? {
             if !is_frontend_tag(h.tag) {
                 return Err(ProtoError::Unexpected {
@@ -245,6 +285,7 @@ impl Relay {
                     during: "a session",
                 });
             }
+            let start = pos;
             let Some(msg) = input.get(pos..pos + h.wire_len) else {
                 break;
             };
@@ -252,6 +293,10 @@ impl Relay {
             let rewrite = self.mode == PoolMode::Transaction
                 && matches!(h.tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE);
             if rewrite {
+                if !copying {
+                    out.extend_from_slice(&input[..start]);
+                    copying = true;
+                }
                 let frame = Frame {
                     tag: h.tag,
                     body: Bytes::copy_from_slice(&msg[5..]),
@@ -262,7 +307,9 @@ impl Relay {
             // Whether a COMMIT is in flight only matters inside a transaction.
             let in_tx = self.status != TxStatus::Idle;
             match h.tag {
-                fe::TERMINATE => return Ok((ClientStep::Terminate, pos)),
+                fe::TERMINATE => {
+                    return Ok((ClientStep::Terminate, forwarded(pos, start, copying)));
+                }
                 fe::QUERY | fe::FUNCTION_CALL => {
                     self.commit_in_flight |= in_tx && h.tag == fe::QUERY && is_commit(&msg[5..]);
                     self.expect.push_back(Expect::Ready)
@@ -292,9 +339,11 @@ impl Relay {
             if matches!(h.tag, fe::PARSE | fe::CLOSE) {
                 self.unsynced = true;
             }
-            out.extend_from_slice(msg);
+            if copying {
+                out.extend_from_slice(msg);
+            }
         }
-        Ok((ClientStep::Continue, pos))
+        Ok((ClientStep::Continue, forwarded(pos, pos, copying)))
     }
 
     /// Transaction mode: named statements get their server-side names, and are prepared on this
@@ -402,22 +451,26 @@ impl Relay {
             .push_back(Expect::CloseComplete { injected: true });
     }
 
-    /// Moves every complete server frame from `input` to `out`. Returns true if a ReadyForQuery
-    /// went by (the only point where the server connection can be released).
+    /// Relays every complete server frame at the front of `input`: unchanged where it can
+    /// ([`Forwarded::verbatim`]: nothing is copied), into `out` from the first frame that is
+    /// dropped (a response to a message the relay injected, a FATAL "shutting down"). Returns
+    /// whether a ReadyForQuery went by (the only point where the server connection can be
+    /// released). The caller drops the used bytes once they are relayed.
     pub fn server_to_client(
         &mut self,
-        input: &mut BytesMut,
+        input: &[u8],
         params: &mut ClientParams,
         server: &mut ServerSide<'_>,
         out: &mut BytesMut,
-    ) -> Result<bool, ProtoError> {
+    ) -> Result<(bool, Forwarded), ProtoError> {
         let mut saw_ready = false;
-        while let Some(h) = peek_header(input, MAX_SERVER_MESSAGE)? {
-            if input.len() < h.wire_len {
-                input.reserve(h.wire_len - input.len());
+        let mut pos = 0;
+        let mut copying = false;
+        while let Some(h) = peek_header(&input[pos..], MAX_SERVER_MESSAGE)? {
+            let Some(msg) = input.get(pos..pos + h.wire_len) else {
                 break;
-            }
-            let body = &input[5..h.wire_len];
+            };
+            let body = &msg[5..];
             let forward = match h.tag {
                 be::READY_FOR_QUERY => {
                     saw_ready = true;
@@ -442,12 +495,22 @@ impl Relay {
                 be::CLOSE_COMPLETE => !self.take(|e| matches!(e, Expect::CloseComplete { .. })),
                 _ => true,
             };
-            if forward {
-                out.extend_from_slice(&input[..h.wire_len]);
+            if !forward && !copying {
+                out.extend_from_slice(&input[..pos]);
+                copying = true;
+            } else if forward && copying {
+                out.extend_from_slice(msg);
             }
-            input.advance(h.wire_len);
+            pos += h.wire_len;
         }
-        Ok(saw_ready)
+        Ok((
+            saw_ready,
+            Forwarded {
+                used: pos,
+                end: pos,
+                verbatim: !copying,
+            },
+        ))
     }
 
     /// Pops the expected response if it matches; true if it was one the relay injected.

@@ -53,25 +53,26 @@ impl World {
             params: &mut self.server_params,
             prepared: &mut self.prepared,
         };
-        let (step, used) = self
+        let (step, fwd) = self
             .relay
             .client_to_server(&input, 1 << 20, &mut self.st, &mut server, &mut out)
             .unwrap();
-        assert!(used <= input.len());
-        (step, tags(&out))
+        assert!(fwd.used <= input.len() && fwd.end <= fwd.used);
+        (step, tags(fwd.bytes(&input, &out)))
     }
 
     fn server(&mut self, msgs: &[Vec<u8>]) -> String {
-        let mut input = BytesMut::from(&msgs.concat()[..]);
+        let input = msgs.concat();
         let mut out = BytesMut::new();
         let mut server = ServerSide {
             params: &mut self.server_params,
             prepared: &mut self.prepared,
         };
-        self.relay
-            .server_to_client(&mut input, &mut self.params, &mut server, &mut out)
+        let (_, fwd) = self
+            .relay
+            .server_to_client(&input, &mut self.params, &mut server, &mut out)
             .unwrap();
-        tags(&out)
+        tags(fwd.bytes(&input, &out))
     }
 }
 
@@ -223,4 +224,65 @@ fn knows_which_batches_change_nothing() {
     let execute = msg(b'E', b"\0\0\0\0\0");
     let run = [parse, bind, execute, sync].concat();
     assert!(!changes_nothing(&run), "an Execute may write");
+}
+
+#[test]
+fn unchanged_traffic_goes_straight_from_the_input_and_rewrites_keep_the_order() {
+    let mut w = World::new(PoolMode::Transaction);
+    let mut out = BytesMut::new();
+    let mut server = ServerSide {
+        params: &mut w.server_params,
+        prepared: &mut w.prepared,
+    };
+    // A simple query and its answer: nothing is copied.
+    let query = frame(b'Q', b"select 1\0");
+    let (_, fwd) = w
+        .relay
+        .client_to_server(&query, 1 << 20, &mut w.st, &mut server, &mut out)
+        .unwrap();
+    assert!(fwd.verbatim && fwd.used == query.len() && fwd.end == query.len());
+    assert!(out.is_empty());
+    let answer = [
+        frame(b'T', b"\0\0"),
+        frame(b'D', b"\0\0"),
+        frame(b'C', b"SELECT 1\0"),
+        frame(b'Z', b"I"),
+    ]
+    .concat();
+    let (ready, fwd) = w
+        .relay
+        .server_to_client(&answer, &mut w.params, &mut server, &mut out)
+        .unwrap();
+    assert!(ready && fwd.verbatim && fwd.used == answer.len());
+    assert!(out.is_empty());
+    // A partial message stays for the next read.
+    let partial = [frame(b'Z', b"I"), frame(b'C', b"SELECT 1\0")[..4].to_vec()].concat();
+    w.relay
+        .client_to_server(&query, 1 << 20, &mut w.st, &mut server, &mut out)
+        .unwrap();
+    let (_, fwd) = w
+        .relay
+        .server_to_client(&partial, &mut w.params, &mut server, &mut out)
+        .unwrap();
+    assert_eq!(fwd.used, 6, "one whole message");
+    // A rewrite after plain frames: everything goes through `out`, in order.
+    let batch = [
+        frame(b'Q', b"select 2\0"),
+        parse("s9", "select 9"),
+        frame(b'S', b""),
+    ];
+    let (_, fwd) = w
+        .relay
+        .client_to_server(&batch.concat(), 1 << 20, &mut w.st, &mut server, &mut out)
+        .unwrap();
+    assert!(!fwd.verbatim);
+    assert_eq!(tags(fwd.bytes(&batch.concat(), &out)), "QPS");
+    // Terminate is consumed, never sent.
+    let bye = [frame(b'Q', b"select 3\0"), frame(b'X', b"")].concat();
+    let (step, fwd) = w
+        .relay
+        .client_to_server(&bye, 1 << 20, &mut w.st, &mut server, &mut BytesMut::new())
+        .unwrap();
+    assert_eq!(step, ClientStep::Terminate);
+    assert_eq!((fwd.used, fwd.end), (bye.len(), bye.len() - 5));
 }

@@ -9,7 +9,9 @@
 
 use super::login::LoggedIn;
 use super::pool_for::INTERNAL_QUERY_TIMEOUT;
-use super::relay::{ClientStep, Fatal, Relay, ServerSide, changes_nothing, is_frontend_tag};
+use super::relay::{
+    ClientStep, Fatal, Relay, ServerSide, changes_nothing, is_frontend_tag, reserve_for_partial,
+};
 use crate::SessionError;
 use crate::client::ClientConn;
 use crate::proxy::Admitted;
@@ -61,6 +63,17 @@ pub(super) async fn generation_moved_past(rx: &mut Option<watch::Receiver<u64>>,
         if rx.changed().await.is_err() {
             return std::future::pending().await;
         }
+    }
+}
+
+/// Writes all of `bytes`: at once when the socket takes them (the common case: no future state
+/// to go through), else waiting for room.
+async fn write_all(stream: &mut tokio::net::TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    match stream.try_write(bytes) {
+        Ok(n) if n == bytes.len() => Ok(()),
+        Ok(n) => stream.write_all(&bytes[n..]).await,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.write_all(bytes).await,
+        Err(e) => Err(e),
     }
 }
 
@@ -327,24 +340,25 @@ impl Session {
             return Ok(Flow::Lost(Lost::Generation));
         }
         let conn = &mut server.conn;
+        // Used only for what the relay rewrites; most traffic goes straight from the buffer it
+        // was read into.
         self.out.clear();
-        if self.out.capacity() == 0 {
-            self.out = self.client.buffers().take();
-        }
         let mut side = ServerSide {
             params: &mut conn.params,
             prepared: &mut conn.prepared,
         };
         let nothing_outstanding = relay.outstanding_requests() == 0;
-        let (step, used) = relay.client_to_server(
+        let (step, fwd) = relay.client_to_server(
             &self.client.buf,
             self.client.max_message,
             &mut self.statements,
             &mut side,
             &mut self.out,
         )?;
-        if !self.out.is_empty() {
-            if let Err(e) = conn.stream.write_all(&self.out).await {
+        let used = fwd.used;
+        let request = fwd.bytes(&self.client.buf, &self.out);
+        if !request.is_empty() {
+            if let Err(e) = write_all(&mut conn.stream, request).await {
                 // The first write of an attachment found the server already gone: the request is
                 // still in the client buffer and goes back to the gate instead of failing.
                 return Ok(Flow::Lost(if self.fresh {
@@ -396,15 +410,20 @@ impl Session {
             params: &mut conn.params,
             prepared: &mut conn.prepared,
         };
-        let saw_ready = relay.server_to_client(
-            &mut conn.read_buf,
+        let (saw_ready, fwd) = relay.server_to_client(
+            &conn.read_buf,
             &mut self.info.params,
             &mut side,
             &mut self.out,
         )?;
-        if !self.out.is_empty() {
-            self.client.write(&self.out).await?;
+        let answer = fwd.bytes(&conn.read_buf, &self.out);
+        if !answer.is_empty() {
+            write_all(&mut self.client.stream, answer)
+                .await
+                .map_err(SessionError::ClientGone)?;
         }
+        conn.read_buf.advance(fwd.used);
+        reserve_for_partial(&mut conn.read_buf);
         if std::mem::take(&mut relay.evidence)
             && let Some(m) = &self.monitor
         {
