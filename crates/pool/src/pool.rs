@@ -330,6 +330,17 @@ impl Pool {
         wait: Duration,
         generation: u64,
     ) -> Result<Pooled, PoolError> {
+        self.checkout_by(wait, Instant::now() + wait, generation)
+            .await
+    }
+
+    /// [`Pool::checkout`] with the deadline (`wait` after the request began) already worked out.
+    pub async fn checkout_by(
+        self: &Arc<Self>,
+        wait: Duration,
+        deadline: Instant,
+        generation: u64,
+    ) -> Result<Pooled, PoolError> {
         self.retire_before(generation);
         if generation < self.min_generation.load(Ordering::Relaxed) {
             return Err(PoolError::Retired);
@@ -340,7 +351,6 @@ impl Pool {
                 inner.busy += 1;
                 None
             } else {
-                let deadline = Instant::now() + wait;
                 // The waker is set at the first poll.
                 let key = inner.enqueue(Waiter::new(deadline, generation, Waker::noop().clone()));
                 self.ensure_sweeper(&mut inner);
@@ -395,7 +405,12 @@ impl Pool {
             }
         }
         // Boxed: connecting is rare, and its state would make every checkout's future large.
-        let mut open = Box::pin(self.open());
+        Box::pin(self.open_for(lease, generation)).await
+    }
+
+    /// Opens a connection under `lease`, abandoned as soon as `generation` is retired.
+    async fn open_for(&self, mut lease: Lease, generation: u64) -> Result<Pooled, PoolError> {
+        let mut open = std::pin::pin!(self.open());
         let mut conn = loop {
             let retired = self.retired.notified();
             tokio::pin!(retired);

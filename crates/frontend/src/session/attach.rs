@@ -40,21 +40,29 @@ impl Session {
         let started = Instant::now();
         self.info.cancel.waiting(Some(started.into_std()));
         let attached = self.attach_from(started).await;
-        self.info.cancel.waiting(None);
+        if attached.is_err() {
+            // (Once attached, the link says so already.)
+            self.info.cancel.waiting(None);
+        }
         attached
     }
 
+    /// The wait behind [`Session::attach`]. Every request of a busy pool comes through here, so
+    /// the rare parts (PAUSE, no primary, a retry, a new connection, a settings change) are
+    /// boxed: the common future stays small.
     async fn attach_from(&mut self, started: Instant) -> Result<(), SessionError> {
         let deadline = started + self.failover_timeout();
-        self.wait_unpaused(deadline).await?;
+        if self.proxy.pauses.any() {
+            Box::pin(self.wait_unpaused(deadline)).await?;
+        }
         // Held: the request had to wait for a primary (none, or an unusable one).
-        let mut held = self
-            .monitor
-            .as_ref()
-            .is_some_and(|m| !matches!(m.view().state, ClusterState::Primary { .. }));
+        let mut held = !self.same_primary_as_last_time()
+            && self
+                .monitor
+                .as_ref()
+                .is_some_and(|m| !matches!(m.view().state, ClusterState::Primary { .. }));
         loop {
-            let gate = deadline.saturating_duration_since(Instant::now());
-            let (pool, generation) = match self.route(gate).await {
+            let (pool, generation) = match self.route(deadline).await {
                 Ok(route) => route,
                 Err(e) => {
                     if matches!(e, SessionError::Route(RouteError::NoPrimary { .. })) {
@@ -63,7 +71,7 @@ impl Session {
                     return Err(e);
                 }
             };
-            match self.attempt(&pool, generation).await {
+            match self.attempt(&pool, generation, started).await {
                 Ok(server) => {
                     self.attached(server, generation);
                     if held {
@@ -88,10 +96,20 @@ impl Session {
                     if Instant::now() + RETRY_PAUSE >= deadline {
                         return Err(e);
                     }
-                    self.wait_for_news(generation, RETRY_PAUSE).await;
+                    Box::pin(self.wait_for_news(generation, RETRY_PAUSE)).await;
                 }
             }
         }
+    }
+
+    /// The topology has not changed since `last_pool` was chosen (at a primary): it is still
+    /// the primary's pool.
+    fn same_primary_as_last_time(&self) -> bool {
+        self.last_pool.as_ref().is_some_and(|p| !p.is_removed())
+            && self
+                .monitor
+                .as_ref()
+                .is_some_and(|m| m.generation() == self.last_generation)
     }
 
     /// Holds the request while an operator has paused its database (PAUSE), until RESUME or
@@ -153,9 +171,15 @@ impl Session {
         true
     }
 
-    /// The pool at the current primary and its generation. The common case (a primary, the
-    /// same one as last time) takes no lock: it reads the session's own view and pool.
-    async fn route(&mut self, gate: Duration) -> Result<(Arc<Pool>, u64), SessionError> {
+    /// The pool at the current primary and its generation, waiting in the gate until
+    /// `deadline` while there is none. The common case (the same primary as last time) reads
+    /// one atomic.
+    async fn route(&mut self, deadline: Instant) -> Result<(Arc<Pool>, u64), SessionError> {
+        if self.same_primary_as_last_time()
+            && let Some(pool) = &self.last_pool
+        {
+            return Ok((pool.clone(), self.last_generation));
+        }
         let current = self.monitor.as_ref().map(|m| m.view());
         if let Some(view) = current
             && let ClusterState::Primary { addr, .. } = &view.state
@@ -167,8 +191,14 @@ impl Session {
             self.last_generation = view.generation;
             return Ok((pool.clone(), view.generation));
         }
-        let (pool, generation) =
-            primary_pool(&self.proxy, &self.info.target, &self.info.settings, gate).await?;
+        let gate = deadline.saturating_duration_since(Instant::now());
+        let (pool, generation) = Box::pin(primary_pool(
+            &self.proxy,
+            &self.info.target,
+            &self.info.settings,
+            gate,
+        ))
+        .await?;
         self.last_pool = Some(pool.clone());
         self.last_generation = generation;
         Ok((pool, generation))
@@ -186,25 +216,38 @@ impl Session {
     /// One checkout and settings sync at the primary of `generation`. A topology change ends it
     /// at once without a watch of its own: the pool sends queued requests back and cuts off the
     /// sockets of the old generation, including the one being brought in line here.
-    async fn attempt(&mut self, pool: &Arc<Pool>, generation: u64) -> Result<Pooled, Attempt> {
+    async fn attempt(
+        &mut self,
+        pool: &Arc<Pool>,
+        generation: u64,
+        started: Instant,
+    ) -> Result<Pooled, Attempt> {
         let wait = self.info.settings.query_wait_timeout.get();
         let server = pool
-            .checkout(wait, generation)
+            .checkout_by(wait, (started + wait).into_std(), generation)
             .await
             .map_err(classify_pool)?;
-        sync_settings(pool, server, &self.info.params, &self.info.welcome)
-            .await
-            .map_err(|e| {
-                if self
-                    .monitor
-                    .as_ref()
-                    .is_some_and(|m| m.generation() != generation)
-                {
-                    Attempt::Retry(SessionError::PrimaryChanged)
-                } else {
-                    classify_server(e)
-                }
-            })
+        if server.conn.settings_fingerprint == self.info.params.fingerprint() {
+            return Ok(server);
+        }
+        Box::pin(sync_settings(
+            pool,
+            server,
+            &self.info.params,
+            &self.info.welcome,
+        ))
+        .await
+        .map_err(|e| {
+            if self
+                .monitor
+                .as_ref()
+                .is_some_and(|m| m.generation() != generation)
+            {
+                Attempt::Retry(SessionError::PrimaryChanged)
+            } else {
+                classify_server(e)
+            }
+        })
     }
 
     fn attached(&mut self, server: Pooled, generation: u64) {
