@@ -15,14 +15,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchyard_config::UserConfig;
-use switchyard_server::BackendKey;
 
-/// Where a cancel for a client should go right now.
-#[derive(Debug, Clone)]
-pub struct CancelTarget {
-    pub addr: Arc<str>,
-    pub key: BackendKey,
-}
+/// Where a cancel for a client should go right now: the server connection's own key, shared.
+pub type CancelTarget = Arc<switchyard_server::CancelKey>;
 
 /// Who a registered client is.
 pub enum Who {

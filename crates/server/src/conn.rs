@@ -40,6 +40,14 @@ pub struct BackendKey {
     pub secret: bytes::Bytes,
 }
 
+/// Where and how to cancel what a server connection is running: made once per connection and
+/// shared (not copied) with each client that uses it.
+#[derive(Debug)]
+pub struct CancelKey {
+    pub addr: std::sync::Arc<str>,
+    pub key: BackendKey,
+}
+
 /// An authenticated server connection. Between uses it sits at a sync point (ReadyForQuery seen,
 /// nothing outstanding); the relay keeps it that way or discards it.
 pub struct ServerConn {
@@ -50,6 +58,8 @@ pub struct ServerConn {
     /// Parameters as the server last reported them (and search_path as last set).
     pub params: BTreeMap<String, String>,
     pub key: BackendKey,
+    /// `addr` and `key` together, for the client registry.
+    pub cancel_key: std::sync::Arc<CancelKey>,
     pub created: Instant,
     pub last_used: Instant,
     /// Server-side names of prepared statements that exist on this connection.
@@ -105,6 +115,13 @@ impl ServerConn {
                 process_id: 0,
                 secret: bytes::Bytes::new(),
             },
+            cancel_key: std::sync::Arc::new(CancelKey {
+                addr: p.addr.as_str().into(),
+                key: BackendKey {
+                    process_id: 0,
+                    secret: bytes::Bytes::new(),
+                },
+            }),
             settings_fingerprint: 0,
             generation: 0,
             created: now,
@@ -119,6 +136,10 @@ impl ServerConn {
         conn.stream.write_all(&startup).await?;
         auth::authenticate(&mut conn, p).await?;
         conn.read_until_ready().await?;
+        conn.cancel_key = std::sync::Arc::new(CancelKey {
+            addr: conn.addr.clone(),
+            key: conn.key.clone(),
+        });
         Ok(conn)
     }
 

@@ -11,6 +11,6 @@ mod conn;
 mod error;
 mod socket;
 
-pub use conn::{BackendKey, ConnectParams, ServerConn, send_cancel};
+pub use conn::{BackendKey, CancelKey, ConnectParams, ServerConn, send_cancel};
 pub use error::ServerError;
 pub use socket::{Closer, SocketOptions};

@@ -16,6 +16,18 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 ];
 
+/// [`LATENCY_BUCKETS`] in microseconds: what the data path compares against (no float work per
+/// request).
+const LATENCY_BUCKETS_US: [u64; LATENCY_BUCKETS.len()] = {
+    let mut us = [0u64; LATENCY_BUCKETS.len()];
+    let mut i = 0;
+    while i < us.len() {
+        us[i] = (LATENCY_BUCKETS[i] * 1e6 + 0.5) as u64;
+        i += 1;
+    }
+    us
+};
+
 /// A latency histogram over [`LATENCY_BUCKETS`] (cumulative only when read).
 #[derive(Debug, Default)]
 pub struct LatencyHistogram {
@@ -26,13 +38,14 @@ pub struct LatencyHistogram {
 
 impl LatencyHistogram {
     pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| s <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let us = d.as_micros() as u64;
+        // The first bucket whose bound is at least `us` (none: only the +Inf bucket, the count).
+        let i = LATENCY_BUCKETS_US.partition_point(|&b| b < us);
+        if let Some(bucket) = self.buckets.get(i) {
+            bucket.fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
     /// `(sum in seconds, count, cumulative (upper bound, count) buckets)`, as Prometheus wants.
@@ -222,11 +235,16 @@ mod tests {
         assert!((sum - 120.0033).abs() < 1e-6, "{sum}");
         assert_eq!(buckets[0], (0.0005, 1));
         assert_eq!(buckets[3], (0.005, 2));
+        // A bound is inclusive: exactly 1 ms falls in the 1 ms bucket.
+        h.observe(Duration::from_millis(1));
+        assert_eq!(h.snapshot().2[1], (0.001, 2));
         assert_eq!(
             buckets.last(),
             Some(&(60.0, 2)),
             "beyond the last bucket: only +Inf"
         );
+        assert_eq!(LATENCY_BUCKETS_US[0], 500);
+        assert_eq!(LATENCY_BUCKETS_US[13], 60_000_000);
     }
 
     #[test]

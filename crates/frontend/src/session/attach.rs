@@ -14,7 +14,6 @@ use super::login::primary_pool;
 use super::pool_for::sync_settings;
 use super::run::{Link, Session, generation_moved_past};
 use crate::SessionError;
-use crate::cancel::CancelTarget;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_pool::{Pool, PoolError, Pooled};
@@ -252,11 +251,9 @@ impl Session {
 
     fn attached(&mut self, server: Pooled, generation: u64) {
         let now = Instant::now();
-        let target = CancelTarget {
-            addr: server.conn.addr.clone(),
-            key: server.conn.key.clone(),
-        };
-        self.info.cancel.link(target, now.into_std());
+        self.info
+            .cancel
+            .link(server.conn.cancel_key.clone(), now.into_std());
         if let Some(m) = &self.monitor {
             m.request_started(&server.conn.addr);
         }
