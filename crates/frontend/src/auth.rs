@@ -8,10 +8,13 @@ use switchyard_proto::frontend::{SaslInitial, password::decode_password, tag};
 use switchyard_proto::scram::{MECHANISM, ScramSecret, ServerExchange};
 use switchyard_proto::{Frame, ProtoError};
 
+/// `mock_nonce`: the process's random secret for the exchange of an unknown user (see
+/// [`ScramSecret::mock`]).
 pub async fn authenticate(
     client: &mut ClientConn,
     user: &str,
     auth: Option<&UserAuth>,
+    mock_nonce: &[u8; 32],
 ) -> Result<(), SessionError> {
     let failed = || SessionError::AuthFailed {
         user: user.to_string(),
@@ -34,8 +37,9 @@ pub async fn authenticate(
             })?
         }
         None => {
-            // Same exchange as a real user, against a secret nobody knows.
-            let dummy = ScramSecret::from_password(&format!("{:x}", rand::random::<u128>()));
+            // Same exchange as a real user (same cost, a salt as stable), against a secret
+            // that matches no password.
+            let dummy = ScramSecret::mock(user, mock_nonce);
             return match scram(client, dummy).await {
                 Err(SessionError::AuthFailed { .. }) | Ok(()) => Err(failed()),
                 Err(other) => Err(other),

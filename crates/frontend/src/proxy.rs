@@ -112,6 +112,8 @@ pub struct Proxy {
     /// draining sessions still need.
     pub background: CancellationToken,
     pub clients: AtomicUsize,
+    /// Random per process: keys the mock SCRAM secrets of unknown users.
+    pub(crate) mock_nonce: [u8; 32],
 }
 
 impl Proxy {
@@ -135,6 +137,7 @@ impl Proxy {
             stopping: AtomicBool::new(false),
             background,
             clients: AtomicUsize::new(0),
+            mock_nonce: rand::random(),
         });
         tokio::spawn(wake_idle_sessions_at_shutdown(Arc::downgrade(&proxy)));
         proxy

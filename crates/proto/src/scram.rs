@@ -96,6 +96,20 @@ impl ScramSecret {
         }
     }
 
+    /// A secret for a user that does not exist, as PostgreSQL makes one: the salt is the same
+    /// every time for the same name (a real user's is too), the keys match no password, and no
+    /// key derivation runs (a real user's exchange runs none either). `nonce` is the process's
+    /// own random secret, so the salts cannot be predicted.
+    pub fn mock(user: &str, nonce: &[u8; 32]) -> Self {
+        let per_user = hmac(nonce, user.as_bytes());
+        Self {
+            iterations: DEFAULT_ITERATIONS,
+            salt: per_user[..16].to_vec(),
+            stored_key: hmac(&per_user, b"Stored Key"),
+            server_key: hmac(&per_user, b"Server Key"),
+        }
+    }
+
     /// Parses PostgreSQL's `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`.
     pub fn parse(s: &str) -> Result<Self, ScramError> {
         let rest = s
@@ -271,6 +285,31 @@ mod tests {
         let client_final = client.respond(server_first.as_bytes())?;
         let server_final = server.finish(client_final.as_bytes())?;
         client.verify(server_final.as_bytes())
+    }
+
+    #[test]
+    fn an_unknown_users_mock_secret_is_stable_per_name_and_accepts_no_password() {
+        let nonce = [7u8; 32];
+        let a = ScramSecret::mock("ghost", &nonce);
+        assert_eq!(
+            a.salt,
+            ScramSecret::mock("ghost", &nonce).salt,
+            "stable salt"
+        );
+        assert_ne!(a.salt, ScramSecret::mock("other", &nonce).salt);
+        assert_ne!(a.salt, ScramSecret::mock("ghost", &[8u8; 32]).salt);
+        assert_eq!((a.salt.len(), a.iterations), (16, DEFAULT_ITERATIONS));
+        for pw in ["", "ghost", "password"] {
+            let (mut client, first) = ClientExchange::start(pw);
+            let (server, server_first) =
+                ServerExchange::start(ScramSecret::mock("ghost", &nonce), first.as_bytes())
+                    .unwrap();
+            let client_final = client.respond(server_first.as_bytes()).unwrap();
+            assert_eq!(
+                server.finish(client_final.as_bytes()).err(),
+                Some(ScramError::BadProof)
+            );
+        }
     }
 
     #[test]

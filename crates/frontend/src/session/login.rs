@@ -63,7 +63,7 @@ pub async fn login(
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
     let live = proxy.live.load_full();
-    authenticate(client, &user, live.auth.get(&user)).await?;
+    authenticate(client, &user, live.auth.get(&user), &proxy.mock_nonce).await?;
     let user_cfg = live
         .users
         .get(&user)
