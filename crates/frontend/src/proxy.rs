@@ -148,12 +148,25 @@ impl Proxy {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// The check a waiting session makes after keeping its waker with
-    /// [`crate::cancel::CancelHandle::wake_on_shutdown`]: the fence pairs with the one in
-    /// `wake_idle_sessions_at_shutdown`, so either the session sees the flag here or it is woken.
-    pub(crate) fn is_stopping_after_registering(&self) -> bool {
+    /// Ready once shutdown has begun; until then the task's waker is kept in the client's
+    /// registration (once per session, see [`crate::cancel::CancelHandle::wake_on_shutdown`]),
+    /// and `wake_idle_sessions_at_shutdown` wakes it. The fence pairs with the one there, so
+    /// either the flag is seen here or the task is woken.
+    pub(crate) fn poll_stopping(
+        &self,
+        cancel: &crate::cancel::CancelHandle,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.is_stopping() {
+            return std::task::Poll::Ready(());
+        }
+        cancel.wake_on_shutdown(cx.waker());
         fence(Ordering::SeqCst);
-        self.stopping.load(Ordering::Relaxed)
+        if self.is_stopping() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 
     /// Installs a new (already validated) config and applies it to existing pools.

@@ -479,15 +479,11 @@ impl Pool {
         Ok(params)
     }
 
-    /// Returns a connection that is at a sync point and idle (no transaction open).
+    /// Returns a connection that is at a sync point and idle (no transaction open). (The same
+    /// as [`Pooled::release_at`] with the time now.)
     pub fn release(&self, pooled: Pooled) {
-        self.release_at(pooled, Instant::now());
-    }
-
-    /// [`Pool::release`] with the time already read by the caller.
-    pub fn release_at(&self, pooled: Pooled, now: Instant) {
         debug_assert!(std::ptr::eq(&**pooled.pool(), self));
-        pooled.release_at(now);
+        pooled.release_at(Instant::now());
     }
 
     /// Takes back a connection whose lease was just ended (`out`: its checked-out entry).

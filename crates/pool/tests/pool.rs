@@ -40,6 +40,13 @@ fn pool(pg: &PgServer, size: usize) -> Arc<Pool> {
     )
 }
 
+/// A connection of `generation`, within the step's bound.
+async fn take(pool: &Arc<Pool>, generation: u64) -> Pooled {
+    within("checkout", pool.checkout(STEP, generation))
+        .await
+        .expect("checkout")
+}
+
 /// Spawns a checkout that reports which waiter got a connection.
 fn queue(
     pool: &Arc<Pool>,
@@ -69,9 +76,7 @@ async fn until_waiting(pool: &Pool, n: usize) {
 async fn released_connections_go_to_the_longest_waiting_request() {
     let pg = PgServer::start().expect("start PostgreSQL");
     let pool = pool(&pg, 1);
-    let held = within("first checkout", pool.checkout(STEP, 1))
-        .await
-        .expect("checkout");
+    let held = take(&pool, 1).await;
     let pid = held.conn.key.process_id;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for who in 0..3 {
@@ -96,9 +101,7 @@ async fn released_connections_go_to_the_longest_waiting_request() {
 async fn a_wait_ends_at_its_deadline_and_a_cancelled_one_leaks_nothing() {
     let pg = PgServer::start().expect("start PostgreSQL");
     let pool = pool(&pg, 1);
-    let held = within("checkout", pool.checkout(STEP, 1))
-        .await
-        .expect("checkout");
+    let held = take(&pool, 1).await;
     let started = Instant::now();
     let r = within(
         "a bounded wait",
@@ -130,9 +133,7 @@ async fn a_wait_ends_at_its_deadline_and_a_cancelled_one_leaks_nothing() {
 async fn growing_the_pool_lets_waiting_requests_in() {
     let pg = PgServer::start().expect("start PostgreSQL");
     let pool = pool(&pg, 1);
-    let held = within("checkout", pool.checkout(STEP, 1))
-        .await
-        .expect("checkout");
+    let held = take(&pool, 1).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     queue(&pool, 7, STEP, 1, tx);
     until_waiting(&pool, 1).await;
@@ -150,9 +151,7 @@ async fn growing_the_pool_lets_waiting_requests_in() {
 async fn retiring_a_generation_cuts_off_its_sockets_and_sends_waiters_back() {
     let pg = PgServer::start().expect("start PostgreSQL");
     let pool = pool(&pg, 1);
-    let mut held = within("checkout", pool.checkout(STEP, 1))
-        .await
-        .expect("checkout");
+    let mut held = take(&pool, 1).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     queue(&pool, 1, STEP, 1, tx);
     until_waiting(&pool, 1).await;
@@ -180,9 +179,7 @@ async fn retiring_a_generation_cuts_off_its_sockets_and_sends_waiters_back() {
     // The retired connection is not reused; the next generation gets a new one.
     let old_pid = held.conn.key.process_id;
     pool.release(held);
-    let fresh = within("checkout", pool.checkout(STEP, 2))
-        .await
-        .expect("checkout");
+    let fresh = take(&pool, 2).await;
     assert_ne!(fresh.conn.key.process_id, old_pid);
     // A request still asking for the old generation is sent back at once.
     assert!(matches!(

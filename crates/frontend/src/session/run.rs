@@ -77,25 +77,14 @@ async fn write_all(stream: &mut tokio::net::TcpStream, bytes: &[u8]) -> std::io:
     }
 }
 
-/// Resolves once shutdown has begun; the task is woken then through the waker its
-/// registration keeps (nothing is registered per wait).
+/// Resolves once shutdown has begun (see [`crate::Proxy::poll_stopping`]).
 ///
 /// Cancel safety: cancel-safe.
 fn stopping<'a>(
     proxy: &'a crate::Proxy,
     cancel: &'a crate::cancel::CancelHandle,
 ) -> impl Future<Output = ()> + 'a {
-    std::future::poll_fn(move |cx| {
-        if proxy.is_stopping() {
-            return Poll::Ready(());
-        }
-        cancel.wake_on_shutdown(cx.waker());
-        if proxy.is_stopping_after_registering() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
+    std::future::poll_fn(move |cx| proxy.poll_stopping(cancel, cx))
 }
 
 /// Names the topology change as the cause when a server's socket failed because the pool cut
@@ -280,20 +269,10 @@ impl Session {
         let cancel = &self.info.cancel;
         let client = &mut self.client;
         std::future::poll_fn(|cx| {
-            if proxy.is_stopping() {
+            if proxy.poll_stopping(cancel, cx).is_ready() {
                 return Poll::Ready(Err(SessionError::Shutdown));
             }
-            match client.poll_fill(cx) {
-                Poll::Pending => {
-                    cancel.wake_on_shutdown(cx.waker());
-                    if proxy.is_stopping_after_registering() {
-                        Poll::Ready(Err(SessionError::Shutdown))
-                    } else {
-                        Poll::Pending
-                    }
-                }
-                other => other,
-            }
+            client.poll_fill(cx)
         })
         .await
     }
