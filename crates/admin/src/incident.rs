@@ -96,6 +96,24 @@ pub struct Incident {
     pub notifications: Vec<Delivery>,
 }
 
+impl Incident {
+    /// Closes an incident nobody follows any more (Switchyard restarted, or its cluster left the
+    /// configuration), saying so; false if it was resolved already.
+    pub fn close_unfollowed(&mut self, at_ms: u64, note: &str) -> bool {
+        if self.stage == Stage::Resolved {
+            return false;
+        }
+        self.stage = Stage::Resolved;
+        self.resolved_ms = Some(at_ms);
+        self.timeline.push(Transition {
+            stage: Stage::Resolved,
+            at_ms,
+            note: note.to_owned(),
+        });
+        true
+    }
+}
+
 /// What the tracker saw of one cluster at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
@@ -359,6 +377,24 @@ mod tests {
             ]
         );
         assert_eq!(id, 1);
+    }
+
+    #[test]
+    fn an_incident_nobody_follows_is_closed_with_a_note_once() {
+        let mut t = IncidentTrack::default();
+        let mut id = 0;
+        t.step("main", &sample(0, Some("a:1"), 0), 10_000, &mut id);
+        let mut open = t
+            .step("main", &sample(100, None, 0), 10_000, &mut id)
+            .unwrap();
+        assert!(open.close_unfollowed(500, "restarted"));
+        assert_eq!((open.stage, open.resolved_ms), (Stage::Resolved, Some(500)));
+        assert_eq!(
+            open.timeline.last().map(|t| t.note.as_str()),
+            Some("restarted")
+        );
+        assert!(!open.close_unfollowed(900, "again"), "resolved already");
+        assert_eq!(open.timeline.len(), 2);
     }
 
     #[test]

@@ -26,13 +26,28 @@ struct Inner {
     events: EventLog,
     /// Newest first.
     incidents: Vec<Incident>,
+    /// Counts the copies of `incidents` taken for the store, so that it writes them in order.
+    copies: u64,
+}
+
+impl Inner {
+    /// A numbered copy of the history, for [`Store::save`].
+    fn copy_for_store(&mut self) -> (u64, Vec<Incident>) {
+        self.copies += 1;
+        (self.copies, self.incidents.clone())
+    }
 }
 
 impl AdminState {
     /// Builds the state, loading the incident history from the store.
     pub fn new(proxy: Arc<Proxy>, config: &AdminConfig) -> Arc<AdminState> {
         let store = Store::new(&config.incidents_file);
-        let incidents = store.load();
+        let mut incidents = store.load();
+        // The tracker starts afresh: what was open before the restart is followed no more.
+        let now = unix_ms();
+        for i in &mut incidents {
+            i.close_unfollowed(now, "not followed further: Switchyard restarted");
+        }
         if let Some(path) = store.path() {
             tracing::info!(path = %path.display(), incidents = incidents.len(), "incident history loaded");
         }
@@ -45,6 +60,7 @@ impl AdminState {
             inner: Mutex::new(Inner {
                 events: EventLog::default(),
                 incidents,
+                copies: 0,
             }),
         })
     }
@@ -100,10 +116,26 @@ impl AdminState {
                     inner.incidents.truncate(MAX_KEPT);
                 }
             }
-            persist.then(|| inner.incidents.clone())
+            persist.then(|| inner.copy_for_store())
         };
-        if let Some(all) = snapshot {
-            self.store.save(&all);
+        if let Some((version, all)) = snapshot {
+            self.store.save(version, &all);
+        }
+    }
+
+    /// Closes the open incidents of a cluster that left the configuration, and persists them.
+    pub fn close_incidents_of(&self, cluster: &str, note: &str) {
+        let snapshot = {
+            let mut inner = self.lock();
+            let now = unix_ms();
+            let mut closed = false;
+            for i in inner.incidents.iter_mut().filter(|i| i.cluster == cluster) {
+                closed |= i.close_unfollowed(now, note);
+            }
+            closed.then(|| inner.copy_for_store())
+        };
+        if let Some((version, all)) = snapshot {
+            self.store.save(version, &all);
         }
     }
 
@@ -123,8 +155,8 @@ impl AdminState {
                 Some(kept) => *kept = delivery,
                 None => inc.notifications.push(delivery),
             }
-            inner.incidents.clone()
+            inner.copy_for_store()
         };
-        self.store.save(&snapshot);
+        self.store.save(snapshot.0, &snapshot.1);
     }
 }

@@ -3,6 +3,7 @@
 //! few and small, so a file is all the store this needs.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::incident::Incident;
 
@@ -10,15 +11,19 @@ use crate::incident::Incident;
 pub const MAX_KEPT: usize = 200;
 
 /// Where incidents are kept; `None`: memory only.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Store {
     path: Option<PathBuf>,
+    /// The version last written. Held while writing: the tracker and every webhook delivery
+    /// save, from different threads; one at a time, and never an older copy over a newer one.
+    written: Mutex<u64>,
 }
 
 impl Store {
     pub fn new(path: &str) -> Store {
         Store {
             path: (!path.is_empty()).then(|| PathBuf::from(path)),
+            written: Mutex::new(0),
         }
     }
 
@@ -54,12 +59,18 @@ impl Store {
         }
     }
 
-    /// Writes `incidents` (newest first). Errors are logged: losing the history must not stop
-    /// the proxy.
-    pub fn save(&self, incidents: &[Incident]) {
+    /// Writes `incidents` (newest first), copy number `version` of the history (taken in
+    /// order by the caller); skipped if a later copy was written already. Errors are logged:
+    /// losing the history must not stop the proxy.
+    pub fn save(&self, version: u64, incidents: &[Incident]) {
         let Some(path) = &self.path else {
             return;
         };
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if *written >= version {
+            return;
+        }
+        *written = version;
         let tmp = path.with_extension("tmp");
         let json = match serde_json::to_vec_pretty(incidents) {
             Ok(json) => json,

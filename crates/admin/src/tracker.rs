@@ -40,7 +40,16 @@ pub async fn run(state: Arc<AdminState>, notifier: Option<Notifier>, stop: Cance
             _ = tick.tick() => {}
         }
         let monitors = state.proxy.router.monitors();
-        clusters.retain(|name, _| monitors.iter().any(|m| m.name() == name));
+        clusters.retain(|name, _| {
+            let kept = monitors.iter().any(|m| m.name() == name);
+            if !kept {
+                state.close_incidents_of(
+                    name,
+                    "not followed further: the cluster left the configuration",
+                );
+            }
+            kept
+        });
         for m in monitors {
             let tracked = clusters.entry(m.name().to_owned()).or_default();
             let view = m.view();

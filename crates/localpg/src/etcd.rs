@@ -102,19 +102,9 @@ impl Etcd {
         self.client_port
     }
 
-    /// The etcd process id (for faults on the configuration store itself).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// etcd's log file (its stdout and stderr).
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("etcd.log")
-    }
-
-    /// The last `lines` lines of the log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.log_path(), lines)
     }
 
     /// How many keys start with `prefix` (a v3 range count through the JSON gateway).

@@ -203,11 +203,6 @@ impl PatroniCluster {
         }
     }
 
-    /// The cluster's name (Patroni's `scope`).
-    pub fn scope(&self) -> &str {
-        &self.scope
-    }
-
     /// The members, in start order (member 0 led at start).
     pub fn members(&self) -> &[PatroniMember] {
         &self.members
@@ -241,24 +236,11 @@ impl PatroniCluster {
         old: usize,
         timeout: Duration,
     ) -> Result<usize, FixtureError> {
-        self.wait_for_writable_leader(Some(old), timeout)
-    }
-
-    /// Waits until some member is the leader and accepts writes; returns its index.
-    pub fn wait_for_leader(&self, timeout: Duration) -> Result<usize, FixtureError> {
-        self.wait_for_writable_leader(None, timeout)
-    }
-
-    fn wait_for_writable_leader(
-        &self,
-        exclude: Option<usize>,
-        timeout: Duration,
-    ) -> Result<usize, FixtureError> {
         let deadline = Instant::now() + timeout;
         loop {
             let leaders = self.leaders();
             let last = match leaders[..] {
-                [i] if Some(i) == exclude => format!("member {i} still leads"),
+                [i] if i == old => format!("member {i} still leads"),
                 [i] => match self.members[i]
                     .psql_with_timeout("SELECT pg_is_in_recovery()", PROBE_TIMEOUT)
                 {
@@ -269,16 +251,15 @@ impl PatroniCluster {
                 _ => format!("members answering GET /primary with 200: {leaders:?}"),
             };
             if Instant::now() >= deadline {
-                let what = match exclude {
-                    Some(old) => format!("no member other than {old} became a writable leader"),
-                    None => "no member became a writable leader".to_owned(),
-                };
                 let cause = FixtureError::WaitTimeout {
                     what: "a writable Patroni leader",
                     timeout,
                     last,
                 };
-                return Err(self.error(what, cause));
+                return Err(self.error(
+                    format!("no member other than {old} became a writable leader"),
+                    cause,
+                ));
             }
             thread::sleep(POLL);
         }

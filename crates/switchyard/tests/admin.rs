@@ -69,7 +69,9 @@ async fn metrics_health_and_api_describe_a_healthy_proxy() {
     let h = Harness::start(PoolMode::Transaction).await;
     let c = h.client().await;
     for _ in 0..5 {
-        c.simple_query("select 1").await.unwrap();
+        within(STEP, "select 1", c.simple_query("select 1"))
+            .await
+            .unwrap();
     }
     let addr = admin_addr(&h.proxy);
     assert_eq!(get(addr, "/livez", None).await.0, 200);
@@ -129,7 +131,10 @@ async fn a_token_guards_everything_but_health() {
         c.admin.token = Some("s3cret".into());
     })
     .await;
-    h.client().await.simple_query("select 1").await.unwrap();
+    let c = h.client().await;
+    within(STEP, "select 1", c.simple_query("select 1"))
+        .await
+        .unwrap();
     let addr = admin_addr(&h.proxy);
     assert_eq!(get(addr, "/metrics", None).await.0, 401);
     assert_eq!(get(addr, "/api/incidents", Some("wrong")).await.0, 401);
@@ -169,7 +174,9 @@ async fn a_failover_becomes_an_incident_that_resolves_and_is_kept() {
     .await;
     let addr = admin_addr(&c.proxy);
     let client = c.client().await;
-    client.simple_query("select 1").await.unwrap();
+    within(STEP, "select 1", client.simple_query("select 1"))
+        .await
+        .unwrap();
 
     let _gone = c.inject(Fault::Crash).await;
     c.wait_for_no_primary(STEP).await;
@@ -192,7 +199,9 @@ async fn a_failover_becomes_an_incident_that_resolves_and_is_kept() {
     c.promote_standby().await;
     let (r, client) = within(STEP, "the held statement", held).await.unwrap();
     r.expect("the held statement runs on the new primary");
-    client.simple_query("select 2").await.unwrap();
+    within(STEP, "select 2", client.simple_query("select 2"))
+        .await
+        .unwrap();
 
     let resolved = wait_for_stage(addr, "Resolved", Duration::from_secs(20)).await;
     let stages: Vec<&str> = resolved["timeline"]
@@ -248,10 +257,16 @@ async fn a_failover_becomes_an_incident_that_resolves_and_is_kept() {
 async fn a_silent_http_client_is_cut_off() {
     let h = Harness::start(PoolMode::Transaction).await;
     let addr = admin_addr(&h.proxy);
-    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+    let mut slow = within(STEP, "connect", tokio::net::TcpStream::connect(addr))
         .await
         .unwrap();
+    within(
+        STEP,
+        "half a request",
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"),
+    )
+    .await
+    .unwrap();
     let started = Instant::now();
     assert_eq!(
         get(addr, "/livez", None).await.0,

@@ -291,7 +291,7 @@ async fn the_status_page_follows_a_drill_made_incident() {
         .await
         .unwrap();
     assert!(output.status.success());
-    let _ = drain.await;
+    let _ = within(STEP, "the drill's stderr to close", drain).await;
     let json = std::fs::read_to_string(out.path().join("report.json")).unwrap();
     let report: Value = serde_json::from_str(&json).unwrap();
     let record = &report["switchyard_incident"];
@@ -314,10 +314,13 @@ async fn the_status_page_follows_a_drill_made_incident() {
         ("gate_timeout", "gate_timeouts"),
     ] {
         let labels = format!("cluster=\"drill\",outcome=\"{outcome}\"");
-        let metric = metric_value(&metrics, "switchyard_failover_requests_total", &labels);
+        let metric = metric_value(&metrics, "switchyard_failover_requests_total", &labels)
+            .unwrap_or_else(|| panic!("/metrics has {outcome}"));
+        let recorded = scope[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("the incident record has {key}"));
         assert_eq!(
-            metric,
-            scope[key].as_f64(),
+            metric, recorded,
             "/metrics {outcome} vs the incident record"
         );
         assert_eq!(

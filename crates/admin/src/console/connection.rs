@@ -63,8 +63,9 @@ pub async fn serve(state: Arc<AdminState>, hooks: Arc<ConsoleHooks>, mut client:
                 ready(),
             ],
         };
-        if client.conn.send(&reply).await.is_err() {
-            tracing::debug!(process_id = pid, "admin console client gone");
+        let sent = tokio::time::timeout(REPLY_TIMEOUT, client.conn.send(&reply)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::debug!(process_id = pid, "admin console client gone or not reading");
             return;
         }
         if !draining && shutdown.is_cancelled() {
@@ -84,6 +85,10 @@ async fn end(client: &mut ConsoleClient, e: SessionError) {
         None => tracing::debug!(error = %e, "admin console client gone"),
     }
 }
+
+/// Longest a reply may take to reach a console client (a large SHOW to a client that stopped
+/// reading): then the connection is dropped.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn ready() -> Frame {
     backend::ready_for_query(TxStatus::Idle)

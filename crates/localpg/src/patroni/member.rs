@@ -222,24 +222,11 @@ impl PatroniMember {
         procs::freeze_tree(self.postmaster_pid()?, SIGNAL_TIMEOUT)
     }
 
-    /// Thaws its PostgreSQL: `SIGCONT` to the postmaster and all its descendants. If its agent
-    /// runs and another member took over meanwhile, Patroni 3.0.2 may retake the leader key (see
-    /// [`PatroniCluster`](super::PatroniCluster)).
-    pub fn thaw_postgres(&self) -> Result<(), FixtureError> {
-        procs::thaw_tree(self.postmaster_pid()?)
-    }
-
     /// Stops its agent (`SIGSTOP` to the Patroni process and any helper it is running, such as
     /// `pg_ctl`; PostgreSQL is not its descendant and keeps running). Its leader lock then
     /// expires after `ttl`, and its REST API stops answering.
     pub fn stop_agent(&self) -> Result<(), FixtureError> {
         procs::freeze_tree(self.live_agent()?, SIGNAL_TIMEOUT)
-    }
-
-    /// Continues a stopped agent (`SIGCONT`). Unsafe after another member took over: Patroni
-    /// 3.0.2 may then retake the leader key (see [`PatroniCluster`](super::PatroniCluster)).
-    pub fn continue_agent(&self) -> Result<(), FixtureError> {
-        procs::thaw_tree(self.live_agent()?)
     }
 
     /// Kills its agent (`SIGKILL` to it and its helpers) and waits until it is gone. Its
