@@ -142,8 +142,6 @@ pub struct IncidentTrack {
     tx_without_primary: u64,
     /// Transactions counted when the current primary was identified.
     identified_tx: u64,
-    /// When the incident entered Monitoring.
-    monitoring_since: Option<u64>,
 }
 
 /// With no client traffic at all, Monitoring starts this long after Identified.
@@ -268,9 +266,9 @@ impl IncidentTrack {
                     None
                 }
             }
+            // (In Monitoring, the last transition is the one into it.)
             (Some(_), false, Stage::Monitoring) => {
-                let since = self.monitoring_since.unwrap_or(stage_at);
-                (s.now_ms >= since + resolve_after_ms).then(|| {
+                (s.now_ms >= stage_at + resolve_after_ms).then(|| {
                     (
                         Stage::Resolved,
                         format!("stable for {} s", resolve_after_ms / 1000),
@@ -287,9 +285,8 @@ impl IncidentTrack {
                 self.identified_tx = self.tx_without_primary;
                 inc.new_primary = s.primary.clone();
             }
-            Stage::Monitoring => self.monitoring_since = Some(s.now_ms),
             Stage::Resolved => inc.resolved_ms = Some(s.now_ms),
-            Stage::Investigating => self.monitoring_since = None,
+            Stage::Monitoring | Stage::Investigating => {}
         }
         inc.stage = stage;
         inc.timeline.push(Transition {

@@ -94,7 +94,12 @@ impl Pauses {
     }
 
     pub fn is_paused(&self, cluster: &str, server_db: &str) -> bool {
-        self.any() && self.current().covers(cluster, server_db)
+        self.any()
+            && self
+                .paused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .covers(cluster, server_db)
     }
 
     /// Waits until the database is not paused; false if it still is at `until`.

@@ -132,20 +132,22 @@ impl Inner {
         None
     }
 
-    /// A reusable connection came back: straight to the longest-waiting request, or idle.
-    /// (Closed instead if the pool was shrunk and is still over its size.)
-    pub(crate) fn put_back(&mut self, conn: Box<ServerConn>) -> Option<Waker> {
+    /// A reusable connection came back: straight to the longest-waiting request, or idle; else
+    /// (the pool was shrunk and is still over its size, or its idle list is full) it is given
+    /// back to be closed once the lock is released.
+    fn put_back(&mut self, conn: Box<ServerConn>) -> (Option<Waker>, Option<Box<ServerConn>>) {
         if self.busy <= self.settings.size
             && let Some(key) = self.next_waiting()
         {
             let out = self.out.insert(Out::of(&conn));
-            return Some(self.hand(key, Handoff::Conn(conn, out)));
+            return (Some(self.hand(key, Handoff::Conn(conn, out))), None);
         }
         self.busy -= 1;
         if self.busy + self.idle.len() < self.settings.size {
             self.idle.push_back(conn);
+            return (None, None);
         }
-        None
+        (None, Some(conn))
     }
 
     pub(crate) fn forget_out(&mut self, key: usize) {
@@ -396,6 +398,10 @@ impl Pool {
     /// Puts a connection under a slot just taken: an idle one, or a new one.
     async fn fill(&self, mut lease: Lease, generation: u64) -> Result<Pooled, PoolError> {
         let min_generation = self.min_generation.load(Ordering::Relaxed);
+        if generation < min_generation {
+            // Retired while this request waited for its slot (the slot goes on to the next).
+            return Err(PoolError::Retired);
+        }
         {
             let mut inner = self.lock();
             if let Some(conn) = inner.take_idle(min_generation) {
@@ -487,25 +493,38 @@ impl Pool {
     }
 
     /// Takes back a connection whose lease was just ended (`out`: its checked-out entry).
-    fn take_back(&self, mut conn: Box<ServerConn>, out: Option<usize>, now: Instant) {
+    fn take_back(&self, conn: Box<ServerConn>, out: Option<usize>, now: Instant) {
         let mut inner = self.lock();
         if let Some(key) = out {
             inner.forget_out(key);
         }
-        let reusable = now.duration_since(conn.created) < inner.settings.lifetime
-            && conn.generation >= self.min_generation.load(Ordering::Relaxed)
-            && inner.reconnect_before.is_none_or(|t| conn.created > t)
-            && !self.removed.load(Ordering::Relaxed);
-        let (wake, closed) = if reusable {
-            conn.last_used = now;
-            (inner.put_back(conn), None)
-        } else {
-            (inner.free_slot(), Some(conn))
-        };
+        let (wake, closed) = self.reuse_or_close(&mut inner, conn, now);
         drop(inner);
         drop(closed);
         if let Some(w) = wake {
             w.wake();
+        }
+    }
+
+    /// Under the lock: a connection that came back goes on (to a waiter or the idle list) if it
+    /// is still reusable — within its lifetime, of a current generation, not opened before a
+    /// RECONNECT, its pool not removed; else its slot is freed and it is returned, to be closed
+    /// once the lock is released. Every way back into the pool comes through here.
+    pub(crate) fn reuse_or_close(
+        &self,
+        inner: &mut Inner,
+        mut conn: Box<ServerConn>,
+        now: Instant,
+    ) -> (Option<Waker>, Option<Box<ServerConn>>) {
+        let reusable = now.duration_since(conn.created) < inner.settings.lifetime
+            && conn.generation >= self.min_generation.load(Ordering::Relaxed)
+            && inner.reconnect_before.is_none_or(|t| conn.created > t)
+            && !self.removed.load(Ordering::Relaxed);
+        if reusable {
+            conn.last_used = now;
+            inner.put_back(conn)
+        } else {
+            (inner.free_slot(), Some(conn))
         }
     }
 
@@ -572,7 +591,7 @@ impl Pool {
             .idle
             .iter()
             .map(|c| IdleServer {
-                pid: c.key.process_id,
+                pid: c.key().process_id,
                 local_addr: c.stream.local_addr().ok(),
                 created: c.created,
                 last_used: c.last_used,

@@ -107,12 +107,13 @@ impl Drop for Wait<'_> {
                 inner.waiting -= 1;
                 (None, None)
             }
+            // Handed over but never used: back the way any connection comes back.
             Some(Handoff::Conn(conn, key)) => {
                 inner.forget_out(key);
-                (inner.put_back(conn), None)
+                self.pool.reuse_or_close(&mut inner, conn, Instant::now())
             }
             Some(Handoff::Slot) => (inner.free_slot(), None),
-            Some(other) => (None, Some(other)),
+            Some(Handoff::Expired | Handoff::Retired) => (None, None),
         };
         drop(inner);
         drop(closed);

@@ -77,7 +77,7 @@ async fn released_connections_go_to_the_longest_waiting_request() {
     let pg = PgServer::start().expect("start PostgreSQL");
     let pool = pool(&pg, 1);
     let held = take(&pool, 1).await;
-    let pid = held.conn.key.process_id;
+    let pid = held.conn.key().process_id;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for who in 0..3 {
         queue(&pool, who, STEP, 1, tx.clone());
@@ -90,7 +90,11 @@ async fn released_connections_go_to_the_longest_waiting_request() {
         let (who, r) = within("a waiter served", rx.recv()).await.expect("sender");
         assert_eq!(who, expected, "served in arrival order");
         let c = r.expect("a connection");
-        assert_eq!(c.conn.key.process_id, pid, "the released connection itself");
+        assert_eq!(
+            c.conn.key().process_id,
+            pid,
+            "the released connection itself"
+        );
         pool.release(c);
     }
     let s = pool.stats();
@@ -143,7 +147,7 @@ async fn growing_the_pool_lets_waiting_requests_in() {
         .expect("sender");
     assert_eq!(who, 7);
     let second = r.expect("a new connection");
-    assert_ne!(second.conn.key.process_id, held.conn.key.process_id);
+    assert_ne!(second.conn.key().process_id, held.conn.key().process_id);
     assert_eq!(pool.stats().active, 2);
 }
 
@@ -177,10 +181,10 @@ async fn retiring_a_generation_cuts_off_its_sockets_and_sends_waiters_back() {
     assert!(matches!(r, Err(PoolError::Retired)), "waiter retired");
     assert!(started.elapsed() < Duration::from_secs(2));
     // The retired connection is not reused; the next generation gets a new one.
-    let old_pid = held.conn.key.process_id;
+    let old_pid = held.conn.key().process_id;
     pool.release(held);
     let fresh = take(&pool, 2).await;
-    assert_ne!(fresh.conn.key.process_id, old_pid);
+    assert_ne!(fresh.conn.key().process_id, old_pid);
     // A request still asking for the old generation is sent back at once.
     assert!(matches!(
         within("old generation", pool.checkout(STEP, 1)).await,

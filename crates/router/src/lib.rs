@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_config::{ClusterConfig, Config};
@@ -45,6 +46,9 @@ pub struct Router {
     clusters: Mutex<HashMap<String, Entry>>,
     pools: Arc<Pools>,
     shutdown: CancellationToken,
+    /// The highest generation any monitor this router stopped had reached: a new monitor
+    /// numbers after it, so generations only grow (pools retire by number).
+    retired_generations: std::sync::atomic::AtomicU64,
 }
 
 fn monitor_settings(config: &Config) -> MonitorSettings {
@@ -96,6 +100,7 @@ impl Router {
             clusters: Mutex::new(HashMap::new()),
             pools,
             shutdown,
+            retired_generations: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -111,19 +116,27 @@ impl Router {
             let keep = config.clusters.get(name) == Some(&e.config) && e.settings == settings;
             if !keep {
                 e.stop.cancel();
+                self.retired_generations
+                    .fetch_max(e.monitor.generation(), Ordering::Relaxed);
             }
             keep
         });
+        // Above every generation in use, stopped or running.
+        let floor = clusters
+            .values()
+            .map(|e| e.monitor.generation())
+            .fold(self.retired_generations.load(Ordering::Relaxed), u64::max);
         for (name, c) in &config.clusters {
             if clusters.contains_key(name) {
                 continue;
             }
             let stop = self.shutdown.child_token();
-            let monitor = Arc::new(ClusterMonitor::start(
+            let monitor = Arc::new(ClusterMonitor::start_after(
                 name,
                 probe_params(config, c),
                 settings.clone(),
                 stop.clone(),
+                floor,
             ));
             tokio::spawn(retire_loop(
                 (*monitor).clone(),

@@ -57,8 +57,8 @@ pub struct ServerConn {
     pub addr: std::sync::Arc<str>,
     /// Parameters as the server last reported them (and search_path as last set).
     pub params: BTreeMap<String, String>,
-    pub key: BackendKey,
-    /// `addr` and `key` together, for the client registry.
+    /// The backend key with the address: what cancels this connection's work, shared with the
+    /// client registry. See [`ServerConn::key`].
     pub cancel_key: std::sync::Arc<CancelKey>,
     pub created: Instant,
     pub last_used: Instant,
@@ -74,6 +74,11 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
+    /// The server's backend key (process id and secret), as it sent it at login.
+    pub fn key(&self) -> &BackendKey {
+        &self.cancel_key.key
+    }
+
     /// Connects, authenticates and reads up to the first ReadyForQuery, all within
     /// `connect_timeout`.
     pub async fn connect(p: &ConnectParams) -> Result<Self, ServerError> {
@@ -111,10 +116,6 @@ impl ServerConn {
             read_buf: BytesMut::with_capacity(8192),
             addr: p.addr.as_str().into(),
             params: BTreeMap::new(),
-            key: BackendKey {
-                process_id: 0,
-                secret: bytes::Bytes::new(),
-            },
             cancel_key: std::sync::Arc::new(CancelKey {
                 addr: p.addr.as_str().into(),
                 key: BackendKey {
@@ -136,10 +137,6 @@ impl ServerConn {
         conn.stream.write_all(&startup).await?;
         auth::authenticate(&mut conn, p).await?;
         conn.read_until_ready().await?;
-        conn.cancel_key = std::sync::Arc::new(CancelKey {
-            addr: conn.addr.clone(),
-            key: conn.key.clone(),
-        });
         Ok(conn)
     }
 
@@ -174,10 +171,13 @@ impl ServerConn {
                 }
                 tag::BACKEND_KEY_DATA => {
                     let (process_id, secret) = backend::decode_backend_key_data(&f)?;
-                    self.key = BackendKey {
-                        process_id,
-                        secret: secret.into(),
-                    };
+                    self.cancel_key = std::sync::Arc::new(CancelKey {
+                        addr: self.addr.clone(),
+                        key: BackendKey {
+                            process_id,
+                            secret: secret.into(),
+                        },
+                    });
                 }
                 tag::ERROR_RESPONSE => {
                     return Err(ServerError::Refused(Box::new(ErrorFields::decode(&f)?)));

@@ -693,3 +693,38 @@ async fn blackhole_of_the_primary() {
     }
     run(Fault::Blackhole).await;
 }
+
+/// A reload that restarts the cluster's monitor (its probe settings changed) after a failover:
+/// the new monitor numbers its generations after the old one's, so the pools, which retired the
+/// old numbers, serve requests of sessions old and new at once (they were sent back to the gate
+/// over and over until failover_timeout when a new monitor counted from zero again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_after_a_failover_keeps_requests_flowing() {
+    let cl = Cluster::start(ClusterOptions::default()).await;
+    let old = cl.client().await;
+    step(&old, "select 1").await;
+    let primary = cl.primary.clone();
+    blocking("kill the primary", move || primary.kill()).await;
+    cl.wait_for_no_primary(STEP).await;
+    cl.promote_standby().await;
+    let standby = cl.standby.addr();
+    cl.wait_for_primary(&standby, STEP).await;
+    step(&old, "select 1").await;
+
+    let mut config = cl.proxy.proxy.live.load().config.clone();
+    config.failover.probe_interval = switchyard_config::Duration::millis(900);
+    cl.proxy.proxy.reload(config);
+    cl.wait_for_primary(&standby, STEP).await;
+    let new = cl.client().await;
+    for (who, c) in [("a session from before", &old), ("a new session", &new)] {
+        let started = Instant::now();
+        within(STEP, who, c.simple_query("select 1"))
+            .await
+            .unwrap_or_else(|e| panic!("{who}: {}", why(&e)));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{who} waited {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -144,6 +144,19 @@ impl ClusterMonitor {
         settings: MonitorSettings,
         shutdown: CancellationToken,
     ) -> Self {
+        Self::start_after(name, params, settings, shutdown, 0)
+    }
+
+    /// [`ClusterMonitor::start`], numbering generations after `first_generation`: a monitor
+    /// that replaces another (a reload) continues its numbering, so pools that retired the old
+    /// monitor's generations never see a number twice.
+    pub fn start_after(
+        name: &str,
+        params: Vec<ConnectParams>,
+        settings: MonitorSettings,
+        shutdown: CancellationToken,
+        first_generation: u64,
+    ) -> Self {
         let addrs: Arc<[String]> = params.iter().map(|p| p.addr.clone()).collect();
         let signals: Arc<[MemberSignals]> =
             params.iter().map(|_| MemberSignals::default()).collect();
@@ -157,14 +170,14 @@ impl ClusterMonitor {
             })
             .collect();
         let first = TopologyView {
-            generation: 0,
+            generation: first_generation,
             state: ClusterState::NoPrimary,
             members,
             since: Instant::now(),
         };
         let (tx, view) = watch::channel(Arc::new(first));
-        let (generation_tx, generation) = watch::channel(0);
-        let current = Arc::new(AtomicU64::new(0));
+        let (generation_tx, generation) = watch::channel(first_generation);
+        let current = Arc::new(AtomicU64::new(first_generation));
         let (results_tx, results_rx) = mpsc::channel(64);
         for (id, p) in params.into_iter().enumerate() {
             let probe_loop = ProbeLoop {
@@ -179,6 +192,7 @@ impl ClusterMonitor {
         let decider = Decider {
             generation: generation_tx,
             current: current.clone(),
+            first_generation,
             cluster: name.into(),
             settings,
             signals: signals.clone(),
@@ -337,6 +351,8 @@ struct Decider {
     generation: watch::Sender<u64>,
     /// Mirrors the published view's generation, stored after the view.
     current: Arc<AtomicU64>,
+    /// The generation before the first answer.
+    first_generation: u64,
     /// The cluster's system identifier, learned from the first primary seen.
     system_id: Option<u64>,
     /// The highest primary timeline ever seen: no primary below it is accepted.
@@ -394,7 +410,7 @@ impl Decider {
             state,
             members,
         };
-        if changed && old.generation == 0 {
+        if changed && old.generation == self.first_generation {
             // The first answer after start-up is news, not trouble.
             tracing::info!(cluster = %self.cluster, generation = view.generation, state = ?view.state, "topology known");
         } else if changed {

@@ -80,10 +80,21 @@ impl Session {
                 }
                 Err(Attempt::Fail(e)) => return Err(e),
                 Err(Attempt::Retry(SessionError::PrimaryChanged)) => {
-                    // The topology moved on while this request waited: route it afresh.
+                    // The topology moved on while this request waited: route it afresh, with
+                    // the cluster's current monitor (a reload may have replaced the one this
+                    // session started with). If nothing newer is known yet, wait for news
+                    // rather than asking again at once.
                     held = true;
-                    if Instant::now() >= deadline {
+                    if Instant::now() + RETRY_PAUSE >= deadline {
                         return Err(SessionError::PrimaryChanged);
+                    }
+                    self.monitor = self.proxy.router.monitor(&self.info.target.cluster);
+                    if self
+                        .monitor
+                        .as_ref()
+                        .is_some_and(|m| m.generation() == generation)
+                    {
+                        Box::pin(self.wait_for_news(generation, RETRY_PAUSE)).await;
                     }
                 }
                 Err(Attempt::Retry(e)) => {
@@ -147,16 +158,10 @@ impl Session {
         if self.proxy.pauses.any() {
             return false;
         }
-        let Some(generation) = self.monitor.as_ref().map(|m| m.generation()) else {
+        if !self.same_primary_as_last_time() {
             return false;
-        };
-        // The same generation means the same state, so the same primary as when `last_pool`
-        // was chosen (always at a primary).
-        let Some(pool) = self
-            .last_pool
-            .as_ref()
-            .filter(|p| self.last_generation == generation && !p.is_removed())
-        else {
+        }
+        let (Some(pool), generation) = (&self.last_pool, self.last_generation) else {
             return false;
         };
         let Some(server) = pool.try_checkout(generation) else {

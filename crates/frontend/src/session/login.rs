@@ -205,9 +205,7 @@ async fn console_login(
 }
 
 fn unix_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    switchyard_topology::counters::unix_ms() / 1000
 }
 
 /// The pool at the target's current primary (waiting in the failover gate) and its generation.
