@@ -312,6 +312,8 @@ async fn the_status_page_follows_a_drill_made_incident() {
         ("rolled_back", "rolled_back"),
         ("unknown", "unknown"),
         ("gate_timeout", "gate_timeouts"),
+        ("retried", "retried"),
+        ("session_lost", "sessions_lost"),
     ] {
         let labels = format!("cluster=\"drill\",outcome=\"{outcome}\"");
         let metric = metric_value(&metrics, "switchyard_failover_requests_total", &labels)

@@ -7,7 +7,7 @@ use super::Ctx;
 use super::table::{INT, TEXT, Table, int, text, timestamp_ms};
 use crate::incident::{Delivery, DeliveryState};
 
-static COLUMNS: [(&str, ColumnType); 13] = [
+static COLUMNS: [(&str, ColumnType); 15] = [
     ("id", INT),
     ("cluster", TEXT),
     ("stage", TEXT),
@@ -19,6 +19,8 @@ static COLUMNS: [(&str, ColumnType); 13] = [
     ("rolled_back", INT),
     ("unknown", INT),
     ("gate_timeouts", INT),
+    ("retried", INT),
+    ("sessions_lost", INT),
     ("longest_hold_ms", INT),
     ("notifications", TEXT),
 ];
@@ -40,6 +42,8 @@ pub fn table(ctx: &Ctx<'_>) -> Table {
             int(s.rolled_back),
             int(s.unknown),
             int(s.gate_timeouts),
+            int(s.retried),
+            int(s.sessions_lost),
             int(s.longest_hold_ms),
             text(notifications.join("; ")),
         ]);

@@ -156,7 +156,7 @@ async fn show_clusters_events_incidents(h: &Harness) {
     incidents.assert_columns(
         "SHOW INCIDENTS",
         "id cluster stage title opened resolved sites held rolled_back unknown gate_timeouts \
-         longest_hold_ms notifications",
+         retried sessions_lost longest_hold_ms notifications",
     );
     assert!(incidents.rows.is_empty(), "no failover, no incident");
 }
