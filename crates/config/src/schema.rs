@@ -38,6 +38,9 @@ pub struct ProxyConfig {
     pub login_timeout: Duration,
     /// Largest message body accepted from a client, in bytes; larger ones get FATAL 08P01.
     pub max_message_size: usize,
+    /// Longest a client may leave its answers unread (its socket takes no byte) before it is
+    /// disconnected; meanwhile it holds a server connection.
+    pub client_write_timeout: Duration,
     /// On SIGTERM, how long open transactions may run before connections are closed.
     pub shutdown_timeout: Duration,
     /// Threads that run client sessions; 0 means one per core. One (like PgBouncer) is the
@@ -53,6 +56,7 @@ impl Default for ProxyConfig {
             max_client_conn: 10_000,
             login_timeout: Duration::secs(15),
             max_message_size: 256 << 20,
+            client_write_timeout: Duration::secs(60),
             shutdown_timeout: Duration::secs(30),
             worker_threads: 1,
         }

@@ -41,8 +41,17 @@ impl Config {
         if self.proxy.max_client_conn == 0 {
             errs.push("proxy.max_client_conn must be at least 1".into());
         }
+        if self.proxy.client_write_timeout.get().is_zero() {
+            errs.push("proxy.client_write_timeout must be above zero".into());
+        }
         if self.proxy.max_message_size < 1024 {
             errs.push("proxy.max_message_size must be at least 1024 bytes".into());
+        }
+        if self.proxy.max_message_size > 1 << 30 {
+            errs.push(
+                "proxy.max_message_size must be at most 1073741824 bytes (PostgreSQL's own limit)"
+                    .into(),
+            );
         }
         self.validate_clusters(&mut errs);
         self.validate_sites(&mut errs);

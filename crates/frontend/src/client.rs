@@ -2,10 +2,11 @@
 
 use crate::SessionError;
 use bytes::BytesMut;
+use std::io::ErrorKind;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use switchyard_proto::backend::ErrorFields;
 use switchyard_proto::{Frame, decode_frame};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::buffers::{BUFFER_SIZE as READ_CHUNK, Buffers};
@@ -16,19 +17,34 @@ pub struct ClientConn {
     /// Bytes read and not yet relayed. Idle clients hold no buffer at all (see [`Self::fill`]
     /// and [`Self::shed_buffer`]): at 10,000 idle clients that is most of the memory.
     pub buf: BytesMut,
-    pub max_message: usize,
+    /// Largest message accepted (`max_message_size`, at most 1 GiB: PostgreSQL's own limit).
+    /// This and the next field are 32-bit: with them the session stays in its allocation class.
+    max_message: u32,
+    /// Longest a write may wait without the socket taking a byte (`client_write_timeout`), ms.
+    write_stall_ms: u32,
     buffers: Arc<Buffers>,
 }
 
 impl ClientConn {
-    pub fn new(stream: TcpStream, max_message: usize, buffers: Arc<Buffers>) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        max_message: usize,
+        write_stall_limit: Duration,
+        buffers: Arc<Buffers>,
+    ) -> Self {
         let _ = stream.set_nodelay(true);
         Self {
             stream,
             buf: BytesMut::new(),
-            max_message,
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
+            write_stall_ms: u32::try_from(write_stall_limit.as_millis()).unwrap_or(u32::MAX),
             buffers,
         }
+    }
+
+    /// Largest message accepted from this client, in bytes.
+    pub fn max_message(&self) -> usize {
+        self.max_message as usize
     }
 
     /// The shared buffer cache (for the session's write buffer too).
@@ -42,7 +58,7 @@ impl ClientConn {
         if self.buf.capacity() == 0 {
             self.buf = self.buffers.take();
         }
-        if let Ok(Some(h)) = switchyard_proto::peek_header(&self.buf, self.max_message)
+        if let Ok(Some(h)) = switchyard_proto::peek_header(&self.buf, self.max_message())
             && h.wire_len > self.buf.len()
         {
             self.buf.reserve(h.wire_len - self.buf.len());
@@ -94,7 +110,8 @@ impl ClientConn {
     /// Reads one whole frame; EOF is an error (the client left mid-conversation).
     pub async fn read_frame(&mut self) -> Result<Frame, SessionError> {
         loop {
-            if let Some(f) = decode_frame(&mut self.buf, self.max_message)? {
+            let max = self.max_message();
+            if let Some(f) = decode_frame(&mut self.buf, max)? {
                 return Ok(f);
             }
             if !self.fill().await? {
@@ -105,11 +122,26 @@ impl ClientConn {
         }
     }
 
+    /// Writes all of `bytes`: at once when the socket takes them (the common case: no timer, no
+    /// future state), else waiting for room, at most `client_write_timeout` each time. A client
+    /// that stops reading its answers would otherwise hold its server connection for ever.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
-        self.stream
-            .write_all(bytes)
-            .await
-            .map_err(SessionError::ClientGone)
+        let mut rest = bytes;
+        loop {
+            match self.stream.try_write(rest) {
+                Ok(n) if n == rest.len() => return Ok(()),
+                Ok(0) => return Err(SessionError::ClientGone(ErrorKind::WriteZero.into())),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(SessionError::ClientGone(e)),
+            }
+            let limit = Duration::from_millis(u64::from(self.write_stall_ms));
+            match tokio::time::timeout(limit, self.stream.writable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(SessionError::ClientGone(e)),
+                Err(_) => return Err(SessionError::ClientStalled { waited: limit }),
+            }
+        }
     }
 
     pub async fn send(&mut self, frames: &[Frame]) -> Result<(), SessionError> {

@@ -57,6 +57,9 @@ pub enum SessionError {
     /// The client went away; nobody to tell.
     #[error("client disconnected: {0}")]
     ClientGone(std::io::Error),
+    /// The client left its answers unread for `client_write_timeout`; it cannot be told either.
+    #[error("client did not read its answers for {waited:?} (client_write_timeout); disconnected")]
+    ClientStalled { waited: std::time::Duration },
 }
 
 impl From<PoolError> for SessionError {
@@ -149,7 +152,10 @@ impl SessionError {
                     "terminating connection because the primary failed over ({why}); session state is lost, reconnect"
                 ),
             ),
-            Self::ClientGone(_) | Self::DirectTls | Self::EndedByServer => None,
+            Self::ClientGone(_)
+            | Self::ClientStalled { .. }
+            | Self::DirectTls
+            | Self::EndedByServer => None,
         }
     }
 

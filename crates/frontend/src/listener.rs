@@ -28,7 +28,12 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
             proxy.clients.fetch_sub(1, Ordering::Relaxed);
             let buffers = proxy.buffers.clone();
             tokio::spawn(async move {
-                let mut client = crate::client::ClientConn::new(stream, 1024, buffers);
+                let mut client = crate::client::ClientConn::new(
+                    stream,
+                    1024,
+                    std::time::Duration::from_secs(1),
+                    buffers,
+                );
                 if let Some(f) = (SessionError::TooManyClients { max }).to_client_fatal() {
                     client.send_error(&f).await;
                 }

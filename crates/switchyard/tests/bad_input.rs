@@ -533,6 +533,56 @@ async fn stalled_login_is_closed_after_login_timeout() {
     assert_alive(&other).await;
 }
 
+/// 9b. A client that asks for a big answer and stops reading it holds the only server connection
+///     of its pool; after `client_write_timeout` without progress it is disconnected, its server
+///     connection closed, and the next request of the pool runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_stops_reading_is_cut_off_after_client_write_timeout() {
+    let (h, other) = setup(PoolMode::Transaction, |c| {
+        c.pool.size = 1;
+        c.proxy.client_write_timeout = CfgDuration::millis(1000);
+    })
+    .await;
+    let mut r = Raw::login(&h).await;
+    // 200 MB of rows: far more than the socket buffers on the way can hold.
+    r.send(&query(
+        "select repeat('x', 1000) from generate_series(1, 200000)",
+    ))
+    .await;
+    // The answer has started, so the stalled client holds the pool's one connection.
+    assert_eq!(r.msg().await.0, b'T', "RowDescription first");
+    let start = Instant::now();
+    within(
+        STEP,
+        "the next request of the pool",
+        other.simple_query("select 1"),
+    )
+    .await
+    .expect("the next request runs once the stalled client is cut off");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited <= Duration::from_secs(8),
+        "the next request waited {waited:?}; the stall limit is 1 s"
+    );
+    // The stalled client finds its answer cut short: what was buffered, then the close.
+    let mut got = r.buf.len();
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match within(READ, "drain the cut-off answer", r.s.read(&mut chunk)).await {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if is_reset(&e) => break,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+    assert!(
+        got < 100 << 20,
+        "{got} bytes arrived: the answer was not cut off"
+    );
+    wait_client_count(&h, 1).await;
+    assert_alive(&other).await;
+}
+
 /// 10. SSLRequest and GSSENCRequest are declined with a single 'N', after which a plain startup
 ///     works; a startup sent before the 'N' was read (CVE-2021-23214) is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -629,7 +679,6 @@ async fn max_client_conn_refuses_with_53300_then_admits_again() {
 
 /// 14. An unknown message type after login: whoever answers (the proxy, or PostgreSQL if the
 ///     proxy forwards it), the client gets FATAL 08P01 first and the connection closes.
-///     Fails today on the bystander check: see `server_closed_by_fatal_is_not_returned_to_the_pool`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_message_type_is_fatal_08p01() {
     let (h, other) = setup(PoolMode::Transaction, |_| {}).await;
@@ -646,10 +695,10 @@ async fn unknown_message_type_is_fatal_08p01() {
     assert_eq!(r.query_one("select 14").await, "14");
 }
 
-/// PRODUCT BUG (fails today): after PostgreSQL's own FATAL (here for an unknown message type
-/// the proxy forwarded), the proxy adds a second FATAL of its own, `08006 switchyard: server
-/// connection lost: server closed the connection`, which blames the server for the client's
-/// error. The contract (design.md §2) is one FATAL 08P01, then close.
+/// Once a bug: after PostgreSQL's own FATAL (here for an unknown message type the proxy
+/// forwarded), the proxy added a second FATAL of its own, `08006 switchyard: server connection
+/// lost: server closed the connection`, which blamed the server for the client's error. The
+/// contract (design.md §2) is one FATAL 08P01, then close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_message_type_gets_exactly_one_fatal() {
     let (h, other) = setup(PoolMode::Transaction, |_| {}).await;
@@ -659,9 +708,9 @@ async fn unknown_message_type_gets_exactly_one_fatal() {
     assert_alive(&other).await;
 }
 
-/// PRODUCT BUG (fails today): a server connection that PostgreSQL closed with a FATAL goes back
-/// to the pool. Session mode, pool of 2 (one held by the bystander): A's backend is terminated,
-/// A gets the FATAL; the next client checks out A's dead connection and gets FATAL 08006.
+/// Once a bug: a server connection that PostgreSQL closed with a FATAL went back to the pool.
+/// Session mode, pool of 2 (one held by the bystander): A's backend is terminated, A gets the
+/// FATAL; the next client must not check out A's dead connection (it got FATAL 08006).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_closed_by_fatal_is_not_returned_to_the_pool() {
     let (h, other) = setup(PoolMode::Session, |c| c.pool.size = 2).await;
@@ -679,11 +728,11 @@ async fn server_closed_by_fatal_is_not_returned_to_the_pool() {
     assert_alive(&other).await;
 }
 
-/// PRODUCT BUG (fails today): an unknown message followed at once by Terminate. The proxy
-/// forwards the unknown message untracked, sees Terminate, finds the relay "at a sync point" and
-/// releases the server connection before PostgreSQL's FATAL for it arrives; the next client of
-/// the pool (the bystander, pool size 1) gets that FATAL ("invalid frontend message type 122")
-/// and loses its connection.
+/// Once a bug: an unknown message followed at once by Terminate. The proxy forwarded the unknown
+/// message untracked, saw Terminate, found the relay "at a sync point" and released the server
+/// connection before PostgreSQL's FATAL for it arrived; the next client of the pool (the
+/// bystander, pool size 1) got that FATAL ("invalid frontend message type 122") and lost its
+/// connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_message_then_terminate_does_not_reach_the_next_client() {
     let (h, other) = setup(PoolMode::Transaction, |c| c.pool.size = 1).await;

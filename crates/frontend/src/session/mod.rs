@@ -61,6 +61,7 @@ async fn open_session(accepted: Box<Accepted>) -> Opened {
     let mut client = ClientConn::new(
         stream,
         live.config.proxy.max_message_size,
+        live.config.proxy.client_write_timeout.get(),
         proxy.buffers.clone(),
     );
     let login_timeout = live.config.proxy.login_timeout.get();

@@ -224,7 +224,7 @@ impl Session {
                 }
                 continue;
             }
-            let Some(h) = peek_header(&self.client.buf, self.client.max_message)? else {
+            let Some(h) = peek_header(&self.client.buf, self.client.max_message())? else {
                 self.client.shed_buffer();
                 if self.out.capacity() > 0 {
                     self.out.clear();
@@ -329,7 +329,7 @@ impl Session {
         let nothing_outstanding = relay.outstanding_requests() == 0;
         let (step, fwd) = relay.client_to_server(
             &self.client.buf,
-            self.client.max_message,
+            self.client.max_message(),
             &mut self.statements,
             &mut side,
             &mut self.out,
@@ -397,9 +397,7 @@ impl Session {
         )?;
         let answer = fwd.bytes(&conn.read_buf, &self.out);
         if !answer.is_empty() {
-            write_all(&mut self.client.stream, answer)
-                .await
-                .map_err(SessionError::ClientGone)?;
+            self.client.write(answer).await?;
         }
         conn.read_buf.advance(fwd.used);
         reserve_for_partial(&mut conn.read_buf);
@@ -486,7 +484,8 @@ impl Session {
     /// Reads and drops the client's frames through the next Sync, Query or FunctionCall.
     pub(super) async fn skip_request(&mut self) -> Result<(), SessionError> {
         loop {
-            let Some(f) = decode_frame(&mut self.client.buf, self.client.max_message)? else {
+            let max = self.client.max_message();
+            let Some(f) = decode_frame(&mut self.client.buf, max)? else {
                 if !self.client.fill().await? {
                     return Err(SessionError::ClientGone(
                         std::io::ErrorKind::UnexpectedEof.into(),
@@ -529,6 +528,9 @@ impl Session {
             Ok(()) => tracing::debug!(parent: &span, %who, "client left"),
             Err(SessionError::ClientGone(e)) => {
                 tracing::debug!(parent: &span, %who, error = %e, "client gone")
+            }
+            Err(e @ SessionError::ClientStalled { .. }) => {
+                tracing::warn!(parent: &span, %who, error = %e, "session ended")
             }
             Err(e) => tracing::info!(parent: &span, %who, error = %e, "session ended"),
         }
