@@ -45,15 +45,10 @@ pub struct Transition {
 pub struct Scope {
     /// Databases (sites) with a request held, aborted or retried.
     pub sites: Vec<String>,
-    /// Requests held in the gate, rolled back (40001), with an unknown outcome (08007), refused
-    /// after the gate's deadline (57P03), re-sent, and sessions ended (57P01); longest hold.
-    pub held: u64,
-    pub rolled_back: u64,
-    pub unknown: u64,
-    pub gate_timeouts: u64,
-    pub retried: u64,
-    pub sessions_lost: u64,
-    pub longest_hold_ms: u64,
+    /// What happened to requests during the incident, and the longest hold (flat in JSON:
+    /// `held`, `rolled_back`, … beside `sites`).
+    #[serde(flatten)]
+    pub caught: CaughtTotals,
 }
 
 /// A notification's delivery to one webhook.
@@ -97,6 +92,11 @@ pub struct Incident {
 }
 
 impl Incident {
+    /// The primary changed: the incident names a new primary other than the old one.
+    pub fn is_failover(&self) -> bool {
+        self.new_primary.is_some() && self.new_primary != self.old_primary
+    }
+
     /// Closes an incident nobody follows any more (Switchyard restarted, or its cluster left the
     /// configuration), saying so; false if it was resolved already.
     pub fn close_unfollowed(&mut self, at_ms: u64, note: &str) -> bool {
@@ -297,16 +297,9 @@ impl IncidentTrack {
     }
 
     fn scope(&self, s: &Sample) -> Scope {
-        let d = s.caught.since(&self.baseline);
         Scope {
             sites: s.sites.clone(),
-            held: d.held,
-            rolled_back: d.rolled_back,
-            unknown: d.unknown,
-            gate_timeouts: d.gate_timeouts,
-            retried: d.retried,
-            sessions_lost: d.sessions_lost,
-            longest_hold_ms: d.longest_hold_ms,
+            caught: s.caught.since(&self.baseline),
         }
     }
 }
@@ -353,7 +346,7 @@ mod tests {
         promoted.sites = held.sites.clone();
         let identified = feed(promoted, &mut t).unwrap();
         assert_eq!(identified.new_primary.as_deref(), Some("b:2"));
-        assert_eq!(identified.scope.held, 3);
+        assert_eq!(identified.scope.caught.held, 3);
         assert_eq!(identified.scope.sites, ["site_01"]);
         assert!(
             feed(sample(6_100, Some("b:2"), 10), &mut t).is_none(),

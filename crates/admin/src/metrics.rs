@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -58,7 +58,12 @@ impl Family<'_, '_> {
         Ok(())
     }
 
-    fn counters(&mut self, name: &str, help: &str, rows: &[(Labels, u64)]) -> std::fmt::Result {
+    fn counters<N: EncodeCounterValue + Copy>(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: &[(Labels, N)],
+    ) -> std::fmt::Result {
         let mut m = self
             .encoder
             .encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -168,18 +173,10 @@ fn clusters(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
         queries.push((cl(name), c.queries.load(Ordering::Relaxed)));
         latency.push((cl(name), &c.transaction_latency));
         query_latency.push((cl(name), &c.query_latency));
-        let t = c.caught_totals();
-        for (outcome, n) in [
-            ("held", t.held),
-            ("rolled_back", t.rolled_back),
-            ("unknown", t.unknown),
-            ("gate_timeout", t.gate_timeouts),
-            ("retried", t.retried),
-            ("session_lost", t.sessions_lost),
-        ] {
+        for o in c.caught_totals().outcomes() {
             let mut l = cl(name);
-            l.push(("outcome", outcome.to_owned()));
-            caught.push((l, n));
+            l.push(("outcome", o.label.to_owned()));
+            caught.push((l, o.count));
         }
         hold_seconds.push((cl(name), c.held_us.load(Ordering::Relaxed) as f64 / 1e6));
         for member in &view.members {
@@ -251,8 +248,8 @@ fn clusters(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
         "Requests caught by a failover or a missing primary, by outcome",
         &caught,
     )?;
-    f.gauges(
-        "switchyard_gate_hold_seconds_sum",
+    f.counters(
+        "switchyard_gate_hold_seconds",
         "Total time requests waited in the failover gate",
         &hold_seconds,
     )?;
@@ -276,12 +273,9 @@ fn clusters(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
 
 fn incidents(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
     let all = state.incidents();
-    let mut failovers: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let failovers = state.failovers();
     let mut detection: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
     for inc in all.iter().rev() {
-        if inc.new_primary.is_some() && inc.new_primary != inc.old_primary {
-            *failovers.entry(inc.cluster.clone()).or_default() += 1;
-        }
         if let Some(ms) = inc.detection_ms {
             detection.insert(inc.cluster.clone(), ms as f64 / 1000.0);
         }
@@ -294,7 +288,7 @@ fn incidents(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
     };
     f.counters(
         "switchyard_failovers",
-        "Failovers followed (incidents whose primary changed), kept across restarts",
+        "Failovers followed (incidents whose primary changed); starts from the kept history at a restart",
         &rows(&failovers),
     )?;
     let det: Vec<(Labels, f64)> = detection

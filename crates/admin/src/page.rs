@@ -163,18 +163,23 @@ fn incident(out: &mut String, inc: &Incident, now_ms: u64) {
     } else {
         s.sites.join(", ")
     };
+    let outcomes = s.caught.outcomes();
+    out.push_str("</ul><table class=\"scope\"><tr><th>sites affected</th>");
+    for o in &outcomes {
+        let _ = write!(out, "<th>{}</th>", o.heading);
+    }
     let _ = write!(
         out,
-        "</ul><table class=\"scope\"><tr><th>sites affected</th><th>held</th><th>rolled back (40001)</th>\
-         <th>outcome unknown (08007)</th><th>gate timeouts (57P03)</th><th>re-sent</th><th>longest hold</th></tr>\
-         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr></table>",
-        esc(&sites),
-        s.held,
-        s.rolled_back,
-        s.unknown,
-        s.gate_timeouts,
-        s.retried,
-        s.longest_hold_ms as f64 / 1000.0
+        "<th>longest hold</th></tr><tr><td>{}</td>",
+        esc(&sites)
+    );
+    for o in &outcomes {
+        let _ = write!(out, "<td>{}</td>", o.count);
+    }
+    let _ = write!(
+        out,
+        "<td>{:.1} s</td></tr></table>",
+        s.caught.longest_hold_ms as f64 / 1000.0
     );
     if let Some(lag) = inc.at_risk_lag_bytes {
         let _ = write!(

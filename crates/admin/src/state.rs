@@ -1,6 +1,7 @@
 //! [`AdminState`]: what the operator surfaces share — the proxy, the event log and the incident
 //! history (kept in the store) — with the few operations that change them.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -28,6 +29,12 @@ struct Inner {
     incidents: Vec<Incident>,
     /// Counts the copies of `incidents` taken for the store, so that it writes them in order.
     copies: u64,
+    /// Failovers per cluster: those in the history at start, plus each incident that names a
+    /// new primary since. Kept apart from `incidents`, which is capped: a counter never goes
+    /// down while the process runs.
+    failovers: BTreeMap<String, u64>,
+    /// The incidents counted in `failovers` (an incident's new primary can come and go).
+    counted: HashSet<u64>,
 }
 
 impl Inner {
@@ -51,6 +58,12 @@ impl AdminState {
         if let Some(path) = store.path() {
             tracing::info!(path = %path.display(), incidents = incidents.len(), "incident history loaded");
         }
+        let mut failovers = BTreeMap::new();
+        let mut counted = HashSet::new();
+        for i in incidents.iter().filter(|i| i.is_failover()) {
+            *failovers.entry(i.cluster.clone()).or_default() += 1;
+            counted.insert(i.id);
+        }
         Arc::new(AdminState {
             proxy,
             token: config.token.clone(),
@@ -61,6 +74,8 @@ impl AdminState {
                 events: EventLog::default(),
                 incidents,
                 copies: 0,
+                failovers,
+                counted,
             }),
         })
     }
@@ -90,6 +105,11 @@ impl AdminState {
         self.lock().incidents.clone()
     }
 
+    /// Failovers followed per cluster (see `Inner::failovers`).
+    pub fn failovers(&self) -> BTreeMap<String, u64> {
+        self.lock().failovers.clone()
+    }
+
     /// The highest incident number used so far.
     pub fn last_incident_id(&self) -> u64 {
         self.lock()
@@ -115,6 +135,9 @@ impl AdminState {
                     inner.incidents.insert(0, incident.clone());
                     inner.incidents.truncate(MAX_KEPT);
                 }
+            }
+            if incident.is_failover() && inner.counted.insert(incident.id) {
+                *inner.failovers.entry(incident.cluster.clone()).or_default() += 1;
             }
             persist.then(|| inner.copy_for_store())
         };
@@ -158,5 +181,57 @@ impl AdminState {
             inner.copy_for_store()
         };
         self.store.save(snapshot.0, &snapshot.1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::incident::{Scope, Stage};
+
+    fn failover(id: u64) -> Incident {
+        Incident {
+            id,
+            cluster: "c".into(),
+            title: format!("incident {id}"),
+            stage: Stage::Investigating,
+            opened_ms: id,
+            resolved_ms: None,
+            timeline: Vec::new(),
+            old_primary: Some("a:1".into()),
+            new_primary: None,
+            detection_ms: None,
+            at_risk_lag_bytes: None,
+            scope: Scope::default(),
+            notifications: Vec::new(),
+        }
+    }
+
+    /// The failover counter counts each incident once, however often it changes, and does not
+    /// go down when the history drops its oldest incidents.
+    #[tokio::test]
+    async fn failovers_count_each_incident_once_and_never_go_down() {
+        let toml = "[clusters.c]\nmembers = [\"127.0.0.1:1\"]\n[[sites]]\ndatabase = \"*\"\n\
+                    cluster = \"c\"\n[[users]]\nname = \"u\"\nauth = \"trust\"\n\
+                    [admin]\nlisten = \"\"\nincidents_file = \"\"\n";
+        let config = switchyard_config::Config::from_toml(toml).unwrap();
+        let proxy = Proxy::new(config.clone());
+        let state = AdminState::new(proxy.clone(), &config.admin);
+        let count = || state.failovers().get("c").copied().unwrap_or(0);
+        for id in 1..=(MAX_KEPT as u64 + 10) {
+            let mut inc = failover(id);
+            state.put_incident(&inc, false);
+            assert_eq!(count(), id - 1, "no new primary yet");
+            inc.new_primary = Some("b:2".into());
+            state.put_incident(&inc, false);
+            // The new primary is lost and found again: still one failover.
+            inc.new_primary = None;
+            state.put_incident(&inc, false);
+            inc.new_primary = Some("b:2".into());
+            state.put_incident(&inc, false);
+            assert_eq!(count(), id);
+        }
+        assert_eq!(state.incidents().len(), MAX_KEPT);
+        proxy.background.cancel();
     }
 }

@@ -218,7 +218,7 @@ fn incident_text(inc: &serde_json::Value, fault_ms: u64) -> String {
     format!(
         "\nSwitchyard's own incident record (#{} \"{}\", from its /api/incidents):\n  {}\n  \
          scope: {sites} sites; held {}, rolled back {}, outcome unknown {}, gate timeouts {}, \
-         re-sent {}; longest hold {:.1} s{detected}\n",
+         re-sent {}, sessions lost {}; longest hold {:.1} s{detected}\n",
         inc["id"],
         inc["title"].as_str().unwrap_or("?"),
         stages.join(", "),
@@ -227,6 +227,7 @@ fn incident_text(inc: &serde_json::Value, fault_ms: u64) -> String {
         n("unknown"),
         n("gate_timeouts"),
         n("retried"),
+        n("sessions_lost"),
         n("longest_hold_ms") as f64 / 1000.0,
     )
 }

@@ -100,8 +100,9 @@ pub struct ClusterCounters {
     touched: Mutex<BTreeSet<String>>,
 }
 
-/// A copy of the failover outcomes, to compare two moments.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+/// A copy of the failover outcomes, to compare two moments. Serialized flat into an incident's
+/// scope, under the [`Outcome::key`] names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CaughtTotals {
     pub held: u64,
     pub longest_hold_ms: u64,
@@ -112,7 +113,58 @@ pub struct CaughtTotals {
     pub sessions_lost: u64,
 }
 
+/// One failover outcome as every surface shows it: metrics, status page, admin console and
+/// notifications take them from [`CaughtTotals::outcomes`], in its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The field's name in JSON (incident scope) and the admin console's column.
+    pub key: &'static str,
+    /// The `outcome` label of `switchyard_failover_requests_total`.
+    pub label: &'static str,
+    /// For people: status page headings and notification summaries.
+    pub heading: &'static str,
+    pub count: u64,
+}
+
 impl CaughtTotals {
+    /// The request outcomes (not the longest hold), in the one order every surface uses.
+    pub fn outcomes(&self) -> [Outcome; 6] {
+        let o = |key, label, heading, count| Outcome {
+            key,
+            label,
+            heading,
+            count,
+        };
+        [
+            o("held", "held", "held", self.held),
+            o(
+                "rolled_back",
+                "rolled_back",
+                "rolled back (40001)",
+                self.rolled_back,
+            ),
+            o(
+                "unknown",
+                "unknown",
+                "outcome unknown (08007)",
+                self.unknown,
+            ),
+            o(
+                "gate_timeouts",
+                "gate_timeout",
+                "gate timeouts (57P03)",
+                self.gate_timeouts,
+            ),
+            o("retried", "retried", "re-sent", self.retried),
+            o(
+                "sessions_lost",
+                "session_lost",
+                "sessions lost (57P01)",
+                self.sessions_lost,
+            ),
+        ]
+    }
+
     /// What happened between `earlier` and `self` (the longest hold is the later maximum).
     pub fn since(&self, earlier: &CaughtTotals) -> CaughtTotals {
         CaughtTotals {

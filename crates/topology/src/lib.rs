@@ -13,7 +13,7 @@ pub mod health;
 pub mod monitor;
 pub mod probe;
 
-pub use counters::{Caught, CaughtTotals, ClusterCounters, ProbeCounters};
+pub use counters::{Caught, CaughtTotals, ClusterCounters, Outcome, ProbeCounters};
 pub use decide::{Decision, MemberView, decide};
 pub use health::{Health, Thresholds};
 pub use monitor::{ClusterMonitor, ClusterState, MemberStatus, MonitorSettings, TopologyView};

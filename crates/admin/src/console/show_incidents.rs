@@ -7,6 +7,9 @@ use super::Ctx;
 use super::table::{INT, TEXT, Table, int, text, timestamp_ms};
 use crate::incident::{Delivery, DeliveryState};
 
+/// Where the outcome columns start.
+const FIRST_OUTCOME: usize = 7;
+
 static COLUMNS: [(&str, ColumnType); 15] = [
     ("id", INT),
     ("cluster", TEXT),
@@ -30,7 +33,7 @@ pub fn table(ctx: &Ctx<'_>) -> Table {
     for i in ctx.state.incidents() {
         let s = &i.scope;
         let notifications: Vec<String> = i.notifications.iter().map(delivery).collect();
-        t.row(vec![
+        let mut row = vec![
             int(i.id),
             text(i.cluster.clone()),
             text(i.stage.name()),
@@ -38,15 +41,13 @@ pub fn table(ctx: &Ctx<'_>) -> Table {
             text(timestamp_ms(i.opened_ms)),
             i.resolved_ms.map(timestamp_ms),
             text(s.sites.join(",")),
-            int(s.held),
-            int(s.rolled_back),
-            int(s.unknown),
-            int(s.gate_timeouts),
-            int(s.retried),
-            int(s.sessions_lost),
-            int(s.longest_hold_ms),
-            text(notifications.join("; ")),
-        ]);
+        ];
+        debug_assert_eq!(row.len(), FIRST_OUTCOME);
+        // The outcomes follow in `CaughtTotals::outcomes` order (COLUMNS names them so).
+        row.extend(s.caught.outcomes().iter().map(|o| int(o.count)));
+        row.push(int(s.caught.longest_hold_ms));
+        row.push(text(notifications.join("; ")));
+        t.row(row);
     }
     t
 }
@@ -67,4 +68,24 @@ fn delivery(d: &Delivery) -> String {
         .as_deref()
         .map_or(String::new(), |e| format!(": {e}"));
     format!("{} {}: {state} ({attempts}){error}", d.url, d.stage.name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_columns_follow_the_outcomes() {
+        let keys: Vec<&str> = switchyard_topology::CaughtTotals::default()
+            .outcomes()
+            .iter()
+            .map(|o| o.key)
+            .collect();
+        let columns: Vec<&str> = COLUMNS[FIRST_OUTCOME..FIRST_OUTCOME + keys.len()]
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(columns, keys);
+        assert_eq!(COLUMNS[FIRST_OUTCOME + keys.len()].0, "longest_hold_ms");
+    }
 }

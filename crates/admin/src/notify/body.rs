@@ -38,27 +38,22 @@ pub fn event(inc: &Incident) -> String {
 }
 
 /// One line for people: `[Switchyard] #3 Identified — Primary a:1 unresponsive (cluster main):
-/// b:2 was promoted and is the primary. Held 12, rolled back 3, unknown 1.`
+/// b:2 was promoted and is the primary. 12 held, 3 rolled back (40001), 1 outcome unknown
+/// (08007).`
 pub fn summary(inc: &Incident) -> String {
     let note = inc.timeline.last().map_or("", |t| t.note.as_str());
     let s = &inc.scope;
-    let counts = [
-        ("held", s.held),
-        ("rolled back", s.rolled_back),
-        ("unknown", s.unknown),
-        ("gate timeouts", s.gate_timeouts),
-        ("retried", s.retried),
-        ("sessions lost", s.sessions_lost),
-    ];
-    let impact: Vec<String> = counts
+    let impact: Vec<String> = s
+        .caught
+        .outcomes()
         .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(what, n)| format!("{what} {n}"))
+        .filter(|o| o.count > 0)
+        .map(|o| format!("{} {}", o.count, o.heading))
         .collect();
     let impact = if impact.is_empty() {
         "No request affected so far.".to_owned()
     } else {
-        capitalized(&impact.join(", ")) + "."
+        impact.join(", ") + "."
     };
     let sites = if s.sites.is_empty() {
         String::new()
@@ -74,13 +69,6 @@ pub fn summary(inc: &Incident) -> String {
     )
 }
 
-fn capitalized(text: &str) -> String {
-    let mut chars = text.chars();
-    chars.next().map_or_else(String::new, |first| {
-        first.to_uppercase().chain(chars).collect()
-    })
-}
-
 /// Slack's three control characters in text.
 fn slack_escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -93,6 +81,7 @@ mod tests {
     use super::*;
     use crate::incident::{Scope, Stage, Transition};
     use serde_json::Value;
+    use switchyard_topology::CaughtTotals;
 
     fn identified() -> Incident {
         Incident {
@@ -119,9 +108,12 @@ mod tests {
             detection_ms: Some(900),
             at_risk_lag_bytes: Some(0),
             scope: Scope {
-                held: 12,
-                rolled_back: 3,
-                unknown: 1,
+                caught: CaughtTotals {
+                    held: 12,
+                    rolled_back: 3,
+                    unknown: 1,
+                    ..CaughtTotals::default()
+                },
                 ..Scope::default()
             },
             notifications: Vec::new(),
@@ -172,7 +164,8 @@ mod tests {
         assert_eq!(
             v["text"],
             "[Switchyard] #3 Identified — Primary 127.0.0.1:5433 unresponsive (cluster main): \
-             127.0.0.1:5434 was promoted and is the primary. Held 12, rolled back 3, unknown 1."
+             127.0.0.1:5434 was promoted and is the primary. 12 held, 3 rolled back (40001), 1 \
+             outcome unknown (08007)."
         );
         assert_eq!(v.as_object().unwrap().len(), 1, "only `text`");
     }
@@ -186,10 +179,10 @@ mod tests {
             "{}",
             summary(&inc)
         );
-        inc.scope.gate_timeouts = 2;
+        inc.scope.caught.gate_timeouts = 2;
         inc.scope.sites = vec!["app".into(), "shop".into()];
         assert!(
-            summary(&inc).ends_with("primary. Gate timeouts 2. Sites: app, shop."),
+            summary(&inc).ends_with("primary. 2 gate timeouts (57P03). Sites: app, shop."),
             "{}",
             summary(&inc)
         );
