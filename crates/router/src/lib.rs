@@ -14,7 +14,7 @@ use switchyard_config::{ClusterConfig, Config};
 use switchyard_pool::Pools;
 use switchyard_server::{ConnectParams, SocketOptions};
 use switchyard_topology::{
-    ClusterMonitor, ClusterState, MonitorSettings, Thresholds, TopologyView,
+    Carried, ClusterMonitor, ClusterState, MonitorSettings, Thresholds, TopologyView,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -112,12 +112,15 @@ impl Router {
     pub fn reconcile(&self, config: &Config) {
         let settings = monitor_settings(config);
         let mut clusters = self.lock();
+        // What a monitor restarted by the reload takes over (see `Carried`).
+        let mut replaced: HashMap<String, Arc<ClusterMonitor>> = HashMap::new();
         clusters.retain(|name, e| {
             let keep = config.clusters.get(name) == Some(&e.config) && e.settings == settings;
             if !keep {
                 e.stop.cancel();
                 self.retired_generations
                     .fetch_max(e.monitor.generation(), Ordering::Relaxed);
+                replaced.insert(name.clone(), e.monitor.clone());
             }
             keep
         });
@@ -131,12 +134,16 @@ impl Router {
                 continue;
             }
             let stop = self.shutdown.child_token();
+            let carried = Carried {
+                after_generation: floor,
+                previous: replaced.remove(name).map(|m| (*m).clone()),
+            };
             let monitor = Arc::new(ClusterMonitor::start_after(
                 name,
                 probe_params(config, c),
                 settings.clone(),
                 stop.clone(),
-                floor,
+                carried,
             ));
             tokio::spawn(retire_loop(
                 (*monitor).clone(),

@@ -728,3 +728,68 @@ async fn a_reload_after_a_failover_keeps_requests_flowing() {
         );
     }
 }
+
+/// A reload that restarts the cluster's monitor while the primary is healthy (a probe setting
+/// changed, a member was added) is invisible to the data path: a transaction open across it
+/// commits, idle connections are reused, the generation stays, and the cluster's counters go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_restarts_the_monitor_leaves_open_transactions_alone() {
+    let cl = Cluster::start(ClusterOptions::default()).await;
+    let c = cl.client().await;
+    step(&c, "create table reload_t (x int)").await;
+    step(&c, "begin; insert into reload_t values (1)").await;
+    let proxy = &cl.proxy.proxy;
+    let before = proxy.router.monitor("main").expect("monitor");
+    let generation = before.generation();
+    let transactions = before.counters().transactions.load(Ordering::Relaxed);
+    assert!(transactions > 0, "counted before the reload");
+
+    let mut config = proxy.live.load().config.clone();
+    config.failover.probe_interval = switchyard_config::Duration::millis(900);
+    // A member nobody listens on: it is probed, found down, and changes nothing.
+    config
+        .clusters
+        .get_mut("main")
+        .expect("cluster main")
+        .members
+        .push("127.0.0.1:1".into());
+    proxy.reload(config);
+    let after = proxy.router.monitor("main").expect("monitor");
+    assert!(
+        !Arc::ptr_eq(&before, &after),
+        "the reload restarted the monitor"
+    );
+    let primary = cl.primary.addr();
+    assert_eq!(
+        after.view().primary_addr(),
+        Some(primary.as_str()),
+        "kept at once"
+    );
+
+    step(&c, "insert into reload_t values (2); commit").await;
+    let rows = within(
+        STEP,
+        "count",
+        c.query_one("select count(*) from reload_t", &[]),
+    )
+    .await
+    .expect("count");
+    assert_eq!(
+        rows.get::<_, i64>(0),
+        2,
+        "the transaction open across the reload committed"
+    );
+    // The added member's first probe fails; the primary and its generation stay.
+    cl.wait_for(STEP, "the added member to be probed", |t| {
+        t.health
+            .iter()
+            .any(|(a, h)| a == "127.0.0.1:1" && h != "Unknown")
+    })
+    .await;
+    assert_eq!(after.generation(), generation, "no topology change");
+    assert_eq!(before.generation(), generation, "the old handle agrees");
+    assert!(
+        after.counters().transactions.load(Ordering::Relaxed) > transactions,
+        "the cluster's counters carried on"
+    );
+}

@@ -5,14 +5,17 @@
 //! - [`probe`]: one probe of one member on its own dedicated connection.
 //! - [`counters`]: what the data path and the probes count per cluster (metrics, incidents).
 //! - [`monitor`]: the probe and decider loops, publishing a [`TopologyView`] per cluster.
+//! - [`carry`]: what a monitor that replaces another (after a reload) takes over from it.
 #![forbid(unsafe_code)]
 
+pub mod carry;
 pub mod counters;
 pub mod decide;
 pub mod health;
 pub mod monitor;
 pub mod probe;
 
+pub use carry::Carried;
 pub use counters::{Caught, CaughtTotals, ClusterCounters, Outcome, ProbeCounters};
 pub use decide::{Decision, MemberView, decide};
 pub use health::{Health, Thresholds};

@@ -8,6 +8,7 @@
 //!
 //! Both stop when the shutdown token fires.
 
+use crate::carry::Carried;
 use crate::counters::{ClusterCounters, ProbeCounters};
 use crate::decide::{Decision, MemberView, decide};
 use crate::health::{Health, Thresholds};
@@ -52,6 +53,10 @@ pub struct TopologyView {
     pub members: Vec<MemberStatus>,
     /// When `state` last changed.
     pub since: Instant,
+    /// The cluster's system identifier, learned from the first primary seen.
+    pub system_id: Option<u64>,
+    /// The highest primary timeline ever seen: no primary below it is accepted.
+    pub max_timeline: u32,
 }
 
 impl TopologyView {
@@ -129,7 +134,10 @@ pub struct ClusterMonitor {
     addrs: Arc<[String]>,
     signals: Arc<[MemberSignals]>,
     view: watch::Receiver<Arc<TopologyView>>,
-    generation: watch::Receiver<u64>,
+    /// The generation, the counters and the fences belong to the cluster rather than to one
+    /// monitor: a monitor that replaces another (a reload) takes them over (see [`Carried`]),
+    /// so handles to the old one that sessions still hold see the current generation.
+    generation: Arc<watch::Sender<u64>>,
     /// The generation of the view last published (a plain atomic: the data path reads it for
     /// every request, and a watch's read takes a lock).
     current: Arc<AtomicU64>,
@@ -144,40 +152,38 @@ impl ClusterMonitor {
         settings: MonitorSettings,
         shutdown: CancellationToken,
     ) -> Self {
-        Self::start_after(name, params, settings, shutdown, 0)
+        Self::start_after(name, params, settings, shutdown, Carried::default())
     }
 
-    /// [`ClusterMonitor::start`], numbering generations after `first_generation`: a monitor
-    /// that replaces another (a reload) continues its numbering, so pools that retired the old
-    /// monitor's generations never see a number twice.
+    /// [`ClusterMonitor::start`] for a monitor that replaces another: see [`Carried`].
     pub fn start_after(
         name: &str,
         params: Vec<ConnectParams>,
         settings: MonitorSettings,
         shutdown: CancellationToken,
-        first_generation: u64,
+        carried: Carried,
     ) -> Self {
         let addrs: Arc<[String]> = params.iter().map(|p| p.addr.clone()).collect();
-        let signals: Arc<[MemberSignals]> =
-            params.iter().map(|_| MemberSignals::default()).collect();
-        let members = addrs
+        let first = carried.first_view(&addrs);
+        let first_generation = first.generation;
+        let has_primary = Carried::keeps_primary(&first);
+        let signals: Arc<[MemberSignals]> = first
+            .members
             .iter()
-            .map(|a| MemberStatus {
-                addr: a.clone(),
-                health: Health::Unknown,
-                facts: None,
-                fenced: false,
+            .map(|m| MemberSignals {
+                fenced: AtomicBool::new(m.fenced),
+                fast: AtomicBool::new(m.health != Health::Up),
+                no_primary: AtomicBool::new(!has_primary),
+                ..MemberSignals::default()
             })
             .collect();
-        let first = TopologyView {
-            generation: first_generation,
-            state: ClusterState::NoPrimary,
-            members,
-            since: Instant::now(),
-        };
         let (tx, view) = watch::channel(Arc::new(first));
-        let (generation_tx, generation) = watch::channel(first_generation);
-        let current = Arc::new(AtomicU64::new(first_generation));
+        let (generation, current, counters) = match &carried.previous {
+            Some(m) => (m.generation.clone(), m.current.clone(), m.counters.clone()),
+            None => Default::default(),
+        };
+        current.store(first_generation, Ordering::Release);
+        generation.send_if_modified(|g| std::mem::replace(g, first_generation) != first_generation);
         let (results_tx, results_rx) = mpsc::channel(64);
         for (id, p) in params.into_iter().enumerate() {
             let probe_loop = ProbeLoop {
@@ -190,15 +196,13 @@ impl ClusterMonitor {
             tokio::spawn(probe_loop.run(shutdown.clone()));
         }
         let decider = Decider {
-            generation: generation_tx,
+            generation: generation.clone(),
             current: current.clone(),
-            first_generation,
+            first_answer_pending: !has_primary,
             cluster: name.into(),
             settings,
             signals: signals.clone(),
             publish: tx,
-            system_id: None,
-            max_timeline: 0,
         };
         tokio::spawn(decider.run(results_rx, shutdown));
         Self {
@@ -208,7 +212,7 @@ impl ClusterMonitor {
             view,
             generation,
             current,
-            counters: Arc::default(),
+            counters,
         }
     }
 
@@ -245,7 +249,7 @@ impl ClusterMonitor {
     /// Changes only when the generation does (the full view also changes on every probe):
     /// what a session watches.
     pub fn generations(&self) -> watch::Receiver<u64> {
-        self.generation.clone()
+        self.generation.subscribe()
     }
 
     fn member(&self, addr: &str) -> Option<&MemberSignals> {
@@ -281,6 +285,16 @@ impl ClusterMonitor {
                 .outstanding
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
+    }
+
+    /// The members an operator fenced (as set, before any probe has seen it).
+    pub fn fenced_members(&self) -> Vec<String> {
+        self.addrs
+            .iter()
+            .zip(self.signals.iter())
+            .filter(|(_, s)| s.fenced.load(Ordering::Relaxed))
+            .map(|(a, _)| a.clone())
+            .collect()
     }
 
     /// Operator fence: the member never carries traffic until unfenced.
@@ -348,15 +362,11 @@ struct Decider {
     settings: MonitorSettings,
     signals: Arc<[MemberSignals]>,
     publish: watch::Sender<Arc<TopologyView>>,
-    generation: watch::Sender<u64>,
+    generation: Arc<watch::Sender<u64>>,
     /// Mirrors the published view's generation, stored after the view.
     current: Arc<AtomicU64>,
-    /// The generation before the first answer.
-    first_generation: u64,
-    /// The cluster's system identifier, learned from the first primary seen.
-    system_id: Option<u64>,
-    /// The highest primary timeline ever seen: no primary below it is accepted.
-    max_timeline: u32,
+    /// No answer yet since start-up (the first one is news, not trouble).
+    first_answer_pending: bool,
 }
 
 impl Decider {
@@ -399,7 +409,7 @@ impl Decider {
         if before != m.health {
             tracing::info!(cluster = %self.cluster, member = %m.addr, from = ?before, to = ?m.health, "member health changed");
         }
-        let state = self.decide(&members);
+        let (state, system_id, max_timeline) = self.decide(&old, &members);
         if state == old.state && members == old.members {
             return;
         }
@@ -409,8 +419,10 @@ impl Decider {
             since: if changed { Instant::now() } else { old.since },
             state,
             members,
+            system_id,
+            max_timeline,
         };
-        if changed && old.generation == self.first_generation {
+        if changed && std::mem::take(&mut self.first_answer_pending) {
             // The first answer after start-up is news, not trouble.
             tracing::info!(cluster = %self.cluster, generation = view.generation, state = ?view.state, "topology known");
         } else if changed {
@@ -430,10 +442,19 @@ impl Decider {
         }
     }
 
-    fn decide(&mut self, members: &[MemberStatus]) -> ClusterState {
+    /// The state for `members`, with the system identifier and highest timeline known then.
+    fn decide(
+        &self,
+        old: &TopologyView,
+        members: &[MemberStatus],
+    ) -> (ClusterState, Option<u64>, u32) {
+        // Members never probed hold back the first decision (see [`decide`]); once there is a
+        // primary (a monitor that took over from another, with members added) they only join.
+        let has_primary = matches!(old.state, ClusterState::Primary { .. });
         let views: Vec<MemberView> = members
             .iter()
             .enumerate()
+            .filter(|(_, m)| !(has_primary && m.health == Health::Unknown))
             .map(|(id, m)| MemberView {
                 id,
                 health: m.health,
@@ -441,14 +462,15 @@ impl Decider {
                 fenced: m.fenced,
             })
             .collect();
-        match decide(&views, self.system_id, self.max_timeline) {
+        let (mut system_id, mut max_timeline) = (old.system_id, old.max_timeline);
+        let state = match decide(&views, system_id, max_timeline) {
             Decision::Primary(id) => {
                 let Some(m) = members.get(id) else {
-                    return ClusterState::NoPrimary;
+                    return (ClusterState::NoPrimary, system_id, max_timeline);
                 };
                 if let Some(f) = &m.facts {
-                    self.system_id.get_or_insert(f.system_id);
-                    self.max_timeline = self.max_timeline.max(f.timeline);
+                    system_id.get_or_insert(f.system_id);
+                    max_timeline = max_timeline.max(f.timeline);
                 }
                 ClusterState::Primary {
                     id,
@@ -460,7 +482,8 @@ impl Decider {
                 tracing::error!(cluster = %self.cluster, members = ?ids, "two writable members on the same timeline: refusing writes");
                 ClusterState::Conflict(ids)
             }
-        }
+        };
+        (state, system_id, max_timeline)
     }
 }
 
@@ -498,6 +521,8 @@ mod view_tests {
                 member("e:5", Some((false, 10))),
             ],
             since: Instant::now(),
+            system_id: Some(7),
+            max_timeline: 1,
         };
         let roles: Vec<&str> = view.members.iter().map(|m| view.role_of(m)).collect();
         assert_eq!(

@@ -203,6 +203,9 @@ impl Session {
             gate,
         ))
         .await?;
+        // The generation is the router's current monitor's: a reload may have replaced the one
+        // this session had, which would then never agree with it again.
+        self.monitor = self.proxy.router.monitor(&self.info.target.cluster);
         self.last_pool = Some(pool.clone());
         self.last_generation = generation;
         Ok((pool, generation))

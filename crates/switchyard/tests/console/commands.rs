@@ -111,6 +111,18 @@ async fn fence_moves_traffic_off_the_primary_until_unfence() {
     let m = clusters.one("SHOW CLUSTERS", &[("member", &addr)]);
     assert_eq!(m["fenced"], "1", "{m:?}");
     assert_eq!(m["primary"], "", "no primary while fenced: {m:?}");
+    // A reload that restarts the cluster's monitor (a probe setting changed) keeps the fence.
+    let before = h.proxy.proxy.router.monitor("main").expect("monitor");
+    let mut config = h.proxy.proxy.live.load().config.clone();
+    config.failover.probe_interval = CfgDuration::millis(400);
+    h.proxy.proxy.reload(config);
+    let monitor = h.proxy.proxy.router.monitor("main").expect("monitor");
+    assert!(!std::sync::Arc::ptr_eq(&before, &monitor), "a new monitor");
+    assert_eq!(
+        monitor.fenced_members(),
+        vec![addr.to_string()],
+        "fenced after the reload"
+    );
     let started = Instant::now();
     let e = within(STEP, "new work while fenced", c.simple_query("select 2"))
         .await
