@@ -137,7 +137,11 @@ fn log_changes(state: &AdminState, cluster: &str, last: &TopologyView, now: &Top
         };
         state.event(cluster, EventKind::Topology, detail);
     }
-    for (old, new) in last.members.iter().zip(&now.members) {
+    // By address: a reload may add, remove or reorder members.
+    for new in &now.members {
+        let Some(old) = last.members.iter().find(|m| m.addr == new.addr) else {
+            continue;
+        };
         if old.health != new.health {
             state.event(
                 cluster,

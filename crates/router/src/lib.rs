@@ -134,9 +134,11 @@ impl Router {
                 continue;
             }
             let stop = self.shutdown.child_token();
+            let previous = replaced.remove(name);
+            let before = previous.as_ref().map(|m| (m.generation(), m.view()));
             let carried = Carried {
                 after_generation: floor,
-                previous: replaced.remove(name).map(|m| (*m).clone()),
+                previous: previous.map(|m| (*m).clone()),
             };
             let monitor = Arc::new(ClusterMonitor::start_after(
                 name,
@@ -145,6 +147,15 @@ impl Router {
                 stop.clone(),
                 carried,
             ));
+            if let Some((generation, view)) = before
+                && monitor.generation() > generation
+            {
+                // The primary was not kept (removed, or fenced): what was attached to it under
+                // the old numbers is cut off, on old members and new.
+                let mut members: Vec<String> = c.members.clone();
+                members.extend(view.members.iter().map(|m| m.addr.clone()));
+                self.pools.retire_before(&members, monitor.generation());
+            }
             tokio::spawn(retire_loop(
                 (*monitor).clone(),
                 self.pools.clone(),
@@ -178,7 +189,7 @@ impl Router {
     ///
     /// Cancel safety: cancel-safe.
     pub async fn primary(&self, cluster: &str, gate: Duration) -> Result<Route, RouteError> {
-        let monitor = self
+        let mut monitor = self
             .monitor(cluster)
             .ok_or_else(|| RouteError::UnknownCluster(cluster.to_string()))?;
         let mut rx = monitor.subscribe();
@@ -191,10 +202,19 @@ impl Router {
                     Ok(None) => {}
                 }
                 if rx.changed().await.is_err() {
-                    return Err(RouteError::NoPrimary {
-                        cluster: cluster.to_string(),
-                        waited: gate,
-                    });
+                    // A reload replaced the monitor: go on waiting on its successor.
+                    match self.monitor(cluster) {
+                        Some(next) if !Arc::ptr_eq(&next, &monitor) => {
+                            monitor = next;
+                            rx = monitor.subscribe();
+                        }
+                        _ => {
+                            return Err(RouteError::NoPrimary {
+                                cluster: cluster.to_string(),
+                                waited: gate,
+                            });
+                        }
+                    }
                 }
             }
         };

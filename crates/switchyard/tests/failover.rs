@@ -729,6 +729,17 @@ async fn a_reload_after_a_failover_keeps_requests_flowing() {
     }
 }
 
+/// The PostgreSQL backend serving `c`'s statement.
+async fn backend_pid(c: &Client) -> String {
+    let rows = within(
+        STEP,
+        "pg_backend_pid",
+        c.simple_query("select pg_backend_pid()"),
+    )
+    .await;
+    first_value(&rows.expect("pg_backend_pid")).expect("a pid")
+}
+
 /// A reload that restarts the cluster's monitor while the primary is healthy (a probe setting
 /// changed, a member was added) is invisible to the data path: a transaction open across it
 /// commits, idle connections are reused, the generation stays, and the cluster's counters go on.
@@ -738,6 +749,7 @@ async fn a_reload_that_restarts_the_monitor_leaves_open_transactions_alone() {
     let c = cl.client().await;
     step(&c, "create table reload_t (x int)").await;
     step(&c, "begin; insert into reload_t values (1)").await;
+    let backend = backend_pid(&c).await;
     let proxy = &cl.proxy.proxy;
     let before = proxy.router.monitor("main").expect("monitor");
     let generation = before.generation();
@@ -746,13 +758,16 @@ async fn a_reload_that_restarts_the_monitor_leaves_open_transactions_alone() {
 
     let mut config = proxy.live.load().config.clone();
     config.failover.probe_interval = switchyard_config::Duration::millis(900);
-    // A member nobody listens on: it is probed, found down, and changes nothing.
+    // A member that accepts connections and never answers: it stays unprobed for a whole
+    // probe_timeout, is then found down, and changes nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr").to_string();
     config
         .clusters
         .get_mut("main")
         .expect("cluster main")
         .members
-        .push("127.0.0.1:1".into());
+        .push(silent_addr.clone());
     proxy.reload(config);
     let after = proxy.router.monitor("main").expect("monitor");
     assert!(
@@ -783,13 +798,55 @@ async fn a_reload_that_restarts_the_monitor_leaves_open_transactions_alone() {
     cl.wait_for(STEP, "the added member to be probed", |t| {
         t.health
             .iter()
-            .any(|(a, h)| a == "127.0.0.1:1" && h != "Unknown")
+            .any(|(a, h)| *a == silent_addr && h != "Unknown")
     })
     .await;
+    assert_eq!(
+        backend_pid(&c).await,
+        backend,
+        "the same server connection, kept idle"
+    );
     assert_eq!(after.generation(), generation, "no topology change");
     assert_eq!(before.generation(), generation, "the old handle agrees");
     assert!(
         after.counters().transactions.load(Ordering::Relaxed) > transactions,
         "the cluster's counters carried on"
     );
+}
+
+/// A reload that takes the primary out of the members: the new monitor has no primary under a
+/// new generation, and a transaction open on the removed primary is answered as in a failover
+/// instead of going on writing there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_the_primary_cuts_off_its_transactions() {
+    let cl = Cluster::start(ClusterOptions::default()).await;
+    let c = cl.client().await;
+    step(&c, "create table removed_t (x int)").await;
+    step(&c, "begin; insert into removed_t values (1)").await;
+    let proxy = &cl.proxy.proxy;
+    let generation = proxy.router.monitor("main").expect("monitor").generation();
+    let mut config = proxy.live.load().config.clone();
+    config
+        .clusters
+        .get_mut("main")
+        .expect("cluster main")
+        .members
+        .retain(|m| *m != cl.primary.addr());
+    proxy.reload(config);
+    let after = proxy.router.monitor("main").expect("monitor");
+    assert!(after.generation() > generation, "a new generation");
+    assert_eq!(
+        after.view().primary_addr(),
+        None,
+        "the standby is no primary"
+    );
+    let e = within(
+        STEP,
+        "the open transaction",
+        c.batch_execute("insert into removed_t values (2); commit"),
+    )
+    .await
+    .expect_err("no more writes to the removed primary");
+    let code = sqlstate(&e);
+    assert!(["40001", "08007"].contains(&code.as_str()), "{e:?}");
 }

@@ -4,8 +4,10 @@
 //! and idle connections carry on), fences stay, and what the old monitor learned (member
 //! health and facts, the system identifier, the highest timeline) is not forgotten.
 
+use crate::counters::ProbeCounters;
 use crate::health::Health;
 use crate::monitor::{ClusterMonitor, ClusterState, MemberStatus, TopologyView};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What a new monitor continues from.
@@ -30,6 +32,15 @@ impl Carried {
         first_view(previous.as_deref(), &fenced, self.after_generation, addrs)
     }
 
+    /// A member's probe counters: the replaced monitor's if it probed that member (counters
+    /// never go down while the process runs).
+    pub(crate) fn probe_counters(&self, addr: &str) -> Arc<ProbeCounters> {
+        self.previous
+            .as_ref()
+            .and_then(|m| m.probe_counters(addr))
+            .unwrap_or_default()
+    }
+
     /// The primary was kept: the first view is not news.
     pub(crate) fn keeps_primary(view: &TopologyView) -> bool {
         matches!(view.state, ClusterState::Primary { .. })
@@ -38,8 +49,9 @@ impl Carried {
 
 /// Members the old monitor knew keep their health and facts, and fenced members stay fenced.
 /// Its primary stays the primary, under the same generation, if it is still a member and not
-/// fenced; otherwise there is no primary until the probes find one, and the generation moves
-/// on from `after_generation`.
+/// fenced. Otherwise there is no primary until the probes find one: a change if the old
+/// monitor had one (or a conflict), so the generation moves past every number in use (and the
+/// router retires connections of the old ones); else it goes on at the highest in use.
 fn first_view(
     previous: Option<&TopologyView>,
     fenced: &[String],
@@ -76,7 +88,8 @@ fn first_view(
             max_timeline: v.max_timeline,
         },
         None => TopologyView {
-            generation: after_generation.max(previous.map_or(0, |v| v.generation)),
+            generation: after_generation.max(previous.map_or(0, |v| v.generation))
+                + u64::from(previous.is_some_and(|v| v.state != ClusterState::NoPrimary)),
             state: ClusterState::NoPrimary,
             members,
             since: Instant::now(),
@@ -146,12 +159,27 @@ mod tests {
         for (members, fenced) in [(&["b:2"][..], &[][..]), (&["a:1", "b:2"], &["a:1"])] {
             let v = first_view(Some(&previous()), &addrs(fenced), 9, &addrs(members));
             assert_eq!(v.state, ClusterState::NoPrimary);
-            assert_eq!(v.generation, 9, "numbered after every generation in use");
+            assert_eq!(v.generation, 10, "numbered after every generation in use");
+            let v = first_view(Some(&previous()), &addrs(fenced), 5, &addrs(members));
+            assert_eq!(
+                v.generation, 6,
+                "a change: after the old monitor's own number too"
+            );
             assert_eq!(
                 v.max_timeline, 3,
                 "an old primary on a lower timeline stays out"
             );
         }
+    }
+
+    #[test]
+    fn no_primary_before_stays_at_the_highest_number() {
+        let before = TopologyView {
+            state: ClusterState::NoPrimary,
+            ..previous()
+        };
+        let v = first_view(Some(&before), &[], 5, &addrs(&["a:1", "b:2"]));
+        assert_eq!((v.generation, v.state), (5, ClusterState::NoPrimary));
     }
 
     #[test]

@@ -117,13 +117,49 @@ struct MemberSignals {
     fenced: AtomicBool,
     /// The probe loop is in a slow-paced wait: the first new request should shorten it.
     sleeping_slow: AtomicBool,
-    probes: ProbeCounters,
+    /// Carried over to a monitor that replaces this one (see [`Carried`]).
+    probes: Arc<ProbeCounters>,
 }
 
 impl MemberSignals {
     fn probe_now(&self) {
         self.urgent.store(true, Ordering::Relaxed);
         self.kick.notify_one();
+    }
+}
+
+/// A cluster's generation, shared by the monitors that follow one another for it (a reload
+/// replaces one). Only the latest monitor publishes; handles of a replaced one still read the
+/// current number, and can tell they are replaced.
+#[derive(Default)]
+struct ClusterGeneration {
+    /// The current generation (a plain atomic: the data path reads it for every request, and
+    /// a watch's read takes a lock).
+    current: AtomicU64,
+    /// The monitor that publishes: each takeover counts one up.
+    owner: AtomicU64,
+    changes: watch::Sender<u64>,
+    /// Held while a monitor publishes and while another takes over, so that a replaced
+    /// monitor's last answer cannot land after the takeover.
+    publishing: std::sync::Mutex<()>,
+}
+
+impl ClusterGeneration {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.publishing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the caller the publisher, starting at the generation of the view `first` makes
+    /// (no other monitor publishes meanwhile); returns the view and the caller's mark.
+    fn take_over(&self, first: impl FnOnce() -> TopologyView) -> (TopologyView, u64) {
+        let _publishing = self.lock();
+        let view = first();
+        let mark = self.owner.fetch_add(1, Ordering::Relaxed) + 1;
+        self.current.store(view.generation, Ordering::Release);
+        let generation = view.generation;
+        self.changes
+            .send_if_modified(|g| std::mem::replace(g, generation) != generation);
+        (view, mark)
     }
 }
 
@@ -134,13 +170,12 @@ pub struct ClusterMonitor {
     addrs: Arc<[String]>,
     signals: Arc<[MemberSignals]>,
     view: watch::Receiver<Arc<TopologyView>>,
-    /// The generation, the counters and the fences belong to the cluster rather than to one
-    /// monitor: a monitor that replaces another (a reload) takes them over (see [`Carried`]),
-    /// so handles to the old one that sessions still hold see the current generation.
-    generation: Arc<watch::Sender<u64>>,
-    /// The generation of the view last published (a plain atomic: the data path reads it for
-    /// every request, and a watch's read takes a lock).
-    current: Arc<AtomicU64>,
+    /// The generation and the counters belong to the cluster rather than to one monitor: a
+    /// monitor that replaces another (a reload) takes them over (see [`Carried`]), so handles
+    /// to the old one that sessions still hold see the current generation.
+    generation: Arc<ClusterGeneration>,
+    /// This monitor's mark in `generation.owner`.
+    mark: u64,
     counters: Arc<ClusterCounters>,
 }
 
@@ -164,8 +199,11 @@ impl ClusterMonitor {
         carried: Carried,
     ) -> Self {
         let addrs: Arc<[String]> = params.iter().map(|p| p.addr.clone()).collect();
-        let first = carried.first_view(&addrs);
-        let first_generation = first.generation;
+        let (generation, counters) = match &carried.previous {
+            Some(m) => (m.generation.clone(), m.counters.clone()),
+            None => Default::default(),
+        };
+        let (first, mark) = generation.take_over(|| carried.first_view(&addrs));
         let has_primary = Carried::keeps_primary(&first);
         let signals: Arc<[MemberSignals]> = first
             .members
@@ -174,16 +212,11 @@ impl ClusterMonitor {
                 fenced: AtomicBool::new(m.fenced),
                 fast: AtomicBool::new(m.health != Health::Up),
                 no_primary: AtomicBool::new(!has_primary),
+                probes: carried.probe_counters(&m.addr),
                 ..MemberSignals::default()
             })
             .collect();
         let (tx, view) = watch::channel(Arc::new(first));
-        let (generation, current, counters) = match &carried.previous {
-            Some(m) => (m.generation.clone(), m.current.clone(), m.counters.clone()),
-            None => Default::default(),
-        };
-        current.store(first_generation, Ordering::Release);
-        generation.send_if_modified(|g| std::mem::replace(g, first_generation) != first_generation);
         let (results_tx, results_rx) = mpsc::channel(64);
         for (id, p) in params.into_iter().enumerate() {
             let probe_loop = ProbeLoop {
@@ -197,7 +230,7 @@ impl ClusterMonitor {
         }
         let decider = Decider {
             generation: generation.clone(),
-            current: current.clone(),
+            mark,
             first_answer_pending: !has_primary,
             cluster: name.into(),
             settings,
@@ -211,7 +244,7 @@ impl ClusterMonitor {
             signals,
             view,
             generation,
-            current,
+            mark,
             counters,
         }
     }
@@ -226,7 +259,7 @@ impl ClusterMonitor {
         self.addrs
             .iter()
             .map(String::as_str)
-            .zip(self.signals.iter().map(|s| &s.probes))
+            .zip(self.signals.iter().map(|s| &*s.probes))
     }
 
     pub fn name(&self) -> &str {
@@ -243,13 +276,24 @@ impl ClusterMonitor {
 
     /// The current generation (of the view [`ClusterMonitor::view`] gives now or later).
     pub fn generation(&self) -> u64 {
-        self.current.load(Ordering::Acquire)
+        self.generation.current.load(Ordering::Acquire)
+    }
+
+    /// A reload replaced this monitor: ask the router for the current one. (Its generation is
+    /// still right; its view, member signals and fences are no longer followed.)
+    pub fn is_replaced(&self) -> bool {
+        self.generation.owner.load(Ordering::Relaxed) != self.mark
     }
 
     /// Changes only when the generation does (the full view also changes on every probe):
     /// what a session watches.
     pub fn generations(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
+        self.generation.changes.subscribe()
+    }
+
+    /// A member's probe counters, to carry over to a monitor that replaces this one.
+    pub(crate) fn probe_counters(&self, addr: &str) -> Option<Arc<ProbeCounters>> {
+        self.member(addr).map(|m| m.probes.clone())
     }
 
     fn member(&self, addr: &str) -> Option<&MemberSignals> {
@@ -362,9 +406,9 @@ struct Decider {
     settings: MonitorSettings,
     signals: Arc<[MemberSignals]>,
     publish: watch::Sender<Arc<TopologyView>>,
-    generation: Arc<watch::Sender<u64>>,
-    /// Mirrors the published view's generation, stored after the view.
-    current: Arc<AtomicU64>,
+    generation: Arc<ClusterGeneration>,
+    /// This monitor's mark: it publishes while the cluster's generation has it as owner.
+    mark: u64,
     /// No answer yet since start-up (the first one is news, not trouble).
     first_answer_pending: bool,
 }
@@ -377,8 +421,9 @@ impl Decider {
     ) {
         loop {
             let (id, result) = tokio::select! {
-                r = results.recv() => match r { Some(r) => r, None => return },
+                biased;
                 _ = shutdown.cancelled() => return,
+                r = results.recv() => match r { Some(r) => r, None => return },
             };
             self.apply(id, result);
         }
@@ -429,10 +474,16 @@ impl Decider {
             tracing::warn!(cluster = %self.cluster, generation = view.generation, state = ?view.state, "topology changed");
         }
         let generation = view.generation;
+        let shared = self.generation.clone();
+        let _publishing = shared.lock();
+        if shared.owner.load(Ordering::Relaxed) != self.mark {
+            // A reload replaced this monitor; the new one answers from now on.
+            return;
+        }
         self.publish.send_replace(Arc::new(view));
-        self.current.store(generation, Ordering::Release);
+        shared.current.store(generation, Ordering::Release);
         if changed {
-            self.generation.send_replace(generation);
+            shared.changes.send_replace(generation);
             let none = !matches!(self.publish.borrow().state, ClusterState::Primary { .. });
             for s in self.signals.iter() {
                 if s.no_primary.swap(none, Ordering::Relaxed) != none {

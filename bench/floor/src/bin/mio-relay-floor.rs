@@ -1,8 +1,7 @@
 //! The same relay as `tokio-relay-floor` on mio directly: one thread, edge-triggered readiness,
-//! a callback-style loop like PgBouncer's (no task per client, no wakers). Not run by
-//! `bench/run`; for comparing by hand what the async runtime itself costs:
-//! `target/floor/release/mio-relay-floor PORT 127.0.0.1:PGPORT` (start it with `setsid`, see
-//! bench/README.md). A write that finds the socket full spins: fine for pgbench's small
+//! a callback-style loop like PgBouncer's (no task per client, no wakers). `bench/run --floor`
+//! runs it; by hand: `target/floor/release/mio-relay-floor PORT 127.0.0.1:PGPORT` (start it
+//! with `setsid`, see bench/README.md). A write that finds the socket full spins: fine for pgbench's small
 //! messages, not for anything else.
 //!
 //! Usage: mio-relay-floor LISTEN_PORT SERVER_ADDR

@@ -2,8 +2,7 @@
 //! cluster's `members`). A fenced member is never the primary: if it was, the cluster has no
 //! primary at once (new work waits in the failover gate, work on it is answered as in a
 //! failover) until another member is promoted or the fence is lifted. The fence lives in the
-//! cluster's monitor: a reload that restarts the monitors (changed `[failover]` or members)
-//! lifts it.
+//! cluster's monitor; a monitor a reload restarts takes it over (until Switchyard restarts).
 
 use super::{ConsoleError, Ctx};
 

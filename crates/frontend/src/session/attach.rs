@@ -51,6 +51,10 @@ impl Session {
     /// boxed: the common future stays small.
     async fn attach_from(&mut self, started: Instant) -> Result<(), SessionError> {
         let deadline = started + self.failover_timeout();
+        if self.monitor.as_ref().is_some_and(|m| m.is_replaced()) {
+            // A reload replaced the cluster's monitor: follow the one that answers now.
+            self.monitor = self.proxy.router.monitor(&self.info.target.cluster);
+        }
         if self.proxy.pauses.any() {
             Box::pin(self.wait_unpaused(deadline)).await?;
         }
@@ -113,13 +117,13 @@ impl Session {
     }
 
     /// The topology has not changed since `last_pool` was chosen (at a primary): it is still
-    /// the primary's pool.
+    /// the primary's pool. (Never with a monitor a reload replaced: its hints would go nowhere.)
     fn same_primary_as_last_time(&self) -> bool {
         self.last_pool.as_ref().is_some_and(|p| !p.is_removed())
             && self
                 .monitor
                 .as_ref()
-                .is_some_and(|m| m.generation() == self.last_generation)
+                .is_some_and(|m| m.generation() == self.last_generation && !m.is_replaced())
     }
 
     /// Holds the request while an operator has paused its database (PAUSE), until RESUME or
@@ -203,8 +207,7 @@ impl Session {
             gate,
         ))
         .await?;
-        // The generation is the router's current monitor's: a reload may have replaced the one
-        // this session had, which would then never agree with it again.
+        // The monitor that answered: a reload may have replaced this session's meanwhile.
         self.monitor = self.proxy.router.monitor(&self.info.target.cluster);
         self.last_pool = Some(pool.clone());
         self.last_generation = generation;
