@@ -1,8 +1,9 @@
 //! Session parameters a client expects on every server connection it lands on.
 //!
 //! A client's settings are what it sent at startup plus what the server later reported through
-//! ParameterStatus while serving it (a `SET TimeZone`, say). Before a transaction runs on a server
-//! connection whose settings differ, Switchyard brings them in line with `SET`/`RESET`.
+//! ParameterStatus while serving it (a `SET TimeZone`, say), or what the session read back for
+//! the one it does not report (search_path). Before a transaction runs on a server connection
+//! whose settings differ, Switchyard brings them in line with `set_config`/`RESET`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -220,6 +221,11 @@ impl ClientParams {
         self.fingerprint
     }
 
+    /// The servers report this setting (ParameterStatus) whenever it changes.
+    pub fn is_reported(&self, name: &str) -> bool {
+        self.base.contains_key(name)
+    }
+
     /// True when the client wants settings the servers do not start with.
     pub fn has_overrides(&self) -> bool {
         !self.overrides.is_empty()
@@ -231,7 +237,14 @@ impl ClientParams {
         let mut sql = String::new();
         for (k, v) in self.wanted() {
             if server.get(k).map(String::as_str) != Some(v) {
-                sql.push_str(&format!("SET {k} TO '{}';", v.replace('\'', "''")));
+                // set_config parses the value as a config file would: a list setting such as
+                // search_path keeps its elements (`SET search_path TO 'a, b'` makes one schema
+                // named "a, b").
+                sql.push_str(&format!(
+                    "SELECT set_config('{}', '{}', false);",
+                    k.replace('\'', "''"),
+                    v.replace('\'', "''")
+                ));
             }
         }
         for k in server.keys() {
@@ -295,8 +308,14 @@ mod tests {
             ("extra_float_digits", "3"),
         ]);
         let sql = c.sync_sql(&server, &welcome).unwrap();
-        assert!(sql.contains("SET TimeZone TO 'Europe/Paris';"), "{sql}");
-        assert!(sql.contains("SET search_path TO 'a,b';"), "{sql}");
+        assert!(
+            sql.contains("SELECT set_config('TimeZone', 'Europe/Paris', false);"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("SELECT set_config('search_path', 'a,b', false);"),
+            "{sql}"
+        );
         assert!(sql.contains("RESET extra_float_digits;"), "{sql}");
         let mut s = server.clone();
         c.apply_to(&mut s, &welcome);

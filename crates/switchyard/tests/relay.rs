@@ -168,6 +168,56 @@ async fn session_settings_follow_the_client() {
     assert_eq!(tz_a, "Asia/Tokyo");
 }
 
+/// The first column of the first row of a simple query, bounded.
+async fn first(c: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = within(STEP, sql, c.simple_query(sql)).await.expect(sql);
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+/// A SQL `SET search_path` (a setting PostgreSQL 15 does not report) follows the client to
+/// another server connection, and is undone for the next client of the one it ran on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_set_search_path_follows_the_client_and_not_the_connection() {
+    let h = Harness::start_with(PoolMode::Transaction, |c| c.pool.size = 2).await;
+    let a = h.client().await;
+    let b = h.client().await;
+    within(
+        STEP,
+        "schema",
+        a.batch_execute("create schema sp_a; create table sp_a.only_here (x int); insert into sp_a.only_here values (7)"),
+    )
+    .await
+    .expect("schema");
+    let x = first(
+        &a,
+        "set search_path to sp_a, public; select pg_backend_pid()",
+    )
+    .await;
+    // The connection `a` just gave back goes to `b` (the pool hands out the most recent).
+    let on_x = first(&b, "begin; select pg_backend_pid()").await;
+    assert_eq!(on_x, x, "b holds the connection a's SET ran on");
+    assert_eq!(
+        first(&b, "show search_path").await,
+        "\"$user\", public",
+        "a's search_path does not reach b"
+    );
+    assert_ne!(
+        first(&a, "select pg_backend_pid()").await,
+        x,
+        "a is elsewhere now"
+    );
+    assert_eq!(first(&a, "show search_path").await, "sp_a, public");
+    assert_eq!(first(&a, "select x from only_here").await, "7");
+    within(STEP, "commit", b.batch_execute("commit"))
+        .await
+        .expect("commit");
+}
+
 /// Startup parameters (application_name, search_path) are applied on every server connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_parameters_are_applied() {

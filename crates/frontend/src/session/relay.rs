@@ -56,6 +56,9 @@ pub struct Relay {
     /// A COMMIT (or END, PREPARE TRANSACTION...) was sent and not yet answered: if the server
     /// is lost now, the transaction's outcome is unknown.
     commit_in_flight: bool,
+    /// A SET, RESET or DISCARD ALL completed on this attachment: settings PostgreSQL does not
+    /// report (search_path before PostgreSQL 18) may have changed.
+    pub settings_changed: bool,
     /// Requests answered (ReadyForQuery) on this attachment.
     pub answered: u32,
     /// When the request being answered was sent, in µs since the attachment began (for the
@@ -217,6 +220,7 @@ impl Relay {
             server_fatal: None,
             evidence: false,
             commit_in_flight: false,
+            settings_changed: false,
             answered: 0,
             request_started_us: 0,
         }
@@ -230,6 +234,7 @@ impl Relay {
         self.server_fatal = None;
         self.evidence = false;
         self.commit_in_flight = false;
+        self.settings_changed = false;
         self.answered = 0;
         self.request_started_us = 0;
     }
@@ -488,6 +493,9 @@ impl Relay {
                 be::COMMAND_COMPLETE => {
                     if body.starts_with(b"DISCARD") || body.starts_with(b"DEALLOCATE") {
                         server.prepared.clear();
+                    }
+                    if body == b"SET\0" || body == b"RESET\0" || body == b"DISCARD ALL\0" {
+                        self.settings_changed = true;
                     }
                     true
                 }

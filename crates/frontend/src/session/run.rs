@@ -14,6 +14,7 @@ use super::relay::{
 };
 use crate::SessionError;
 use crate::client::ClientConn;
+use crate::params::ClientParams;
 use crate::proxy::Admitted;
 use crate::statements::Statements;
 use bytes::{Buf, BytesMut};
@@ -26,7 +27,7 @@ use switchyard_pool::{Pool, Pooled};
 use switchyard_proto::backend::{self, TxStatus};
 use switchyard_proto::frontend::tag as fe;
 use switchyard_proto::{ProtoError, decode_frame, peek_header};
-use switchyard_server::ServerError;
+use switchyard_server::{ServerConn, ServerError};
 use switchyard_topology::ClusterMonitor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -75,6 +76,36 @@ async fn write_all(stream: &mut tokio::net::TcpStream, bytes: &[u8]) -> std::io:
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.write_all(bytes).await,
         Err(e) => Err(e),
     }
+}
+
+/// Settings PostgreSQL does not report through ParameterStatus (search_path, before
+/// PostgreSQL 18) that a SET, RESET or DISCARD ALL of the transaction may have changed: read
+/// back from the server as the transaction ends, so that they follow the client to its next
+/// server connection, and are undone for the next client of this one, as reported settings
+/// are. False if the server did not answer.
+async fn read_back_unreported(conn: &mut ServerConn, params: &mut ClientParams) -> bool {
+    const UNREPORTED: &str = "search_path";
+    if params.is_reported(UNREPORTED) {
+        return true;
+    }
+    let sql = "select current_setting('search_path')";
+    let row = match tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, conn.query_row(sql)).await {
+        Ok(Ok(row)) => row,
+        Ok(Err(e)) => {
+            tracing::warn!(server = %conn.addr, error = %e, "cannot read back search_path; closing the server connection");
+            return false;
+        }
+        Err(_) => {
+            tracing::warn!(server = %conn.addr, "search_path not read back in time; closing the server connection");
+            return false;
+        }
+    };
+    let Some(Some(value)) = row.into_iter().next() else {
+        return false;
+    };
+    params.observe(UNREPORTED, &value);
+    conn.params.insert(UNREPORTED.to_owned(), value);
+    true
 }
 
 /// Resolves once shutdown has begun (see [`crate::Proxy::poll_stopping`]).
@@ -395,11 +426,28 @@ impl Session {
             &mut side,
             &mut self.out,
         )?;
-        let answer = fwd.bytes(&conn.read_buf, &self.out);
-        if !answer.is_empty() {
-            self.client.write(answer).await?;
+        let mut known = true;
+        if saw_ready && relay.settings_changed && relay.releases() {
+            // The transaction ends having changed settings the server does not report: learn
+            // them before the client hears it ended, so that the connection goes back to the
+            // pool with them known (and the client's next request finds it there).
+            relay.settings_changed = false;
+            if fwd.verbatim {
+                self.out.clear();
+                self.out.extend_from_slice(&conn.read_buf[..fwd.end]);
+            }
+            conn.read_buf.advance(fwd.used);
+            known = read_back_unreported(conn, &mut self.info.params).await;
+            if !self.out.is_empty() {
+                self.client.write(&self.out).await?;
+            }
+        } else {
+            let answer = fwd.bytes(&conn.read_buf, &self.out);
+            if !answer.is_empty() {
+                self.client.write(answer).await?;
+            }
+            conn.read_buf.advance(fwd.used);
         }
-        conn.read_buf.advance(fwd.used);
         reserve_for_partial(&mut conn.read_buf);
         if std::mem::take(&mut relay.evidence)
             && let Some(m) = &self.monitor
@@ -424,6 +472,10 @@ impl Session {
                 .observe((now - since).saturating_sub(started));
         }
         if relay.releases() {
+            if !known {
+                // The connection's settings are not known: closed rather than reused.
+                relay.server_fatal = Some(Fatal::Other);
+            }
             self.detach_at(now);
         } else if relay.at_sync_point() && self.proxy.is_stopping() {
             return Err(SessionError::Shutdown);
