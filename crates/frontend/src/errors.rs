@@ -57,6 +57,10 @@ pub enum SessionError {
     /// The client went away; nobody to tell.
     #[error("client disconnected: {0}")]
     ClientGone(std::io::Error),
+    /// A transaction changed search_path and the server connection failed before the new value
+    /// could be read back: the session's next transactions could not run under it.
+    #[error("search_path could not be read back after the client changed it")]
+    SettingsUnknown,
     /// The client left its answers unread for `client_write_timeout`; it cannot be told either.
     #[error("client did not read its answers for {waited:?} (client_write_timeout); disconnected")]
     ClientStalled { waited: std::time::Duration },
@@ -151,6 +155,10 @@ impl SessionError {
                 format!(
                     "terminating connection because the primary failed over ({why}); session state is lost, reconnect"
                 ),
+            ),
+            Self::SettingsUnknown => fatal(
+                CONNECTION_FAILURE,
+                "the server connection failed while confirming the search_path this session set; reconnect".into(),
             ),
             Self::ClientGone(_)
             | Self::ClientStalled { .. }

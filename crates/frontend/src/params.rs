@@ -130,6 +130,12 @@ fn canonical(name: &str, reported: &Params) -> String {
         .unwrap_or_else(|| name.to_ascii_lowercase())
 }
 
+/// A string literal that means `s` whatever standard_conforming_strings says (`E'...'`, with
+/// backslashes and quotes doubled).
+fn literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -241,9 +247,9 @@ impl ClientParams {
                 // search_path keeps its elements (`SET search_path TO 'a, b'` makes one schema
                 // named "a, b").
                 sql.push_str(&format!(
-                    "SELECT set_config('{}', '{}', false);",
-                    k.replace('\'', "''"),
-                    v.replace('\'', "''")
+                    "SELECT set_config({}, {}, false);",
+                    literal(k),
+                    literal(v)
                 ));
             }
         }
@@ -309,13 +315,14 @@ mod tests {
         ]);
         let sql = c.sync_sql(&server, &welcome).unwrap();
         assert!(
-            sql.contains("SELECT set_config('TimeZone', 'Europe/Paris', false);"),
+            sql.contains("SELECT set_config(E'TimeZone', E'Europe/Paris', false);"),
             "{sql}"
         );
         assert!(
-            sql.contains("SELECT set_config('search_path', 'a,b', false);"),
+            sql.contains("SELECT set_config(E'search_path', E'a,b', false);"),
             "{sql}"
         );
+        assert_eq!(literal(r"it's a \ b"), r"E'it''s a \\ b'");
         assert!(sql.contains("RESET extra_float_digits;"), "{sql}");
         let mut s = server.clone();
         c.apply_to(&mut s, &welcome);

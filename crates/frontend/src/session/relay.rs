@@ -56,14 +56,32 @@ pub struct Relay {
     /// A COMMIT (or END, PREPARE TRANSACTION...) was sent and not yet answered: if the server
     /// is lost now, the transaction's outcome is unknown.
     commit_in_flight: bool,
-    /// A SET, RESET or DISCARD ALL completed on this attachment: settings PostgreSQL does not
-    /// report (search_path before PostgreSQL 18) may have changed.
-    pub settings_changed: bool,
+    /// The client's SQL on this attachment named search_path (a setting PostgreSQL before 18
+    /// does not report).
+    names_search_path: bool,
+    /// search_path may have changed on this attachment (a SET naming it, a RESET or DISCARD
+    /// ALL completed): read it back before the connection goes back to the pool.
+    pub read_back_search_path: bool,
+    /// The connection's state is not known (a read-back failed): close it, never reuse it.
+    pub discard: bool,
     /// Requests answered (ReadyForQuery) on this attachment.
     pub answered: u32,
     /// When the request being answered was sent, in µs since the attachment began (for the
     /// request-latency histogram).
     pub request_started_us: u64,
+}
+
+/// Whether SQL text names search_path, in any letter case (`SET SEARCH_PATH ...`). Underscores
+/// are few in SQL, so this looks only around each one.
+pub fn names_search_path(sql: &[u8]) -> bool {
+    sql.iter().enumerate().any(|(i, &b)| {
+        b == b'_'
+            && i >= 6
+            && sql[i - 6..i].eq_ignore_ascii_case(b"search")
+            && sql
+                .get(i + 1..i + 5)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"path"))
+    })
 }
 
 /// What a relay step consumed and where the bytes to send are.
@@ -220,7 +238,9 @@ impl Relay {
             server_fatal: None,
             evidence: false,
             commit_in_flight: false,
-            settings_changed: false,
+            names_search_path: false,
+            read_back_search_path: false,
+            discard: false,
             answered: 0,
             request_started_us: 0,
         }
@@ -234,7 +254,9 @@ impl Relay {
         self.server_fatal = None;
         self.evidence = false;
         self.commit_in_flight = false;
-        self.settings_changed = false;
+        self.names_search_path = false;
+        self.read_back_search_path = false;
+        self.discard = false;
         self.answered = 0;
         self.request_started_us = 0;
     }
@@ -297,6 +319,9 @@ impl Relay {
             pos += h.wire_len;
             let rewrite = self.mode == PoolMode::Transaction
                 && matches!(h.tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE);
+            if matches!(h.tag, fe::QUERY | fe::PARSE) {
+                self.names_search_path |= names_search_path(&msg[5..]);
+            }
             if rewrite {
                 if !copying {
                     out.extend_from_slice(&input[..start]);
@@ -494,9 +519,9 @@ impl Relay {
                     if body.starts_with(b"DISCARD") || body.starts_with(b"DEALLOCATE") {
                         server.prepared.clear();
                     }
-                    if body == b"SET\0" || body == b"RESET\0" || body == b"DISCARD ALL\0" {
-                        self.settings_changed = true;
-                    }
+                    self.read_back_search_path |= body == b"RESET\0"
+                        || body == b"DISCARD ALL\0"
+                        || (body == b"SET\0" && self.names_search_path);
                     true
                 }
                 be::PARSE_COMPLETE => !self.take(|e| matches!(e, Expect::ParseComplete { .. })),

@@ -286,3 +286,31 @@ fn unchanged_traffic_goes_straight_from_the_input_and_rewrites_keep_the_order() 
     assert_eq!(step, ClientStep::Terminate);
     assert_eq!((fwd.used, fwd.end), (bye.len(), bye.len() - 5));
 }
+
+#[test]
+fn search_path_is_read_back_only_when_it_may_have_changed() {
+    assert!(names_search_path(b"SET search_path TO a"));
+    assert!(names_search_path(b"set SEARCH_Path = a"));
+    assert!(!names_search_path(b"select * from pgbench_accounts"));
+    assert!(!names_search_path(b"_path search_ search"));
+    let done = |w: &mut World, tag: &[u8]| {
+        let mut body = tag.to_vec();
+        body.push(0);
+        w.server(&[frame(b'C', &body), frame(b'Z', b"I")]);
+        std::mem::take(&mut w.relay.read_back_search_path)
+    };
+    let mut w = World::new(PoolMode::Transaction);
+    w.client(&[frame(b'Q', b"SET LOCAL statement_timeout = 5\0")]);
+    assert!(!done(&mut w, b"SET"), "a SET of something else");
+    w.client(&[frame(b'Q', b"set search_path to a\0")]);
+    assert!(done(&mut w, b"SET"));
+    for tag in [&b"RESET"[..], b"DISCARD ALL"] {
+        w.relay.reset();
+        w.client(&[frame(b'Q', b"anything\0")]);
+        assert!(done(&mut w, tag), "{tag:?}");
+    }
+    w.relay.reset();
+    w.client(&[parse("", "SET search_path = b"), frame(b'S', b"")]);
+    w.server(&[frame(b'1', b"")]);
+    assert!(done(&mut w, b"SET"), "extended protocol");
+}

@@ -78,11 +78,10 @@ async fn write_all(stream: &mut tokio::net::TcpStream, bytes: &[u8]) -> std::io:
     }
 }
 
-/// Settings PostgreSQL does not report through ParameterStatus (search_path, before
-/// PostgreSQL 18) that a SET, RESET or DISCARD ALL of the transaction may have changed: read
-/// back from the server as the transaction ends, so that they follow the client to its next
-/// server connection, and are undone for the next client of this one, as reported settings
-/// are. False if the server did not answer.
+/// search_path, which PostgreSQL before 18 does not report through ParameterStatus, after a
+/// transaction that may have changed it: read back from the server as the transaction ends, so
+/// that it follows the client to its next server connection, and is undone for the next client
+/// of this one, as reported settings are. False if the server did not answer.
 async fn read_back_unreported(conn: &mut ServerConn, params: &mut ClientParams) -> bool {
     const UNREPORTED: &str = "search_path";
     if params.is_reported(UNREPORTED) {
@@ -426,20 +425,31 @@ impl Session {
             &mut side,
             &mut self.out,
         )?;
-        let mut known = true;
-        if saw_ready && relay.settings_changed && relay.releases() {
-            // The transaction ends having changed settings the server does not report: learn
-            // them before the client hears it ended, so that the connection goes back to the
-            // pool with them known (and the client's next request finds it there).
-            relay.settings_changed = false;
+        if saw_ready
+            && relay.read_back_search_path
+            && relay.releases()
+            && relay.server_fatal.is_none()
+        {
+            // The transaction ends having maybe changed search_path, which the server does not
+            // report: learn it before the client hears the transaction ended, so that the
+            // connection goes back to the pool with it known (and the client's next request
+            // finds the connection there).
+            relay.read_back_search_path = false;
             if fwd.verbatim {
                 self.out.clear();
                 self.out.extend_from_slice(&conn.read_buf[..fwd.end]);
             }
             conn.read_buf.advance(fwd.used);
-            known = read_back_unreported(conn, &mut self.info.params).await;
+            let known = read_back_unreported(conn, &mut self.info.params).await;
+            // Set before anything can end the session: such a connection is never reused.
+            relay.discard |= !known;
             if !self.out.is_empty() {
                 self.client.write(&self.out).await?;
+            }
+            if !known {
+                // The client's search_path can no longer follow it: it must not run its next
+                // transaction under another one.
+                return Err(SessionError::SettingsUnknown);
             }
         } else {
             let answer = fwd.bytes(&conn.read_buf, &self.out);
@@ -472,10 +482,6 @@ impl Session {
                 .observe((now - since).saturating_sub(started));
         }
         if relay.releases() {
-            if !known {
-                // The connection's settings are not known: closed rather than reused.
-                relay.server_fatal = Some(Fatal::Other);
-            }
             self.detach_at(now);
         } else if relay.at_sync_point() && self.proxy.is_stopping() {
             return Err(SessionError::Shutdown);
@@ -509,7 +515,8 @@ impl Session {
         }
         let clean = self.relay.at_sync_point()
             && server.conn.read_buf.is_empty()
-            && self.relay.server_fatal.is_none();
+            && self.relay.server_fatal.is_none()
+            && !self.relay.discard;
         if clean {
             server.release_at(now.into_std());
         } else {
@@ -603,7 +610,8 @@ impl Session {
         let clean = relay.at_sync_point()
             && !relay.busy()
             && server.conn.read_buf.is_empty()
-            && relay.server_fatal.is_none();
+            && relay.server_fatal.is_none()
+            && !relay.discard;
         if clean && session_mode {
             let reset = self.info.settings.server_reset_query.clone();
             let ok = matches!(
