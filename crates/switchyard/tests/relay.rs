@@ -295,7 +295,19 @@ async fn cancel_reaches_the_running_query() {
         let token = c.cancel_token();
         let started = Instant::now();
         let sleeper = tokio::spawn(async move { c.simple_query("select pg_sleep(30)").await });
-        tokio::time::sleep(Duration::from_millis(300)).await; // let the query reach the server
+        // The cancel must find the query running on the server: watch for it there.
+        let direct = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=app",
+            h.pg.port()
+        );
+        let direct = connect(&direct).await.expect("a direct connection");
+        within(STEP, "the query to run on the server", async {
+            let sql = "select count(*) from pg_stat_activity where wait_event = 'PgSleep'";
+            while first(&direct, sql).await != "1" {
+                tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
+            }
+        })
+        .await;
         within(STEP, "cancel", token.cancel_query(tokio_postgres::NoTls))
             .await
             .unwrap();
