@@ -591,18 +591,11 @@ async fn a_new_connection_to_a_frozen_primary_does_not_fail_the_work() {
     let frozen = Instant::now();
     let in_flight = timed_writes(pooled, "in-flight", 1);
     // The in-flight write holds the pooled connection before the fresh one asks for another.
-    within(STEP, "the in-flight write to take its connection", async {
-        while !cl
-            .proxy
-            .proxy
-            .pools
-            .all()
-            .iter()
-            .any(|(_, p)| p.stats().active > 0)
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await; // poll interval
-        }
-    })
+    wait_for_servers_in_use(
+        &cl.proxy,
+        "the in-flight write to take its connection",
+        |n| n > 0,
+    )
     .await;
     let opening = timed_writes(fresh, "fresh", 1);
     let promoted = promote_at(new, frozen + Duration::from_secs(2)).await;

@@ -199,19 +199,7 @@ async fn sql_set_search_path_follows_the_client_and_not_the_connection() {
     )
     .await;
     // a's session gives its connection back just after the answer: wait for that.
-    within(STEP, "a's connection back in the pool", async {
-        while h
-            .proxy
-            .proxy
-            .pools
-            .all()
-            .iter()
-            .any(|(_, p)| p.stats().active > 0)
-        {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    wait_for_servers_in_use(&h.proxy, "a's connection back in the pool", |n| n == 0).await;
     // The connection `a` just gave back goes to `b` (the pool hands out the most recent).
     let on_x = first(&b, "begin; select pg_backend_pid()").await;
     assert_eq!(on_x, x, "b holds the connection a's SET ran on");

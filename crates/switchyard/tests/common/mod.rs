@@ -146,3 +146,18 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> String {
 }
 pub mod cluster;
 pub mod served;
+
+/// Polls (bounded by [`STEP`]) until `want` holds for the number of server connections in use
+/// across the proxy's pools.
+pub async fn wait_for_servers_in_use(proxy: &Running, what: &str, want: impl Fn(usize) -> bool) {
+    within(STEP, what, async {
+        loop {
+            let pools = proxy.proxy.pools.all();
+            if want(pools.iter().map(|(_, p)| p.stats().active).sum()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await; // poll interval
+        }
+    })
+    .await;
+}
