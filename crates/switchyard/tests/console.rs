@@ -60,22 +60,3 @@ async fn wait_primary(h: &Harness, want: bool) {
     })
     .await;
 }
-
-/// The backend process id of the server connection `c`'s next transaction runs on (a simple
-/// query: an extended one would leave tokio-postgres closing its statement afterwards, a
-/// transaction of its own).
-async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
-    let rows = within(
-        STEP,
-        "pg_backend_pid",
-        c.simple_query("select pg_backend_pid()"),
-    )
-    .await
-    .expect("pg_backend_pid");
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
-            _ => None,
-        })
-        .expect("a pid")
-}

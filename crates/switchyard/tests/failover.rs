@@ -33,7 +33,7 @@ use common::cluster::{
     Answer, Cluster, ClusterOptions, Fault, Injected, blocking, first_value, send, step,
     where_am_i, why,
 };
-use common::{STEP, connect, sqlstate, within};
+use common::{STEP, backend_pid, connect, sqlstate, within};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -727,17 +727,6 @@ async fn a_reload_after_a_failover_keeps_requests_flowing() {
             started.elapsed()
         );
     }
-}
-
-/// The PostgreSQL backend serving `c`'s statement.
-async fn backend_pid(c: &Client) -> String {
-    let rows = within(
-        STEP,
-        "pg_backend_pid",
-        c.simple_query("select pg_backend_pid()"),
-    )
-    .await;
-    first_value(&rows.expect("pg_backend_pid")).expect("a pid")
 }
 
 /// A reload that restarts the cluster's monitor while the primary is healthy (a probe setting

@@ -168,17 +168,6 @@ async fn session_settings_follow_the_client() {
     assert_eq!(tz_a, "Asia/Tokyo");
 }
 
-/// The first column of the first row of a simple query, bounded.
-async fn first(c: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = within(STEP, sql, c.simple_query(sql)).await.expect(sql);
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
-}
-
 /// A SQL `SET search_path` (a setting PostgreSQL 15 does not report) follows the client to
 /// another server connection, and is undone for the next client of the one it ran on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +182,7 @@ async fn sql_set_search_path_follows_the_client_and_not_the_connection() {
     )
     .await
     .expect("schema");
-    let x = first(
+    let x = first_column(
         &a,
         "set search_path to sp_a, public; select pg_backend_pid()",
     )
@@ -201,20 +190,20 @@ async fn sql_set_search_path_follows_the_client_and_not_the_connection() {
     // a's session gives its connection back just after the answer: wait for that.
     wait_for_servers_in_use(&h.proxy, "a's connection back in the pool", |n| n == 0).await;
     // The connection `a` just gave back goes to `b` (the pool hands out the most recent).
-    let on_x = first(&b, "begin; select pg_backend_pid()").await;
+    let on_x = first_column(&b, "begin; select pg_backend_pid()").await;
     assert_eq!(on_x, x, "b holds the connection a's SET ran on");
     assert_eq!(
-        first(&b, "show search_path").await,
+        first_column(&b, "show search_path").await,
         "\"$user\", public",
         "a's search_path does not reach b"
     );
     assert_ne!(
-        first(&a, "select pg_backend_pid()").await,
+        first_column(&a, "select pg_backend_pid()").await,
         x,
         "a is elsewhere now"
     );
-    assert_eq!(first(&a, "show search_path").await, "sp_a, public");
-    assert_eq!(first(&a, "select x from only_here").await, "7");
+    assert_eq!(first_column(&a, "show search_path").await, "sp_a, public");
+    assert_eq!(first_column(&a, "select x from only_here").await, "7");
     within(STEP, "commit", b.batch_execute("commit"))
         .await
         .expect("commit");
@@ -291,7 +280,7 @@ async fn cancel_reaches_the_running_query() {
         let direct = connect(&direct).await.expect("a direct connection");
         within(STEP, "the query to run on the server", async {
             let sql = "select count(*) from pg_stat_activity where wait_event = 'PgSleep'";
-            while first(&direct, sql).await != "1" {
+            while first_column(&direct, sql).await != "1" {
                 tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
             }
         })

@@ -40,11 +40,6 @@ impl Carried {
             .and_then(|m| m.probe_counters(addr))
             .unwrap_or_default()
     }
-
-    /// The primary was kept: the first view is not news.
-    pub(crate) fn keeps_primary(view: &TopologyView) -> bool {
-        matches!(view.state, ClusterState::Primary { .. })
-    }
 }
 
 /// Members the old monitor knew keep their health and facts, and fenced members stay fenced.

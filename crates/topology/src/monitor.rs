@@ -204,7 +204,7 @@ impl ClusterMonitor {
             None => Default::default(),
         };
         let (first, mark) = generation.take_over(|| carried.first_view(&addrs));
-        let has_primary = Carried::keeps_primary(&first);
+        let has_primary = matches!(first.state, ClusterState::Primary { .. });
         let signals: Arc<[MemberSignals]> = first
             .members
             .iter()

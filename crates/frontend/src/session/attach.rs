@@ -51,10 +51,7 @@ impl Session {
     /// boxed: the common future stays small.
     async fn attach_from(&mut self, started: Instant) -> Result<(), SessionError> {
         let deadline = started + self.failover_timeout();
-        if self.monitor.as_ref().is_some_and(|m| m.is_replaced()) {
-            // A reload replaced the cluster's monitor: follow the one that answers now.
-            self.monitor = self.proxy.router.monitor(&self.info.target.cluster);
-        }
+        self.follow_current_monitor();
         if self.proxy.pauses.any() {
             Box::pin(self.wait_unpaused(deadline)).await?;
         }
@@ -92,7 +89,7 @@ impl Session {
                     if Instant::now() + RETRY_PAUSE >= deadline {
                         return Err(SessionError::PrimaryChanged);
                     }
-                    self.monitor = self.proxy.router.monitor(&self.info.target.cluster);
+                    self.follow_current_monitor();
                     if self
                         .monitor
                         .as_ref()
@@ -113,6 +110,14 @@ impl Session {
                     Box::pin(self.wait_for_news(generation, RETRY_PAUSE)).await;
                 }
             }
+        }
+    }
+
+    /// Takes the cluster's current monitor if a reload replaced this session's. (The generation
+    /// is the cluster's, shared by both; the old monitor's view and hints are not followed.)
+    fn follow_current_monitor(&mut self) {
+        if self.monitor.as_ref().is_some_and(|m| m.is_replaced()) {
+            self.monitor = self.proxy.router.monitor(&self.info.target.cluster);
         }
     }
 
@@ -207,8 +212,6 @@ impl Session {
             gate,
         ))
         .await?;
-        // The monitor that answered: a reload may have replaced this session's meanwhile.
-        self.monitor = self.proxy.router.monitor(&self.info.target.cluster);
         self.last_pool = Some(pool.clone());
         self.last_generation = generation;
         Ok((pool, generation))

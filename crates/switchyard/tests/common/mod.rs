@@ -161,3 +161,17 @@ pub async fn wait_for_servers_in_use(proxy: &Running, what: &str, want: impl Fn(
     })
     .await;
 }
+
+/// The first column of the first row a simple query returns (bounded by [`STEP`]).
+pub async fn first_column(c: &Client, sql: &str) -> String {
+    let rows = within(STEP, sql, c.simple_query(sql)).await.expect(sql);
+    cluster::first_value(&rows).unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+/// The backend process id of the server connection `c`'s next transaction runs on (a simple
+/// query: an extended one would leave tokio-postgres closing its statement afterwards, a
+/// transaction of its own).
+pub async fn backend_pid(c: &Client) -> i32 {
+    let pid = first_column(c, "select pg_backend_pid()").await;
+    pid.parse().expect("a pid")
+}

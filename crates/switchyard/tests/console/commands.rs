@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use crate::psql::{command, console, console_error, num};
-use crate::{backend_pid, eventually, harness, wait_primary};
+use crate::{eventually, harness, wait_primary};
 use std::time::{Duration, Instant};
 use switchyard_config::Duration as CfgDuration;
 
