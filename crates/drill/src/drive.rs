@@ -274,6 +274,9 @@ async fn promote_one(
 ) -> Result<Option<Duration>, DrillError> {
     let timeout = args.promotion_timeout;
     let cluster = p.cluster.clone();
+    // The builtin manager's standby may take writes before `pg_ctl promote` returns: its
+    // promotion counts from the request. Patroni's is seen only once it has happened.
+    let requested = epoch.elapsed();
     if !blocking(move || cluster.promotion(timeout)).await? {
         progress.event(&format!(
             "{}: no promotion within {} s",
@@ -282,7 +285,10 @@ async fn promote_one(
         ));
         return Ok(None);
     }
-    let at = epoch.elapsed();
+    let at = match args.manager {
+        ManagerKind::Builtin => requested,
+        ManagerKind::Patroni => epoch.elapsed(),
+    };
     let direct = p.name == "direct";
     if direct {
         p.endpoint.send_replace(p.cluster.standby_addr());

@@ -183,6 +183,7 @@ fn proxy_config(args: &DemoArgs, state: &Path) -> anyhow::Result<Config> {
         auth = "trust"
         [admin]
         listen = "{admin}"
+        users = ["postgres"]
         incidents_file = "{incidents}"
         resolve_after = "20s"
         "#,
@@ -309,6 +310,9 @@ Try a failover by hand, from another terminal:
   {psql} -c 'select inet_server_port()'     # {sport}: Switchyard follows the promotion
   pkill -CONT -P {pid}; kill -CONT {pid}     # thaw the old primary: fenced (older timeline)
 (The next demo starts from the primary's data again and makes a new standby.)
+
+Admin console (SHOW POOLS, SHOW CLUSTERS, SHOW INCIDENTS, SHOW HELP):
+  {psql} switchyard
 
 Status page: http://{admin}/   metrics: http://{admin}/metrics   API: http://{admin}/api/incidents
 Logs: {state}/primary/postgres.log, {state}/standby/postgres.log; Switchyard's on stderr.

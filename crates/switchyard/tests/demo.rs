@@ -35,6 +35,8 @@ struct Demo {
     child: Child,
     pid: u32,
     log: PathBuf,
+    /// What it printed when ready, from the ready line to the last ("Ctrl-C stops ...").
+    printed: String,
 }
 
 fn command(state: &Path, ports: Ports) -> Command {
@@ -61,9 +63,14 @@ async fn start_demo(state: &Path, ports: Ports, log: PathBuf) -> Demo {
         .expect("spawn switchyard demo");
     let pid = child.id().expect("pid");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = String::new();
     let ready = tokio::time::timeout(READY, async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.starts_with("switchyard demo: ready") {
+            if line.starts_with("switchyard demo: ready") || !printed.is_empty() {
+                printed.push_str(&line);
+                printed.push('\n');
+            }
+            if line.starts_with("Ctrl-C stops") && !printed.is_empty() {
                 return true;
             }
         }
@@ -80,7 +87,12 @@ async fn start_demo(state: &Path, ports: Ports, log: PathBuf) -> Demo {
     }
     // Keep reading, so the demo never writes to a closed pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Demo { child, pid, log }
+    Demo {
+        child,
+        pid,
+        log,
+        printed,
+    }
 }
 
 /// Sends SIGINT and asserts the demo exits 0 within [`EXIT`].
@@ -140,6 +152,36 @@ fn conninfo(port: u16) -> String {
     format!("host=127.0.0.1 port={port} user=postgres dbname=postgres")
 }
 
+/// The demo prints how to reach the admin console, and its user may use it.
+async fn check_console(demo: &Demo, proxy: u16) {
+    let line = format!("psql -h 127.0.0.1 -p {proxy} -U postgres switchyard");
+    assert!(
+        demo.printed.contains(&line),
+        "the demo prints `{line}`; it printed:\n{}",
+        demo.printed
+    );
+    let console = connect(&conninfo(proxy).replace("dbname=postgres", "dbname=switchyard"))
+        .await
+        .expect("connect to the admin console");
+    for show in ["SHOW POOLS", "SHOW CLUSTERS", "SHOW INCIDENTS"] {
+        within(Duration::from_secs(10), show, console.simple_query(show))
+            .await
+            .unwrap_or_else(|e| panic!("{show} on the demo's console: {e}"));
+    }
+    let clusters = within(
+        Duration::from_secs(10),
+        "SHOW CLUSTERS",
+        console.simple_query("SHOW CLUSTERS"),
+    )
+    .await
+    .expect("SHOW CLUSTERS");
+    let rows = clusters
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert!(rows >= 1, "SHOW CLUSTERS lists the demo's cluster");
+}
+
 #[tokio::test]
 async fn demo_starts_refuses_a_second_stops_cleanly_and_keeps_its_data() {
     let state = tempfile::Builder::new()
@@ -168,6 +210,7 @@ async fn demo_starts_refuses_a_second_stops_cleanly_and_keeps_its_data() {
     .await
     .expect("create and insert through the proxy");
     drop(client);
+    check_console(&demo, ports.proxy).await;
     wait_for_count(
         &conninfo(ports.standby),
         "SELECT count(*) FROM demo_kept",

@@ -402,7 +402,7 @@ struct Late {
 
 /// The idle client's next statement waits in the gate until the test promotes the standby,
 /// then runs there; the other clients' connections work on the new primary. Returns the
-/// promotion instant.
+/// instant the promotion was requested (the earliest it can take effect).
 async fn promote(s: &Scene, fig: &mut Figures) -> Instant {
     let client = s.cl.idle.clone();
     let idle = tokio::spawn(async move {
@@ -415,9 +415,9 @@ async fn promote(s: &Scene, fig: &mut Figures) -> Instant {
             .await;
         (r, Instant::now())
     });
-    let promoted_at = s.c.promote_standby().await;
+    let promotion_requested = s.c.promote_standby().await;
     let (_, followed_at) = s.c.wait_for_primary(&s.c.standby.addr(), STEP).await;
-    fig.monitor_follows = followed_at.saturating_duration_since(promoted_at);
+    fig.monitor_follows = followed_at.saturating_duration_since(promotion_requested);
     let (idle_r, idle_at) = within(STEP, "the idle client's gated statement", idle)
         .await
         .expect("task");
@@ -427,7 +427,7 @@ async fn promote(s: &Scene, fig: &mut Figures) -> Instant {
         (false, s.new_port),
         "idle: the gated statement runs on the new primary"
     );
-    fig.first_write = idle_at.saturating_duration_since(promoted_at);
+    fig.first_write = idle_at.saturating_duration_since(promotion_requested);
     assert!(
         fig.first_write <= PROMOTION_BOUND,
         "promotion → first write took {:?} (bound {PROMOTION_BOUND:?})",
@@ -446,7 +446,7 @@ async fn promote(s: &Scene, fig: &mut Figures) -> Instant {
             "{name}: next statement on the new primary"
         );
     }
-    promoted_at
+    promotion_requested
 }
 
 /// The writer saw at most one error, 08007 (its insert in flight at the fault); everything the
@@ -544,27 +544,37 @@ async fn check_old_primary_fenced(s: &Scene, log: &WriterLog, v: &mut Verdict) {
 
 /// The `fresh` client's statement, sent at the fault while its pool had to open a connection,
 /// is held in the gate and runs on the new primary — never an error, never the old primary.
-async fn check_fresh(s: &Scene, fresh: JoinHandle<Answer>, promoted_at: Instant, v: &mut Verdict) {
+async fn check_fresh(
+    s: &Scene,
+    fresh: JoinHandle<Answer>,
+    promotion_requested: Instant,
+    v: &mut Verdict,
+) {
     let (r, at) = within(STEP, "the fresh client's statement", fresh)
         .await
         .expect("task");
-    let after = at.saturating_duration_since(promoted_at);
+    let after = at.saturating_duration_since(promotion_requested);
     match r {
         Ok(rows) => {
             let port = first_value(&rows);
             v.check(port == Some(s.new_port.to_string()), || {
                 format!("fresh: statement sent at the fault ran on port {port:?}")
             });
-            v.check(at >= promoted_at && after <= PROMOTION_BOUND, || {
-                format!("fresh: answered {after:?} after the promotion (bound {PROMOTION_BOUND:?})")
-            });
+            v.check(
+                at >= promotion_requested && after <= PROMOTION_BOUND,
+                || {
+                    format!(
+                        "fresh: answered {after:?} after the promotion (bound {PROMOTION_BOUND:?})"
+                    )
+                },
+            );
         }
         Err(e) => v.0.push(format!(
             "fresh: statement sent at the fault (idle client, no idle server connection) got {} \
              — {:?} after the promotion{}",
             why(&e),
             after,
-            if at < promoted_at {
+            if at < promotion_requested {
                 " (answered BEFORE it)"
             } else {
                 ""
@@ -634,7 +644,7 @@ async fn run(fault: Fault) {
 
     let topology_log = s.c.record_topology();
     let (fault_at, detected_at, late, injected) = hit(&s, fault, &mut fig).await;
-    let promoted_at = promote(&s, &mut fig).await;
+    let promotion_requested = promote(&s, &mut fig).await;
     stop_writer.store(true, Ordering::SeqCst);
     let log = within(STEP, "the writer to stop", writer)
         .await
@@ -663,7 +673,7 @@ async fn run(fault: Fault) {
             Err(e) => verdict.0.push(e),
         }
     }
-    check_fresh(&s, late.fresh, promoted_at, &mut verdict).await;
+    check_fresh(&s, late.fresh, promotion_requested, &mut verdict).await;
     check_begin(&s, late.begin, &mut verdict).await;
     let post = "SELECT string_agg(who, ',' ORDER BY who) FROM t WHERE phase = 'post'";
     let on_new = Cluster::psql_on(&s.c.standby, "app", post).await;

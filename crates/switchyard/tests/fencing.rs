@@ -313,8 +313,9 @@ async fn old_primary_comes_back(fault: Fault) {
         Fault::Crash => old.kill(),
     })
     .expect("inject the fault");
-    blocking(|| new.promote()).expect("promote the standby");
+    // Bounds count from the request: the standby may take writes before promote returns.
     let promoted = Instant::now();
+    blocking(|| new.promote()).expect("promote the standby");
     let (to_new, failures) =
         write_until_on(&c, new, "transition", promoted, Duration::from_secs(30)).await;
     eprintln!(
@@ -332,12 +333,12 @@ async fn old_primary_comes_back(fault: Fault) {
         faulted.elapsed(),
         down.generation
     );
+    let back = Instant::now();
     blocking(|| match fault {
         Fault::Freeze => old.thaw(),
         Fault::Crash => old.start_again(),
     })
     .expect("bring the old primary back");
-    let back = Instant::now();
     let s = wait_for(&cl.proxy, STEP, "the old primary probed Up", |s| {
         s.members[0].health == "Up" && s.members[0].writable == Some(true)
     })
@@ -423,8 +424,9 @@ async fn a_failed_probe_is_followed_at_the_fast_interval() {
     let _serial = SERIAL.lock().await;
     let cl = Cluster::start(false, |_| {}).await;
     let rec = Recorder::start(&cl.proxy);
-    blocking(|| cl.primary.kill()).expect("kill the primary");
+    // Times count from the kill's start: the processes die before it returns.
     let killed = Instant::now();
+    blocking(|| cl.primary.kill()).expect("kill the primary");
     wait_for(&cl.proxy, STEP, "no primary", |s| s.primary.is_none()).await;
     let noticed = killed.elapsed();
     let all = rec.all();
@@ -466,17 +468,20 @@ async fn client_that_wrote(cl: &Cluster) -> Arc<Client> {
 /// Kills the primary and waits until the monitor says there is no primary; returns when the
 /// kill happened and how long noticing took.
 async fn crash_and_notice(cl: &Cluster) -> (Instant, Duration) {
-    blocking(|| cl.primary.kill()).expect("kill the primary");
+    // Times count from the kill's start: the processes die before it returns.
     let killed = Instant::now();
+    blocking(|| cl.primary.kill()).expect("kill the primary");
     wait_for(&cl.proxy, STEP, "no primary", |s| s.primary.is_none()).await;
     (killed, killed.elapsed())
 }
 
-/// Promotes `pg` once `at` has passed.
+/// Promotes `pg` once `at` has passed; returns when the promotion was requested (the standby
+/// may take writes before promote returns).
 async fn promote_at(pg: &PgServer, at: Instant) -> Instant {
     tokio::time::sleep_until(at.into()).await;
+    let requested = Instant::now();
     blocking(|| pg.promote()).expect("promote the standby");
-    Instant::now()
+    requested
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,8 +514,8 @@ async fn without_a_primary_new_work_waits_then_gets_57p03_and_the_connection_sur
     let again = again.expect_err("no primary yet");
     assert_eq!(sqlstate(&again), "57P03", "{again}");
 
-    blocking(|| pg.start_again()).expect("restart the primary");
     let restarted = Instant::now();
+    blocking(|| pg.start_again()).expect("restart the primary");
     let (took, failures) = write_until_on(&c, pg, "after", restarted, STEP).await;
     eprintln!(
         "fencing[no standby]: a write succeeded {took:?} after the restart, on the same \
@@ -556,8 +561,9 @@ async fn work_sent_before_the_crash_is_noticed_is_held_too() {
     let cl = Cluster::start(true, |_| {}).await;
     let new = cl.standby();
     let c = client_that_wrote(&cl).await;
-    blocking(|| cl.primary.kill()).expect("kill the primary");
+    // Times count from the kill's start: the processes die before it returns.
     let killed = Instant::now();
+    blocking(|| cl.primary.kill()).expect("kill the primary");
     // The first write finds the pooled connection, the second opens a new one.
     let early = timed_writes(c, "early", 2);
     let promoted = promote_at(new, killed + Duration::from_secs(2)).await;
@@ -587,8 +593,8 @@ async fn a_new_connection_to_a_frozen_primary_does_not_fail_the_work() {
     let new = cl.standby();
     let pooled = client_that_wrote(&cl).await;
     let fresh = Arc::new(cl.client().await);
-    blocking(|| cl.primary.freeze()).expect("freeze the primary");
     let frozen = Instant::now();
+    blocking(|| cl.primary.freeze()).expect("freeze the primary");
     let in_flight = timed_writes(pooled, "in-flight", 1);
     // The in-flight write holds the pooled connection before the fresh one asks for another.
     wait_for_servers_in_use(
@@ -631,8 +637,9 @@ async fn a_split_brain_resolves_to_the_higher_timeline() {
     assert_eq!(port.expect("first write"), old.port());
 
     // Promote without stopping the old primary: two writable members, timelines 1 and 2.
-    blocking(|| new.promote()).expect("promote the standby");
+    // Bounds count from the request: the standby may take writes before promote returns.
     let promoted = Instant::now();
+    blocking(|| new.promote()).expect("promote the standby");
     let (to_new, before) = write_until_on(&c, new, "switch", promoted, STEP).await;
     let on_old = before
         .iter()

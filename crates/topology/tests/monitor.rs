@@ -82,8 +82,9 @@ async fn follows_crash_and_promotion_and_fences_the_old_primary() {
     .await;
     let gen0 = v.generation;
 
-    primary.kill().unwrap();
+    // Bounds count from the fault's start: it takes effect before the call returns.
     let killed = Instant::now();
+    primary.kill().unwrap();
     let v = wait_for(&m, Duration::from_secs(10), "no primary", |v| {
         v.state == ClusterState::NoPrimary
     })
@@ -95,8 +96,9 @@ async fn follows_crash_and_promotion_and_fences_the_old_primary() {
     );
     assert!(v.generation > gen0);
 
-    standby.promote().unwrap();
+    // The standby may be writable before promote returns.
     let promoted = Instant::now();
+    standby.promote().unwrap();
     let v = wait_for(&m, Duration::from_secs(10), "the promoted standby", |v| {
         primary_is(v, &standby.addr())
     })
@@ -138,8 +140,8 @@ async fn a_frozen_primary_is_noticed() {
         primary_is(v, &primary.addr())
     })
     .await;
-    primary.freeze().unwrap();
     let frozen = Instant::now();
+    primary.freeze().unwrap();
     wait_for(&m, Duration::from_secs(10), "no primary", |v| {
         v.state == ClusterState::NoPrimary
     })

@@ -264,10 +264,14 @@ impl Cluster {
     }
 
     /// Promotes the standby (blocking, off the workers); returns when it is out of recovery.
+    /// Promotes the standby; returns the instant the promotion was *requested*: the standby
+    /// may take writes before `pg_ctl promote` returns, so that is the earliest instant the
+    /// promotion can take effect, the origin of every bound measured from it.
     pub async fn promote_standby(&self) -> Instant {
         let standby = self.standby.clone();
+        let requested = Instant::now();
         blocking("promote the standby", move || standby.promote()).await;
-        Instant::now()
+        requested
     }
 
     /// Runs `sql` with psql on `server` directly (not through the proxy), off the workers.
