@@ -4,7 +4,8 @@
 use crate::client::ClientConn;
 use crate::{SessionError, UserAuth};
 use switchyard_proto::backend::AuthRequest;
-use switchyard_proto::frontend::{SaslInitial, password::decode_password, tag};
+use switchyard_proto::frontend::password::{MAX_AUTH_MESSAGE, decode_password};
+use switchyard_proto::frontend::{SaslInitial, tag};
 use switchyard_proto::scram::{MECHANISM, ScramSecret, ServerExchange};
 use switchyard_proto::{Frame, ProtoError};
 
@@ -50,7 +51,7 @@ pub async fn authenticate(
 }
 
 async fn password_frame(client: &mut ClientConn) -> Result<Frame, SessionError> {
-    let f = client.read_frame().await?;
+    let f = client.read_frame_within(MAX_AUTH_MESSAGE).await?;
     if f.tag != tag::PASSWORD {
         return Err(ProtoError::Unexpected {
             tag: f.tag as char,

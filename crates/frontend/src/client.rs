@@ -61,7 +61,11 @@ impl ClientConn {
         if let Ok(Some(h)) = switchyard_proto::peek_header(&self.buf, self.max_message())
             && h.wire_len > self.buf.len()
         {
-            self.buf.reserve(h.wire_len - self.buf.len());
+            // Room for the rest of the message, but never more than has already arrived: a
+            // length field alone makes nothing be allocated (the buffer at most doubles per
+            // read, so a large message still takes few reads).
+            let rest = h.wire_len - self.buf.len();
+            self.buf.reserve(rest.min(self.buf.len().max(READ_CHUNK)));
         }
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
             self.buf.reserve(READ_CHUNK);
@@ -109,8 +113,14 @@ impl ClientConn {
 
     /// Reads one whole frame; EOF is an error (the client left mid-conversation).
     pub async fn read_frame(&mut self) -> Result<Frame, SessionError> {
+        self.read_frame_within(self.max_message()).await
+    }
+
+    /// Reads one whole frame of at most `max` bytes (before authentication, PostgreSQL's
+    /// small cap instead of `max_message_size`); a larger one is refused as soon as its
+    /// header arrives.
+    pub async fn read_frame_within(&mut self, max: usize) -> Result<Frame, SessionError> {
         loop {
-            let max = self.max_message();
             if let Some(f) = decode_frame(&mut self.buf, max)? {
                 return Ok(f);
             }

@@ -5,6 +5,13 @@ use crate::cursor::Cursor;
 use crate::{Frame, ProtoError};
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// PostgreSQL's cap on an authentication message (`PG_MAX_AUTH_TOKEN_LENGTH`): password and
+/// SASL messages arrive before the client is known, so they get this, not `max_message_size`.
+pub const MAX_AUTH_MESSAGE: usize = 65_535;
+
+/// Longest SASL mechanism name accepted (the registered ones are under 30 bytes).
+pub const MAX_MECHANISM_NAME: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaslInitial {
     pub mechanism: String,
@@ -15,6 +22,11 @@ impl SaslInitial {
     pub fn decode(frame: &Frame) -> Result<Self, ProtoError> {
         let mut c = Cursor::new(frame.tag, frame.body.clone());
         let mechanism = c.cstr()?;
+        if mechanism.len() > MAX_MECHANISM_NAME {
+            return Err(ProtoError::Malformed {
+                what: "SASL mechanism name (too long)",
+            });
+        }
         let len = c.i32()?;
         let data = if len < 0 {
             Bytes::new()
