@@ -18,6 +18,7 @@ mod params;
 pub mod pause;
 mod proxy;
 mod session;
+mod sql;
 mod startup;
 mod statements;
 mod targets;

@@ -16,6 +16,8 @@ use switchyard_proto::frontend::Parse;
 pub struct ServerStatement {
     pub server_name: Bytes,
     pub parse: Parse,
+    /// Executing it may commit a transaction (COMMIT, END, PREPARE TRANSACTION).
+    pub commits: bool,
 }
 
 /// The client's named statements; most clients never name one, so the map is only allocated
@@ -41,6 +43,7 @@ impl Statements {
     pub fn prepare(&mut self, parse: Parse) -> ServerStatement {
         let s = ServerStatement {
             server_name: server_name(&parse),
+            commits: crate::sql::may_commit(&parse.tail),
             parse: parse.clone(),
         };
         self.by_name

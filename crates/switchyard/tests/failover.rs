@@ -15,6 +15,9 @@
 //! |         | the fault                                       |                                  |
 //! | long    | long autocommit query running                   | 08007 ≤ 3 s                      |
 //! | commit  | COMMIT running (a deferred trigger sleeps)      | 08007 ≤ 3 s                      |
+//! | commit… | the same COMMIT sent as a named statement       | 08007 ≤ 3 s (never 40001: the    |
+//! |         | prepared earlier, as an unnamed extended-       | transaction may have committed)  |
+//! |         | protocol statement, and as `INSERT …; COMMIT`   |                                  |
 //! | writer  | autocommit inserts in a loop, throughout        | at most one error, 08007         |
 //!
 //! Then every connection must still work and land on the promoted standby
@@ -39,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use switchyard_localpg::iptables_available;
 use tokio::task::JoinHandle;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 /// Fault → answer for every in-flight client (target 2 s, plus slack).
 const ANSWER_BOUND: Duration = Duration::from_secs(3);
@@ -74,6 +77,12 @@ struct Clients {
     txidle: Arc<Client>,
     long: Arc<Client>,
     commit: Arc<Client>,
+    /// In a transaction with a named `COMMIT` statement prepared earlier (as pgjdbc does).
+    commit_named: (Arc<Client>, Statement),
+    /// In a transaction; sends COMMIT as an unnamed extended-protocol statement.
+    commit_unnamed: Arc<Client>,
+    /// In a transaction; sends `INSERT …; COMMIT` as one simple query.
+    commit_multi: Arc<Client>,
     fresh: Arc<Client>,
     /// Idle before the fault; sends a lone BEGIN at the fault.
     begin: Arc<Client>,
@@ -86,6 +95,30 @@ struct InFlight {
     txbusy: JoinHandle<Answer>,
     long: JoinHandle<Answer>,
     commit: JoinHandle<Answer>,
+    commit_named: JoinHandle<Answer>,
+    commit_unnamed: JoinHandle<Answer>,
+    commit_multi: JoinHandle<Answer>,
+}
+
+/// The sleeping statements [`start_in_flight`] waits for on the primary.
+const IN_FLIGHT_SLEEPS: &str = "6";
+
+/// Executes a statement prepared earlier (Bind/Execute of a named statement) from a task.
+fn send_prepared(client: &Arc<Client>, statement: &Statement) -> JoinHandle<Answer> {
+    let (client, statement) = (client.clone(), statement.clone());
+    tokio::spawn(async move {
+        let r = client.execute(&statement, &[]).await.map(|_| Vec::new());
+        (r, Instant::now())
+    })
+}
+
+/// Sends `sql` as an unnamed extended-protocol statement (Parse/Bind/Execute/Sync at once).
+fn send_unnamed(client: &Arc<Client>, sql: &'static str) -> JoinHandle<Answer> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let r = client.query_typed(sql, &[]).await.map(|_| Vec::new());
+        (r, Instant::now())
+    })
 }
 
 async fn connect_clients(c: &Cluster) -> Clients {
@@ -96,12 +129,19 @@ async fn connect_clients(c: &Cluster) -> Clients {
     };
     let fresh = Arc::new(connect(&app2(c)).await.expect("connect to app2"));
     let hold = connect(&app2(c)).await.expect("connect to app2");
+    let named = client().await;
+    let commit_statement = within(STEP, "prepare COMMIT", named.prepare("COMMIT"))
+        .await
+        .expect("prepare COMMIT");
     let clients = Clients {
         idle: client().await,
         txbusy: client().await,
         txidle: client().await,
         long: client().await,
         commit: client().await,
+        commit_named: (named, commit_statement),
+        commit_unnamed: client().await,
+        commit_multi: client().await,
         fresh,
         begin: client().await,
         _hold: hold,
@@ -120,6 +160,10 @@ async fn connect_clients(c: &Cluster) -> Clients {
     )
     .await;
     step(&clients.commit, "BEGIN; INSERT INTO slow_commit VALUES (1)").await;
+    let slow = "BEGIN; INSERT INTO slow_commit VALUES (1)";
+    step(&clients.commit_named.0, slow).await;
+    step(&clients.commit_unnamed, slow).await;
+    step(&clients.commit_multi, "BEGIN").await;
     clients
 }
 
@@ -129,21 +173,30 @@ async fn start_in_flight(c: &Cluster, cl: &Clients) -> InFlight {
         txbusy: send(&cl.txbusy, TXBUSY_SQL),
         long: send(&cl.long, LONG_SQL),
         commit: send(&cl.commit, "COMMIT"),
+        commit_named: send_prepared(&cl.commit_named.0, &cl.commit_named.1),
+        commit_unnamed: send_unnamed(&cl.commit_unnamed, "COMMIT"),
+        commit_multi: send(
+            &cl.commit_multi,
+            "INSERT INTO slow_commit VALUES (1); COMMIT",
+        ),
     };
     let primary = c.primary.clone();
-    let running = blocking("the three sleeps to run on the primary", move || {
+    let running = blocking("the sleeps to run on the primary", move || {
         let deadline = Instant::now() + STEP;
         loop {
             let n = primary
                 .psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")?;
-            if n == "3" || Instant::now() >= deadline {
+            if n == IN_FLIGHT_SLEEPS || Instant::now() >= deadline {
                 return Ok(n);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     })
     .await;
-    assert_eq!(running, "3", "sleeping statements on the primary");
+    assert_eq!(
+        running, IN_FLIGHT_SLEEPS,
+        "sleeping statements on the primary"
+    );
     in_flight
 }
 
@@ -384,6 +437,24 @@ async fn hit(s: &Scene, fault: Fault, fig: &mut Figures) -> (Instant, Instant, L
             (
                 "commit",
                 expect_error("commit", in_flight.commit, "08007", fault_at).await,
+            ),
+            (
+                "commit_named",
+                expect_error("commit_named", in_flight.commit_named, "08007", fault_at).await,
+            ),
+            (
+                "commit_unnamed",
+                expect_error(
+                    "commit_unnamed",
+                    in_flight.commit_unnamed,
+                    "08007",
+                    fault_at,
+                )
+                .await,
+            ),
+            (
+                "commit_multi",
+                expect_error("commit_multi", in_flight.commit_multi, "08007", fault_at).await,
             ),
         ]
     };

@@ -11,9 +11,9 @@
 //!   Switchyard cannot prove read-only counts as a write.
 //! - Session mode: the session's server-side state is gone: FATAL 57P01, connection closed.
 
-use super::relay::is_commit;
 use super::run::{Link, Lost, Session};
 use crate::SessionError;
+use crate::sql::first_statement_commits;
 use bytes::Bytes;
 use switchyard_config::PoolMode;
 use switchyard_proto::backend::{self, ErrorFields, TxStatus};
@@ -74,7 +74,7 @@ fn ends_transaction(sql: &[u8]) -> Option<Ends> {
         "rollback" | "abort" if rest.is_empty() || rest == "work" || rest == "transaction" => {
             Some(Ends::Rollback)
         }
-        _ if is_commit(sql) => Some(Ends::Commit),
+        _ if first_statement_commits(sql) => Some(Ends::Commit),
         _ => None,
     }
 }

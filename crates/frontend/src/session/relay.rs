@@ -3,6 +3,7 @@
 //! and decides when a transaction has ended so the server connection can go back to its pool.
 
 use crate::params::ClientParams;
+use crate::sql::{is_transaction_start, may_commit, names_search_path};
 use crate::statements::Statements;
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -53,9 +54,12 @@ pub struct Relay {
     /// The server said something that suggests it is no longer a healthy primary (read-only
     /// transaction, shutting down): the monitor should probe it now.
     pub evidence: bool,
-    /// A COMMIT (or END, PREPARE TRANSACTION...) was sent and not yet answered: if the server
-    /// is lost now, the transaction's outcome is unknown.
+    /// A request that may commit (COMMIT, END, PREPARE TRANSACTION, in any statement of a
+    /// query or through a bound statement, whatever the protocol) was sent and not yet
+    /// answered: if the server is lost now, the transaction's outcome is unknown.
     commit_in_flight: bool,
+    /// The unnamed statement last parsed on this attachment may commit.
+    unnamed_commits: bool,
     /// The client's SQL on this attachment named search_path (a setting PostgreSQL before 18
     /// does not report).
     names_search_path: bool,
@@ -71,17 +75,11 @@ pub struct Relay {
     pub request_started_us: u64,
 }
 
-/// Whether SQL text names search_path, in any letter case (`SET SEARCH_PATH ...`). Underscores
-/// are few in SQL, so this looks only around each one.
-pub fn names_search_path(sql: &[u8]) -> bool {
-    sql.iter().enumerate().any(|(i, &b)| {
-        b == b'_'
-            && i >= 6
-            && sql[i - 6..i].eq_ignore_ascii_case(b"search")
-            && sql
-                .get(i + 1..i + 5)
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"path"))
-    })
+/// The second NUL-terminated string of a message body (a Bind's statement name).
+fn cstr_after_first(body: &[u8]) -> Option<&[u8]> {
+    let portal_end = body.iter().position(|&b| b == 0)?;
+    let rest = &body[portal_end + 1..];
+    rest.iter().position(|&b| b == 0).map(|end| &rest[..end])
 }
 
 /// What a relay step consumed and where the bytes to send are.
@@ -147,24 +145,6 @@ pub fn is_frontend_tag(tag: u8) -> bool {
     )
 }
 
-/// True for statements that end a transaction with a commit (a guess on the text; used only to
-/// choose between "rolled back" and "outcome unknown" when a server is lost).
-pub fn is_commit(sql: &[u8]) -> bool {
-    let start = sql
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(sql.len());
-    let text = &sql[start..];
-    let word = |w: &[u8]| {
-        text.len() >= w.len()
-            && text[..w.len()].eq_ignore_ascii_case(w)
-            && !text
-                .get(w.len())
-                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
-    };
-    word(b"commit") || word(b"end") || word(b"prepare transaction")
-}
-
 /// True for a batch of client frames that cannot change anything on the server: one Query
 /// holding a lone `BEGIN …` / `START TRANSACTION …`, or extended-protocol messages without an
 /// Execute (Parse, Bind, Describe, Flush, Sync: what drivers send to prepare a statement). If
@@ -196,38 +176,6 @@ pub fn changes_nothing(frames: &[u8]) -> bool {
     any
 }
 
-/// True for the text of one statement that only starts a transaction. On the data path for
-/// every simple query: the first word decides cheaply; only a `BEGIN`/`START` is looked at whole.
-fn is_transaction_start(body: &[u8]) -> bool {
-    let text = body.strip_suffix(&[0]).unwrap_or(body);
-    let start = text
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(text.len());
-    let text = &text[start..];
-    let word_len = text
-        .iter()
-        .position(|b| !b.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let (word, rest) = text.split_at(word_len);
-    let begin = word.eq_ignore_ascii_case(b"begin");
-    if !begin && !word.eq_ignore_ascii_case(b"start") {
-        return false;
-    }
-    let Ok(rest) = std::str::from_utf8(rest) else {
-        return false;
-    };
-    let rest = rest.trim().trim_end_matches(';').trim_end();
-    if rest.contains(';') || rest.contains("--") || rest.contains("/*") {
-        return false;
-    }
-    begin
-        || rest
-            .split_ascii_whitespace()
-            .next()
-            .is_some_and(|w| w.eq_ignore_ascii_case("transaction"))
-}
-
 impl Relay {
     pub fn new(mode: PoolMode) -> Self {
         Self {
@@ -238,6 +186,7 @@ impl Relay {
             server_fatal: None,
             evidence: false,
             commit_in_flight: false,
+            unnamed_commits: false,
             names_search_path: false,
             read_back_search_path: false,
             discard: false,
@@ -254,6 +203,7 @@ impl Relay {
         self.server_fatal = None;
         self.evidence = false;
         self.commit_in_flight = false;
+        self.unnamed_commits = false;
         self.names_search_path = false;
         self.read_back_search_path = false;
         self.discard = false;
@@ -322,6 +272,7 @@ impl Relay {
             if matches!(h.tag, fe::QUERY | fe::PARSE) {
                 self.names_search_path |= names_search_path(&msg[5..]);
             }
+            self.note_commit(h.tag, &msg[5..], statements);
             if rewrite {
                 if !copying {
                     out.extend_from_slice(&input[..start]);
@@ -334,32 +285,18 @@ impl Relay {
                 self.rewrite(frame, statements, server, out)?;
                 continue;
             }
-            // Whether a COMMIT is in flight only matters inside a transaction.
-            let in_tx = self.status != TxStatus::Idle;
             match h.tag {
                 fe::TERMINATE => {
                     return Ok((ClientStep::Terminate, forwarded(pos, start, copying)));
                 }
-                fe::QUERY | fe::FUNCTION_CALL => {
-                    self.commit_in_flight |= in_tx && h.tag == fe::QUERY && is_commit(&msg[5..]);
-                    self.expect.push_back(Expect::Ready)
-                }
+                fe::QUERY | fe::FUNCTION_CALL => self.expect.push_back(Expect::Ready),
                 fe::SYNC => {
                     self.expect.push_back(Expect::Ready);
                     self.unsynced = false;
                 }
-                fe::PARSE => {
-                    // Name, then query text.
-                    let body = &msg[5..];
-                    let text = body
-                        .iter()
-                        .position(|&b| b == 0)
-                        .and_then(|i| body.get(i + 1..))
-                        .unwrap_or_default();
-                    self.commit_in_flight |= in_tx && is_commit(text);
-                    self.expect
-                        .push_back(Expect::ParseComplete { injected: false })
-                }
+                fe::PARSE => self
+                    .expect
+                    .push_back(Expect::ParseComplete { injected: false }),
                 fe::CLOSE => self
                     .expect
                     .push_back(Expect::CloseComplete { injected: false }),
@@ -374,6 +311,30 @@ impl Relay {
             }
         }
         Ok((ClientStep::Continue, forwarded(pos, pos, copying)))
+    }
+
+    /// Classifies by what reaches the server, whatever the protocol: a Query with a committing
+    /// statement anywhere in it, or a Bind of a statement that commits (or one whose text is
+    /// not known here), puts a commit in flight. A Parse only records what the unnamed
+    /// statement would do.
+    fn note_commit(&mut self, tag: u8, body: &[u8], statements: &Statements) {
+        match tag {
+            fe::QUERY => self.commit_in_flight |= may_commit(body),
+            fe::PARSE => {
+                if let Some(text) = body.strip_prefix(&[0]) {
+                    self.unnamed_commits = may_commit(text);
+                }
+            }
+            fe::BIND => {
+                let statement = cstr_after_first(body);
+                self.commit_in_flight |= match statement {
+                    Some([]) => self.unnamed_commits,
+                    Some(name) => statements.get(name).is_none_or(|s| s.commits),
+                    None => true,
+                };
+            }
+            _ => {}
+        }
     }
 
     /// Transaction mode: named statements get their server-side names, and are prepared on this
@@ -577,6 +538,10 @@ impl Relay {
             if e == Expect::Ready {
                 break;
             }
+        }
+        if !self.unsynced && !self.busy() {
+            // Everything sent has been answered: no commit is in flight any more.
+            self.commit_in_flight = false;
         }
         Ok(())
     }

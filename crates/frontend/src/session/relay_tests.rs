@@ -174,13 +174,88 @@ fn reparse_of_a_statement_the_server_has_hides_the_injected_close() {
     assert_eq!(got, "1Z");
 }
 
+fn query(sql: &str) -> Vec<u8> {
+    frame(b'Q', format!("{sql}\0").as_bytes())
+}
+
+/// A world in transaction mode inside a transaction (BEGIN answered).
+fn in_transaction(mode: PoolMode) -> World {
+    let mut w = World::new(mode);
+    w.client(&[query("BEGIN")]);
+    w.server(&[frame(b'C', b"BEGIN\0"), frame(b'Z', b"T")]);
+    assert!(!w.relay.commit_in_flight());
+    w
+}
+
 #[test]
-fn commit_detection_needs_no_allocation_and_respects_words() {
-    assert!(is_commit(b"  COMMIT\0"));
-    assert!(is_commit(b"end;"));
-    assert!(!is_commit(b"committed"));
-    assert!(!is_commit(b"select 1"));
-    assert!(is_commit(b"prepare transaction 'x'"));
+fn a_commit_in_flight_is_seen_whatever_the_protocol() {
+    let execute = frame(b'E', b"\0\0\0\0\0");
+    let sync = frame(b'S', b"");
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("simple COMMIT", vec![query("COMMIT")]),
+        ("a commented COMMIT", vec![query("/* app */ commit")]),
+        (
+            "UPDATE …; COMMIT",
+            vec![query("UPDATE t SET x = 1; COMMIT")],
+        ),
+        (
+            "extended, unnamed",
+            vec![parse("", "COMMIT"), bind(""), execute.clone(), sync.clone()],
+        ),
+        (
+            "extended, named, prepared in the same batch",
+            vec![
+                parse("c", "COMMIT"),
+                bind("c"),
+                execute.clone(),
+                sync.clone(),
+            ],
+        ),
+        (
+            "a Bind of a statement the relay never saw",
+            vec![bind("unknown"), execute.clone(), sync.clone()],
+        ),
+    ];
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        for (what, msgs) in &cases {
+            let mut w = in_transaction(mode);
+            w.client(msgs);
+            assert!(w.relay.commit_in_flight(), "{mode:?}: {what}");
+        }
+    }
+    // A named statement prepared in an earlier request, executed later.
+    let mut w = in_transaction(PoolMode::Transaction);
+    w.client(&[parse("c", "COMMIT"), sync.clone()]);
+    w.server(&[frame(b'1', b""), frame(b'Z', b"T")]);
+    assert!(!w.relay.commit_in_flight(), "a prepare commits nothing");
+    w.client(&[bind("c"), execute.clone(), sync.clone()]);
+    assert!(
+        w.relay.commit_in_flight(),
+        "the named COMMIT executed later"
+    );
+}
+
+#[test]
+fn statements_that_cannot_commit_leave_the_transaction_retryable() {
+    let execute = frame(b'E', b"\0\0\0\0\0");
+    let sync = frame(b'S', b"");
+    let mut w = in_transaction(PoolMode::Transaction);
+    w.client(&[query("INSERT INTO t VALUES ('; COMMIT')")]);
+    assert!(!w.relay.commit_in_flight());
+    w.server(&[frame(b'C', b"INSERT 0 1\0"), frame(b'Z', b"T")]);
+    w.client(&[
+        parse("ins", "INSERT INTO t VALUES (1)"),
+        bind("ins"),
+        execute,
+        sync,
+    ]);
+    assert!(!w.relay.commit_in_flight());
+    // Once everything sent is answered, an earlier commit is no longer in flight.
+    let mut w = in_transaction(PoolMode::Session);
+    w.client(&[query("COMMIT AND CHAIN")]);
+    assert!(w.relay.commit_in_flight());
+    w.server(&[frame(b'C', b"COMMIT\0"), frame(b'Z', b"T")]);
+    assert!(!w.relay.commit_in_flight(), "answered");
 }
 
 #[test]

@@ -1,0 +1,298 @@
+//! What the relay reads from a client's SQL text, without parsing SQL: whether a request may
+//! commit a transaction (the difference between "rolled back, retry" and "outcome unknown" when
+//! its server is lost), whether it only starts one, and whether it names search_path.
+//!
+//! Written by hand because no crate lexes PostgreSQL's comment and quoting rules cheaply enough
+//! for the data path (pg_query builds the C parser); only statement boundaries and first words
+//! are needed. Every doubt answers "may commit": a false "may commit" costs a client 08007
+//! instead of 40001, a false "cannot commit" would tell it to retry a transaction that may have
+//! committed.
+
+/// Whether any statement in `sql` may end a transaction with a commit: `COMMIT`, `END`,
+/// `PREPARE TRANSACTION`, `COMMIT PREPARED`, in any statement of a multi-statement text, after
+/// any comments. Text that does not lex to its end (an unterminated quote or comment) counts
+/// as committing. A trailing NUL (as in Query and Parse bodies) ends the text.
+pub fn may_commit(sql: &[u8]) -> bool {
+    let sql = until_nul(sql);
+    // Fast path, most requests: one statement, at most a trailing `;`.
+    let body = trim_end(sql);
+    let body = body.strip_suffix(b";").unwrap_or(body);
+    if !body.contains(&b';') {
+        return first_word_commits(body);
+    }
+    let mut commits = false;
+    let lexed = for_each_statement(sql, |statement| commits |= first_word_commits(statement));
+    commits || !lexed
+}
+
+/// Whether the first statement of `sql` commits (for the reply to a failed transaction, where
+/// the server would act on the first statement only).
+pub fn first_statement_commits(sql: &[u8]) -> bool {
+    first_word_commits(until_nul(sql))
+}
+
+fn until_nul(sql: &[u8]) -> &[u8] {
+    sql.split(|&b| b == 0).next().unwrap_or_default()
+}
+
+fn trim_end(sql: &[u8]) -> &[u8] {
+    let end = sql
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    &sql[..end]
+}
+
+/// The statement's first word(s), after whitespace and comments, name a commit.
+fn first_word_commits(statement: &[u8]) -> bool {
+    let Some(text) = skip_blanks(statement) else {
+        return true; // an unterminated comment: cannot tell
+    };
+    let (first, rest) = word(text);
+    if first.eq_ignore_ascii_case(b"commit") || first.eq_ignore_ascii_case(b"end") {
+        return true;
+    }
+    if !first.eq_ignore_ascii_case(b"prepare") {
+        return false;
+    }
+    skip_blanks(rest).is_none_or(|rest| word(rest).0.eq_ignore_ascii_case(b"transaction"))
+}
+
+/// The leading identifier-like word of `text` and what follows it.
+fn word(text: &[u8]) -> (&[u8], &[u8]) {
+    let len = text
+        .iter()
+        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+        .unwrap_or(text.len());
+    text.split_at(len)
+}
+
+/// `text` after leading whitespace and comments; None if a comment does not end.
+fn skip_blanks(mut text: &[u8]) -> Option<&[u8]> {
+    loop {
+        let start = text
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(text.len());
+        text = &text[start..];
+        if text.starts_with(b"--") {
+            let end = text.iter().position(|&b| b == b'\n')?;
+            text = &text[end + 1..];
+        } else if text.starts_with(b"/*") {
+            text = &text[block_comment_len(text)?..];
+        } else {
+            return Some(text);
+        }
+    }
+}
+
+/// Length of the (nestable) block comment at the start of `text`, if it ends.
+fn block_comment_len(text: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i + 1 < text.len() {
+        match (text[i], text[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Calls `each` with every statement of `sql` (split at `;` outside quotes, identifiers,
+/// dollar quotes and comments). Returns false if the text ends inside one of those.
+fn for_each_statement(sql: &[u8], mut each: impl FnMut(&[u8])) -> bool {
+    let mut start = 0;
+    let mut i = 0;
+    while i < sql.len() {
+        let skip = match sql[i] {
+            b';' => {
+                each(&sql[start..i]);
+                start = i + 1;
+                Some(1)
+            }
+            b'\'' => quoted_len(&sql[i..], b'\'', escapes_backslash(sql, i)),
+            b'"' => quoted_len(&sql[i..], b'"', false),
+            b'-' if sql[i..].starts_with(b"--") => {
+                sql[i..].iter().position(|&b| b == b'\n').map(|n| n + 1)
+            }
+            b'/' if sql[i..].starts_with(b"/*") => block_comment_len(&sql[i..]),
+            b'$' => dollar_quote(sql, i).unwrap_or(Some(1)),
+            _ => Some(1),
+        };
+        let Some(n) = skip else {
+            return false;
+        };
+        i += n;
+    }
+    each(&sql[start..]);
+    true
+}
+
+/// An `E'…'` string: backslash escapes a quote.
+fn escapes_backslash(sql: &[u8], quote: usize) -> bool {
+    quote > 0
+        && sql[quote - 1].eq_ignore_ascii_case(&b'e')
+        && (quote < 2 || !(sql[quote - 2].is_ascii_alphanumeric() || sql[quote - 2] == b'_'))
+}
+
+/// Length of the quoted text at the start of `text` (a doubled quote is a quote), if it ends.
+fn quoted_len(text: &[u8], quote: u8, backslash: bool) -> Option<usize> {
+    let mut i = 1;
+    while i < text.len() {
+        let b = text[i];
+        if backslash && b == b'\\' {
+            i += 2;
+        } else if b == quote {
+            if text.get(i + 1) == Some(&quote) {
+                i += 2;
+            } else {
+                return Some(i + 1);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// The dollar-quoted string starting at `sql[at]` (`$tag$…$tag$`): None when `$` does not open
+/// one here (a parameter `$1`, part of an identifier), Some(None) when it never closes, else
+/// Some(its length).
+fn dollar_quote(sql: &[u8], at: usize) -> Option<Option<usize>> {
+    if at > 0 && (sql[at - 1].is_ascii_alphanumeric() || sql[at - 1] == b'_') {
+        return None;
+    }
+    let rest = &sql[at + 1..];
+    let tag_len = rest
+        .iter()
+        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))?;
+    if rest[tag_len] != b'$' || rest.first().is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    let delim = &sql[at..at + tag_len + 2];
+    let body = &sql[at + delim.len()..];
+    let end = body.windows(delim.len()).position(|w| w == delim);
+    Some(end.map(|e| delim.len() * 2 + e))
+}
+
+/// Whether SQL text names search_path, in any letter case (`SET SEARCH_PATH ...`). Underscores
+/// are few in SQL, so this looks only around each one.
+pub fn names_search_path(sql: &[u8]) -> bool {
+    sql.iter().enumerate().any(|(i, &b)| {
+        b == b'_'
+            && i >= 6
+            && sql[i - 6..i].eq_ignore_ascii_case(b"search")
+            && sql
+                .get(i + 1..i + 5)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"path"))
+    })
+}
+
+/// True for the text of one statement that only starts a transaction. On the data path for
+/// every simple query: the first word decides cheaply; only a `BEGIN`/`START` is looked at whole.
+pub fn is_transaction_start(body: &[u8]) -> bool {
+    let text = body.strip_suffix(&[0]).unwrap_or(body);
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(text.len());
+    let text = &text[start..];
+    let (word, rest) = word(text);
+    let begin = word.eq_ignore_ascii_case(b"begin");
+    if !begin && !word.eq_ignore_ascii_case(b"start") {
+        return false;
+    }
+    let Ok(rest) = std::str::from_utf8(rest) else {
+        return false;
+    };
+    let rest = rest.trim().trim_end_matches(';').trim_end();
+    if rest.contains(';') || rest.contains("--") || rest.contains("/*") {
+        return false;
+    }
+    begin
+        || rest
+            .split_ascii_whitespace()
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("transaction"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_in_any_statement_after_any_comment() {
+        for yes in [
+            "COMMIT",
+            "  commit;\0",
+            "end",
+            "END TRANSACTION",
+            "commit and chain",
+            "prepare transaction 'x'",
+            "COMMIT PREPARED 'x'",
+            "/* app=web */ COMMIT",
+            "-- trailing\nCOMMIT",
+            "/* nested /* deeper */ still */ commit",
+            "UPDATE t SET x = 1; COMMIT",
+            "UPDATE t SET x = 1; /* a;b */ COMMIT",
+            "UPDATE t SET x = 1;\n-- c;d\ncommit;",
+            "INSERT INTO t VALUES ('a;b'); END",
+            "INSERT INTO t VALUES ($$;$$); COMMIT",
+            "INSERT INTO t VALUES ($x$ $$; $x$); COMMIT",
+            "INSERT INTO t VALUES (E'\\';'); COMMIT",
+            "SELECT \"a;b\" FROM t; COMMIT",
+            "BEGIN; INSERT INTO t VALUES (1); COMMIT",
+        ] {
+            assert!(may_commit(yes.as_bytes()), "{yes:?}");
+        }
+    }
+
+    #[test]
+    fn what_cannot_commit() {
+        for no in [
+            "select 1",
+            "committed_rows",
+            "select 1; select 2",
+            "INSERT INTO t VALUES ('; COMMIT')",
+            "INSERT INTO t VALUES ($$; COMMIT$$); SELECT 1",
+            "SELECT 1 /* ; COMMIT */; SELECT 2",
+            "SELECT $1; SELECT $2",
+            "UPDATE t SET x = 1 -- ; commit\n; SELECT 1",
+            "prepare p as select 1",
+            "rollback",
+            "select 'it''s; commit'",
+        ] {
+            assert!(!may_commit(no.as_bytes()), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn text_that_does_not_lex_counts_as_committing() {
+        for odd in [
+            "SELECT 'open; COMMIT",
+            "SELECT 1; /* never closed",
+            "SELECT $x$ open; commit",
+            "/* never closed",
+        ] {
+            assert!(may_commit(odd.as_bytes()), "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn first_statement_only() {
+        assert!(first_statement_commits(b"COMMIT\0"));
+        assert!(first_statement_commits(b"/* x */ end"));
+        assert!(!first_statement_commits(b"select 1; commit"));
+    }
+}
