@@ -4,6 +4,7 @@
 
 mod admin;
 mod duration;
+mod redact;
 mod schema;
 mod validate;
 
@@ -17,7 +18,8 @@ use std::path::Path;
 impl Config {
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let raw: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let raw: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(redact::parse_error(&e, text)))?;
         raw.validate().map_err(ConfigError::Invalid)?;
         Ok(raw)
     }
