@@ -119,6 +119,26 @@ pub struct ServerConfig {
     pub keepalive_count: u32,
     /// TCP_USER_TIMEOUT: longest unacknowledged data may sit before the kernel drops the connection.
     pub tcp_user_timeout: Duration,
+    /// The authentication methods Switchyard answers when a server asks (libpq's
+    /// `require_auth`): a server that asks for another one, or that skips authentication
+    /// when `none` is not listed, is refused. Cleartext and md5 are off unless listed, so a
+    /// server (or anyone in its path) cannot downgrade the login to reveal a password.
+    pub require_auth: Vec<ServerAuthMethod>,
+}
+
+/// An authentication method a server may ask Switchyard for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ServerAuthMethod {
+    /// No authentication (the server trusts the connection).
+    #[serde(rename = "none")]
+    None,
+    /// The password in cleartext.
+    #[serde(rename = "password")]
+    Password,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +149,7 @@ impl Default for ServerConfig {
             keepalive_interval: Duration::secs(1),
             keepalive_count: 3,
             tcp_user_timeout: Duration::secs(10),
+            require_auth: vec![ServerAuthMethod::ScramSha256, ServerAuthMethod::None],
         }
     }
 }

@@ -35,6 +35,7 @@ fn pool(pg: &PgServer, size: usize) -> Arc<Pool> {
             password: None,
             connect_timeout: Duration::from_secs(5),
             socket: SocketOptions::default(),
+            allowed_auth: switchyard_server::AllowedAuth::any(),
         },
         settings(size),
     )

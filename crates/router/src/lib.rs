@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_config::{ClusterConfig, Config};
 use switchyard_pool::Pools;
-use switchyard_server::{ConnectParams, SocketOptions};
+use switchyard_server::{AllowedAuth, ConnectParams, SocketOptions};
 use switchyard_topology::{
     Carried, ClusterMonitor, ClusterState, MonitorSettings, Thresholds, TopologyView,
 };
@@ -74,6 +74,18 @@ pub fn socket_options(s: &switchyard_config::ServerConfig) -> SocketOptions {
     }
 }
 
+/// The server authentication methods `[server] require_auth` allows.
+pub fn allowed_auth(s: &switchyard_config::ServerConfig) -> AllowedAuth {
+    use switchyard_config::ServerAuthMethod as M;
+    let has = |m: M| s.require_auth.contains(&m);
+    AllowedAuth {
+        none: has(M::None),
+        password: has(M::Password),
+        md5: has(M::Md5),
+        scram: has(M::ScramSha256),
+    }
+}
+
 /// How the probes of a cluster connect to each member.
 fn probe_params(config: &Config, cluster: &ClusterConfig) -> Vec<ConnectParams> {
     let user = config.probe_user(cluster);
@@ -90,6 +102,7 @@ fn probe_params(config: &Config, cluster: &ClusterConfig) -> Vec<ConnectParams> 
             password: user.and_then(|u| u.server_password()).map(str::to_string),
             connect_timeout: config.failover.probe_timeout.get(),
             socket: socket_options(s),
+            allowed_auth: allowed_auth(s),
         })
         .collect()
 }

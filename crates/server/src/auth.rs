@@ -1,16 +1,70 @@
-//! The proxy's side of server authentication: SCRAM-SHA-256, md5, cleartext and trust.
+//! The proxy's side of server authentication: SCRAM-SHA-256, md5, cleartext and trust, each
+//! answered only if [`AllowedAuth`] lists it, and a SCRAM login accepted only once the server
+//! has proved it knows the password (its signature checked before AuthenticationOk counts).
 
 use crate::{ConnectParams, ServerConn, ServerError};
 use switchyard_proto::backend::{AuthRequest, ErrorFields, tag};
 use switchyard_proto::frontend;
 use switchyard_proto::scram::{ClientExchange, MECHANISM};
 
+/// The authentication methods a server may ask for (libpq's `require_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowedAuth {
+    /// No authentication at all: AuthenticationOk straight away.
+    pub none: bool,
+    pub password: bool,
+    pub md5: bool,
+    pub scram: bool,
+}
+
+impl Default for AllowedAuth {
+    /// SCRAM or none: never a password in cleartext or in md5's weak hash.
+    fn default() -> Self {
+        Self {
+            none: true,
+            password: false,
+            md5: false,
+            scram: true,
+        }
+    }
+}
+
+impl AllowedAuth {
+    /// Every method (for tests and tools that talk to a known local server).
+    pub fn any() -> Self {
+        Self {
+            none: true,
+            password: true,
+            md5: true,
+            scram: true,
+        }
+    }
+
+    fn check(&self, allowed: bool, method: &'static str) -> Result<(), ServerError> {
+        if allowed {
+            Ok(())
+        } else {
+            Err(ServerError::AuthNotAllowed { method })
+        }
+    }
+}
+
+/// Where a SCRAM exchange with the server stands.
+enum Scram {
+    NotStarted,
+    Started(ClientExchange),
+    /// The server's final message carried the right signature.
+    Verified,
+}
+
 /// Answers authentication requests until AuthenticationOk.
 pub(crate) async fn authenticate(
     conn: &mut ServerConn,
     p: &ConnectParams,
 ) -> Result<(), ServerError> {
-    let mut scram: Option<ClientExchange> = None;
+    let allowed = p.allowed_auth;
+    let mut scram = Scram::NotStarted;
+    let mut asked = false;
     loop {
         let f = conn.read_frame().await?;
         match f.tag {
@@ -33,22 +87,37 @@ pub(crate) async fn authenticate(
                     user: p.user.clone(),
                 })
         };
-        match AuthRequest::decode(&f)? {
-            AuthRequest::Ok => return Ok(()),
+        let request = AuthRequest::decode(&f)?;
+        let first = !asked;
+        asked = true;
+        match request {
+            AuthRequest::Ok => {
+                return match scram {
+                    Scram::Started(_) => Err(ServerError::UnsupportedAuth(
+                        "AuthenticationOk before the server proved it knows the password (SCRAM)"
+                            .into(),
+                    )),
+                    _ if first => allowed.check(allowed.none, "none"),
+                    _ => Ok(()),
+                };
+            }
             AuthRequest::Cleartext => {
+                allowed.check(allowed.password, "password")?;
                 conn.send(&frontend::password_message(password()?.as_bytes()))
                     .await?
             }
             AuthRequest::Md5 { salt } => {
+                allowed.check(allowed.md5, "md5")?;
                 let r = switchyard_proto::md5::response(&p.user, password()?, salt);
                 conn.send(&frontend::password_message(r.as_bytes())).await?;
             }
             AuthRequest::Sasl { mechanisms } => {
+                allowed.check(allowed.scram, "scram-sha-256")?;
                 if !mechanisms.iter().any(|m| m == MECHANISM) {
                     return Err(ServerError::UnsupportedAuth(mechanisms.join(",")));
                 }
                 let (ex, first) = ClientExchange::start(password()?);
-                scram = Some(ex);
+                scram = Scram::Started(ex);
                 conn.send(&frontend::sasl_initial_response(
                     MECHANISM,
                     first.as_bytes(),
@@ -56,19 +125,22 @@ pub(crate) async fn authenticate(
                 .await?;
             }
             AuthRequest::SaslContinue { data } => {
-                let ex = scram.as_mut().ok_or(ServerError::UnsupportedAuth(
-                    "SASL continue without start".into(),
-                ))?;
+                let Scram::Started(ex) = &mut scram else {
+                    return Err(ServerError::UnsupportedAuth(
+                        "SASL continue out of order".into(),
+                    ));
+                };
                 let fin = ex.respond(&data)?;
                 conn.send(&frontend::sasl_response(fin.as_bytes())).await?;
             }
             AuthRequest::SaslFinal { data } => {
-                scram
-                    .as_ref()
-                    .ok_or(ServerError::UnsupportedAuth(
-                        "SASL final without start".into(),
-                    ))?
-                    .verify(&data)?;
+                let Scram::Started(ex) = &scram else {
+                    return Err(ServerError::UnsupportedAuth(
+                        "SASL final out of order".into(),
+                    ));
+                };
+                ex.verify(&data)?;
+                scram = Scram::Verified;
             }
             AuthRequest::Other(code) => {
                 return Err(ServerError::UnsupportedAuth(format!("code {code}")));

@@ -21,6 +21,8 @@ pub struct ConnectParams {
     pub password: Option<String>,
     pub connect_timeout: Duration,
     pub socket: SocketOptions,
+    /// The authentication methods answered when the server asks.
+    pub allowed_auth: crate::AllowedAuth,
 }
 
 impl std::fmt::Debug for ConnectParams {

@@ -21,6 +21,12 @@ pub enum ServerError {
     Refused(Box<ErrorFields>),
     #[error("server asks for authentication method {0}, which Switchyard does not support")]
     UnsupportedAuth(String),
+    /// The server asked for a method `require_auth` does not list (a downgrade, or a server
+    /// set up for a weaker method than the config expects).
+    #[error(
+        "server asks for {method} authentication, which [server] require_auth does not allow (add \"{method}\" to allow it)"
+    )]
+    AuthNotAllowed { method: &'static str },
     #[error(
         "server wants a password for user {user:?} but none is configured (set server_password)"
     )]

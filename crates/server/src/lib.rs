@@ -11,6 +11,7 @@ mod conn;
 mod error;
 mod socket;
 
+pub use auth::AllowedAuth;
 pub use conn::{BackendKey, CancelKey, ConnectParams, ServerConn, send_cancel};
 pub use error::ServerError;
 pub use socket::{Closer, SocketOptions};

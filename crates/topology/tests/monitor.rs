@@ -18,6 +18,7 @@ fn params(pg: &PgServer) -> ConnectParams {
         password: None,
         connect_timeout: Duration::from_millis(500),
         socket: SocketOptions::default(),
+        allowed_auth: switchyard_server::AllowedAuth::any(),
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_config::{Config, EffectivePool, SiteConfig, UserConfig};
 use switchyard_pool::{Pool, PoolKey, PoolSettings, Pooled};
-use switchyard_router::socket_options;
+use switchyard_router::{allowed_auth, socket_options};
 use switchyard_server::{ConnectParams, ServerError};
 
 /// How long internal statements (SET, reset) may take on a healthy server.
@@ -93,6 +93,7 @@ fn connect_params(
         password: user.server_password().map(str::to_string),
         connect_timeout: s.connect_timeout.get(),
         socket: socket_options(s),
+        allowed_auth: allowed_auth(s),
     }
 }
 

@@ -48,6 +48,9 @@ pub fn config_for(pg: &PgServer, mode: PoolMode) -> Config {
         [admin]
         listen = "127.0.0.1:0"
         incidents_file = ""
+        [server]
+        # The fixture stores md5_user's password as md5: answer md5 for it.
+        require_auth = ["scram-sha-256", "md5", "none"]
         [pool]
         mode = "{mode}"
         size = 4
