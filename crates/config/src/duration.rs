@@ -19,6 +19,11 @@ impl Duration {
         self.0
     }
 
+    /// The duration as a limit: `None` for zero, which turns a timeout off.
+    pub fn limit(self) -> Option<std::time::Duration> {
+        (!self.0.is_zero()).then_some(self.0)
+    }
+
     pub fn parse(text: &str) -> Result<Self, String> {
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());

@@ -36,6 +36,9 @@ pub struct ProxyConfig {
     pub max_client_conn: usize,
     /// Longest a client may take from connecting to finishing authentication.
     pub login_timeout: Duration,
+    /// Most connections one client address may have logging in at once; more are refused
+    /// with 53300 (connections that have logged in do not count).
+    pub max_pending_logins_per_address: usize,
     /// Largest message body accepted from a client, in bytes; larger ones get FATAL 08P01.
     pub max_message_size: usize,
     /// Longest a client may leave its answers unread (its socket takes no byte) before it is
@@ -55,6 +58,7 @@ impl Default for ProxyConfig {
             listen: "127.0.0.1:6432".into(),
             max_client_conn: 10_000,
             login_timeout: Duration::secs(15),
+            max_pending_logins_per_address: 100,
             max_message_size: 256 << 20,
             client_write_timeout: Duration::secs(60),
             shutdown_timeout: Duration::secs(30),
@@ -89,6 +93,17 @@ pub struct PoolDefaults {
     pub query_wait_timeout: Duration,
     /// Run on a session-mode server connection before another client gets it.
     pub server_reset_query: String,
+    /// A client with no transaction open that sends nothing for this long is disconnected
+    /// (FATAL 57P05, as PostgreSQL's idle_session_timeout). Zero: never.
+    pub client_idle_timeout: Duration,
+    /// A client that leaves its transaction open and sends nothing for this long is
+    /// disconnected (FATAL 25P03) and its server connection closed, which rolls the
+    /// transaction back: it holds a pool slot and its locks meanwhile. Zero: never.
+    pub idle_transaction_timeout: Duration,
+    /// A request the server has not answered after this long is cancelled (the client gets
+    /// the server's 57014 and keeps its connection). Zero: never, the default: a slow query
+    /// on a healthy primary is not cut off.
+    pub query_timeout: Duration,
 }
 
 impl Default for PoolDefaults {
@@ -101,6 +116,9 @@ impl Default for PoolDefaults {
             server_lifetime: Duration::secs(3600),
             query_wait_timeout: Duration::secs(120),
             server_reset_query: "DISCARD ALL".into(),
+            client_idle_timeout: Duration::secs(0),
+            idle_transaction_timeout: Duration::secs(600),
+            query_timeout: Duration::secs(0),
         }
     }
 }
@@ -293,6 +311,9 @@ pub struct EffectivePool {
     pub server_lifetime: Duration,
     pub query_wait_timeout: Duration,
     pub server_reset_query: std::sync::Arc<str>,
+    pub client_idle_timeout: Duration,
+    pub idle_transaction_timeout: Duration,
+    pub query_timeout: Duration,
 }
 
 impl Config {
@@ -306,6 +327,9 @@ impl Config {
             server_lifetime: d.server_lifetime,
             query_wait_timeout: site.query_wait_timeout.unwrap_or(d.query_wait_timeout),
             server_reset_query: d.server_reset_query.as_str().into(),
+            client_idle_timeout: d.client_idle_timeout,
+            idle_transaction_timeout: d.idle_transaction_timeout,
+            query_timeout: d.query_timeout,
         }
     }
 

@@ -64,6 +64,15 @@ pub enum SessionError {
     /// The client left its answers unread for `client_write_timeout`; it cannot be told either.
     #[error("client did not read its answers for {waited:?} (client_write_timeout); disconnected")]
     ClientStalled { waited: std::time::Duration },
+    /// No transaction open and nothing sent for `client_idle_timeout`.
+    #[error("client idle for {limit:?} (client_idle_timeout)")]
+    IdleTimeout { limit: std::time::Duration },
+    /// A transaction left open with nothing sent for `idle_transaction_timeout`.
+    #[error("client idle in a transaction for {limit:?} (idle_transaction_timeout)")]
+    IdleInTransactionTimeout { limit: std::time::Duration },
+    /// One client address already has `max_pending_logins_per_address` logins under way.
+    #[error("too many connections logging in from {address}")]
+    TooManyLogins { address: String, max: usize },
 }
 
 impl From<PoolError> for SessionError {
@@ -154,6 +163,26 @@ impl SessionError {
                 ADMIN_SHUTDOWN,
                 format!(
                     "terminating connection because the primary failed over ({why}); session state is lost, reconnect"
+                ),
+            ),
+            Self::IdleTimeout { limit } => fatal(
+                sqlstate::IDLE_SESSION_TIMEOUT,
+                format!(
+                    "terminating connection due to idle-session timeout ({} s, client_idle_timeout)",
+                    limit.as_secs_f64()
+                ),
+            ),
+            Self::IdleInTransactionTimeout { limit } => fatal(
+                sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                format!(
+                    "terminating connection due to idle-in-transaction timeout ({} s, idle_transaction_timeout); the transaction was rolled back",
+                    limit.as_secs_f64()
+                ),
+            ),
+            Self::TooManyLogins { address, max } => fatal(
+                TOO_MANY_CONNECTIONS,
+                format!(
+                    "too many connections from {address} still logging in (max_pending_logins_per_address = {max})"
                 ),
             ),
             Self::SettingsUnknown => fatal(

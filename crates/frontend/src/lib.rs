@@ -14,6 +14,7 @@ mod client;
 pub mod console;
 mod errors;
 pub mod listener;
+mod logins;
 mod params;
 pub mod pause;
 mod proxy;

@@ -112,6 +112,8 @@ pub struct Proxy {
     /// draining sessions still need.
     pub background: CancellationToken,
     pub clients: AtomicUsize,
+    /// Logins under way, per client address.
+    pub(crate) pending_logins: crate::logins::PendingLogins,
     /// Random per process: keys the mock SCRAM secrets of unknown users.
     pub(crate) mock_nonce: [u8; 32],
 }
@@ -137,6 +139,7 @@ impl Proxy {
             stopping: AtomicBool::new(false),
             background,
             clients: AtomicUsize::new(0),
+            pending_logins: Default::default(),
             mock_nonce: rand::random(),
         });
         tokio::spawn(wake_idle_sessions_at_shutdown(Arc::downgrade(&proxy)));

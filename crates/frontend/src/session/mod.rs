@@ -65,14 +65,31 @@ async fn open_session(accepted: Box<Accepted>) -> Opened {
         proxy.buffers.clone(),
     );
     let login_timeout = live.config.proxy.login_timeout.get();
+    let max_pending = live.config.proxy.max_pending_logins_per_address;
     drop(live);
     let peer_addr = client.stream.peer_addr().ok();
     let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
     // Debug level: at the default level a span per client would cost more memory than the rest
     // of an idle session; the events that matter carry their own fields.
     let span = tracing::debug_span!("client", %peer);
+    let pending = match peer_addr {
+        Some(a) => match proxy.pending_logins.begin(a.ip(), max_pending) {
+            Some(p) => Some(p),
+            None => {
+                let error = SessionError::TooManyLogins {
+                    address: a.ip().to_string(),
+                    max: max_pending,
+                };
+                refuse(&mut client, error, &peer).instrument(span).await;
+                return Opened::Nothing;
+            }
+        },
+        None => None,
+    };
     let login = tokio::time::timeout(login_timeout, login::login(&proxy, &mut client, peer_addr));
-    let error = match login.instrument(span.clone()).await {
+    let login = login.instrument(span.clone()).await;
+    drop(pending);
+    let error = match login {
         Ok(Ok(Login::Session(s))) => {
             return Opened::Session(Box::new(run::Session::new(proxy, client, s, span)));
         }

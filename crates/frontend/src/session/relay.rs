@@ -70,6 +70,8 @@ pub struct Relay {
     pub discard: bool,
     /// Requests answered (ReadyForQuery) on this attachment.
     pub answered: u32,
+    /// The request being answered ran past `query_timeout` and a cancel was sent for it.
+    pub query_cancelled: bool,
     /// When the request being answered was sent, in µs since the attachment began (for the
     /// request-latency histogram).
     pub request_started_us: u64,
@@ -191,6 +193,7 @@ impl Relay {
             read_back_search_path: false,
             discard: false,
             answered: 0,
+            query_cancelled: false,
             request_started_us: 0,
         }
     }
@@ -208,6 +211,7 @@ impl Relay {
         self.read_back_search_path = false;
         self.discard = false;
         self.answered = 0;
+        self.query_cancelled = false;
         self.request_started_us = 0;
     }
 
@@ -539,6 +543,7 @@ impl Relay {
                 break;
             }
         }
+        self.query_cancelled = false;
         if !self.unsynced && !self.busy() {
             // Everything sent has been answered: no commit is in flight any more.
             self.commit_in_flight = false;

@@ -143,6 +143,34 @@ pub(super) enum Lost {
     GoingAway,
 }
 
+/// The deadline of an attached session's next wait, and what it waits for: a request's answer
+/// (`query_timeout`, from when it was sent, once per request), or the client inside a
+/// transaction (`idle_transaction_timeout`) or idle (`client_idle_timeout`). No deadline (and
+/// no clock read) when the limit that applies is off.
+fn wait_limit(
+    relay: &Relay,
+    settings: &switchyard_config::EffectivePool,
+    attached_at: Instant,
+) -> (Option<Instant>, Waiting) {
+    if relay.busy() {
+        let deadline = settings
+            .query_timeout
+            .limit()
+            .filter(|_| !relay.query_cancelled)
+            .map(|d| attached_at + Duration::from_micros(relay.request_started_us) + d);
+        (deadline, Waiting::Query)
+    } else if relay.at_sync_point() {
+        let deadline = settings.client_idle_timeout.limit();
+        (deadline.map(|d| Instant::now() + d), Waiting::ClientIdle)
+    } else {
+        let deadline = settings.idle_transaction_timeout.limit();
+        (
+            deadline.map(|d| Instant::now() + d),
+            Waiting::ClientInTransaction,
+        )
+    }
+}
+
 impl std::fmt::Display for Lost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -158,6 +186,30 @@ enum Flow {
     Continue,
     ClientLeft,
     Lost(Lost),
+    /// A wait ran past its limit (`query_timeout`, `idle_transaction_timeout`,
+    /// `client_idle_timeout`).
+    TimedOut(Waiting),
+}
+
+/// What an attached session is waiting for, which decides the limit on the wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// The server, for a request's answer.
+    Query,
+    /// The client, inside a transaction (or mid-batch): it holds the server connection.
+    ClientInTransaction,
+    /// The client, at a sync point with no transaction open (session mode).
+    ClientIdle,
+}
+
+/// Resolves at `deadline`; never without one.
+///
+/// Cancel safety: cancel-safe.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 pub struct Session {
@@ -295,6 +347,20 @@ impl Session {
     ///
     /// Cancel safety: cancel-safe.
     async fn wait_idle(&mut self) -> Result<bool, SessionError> {
+        let Some(limit) = self.info.settings.client_idle_timeout.limit() else {
+            return self.poll_idle().await;
+        };
+        // Boxed: the timer is only in the tasks of clients that have one.
+        match Box::pin(tokio::time::timeout(limit, self.poll_idle())).await {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::IdleTimeout { limit }),
+        }
+    }
+
+    /// [`Session::wait_idle`] without a limit.
+    ///
+    /// Cancel safety: cancel-safe.
+    async fn poll_idle(&mut self) -> Result<bool, SessionError> {
         let proxy = &self.proxy;
         let cancel = &self.info.cancel;
         let client = &mut self.client;
@@ -321,6 +387,7 @@ impl Session {
                 // Boxed: losing a server is rare, and its state would more than double this
                 // future, which is boxed afresh for every transaction.
                 Flow::Lost(cause) => Box::pin(self.abort(cause)).await?,
+                Flow::TimedOut(waiting) => self.timed_out(waiting)?,
             }
         }
         Ok(false)
@@ -395,6 +462,7 @@ impl Session {
             return Ok(Flow::ClientLeft);
         }
         self.client.ensure_room();
+        let (deadline, waiting) = wait_limit(relay, &self.info.settings, since);
         tokio::select! {
             biased;
             r = conn.stream.read_buf(&mut conn.read_buf) => match r {
@@ -413,6 +481,7 @@ impl Session {
                     Err(e) => Err(SessionError::ClientGone(e)),
                 };
             }
+            () = until(deadline), if deadline.is_some() => return Ok(Flow::TimedOut(waiting)),
         }
         self.out.clear();
         let mut side = ServerSide {
@@ -487,6 +556,36 @@ impl Session {
             return Err(SessionError::Shutdown);
         }
         Ok(Flow::Continue)
+    }
+
+    /// A wait ran past its limit: a request is cancelled on the server (the client gets the
+    /// server's 57014 and goes on); an idle client is disconnected, and if it held a
+    /// transaction, the server connection closes with it (not at a sync point), rolling it back.
+    fn timed_out(&mut self, waiting: Waiting) -> Result<(), SessionError> {
+        let settings = &self.info.settings;
+        match waiting {
+            Waiting::ClientIdle => Err(SessionError::IdleTimeout {
+                limit: settings.client_idle_timeout.get(),
+            }),
+            Waiting::ClientInTransaction => Err(SessionError::IdleInTransactionTimeout {
+                limit: settings.idle_transaction_timeout.get(),
+            }),
+            Waiting::Query => {
+                let Link::Attached { server, .. } = &self.link else {
+                    return Ok(());
+                };
+                self.relay.query_cancelled = true;
+                let (addr, key) = (server.conn.addr.clone(), server.conn.key().clone());
+                tracing::warn!(parent: self.span(), server = %addr, limit = ?settings.query_timeout.get(), "query_timeout: cancelling the request");
+                tokio::spawn(async move {
+                    let limit = INTERNAL_QUERY_TIMEOUT;
+                    if let Err(e) = switchyard_server::send_cancel(&addr, &key, limit).await {
+                        tracing::warn!(server = %addr, error = %e, "query_timeout: cancel request failed");
+                    }
+                });
+                Ok(())
+            }
+        }
     }
 
     /// Gives the server connection back (or closes it if it is not at a clean sync point).
