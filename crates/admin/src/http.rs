@@ -87,7 +87,7 @@ async fn require_token(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.as_str()) {
+    if given.is_some_and(|g| switchyard_proto::secrets_equal(g.as_bytes(), token.as_bytes())) {
         next.run(request).await
     } else {
         (

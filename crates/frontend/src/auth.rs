@@ -27,7 +27,7 @@ pub async fn authenticate(
             client.send(&[AuthRequest::Md5 { salt }.encode()]).await?;
             let answer = decode_password(&password_frame(client).await?)?;
             let want = switchyard_proto::md5::response_from_stored(stored, salt);
-            if answer[..] != *want.as_bytes() {
+            if !switchyard_proto::secrets_equal(&answer, want.as_bytes()) {
                 return Err(failed());
             }
         }

@@ -169,7 +169,9 @@ impl CancelRegistry {
         let target = {
             let entries = lock(&self.entries);
             match entries.get(&process_id) {
-                Some(e) if e.secret[..] == *secret => e.slot.link().server.clone(),
+                Some(e) if switchyard_proto::secrets_equal(&e.secret, secret) => {
+                    e.slot.link().server.clone()
+                }
                 _ => None,
             }
         };

@@ -16,5 +16,23 @@ pub mod sqlstate;
 pub mod startup;
 
 pub use error::ProtoError;
+
+/// Compares two secrets (a password hash, a SCRAM proof, a cancel key, a token) in time that
+/// does not depend on where they differ, so a client cannot learn one byte by byte.
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
+}
 pub use frame::{Frame, FrameHeader, decode_frame, peek_header};
 pub use startup::{StartupPacket, decode_startup};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_compare_by_content_and_length() {
+        assert!(super::secrets_equal(b"abc", b"abc"));
+        assert!(!super::secrets_equal(b"abc", b"abd"));
+        assert!(!super::secrets_equal(b"abc", b"abcd"));
+        assert!(super::secrets_equal(b"", b""));
+    }
+}

@@ -27,7 +27,15 @@ pub enum ScramError {
     BadServerSignature,
     #[error("stored SCRAM secret is malformed")]
     BadSecret,
+    /// A server asked for more key-derivation rounds than [`MAX_ITERATIONS`]: deriving the key
+    /// would take a core for seconds or more.
+    #[error("server asks for {0} SCRAM iterations, more than the {MAX_ITERATIONS} allowed")]
+    TooManyIterations(u32),
 }
+
+/// Most PBKDF2 rounds a server may ask for (PostgreSQL's default is 4096; a million take about
+/// a second of one core).
+pub const MAX_ITERATIONS: u32 = 1_000_000;
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
@@ -124,8 +132,12 @@ impl ScramSecret {
                 .and_then(|v| v.try_into().ok())
                 .ok_or(ScramError::BadSecret)
         };
+        let iterations: u32 = iter.parse().map_err(|_| ScramError::BadSecret)?;
+        if iterations == 0 {
+            return Err(ScramError::BadSecret);
+        }
         Ok(Self {
-            iterations: iter.parse().map_err(|_| ScramError::BadSecret)?,
+            iterations,
             salt: B64.decode(salt).map_err(|_| ScramError::BadSecret)?,
             stored_key: key(stored)?,
             server_key: key(server)?,
@@ -205,7 +217,7 @@ impl ServerExchange {
         );
         let client_signature = hmac(&self.secret.stored_key, auth_message.as_bytes());
         let client_key = xor(&proof, &client_signature);
-        if sha256(&client_key) != self.secret.stored_key {
+        if !crate::secrets_equal(&sha256(&client_key), &self.secret.stored_key) {
             return Err(ScramError::BadProof);
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
@@ -251,6 +263,9 @@ impl ClientExchange {
             .and_then(|i| i.parse().ok())
             .filter(|&i| i > 0)
             .ok_or(ScramError::Malformed("iterations"))?;
+        if iterations > MAX_ITERATIONS {
+            return Err(ScramError::TooManyIterations(iterations));
+        }
         let salted = salted_password(self.password.as_bytes(), &salt, iterations);
         let client_key = hmac(&salted, b"Client Key");
         let stored_key = sha256(&client_key);
@@ -268,7 +283,7 @@ impl ClientExchange {
             std::str::from_utf8(server_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let got = attr(msg, 'v').and_then(|v| B64.decode(v).ok());
         match (got, self.expected_server_signature) {
-            (Some(got), Some(want)) if got == want => Ok(()),
+            (Some(got), Some(want)) if crate::secrets_equal(&got, &want) => Ok(()),
             _ => Err(ScramError::BadServerSignature),
         }
     }
@@ -316,6 +331,31 @@ mod tests {
     fn exchange_succeeds_and_fails() {
         assert_eq!(run("pw", "pw"), Ok(()));
         assert_eq!(run("pw", "other"), Err(ScramError::BadProof));
+    }
+
+    #[test]
+    fn refuses_zero_iterations_and_servers_asking_too_many() {
+        let s = ScramSecret::derive("pw", b"0123456789abcdef", 4096);
+        let with = |iterations: u32| {
+            format!(
+                "SCRAM-SHA-256${iterations}:{}${}:{}",
+                B64.encode(&s.salt),
+                B64.encode(s.stored_key),
+                B64.encode(s.server_key)
+            )
+        };
+        assert!(ScramSecret::parse(&with(4096)).is_ok());
+        assert_eq!(
+            ScramSecret::parse(&with(0)).err(),
+            Some(ScramError::BadSecret)
+        );
+        let (mut c, _) = ClientExchange::start("pw");
+        let nonce = c.client_nonce.clone();
+        let first = format!("r={nonce}x,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=2000000000");
+        assert_eq!(
+            c.respond(first.as_bytes()).err(),
+            Some(ScramError::TooManyIterations(2_000_000_000))
+        );
     }
 
     #[test]

@@ -125,13 +125,22 @@ pub(crate) async fn authenticate(
                 .await?;
             }
             AuthRequest::SaslContinue { data } => {
-                let Scram::Started(ex) = &mut scram else {
+                let Scram::Started(mut ex) = std::mem::replace(&mut scram, Scram::NotStarted)
+                else {
                     return Err(ServerError::UnsupportedAuth(
                         "SASL continue out of order".into(),
                     ));
                 };
-                let fin = ex.respond(&data)?;
-                conn.send(&frontend::sasl_response(fin.as_bytes())).await?;
+                // The key derivation takes milliseconds of CPU (more with a server's higher
+                // iteration count): off the threads that relay everyone's traffic.
+                let (ex, fin) = tokio::task::spawn_blocking(move || {
+                    let fin = ex.respond(&data);
+                    (ex, fin)
+                })
+                .await
+                .map_err(|_| ServerError::UnsupportedAuth("SCRAM key derivation failed".into()))?;
+                scram = Scram::Started(ex);
+                conn.send(&frontend::sasl_response(fin?.as_bytes())).await?;
             }
             AuthRequest::SaslFinal { data } => {
                 let Scram::Started(ex) = &scram else {
