@@ -90,9 +90,16 @@ pub(crate) struct Inner {
     pub(crate) sweeping: bool,
     /// RECONNECT: connections opened up to this moment close when they come back.
     reconnect_before: Option<Instant>,
+    /// Since when the reaper has found the pool with no connection and no request (see
+    /// [`Pool::reap`]).
+    unused_since: Option<Instant>,
 }
 
 impl Inner {
+    fn is_unused(&self) -> bool {
+        self.idle.is_empty() && self.busy == 0 && self.waiting == 0 && self.settings.min_idle == 0
+    }
+
     /// Takes the longest-waiting request that has no outcome yet off the queue.
     fn next_waiting(&mut self) -> Option<usize> {
         if self.waiting == 0 {
@@ -301,6 +308,7 @@ impl Pool {
                 queue: VecDeque::new(),
                 waiting: 0,
                 sweeping: false,
+                unused_since: None,
                 reconnect_before: None,
             }),
             min_generation: AtomicU64::new(0),
@@ -610,8 +618,10 @@ impl Pool {
     }
 
     /// Closes idle connections past their idle timeout (keeping `min_idle`) or lifetime; returns
-    /// how many connections should be opened to reach `min_idle`.
-    pub(crate) fn reap(&self) -> usize {
+    /// how many connections should be opened to reach `min_idle`, and whether the pool itself
+    /// has been unused (no connection, no request, no `min_idle`) for `idle_timeout`: the
+    /// registry then forgets it, so a `*` site does not keep a pool for every name ever asked.
+    pub(crate) fn reap(&self) -> (usize, bool) {
         let mut inner = self.lock();
         let s = inner.settings.clone();
         inner.idle.retain(|c| c.created.elapsed() < s.lifetime);
@@ -621,10 +631,27 @@ impl Pool {
                 _ => break,
             }
         }
+        let unused = inner.is_unused();
+        let since = match (unused, inner.unused_since) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now()),
+            (true, Some(t)) => Some(t),
+        };
+        inner.unused_since = since;
         let total = inner.idle.len() + inner.busy;
-        s.min_idle
+        let missing = s
+            .min_idle
             .saturating_sub(inner.idle.len())
-            .min(s.size.saturating_sub(total))
+            .min(s.size.saturating_sub(total));
+        (
+            missing,
+            since.is_some_and(|t| t.elapsed() >= s.idle_timeout),
+        )
+    }
+
+    /// No connection open or opening, no request waiting, none to keep open.
+    pub fn is_unused(&self) -> bool {
+        self.lock().is_unused()
     }
 
     /// Opens one connection straight into the idle list (for `min_idle`), or to a waiting

@@ -95,8 +95,12 @@ impl Pools {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
+            let mut forget = Vec::new();
             for (key, pool) in self.all() {
-                let missing = pool.reap();
+                let (missing, unused) = pool.reap();
+                if unused {
+                    forget.push(pool.clone());
+                }
                 if missing > 0 {
                     tokio::spawn(async move {
                         for _ in 0..missing {
@@ -108,6 +112,15 @@ impl Pools {
                     });
                 }
             }
+            for pool in forget {
+                self.forget_if_unused(&pool);
+            }
         }
+    }
+
+    /// Removes `pool` from the registry if it still has no connection and no request (a login
+    /// refused by its server, a pool the reaper found unused for its idle timeout).
+    pub fn forget_if_unused(&self, pool: &Arc<Pool>) {
+        self.retain(|_, p| !(std::ptr::eq(p, Arc::as_ptr(pool)) && p.is_unused()));
     }
 }

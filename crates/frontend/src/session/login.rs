@@ -101,10 +101,16 @@ async fn session_login(
     let welcome = match known {
         Some(w) => w,
         None => {
-            let pool = primary_pool(proxy, &target, &settings, failover_timeout).await?;
-            pool.0
-                .welcome_params(settings.query_wait_timeout.get())
-                .await?
+            let (pool, _) = primary_pool(proxy, &target, &settings, failover_timeout).await?;
+            match pool.welcome_params(settings.query_wait_timeout.get()).await {
+                Ok(w) => w,
+                Err(e) => {
+                    // A database or user the server refuses (likely through a `*` site) leaves
+                    // no pool behind.
+                    proxy.pools.forget_if_unused(&pool);
+                    return Err(e.into());
+                }
+            }
         }
     };
     let params =
