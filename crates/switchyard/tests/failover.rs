@@ -33,7 +33,7 @@
 mod common;
 
 use common::cluster::{
-    Answer, Cluster, ClusterOptions, Fault, Injected, blocking, first_value, send, step,
+    Answer, Cluster, ClusterOptions, Fault, Injected, Promotion, blocking, first_value, send, step,
     where_am_i, why,
 };
 use common::{STEP, backend_pid, connect, sqlstate, within};
@@ -346,6 +346,7 @@ struct Figures {
     injected_in: Duration,
     detected: Duration,
     answers: Vec<(&'static str, Duration)>,
+    promote_took: Duration,
     monitor_follows: Duration,
     first_write: Duration,
     writer_acked: usize,
@@ -360,11 +361,12 @@ impl Figures {
         }
         eprintln!(
             "failover[{fault:?}]: fault injected in {:?}; no primary after {:?}; answers {:?}; \
-             promotion → monitor follows {:?}, → first write {:?}; writer acked {} (errors {:?}); \
-             {:?} so far",
+             pg_ctl promote took {:?}; promotion → monitor follows {:?}, → first write {:?}; \
+             writer acked {} (errors {:?}); {:?} so far",
             self.injected_in,
             self.detected,
             self.answers,
+            self.promote_took,
             self.monitor_follows,
             self.first_write,
             self.writer_acked,
@@ -473,8 +475,8 @@ struct Late {
 
 /// The idle client's next statement waits in the gate until the test promotes the standby,
 /// then runs there; the other clients' connections work on the new primary. Returns the
-/// instant the promotion was requested (the earliest it can take effect).
-async fn promote(s: &Scene, fig: &mut Figures) -> Instant {
+/// promotion's instants (see [`Promotion`]).
+async fn promote(s: &Scene, fig: &mut Figures) -> Promotion {
     let client = s.cl.idle.clone();
     let idle = tokio::spawn(async move {
         let r = client
@@ -486,9 +488,10 @@ async fn promote(s: &Scene, fig: &mut Figures) -> Instant {
             .await;
         (r, Instant::now())
     });
-    let promotion_requested = s.c.promote_standby().await;
+    let promotion = s.c.promote_standby().await;
+    fig.promote_took = promotion.took();
     let (_, followed_at) = s.c.wait_for_primary(&s.c.standby.addr(), STEP).await;
-    fig.monitor_follows = followed_at.saturating_duration_since(promotion_requested);
+    fig.monitor_follows = promotion.then_until(followed_at);
     let (idle_r, idle_at) = within(STEP, "the idle client's gated statement", idle)
         .await
         .expect("task");
@@ -498,11 +501,12 @@ async fn promote(s: &Scene, fig: &mut Figures) -> Instant {
         (false, s.new_port),
         "idle: the gated statement runs on the new primary"
     );
-    fig.first_write = idle_at.saturating_duration_since(promotion_requested);
+    fig.first_write = promotion.then_until(idle_at);
     assert!(
-        fig.first_write <= PROMOTION_BOUND,
-        "promotion → first write took {:?} (bound {PROMOTION_BOUND:?})",
-        fig.first_write
+        fig.first_write <= PROMOTION_BOUND && promotion.may_precede(idle_at),
+        "promotion → first write took {:?} (bound {PROMOTION_BOUND:?}; pg_ctl promote took {:?})",
+        fig.first_write,
+        promotion.took()
     );
     let others = [
         ("long", &s.cl.long),
@@ -517,7 +521,7 @@ async fn promote(s: &Scene, fig: &mut Figures) -> Instant {
             "{name}: next statement on the new primary"
         );
     }
-    promotion_requested
+    promotion
 }
 
 /// The writer saw at most one error, 08007 (its insert in flight at the fault); everything the
@@ -615,16 +619,11 @@ async fn check_old_primary_fenced(s: &Scene, log: &WriterLog, v: &mut Verdict) {
 
 /// The `fresh` client's statement, sent at the fault while its pool had to open a connection,
 /// is held in the gate and runs on the new primary — never an error, never the old primary.
-async fn check_fresh(
-    s: &Scene,
-    fresh: JoinHandle<Answer>,
-    promotion_requested: Instant,
-    v: &mut Verdict,
-) {
+async fn check_fresh(s: &Scene, fresh: JoinHandle<Answer>, promotion: Promotion, v: &mut Verdict) {
     let (r, at) = within(STEP, "the fresh client's statement", fresh)
         .await
         .expect("task");
-    let after = at.saturating_duration_since(promotion_requested);
+    let after = promotion.then_until(at);
     match r {
         Ok(rows) => {
             let port = first_value(&rows);
@@ -632,7 +631,7 @@ async fn check_fresh(
                 format!("fresh: statement sent at the fault ran on port {port:?}")
             });
             v.check(
-                at >= promotion_requested && after <= PROMOTION_BOUND,
+                promotion.may_precede(at) && after <= PROMOTION_BOUND,
                 || {
                     format!(
                         "fresh: answered {after:?} after the promotion (bound {PROMOTION_BOUND:?})"
@@ -645,7 +644,7 @@ async fn check_fresh(
              — {:?} after the promotion{}",
             why(&e),
             after,
-            if at < promotion_requested {
+            if !promotion.may_precede(at) {
                 " (answered BEFORE it)"
             } else {
                 ""
@@ -715,7 +714,7 @@ async fn run(fault: Fault) {
 
     let topology_log = s.c.record_topology();
     let (fault_at, detected_at, late, injected) = hit(&s, fault, &mut fig).await;
-    let promotion_requested = promote(&s, &mut fig).await;
+    let promotion = promote(&s, &mut fig).await;
     stop_writer.store(true, Ordering::SeqCst);
     let log = within(STEP, "the writer to stop", writer)
         .await
@@ -744,7 +743,7 @@ async fn run(fault: Fault) {
             Err(e) => verdict.0.push(e),
         }
     }
-    check_fresh(&s, late.fresh, promotion_requested, &mut verdict).await;
+    check_fresh(&s, late.fresh, promotion, &mut verdict).await;
     check_begin(&s, late.begin, &mut verdict).await;
     let post = "SELECT string_agg(who, ',' ORDER BY who) FROM t WHERE phase = 'post'";
     let on_new = Cluster::psql_on(&s.c.standby, "app", post).await;

@@ -264,20 +264,49 @@ impl Cluster {
     }
 
     /// Promotes the standby (blocking, off the workers); returns when it is out of recovery.
-    /// Promotes the standby; returns the instant the promotion was *requested*: the standby
-    /// may take writes before `pg_ctl promote` returns, so that is the earliest instant the
-    /// promotion can take effect, the origin of every bound measured from it.
-    pub async fn promote_standby(&self) -> Instant {
+    /// Promotes the standby; says when it was asked and when `pg_ctl promote` returned.
+    pub async fn promote_standby(&self) -> Promotion {
         let standby = self.standby.clone();
         let requested = Instant::now();
         blocking("promote the standby", move || standby.promote()).await;
-        requested
+        Promotion {
+            requested,
+            returned: Instant::now(),
+        }
     }
 
     /// Runs `sql` with psql on `server` directly (not through the proxy), off the workers.
     pub async fn psql_on(server: &Arc<PgServer>, db: &str, sql: &str) -> String {
         let (server, db, sql) = (server.clone(), db.to_owned(), sql.to_owned());
         blocking("psql", move || server.psql_db(&db, &sql)).await
+    }
+}
+
+/// A promotion took effect somewhere between the request and `pg_ctl promote`'s return (the
+/// standby takes writes before it returns; under load the promotion itself can take seconds).
+/// So a "not before" check counts from `requested`, the earliest instant it can have taken
+/// effect, and a bound on how soon the proxy followed counts from `returned`, the latest (a
+/// slow `pg_ctl` is not the proxy's delay; pg_ctl notices the promotion within ~0.1 s).
+#[derive(Debug, Clone, Copy)]
+pub struct Promotion {
+    pub requested: Instant,
+    pub returned: Instant,
+}
+
+impl Promotion {
+    /// How long after the promotion `at` came, for an upper bound (from `returned`).
+    pub fn then_until(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.returned)
+    }
+
+    /// Whether `at` can have come after the promotion took effect (from `requested`).
+    pub fn may_precede(&self, at: Instant) -> bool {
+        at >= self.requested
+    }
+
+    /// How long `pg_ctl promote` took.
+    pub fn took(&self) -> Duration {
+        self.returned - self.requested
     }
 }
 
