@@ -104,6 +104,9 @@ pub struct PoolDefaults {
     /// the server's 57014 and keeps its connection). Zero: never, the default: a slow query
     /// on a healthy primary is not cut off.
     pub query_timeout: Duration,
+    /// Transaction pooling: most prepared statements kept on one server connection; beyond
+    /// it the least recently used is closed there (and prepared again when next needed).
+    pub max_prepared_statements: usize,
 }
 
 impl Default for PoolDefaults {
@@ -119,6 +122,7 @@ impl Default for PoolDefaults {
             client_idle_timeout: Duration::secs(0),
             idle_transaction_timeout: Duration::secs(600),
             query_timeout: Duration::secs(0),
+            max_prepared_statements: 200,
         }
     }
 }
@@ -314,6 +318,7 @@ pub struct EffectivePool {
     pub client_idle_timeout: Duration,
     pub idle_transaction_timeout: Duration,
     pub query_timeout: Duration,
+    pub max_prepared_statements: usize,
 }
 
 impl Config {
@@ -330,6 +335,7 @@ impl Config {
             client_idle_timeout: d.client_idle_timeout,
             idle_transaction_timeout: d.idle_transaction_timeout,
             query_timeout: d.query_timeout,
+            max_prepared_statements: d.max_prepared_statements,
         }
     }
 

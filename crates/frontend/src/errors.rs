@@ -94,6 +94,9 @@ impl SessionError {
         let error =
             |code: &str, msg: String| Some(ErrorFields::error(code, format!("switchyard: {msg}")));
         match self {
+            Self::Protocol(e @ ProtoError::TooManyStatements { .. }) => {
+                fatal(CONFIGURATION_LIMIT_EXCEEDED, e.to_string())
+            }
             Self::Protocol(e) => fatal(PROTOCOL_VIOLATION, format!("protocol violation: {e}")),
             Self::AuthFailed { user } => fatal(
                 INVALID_PASSWORD,

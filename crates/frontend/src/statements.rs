@@ -9,6 +9,7 @@
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use switchyard_proto::ProtoError;
 use switchyard_proto::frontend::Parse;
 
 /// One statement as the server knows it.
@@ -38,18 +39,28 @@ pub fn server_name(parse: &Parse) -> Bytes {
     Bytes::from(format!("sy_{hex}"))
 }
 
+/// Most named statements one client may keep open in transaction pooling: each is remembered
+/// (its text too) to be prepared on whichever server connection the client lands on. Generous
+/// beside drivers' caches (pgjdbc keeps 256); a client that never closes its statements gets
+/// 53400 instead of growing the proxy without bound.
+pub const MAX_CLIENT_STATEMENTS: usize = 10_000;
+
 impl Statements {
     /// Records a client Parse and returns its server-side form.
-    pub fn prepare(&mut self, parse: Parse) -> ServerStatement {
+    pub fn prepare(&mut self, parse: Parse) -> Result<ServerStatement, ProtoError> {
+        let by_name = self.by_name.get_or_insert_default();
+        if by_name.len() >= MAX_CLIENT_STATEMENTS && !by_name.contains_key(&parse.name) {
+            return Err(ProtoError::TooManyStatements {
+                max: MAX_CLIENT_STATEMENTS,
+            });
+        }
         let s = ServerStatement {
             server_name: server_name(&parse),
             commits: crate::sql::may_commit(&parse.tail),
             parse: parse.clone(),
         };
-        self.by_name
-            .get_or_insert_default()
-            .insert(parse.name, s.clone());
-        s
+        by_name.insert(parse.name, s.clone());
+        Ok(s)
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&ServerStatement> {
@@ -74,12 +85,35 @@ mod tests {
     #[test]
     fn same_text_shares_a_server_name() {
         let mut a = Statements::default();
-        let s1 = a.prepare(parse("foo", "select 1"));
-        let s2 = a.prepare(parse("bar", "select 1"));
-        let s3 = a.prepare(parse("baz", "select 2"));
+        let s1 = a.prepare(parse("foo", "select 1")).unwrap();
+        let s2 = a.prepare(parse("bar", "select 1")).unwrap();
+        let s3 = a.prepare(parse("baz", "select 2")).unwrap();
         assert_eq!(s1.server_name, s2.server_name);
         assert_ne!(s1.server_name, s3.server_name);
         assert!(a.get(b"foo").is_some());
         assert!(a.close(b"foo").is_some() && a.get(b"foo").is_none());
+    }
+
+    #[test]
+    fn a_client_keeps_a_bounded_number_open() {
+        let mut a = Statements::default();
+        for i in 0..MAX_CLIENT_STATEMENTS {
+            a.prepare(parse(&format!("s{i}"), "select 1")).unwrap();
+        }
+        assert_eq!(
+            a.prepare(parse("one_more", "select 1")).err(),
+            Some(ProtoError::TooManyStatements {
+                max: MAX_CLIENT_STATEMENTS
+            })
+        );
+        assert!(
+            a.prepare(parse("s0", "select 2")).is_ok(),
+            "replacing one is fine"
+        );
+        a.close(b"s1");
+        assert!(
+            a.prepare(parse("one_more", "select 1")).is_ok(),
+            "after a close"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Errors raised while decoding wire data: all of them mean "the peer broke the protocol".
 
-/// A protocol violation found while decoding. Every variant maps to SQLSTATE 08P01.
+/// A protocol violation found while decoding. Every variant but `TooManyStatements` maps to
+/// SQLSTATE 08P01.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ProtoError {
     #[error("message length {len} is invalid (minimum is 4)")]
@@ -21,4 +22,10 @@ pub enum ProtoError {
     Unexpected { tag: char, during: &'static str },
     #[error("malformed {what}")]
     Malformed { what: &'static str },
+    /// A client keeps more named prepared statements than a proxy will remember for it (not a
+    /// protocol violation: mapped to 53400 configuration_limit_exceeded).
+    #[error(
+        "more than {max} named prepared statements open on one connection; close some (Close or DEALLOCATE)"
+    )]
+    TooManyStatements { max: usize },
 }

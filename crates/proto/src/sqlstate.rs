@@ -8,6 +8,7 @@ pub const INVALID_PASSWORD: &str = "28P01";
 pub const INVALID_AUTHORIZATION: &str = "28000";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
+pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";

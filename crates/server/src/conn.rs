@@ -2,7 +2,7 @@
 
 use crate::{Closer, ServerError, SocketOptions, auth};
 use bytes::BytesMut;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use switchyard_proto::backend::{self, ErrorFields, TxStatus, tag};
 use switchyard_proto::{Frame, decode_frame, frontend};
@@ -65,7 +65,7 @@ pub struct ServerConn {
     pub created: Instant,
     pub last_used: Instant,
     /// Server-side names of prepared statements that exist on this connection.
-    pub prepared: HashSet<bytes::Bytes>,
+    pub prepared: crate::Prepared,
     /// Fingerprint of the client settings `params` was last brought in line with (0: none), so
     /// a client whose settings already match skips the comparison.
     pub settings_fingerprint: u64,
@@ -129,7 +129,7 @@ impl ServerConn {
             generation: 0,
             created: now,
             last_used: now,
-            prepared: HashSet::new(),
+            prepared: crate::Prepared::default(),
         };
         let mut startup = BytesMut::new();
         switchyard_proto::startup::encode_startup(

@@ -9,9 +9,11 @@
 mod auth;
 mod conn;
 mod error;
+mod prepared;
 mod socket;
 
 pub use auth::AllowedAuth;
 pub use conn::{BackendKey, CancelKey, ConnectParams, ServerConn, send_cancel};
 pub use error::ServerError;
+pub use prepared::Prepared;
 pub use socket::{Closer, SocketOptions};

@@ -6,11 +6,12 @@ use crate::params::ClientParams;
 use crate::sql::{is_transaction_start, may_commit, names_search_path};
 use crate::statements::Statements;
 use bytes::{Bytes, BytesMut};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use switchyard_config::PoolMode;
 use switchyard_proto::backend::{self, ErrorFields, TxStatus, tag as be};
 use switchyard_proto::frontend::{Bind, Parse, Target, TargetKind, tag as fe};
 use switchyard_proto::{Frame, ProtoError, peek_header};
+use switchyard_server::Prepared;
 
 /// Largest server message the relay accepts (PostgreSQL's own limit is 1 GiB).
 const MAX_SERVER_MESSAGE: usize = (1 << 30) + 1024;
@@ -39,7 +40,9 @@ pub enum ClientStep {
 /// The server connection's state the relay reads and updates.
 pub struct ServerSide<'a> {
     pub params: &'a mut BTreeMap<String, String>,
-    pub prepared: &'a mut HashSet<Bytes>,
+    pub prepared: &'a mut Prepared,
+    /// `max_prepared_statements`: the least recently used statement beyond it is closed.
+    pub max_prepared: usize,
 }
 
 /// Relay state for one attachment of a client to a server connection.
@@ -360,12 +363,12 @@ impl Relay {
                     frame.encode(out);
                     return Ok(());
                 }
-                let s = st.prepare(parse);
+                let s = st.prepare(parse)?;
                 if server.prepared.contains(&s.server_name) {
                     // Another client's identical statement: replace it (same text, same name).
                     self.inject_close(&s.server_name, out);
                 }
-                server.prepared.insert(s.server_name.clone());
+                self.note_prepared(&s.server_name, server, out);
                 s.parse.renamed(&s.server_name).encode(out);
                 self.expect
                     .push_back(Expect::ParseComplete { injected: false });
@@ -430,14 +433,23 @@ impl Relay {
         out: &mut BytesMut,
     ) {
         if server.prepared.contains(name) {
+            server.prepared.touch(name);
             return;
         }
         // Close first: harmless if absent, and it covers a statement we lost track of.
         self.inject_close(name, out);
+        self.note_prepared(name, server, out);
         parse.renamed(name).encode(out);
         self.expect
             .push_back(Expect::ParseComplete { injected: true });
-        server.prepared.insert(name.clone());
+    }
+
+    /// Records a statement prepared on the server, closing the least recently used one there if
+    /// the connection then holds more than `max_prepared_statements`.
+    fn note_prepared(&mut self, name: &Bytes, server: &mut ServerSide<'_>, out: &mut BytesMut) {
+        if let Some(evicted) = server.prepared.insert(name.clone(), server.max_prepared) {
+            self.inject_close(&evicted, out);
+        }
     }
 
     fn inject_close(&mut self, name: &[u8], out: &mut BytesMut) {

@@ -32,7 +32,8 @@ struct World {
     st: Statements,
     params: ClientParams,
     server_params: BTreeMap<String, String>,
-    prepared: HashSet<Bytes>,
+    prepared: Prepared,
+    max_prepared: usize,
 }
 
 impl World {
@@ -42,7 +43,8 @@ impl World {
             st: Statements::default(),
             params: ClientParams::default(),
             server_params: BTreeMap::new(),
-            prepared: HashSet::new(),
+            prepared: Prepared::default(),
+            max_prepared: 200,
         }
     }
 
@@ -52,6 +54,7 @@ impl World {
         let mut server = ServerSide {
             params: &mut self.server_params,
             prepared: &mut self.prepared,
+            max_prepared: self.max_prepared,
         };
         let (step, fwd) = self
             .relay
@@ -67,6 +70,7 @@ impl World {
         let mut server = ServerSide {
             params: &mut self.server_params,
             prepared: &mut self.prepared,
+            max_prepared: self.max_prepared,
         };
         let (_, fwd) = self
             .relay
@@ -308,6 +312,7 @@ fn unchanged_traffic_goes_straight_from_the_input_and_rewrites_keep_the_order() 
     let mut server = ServerSide {
         params: &mut w.server_params,
         prepared: &mut w.prepared,
+        max_prepared: w.max_prepared,
     };
     // A simple query and its answer: nothing is copied.
     let query = frame(b'Q', b"select 1\0");
@@ -388,4 +393,34 @@ fn search_path_is_read_back_only_when_it_may_have_changed() {
     w.client(&[parse("", "SET search_path = b"), frame(b'S', b"")]);
     w.server(&[frame(b'1', b"")]);
     assert!(done(&mut w, b"SET"), "extended protocol");
+}
+
+#[test]
+fn a_connection_keeps_at_most_max_prepared_statements_least_recently_used_out_first() {
+    let mut w = World::new(PoolMode::Transaction);
+    w.max_prepared = 2;
+    let sync = frame(b'S', b"");
+    for (name, sql) in [("a", "select 1"), ("b", "select 2")] {
+        let (_, sent) = w.client(&[parse(name, sql), sync.clone()]);
+        assert_eq!(sent, "PS", "{name}");
+        w.server(&[frame(b'1', b""), frame(b'Z', b"I")]);
+    }
+    // `a` used again: `b` is now the least recently used.
+    let (_, sent) = w.client(&[bind("a"), sync.clone()]);
+    assert_eq!(sent, "BS");
+    w.server(&[frame(b'2', b""), frame(b'Z', b"I")]);
+    let (_, sent) = w.client(&[parse("c", "select 3"), sync.clone()]);
+    assert_eq!(
+        sent, "CPS",
+        "b is closed on the server before c is prepared"
+    );
+    let got = w.server(&[frame(b'3', b""), frame(b'1', b""), frame(b'Z', b"I")]);
+    assert_eq!(got, "1Z", "the injected CloseComplete is not the client's");
+    assert_eq!(w.prepared.len(), 2);
+    // The client's `b` still works: prepared again where it is missing.
+    let (_, sent) = w.client(&[bind("b"), sync]);
+    assert!(
+        sent.ends_with("PBS"),
+        "b prepared again before its Bind: {sent}"
+    );
 }

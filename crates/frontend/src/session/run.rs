@@ -422,6 +422,7 @@ impl Session {
         let mut side = ServerSide {
             params: &mut conn.params,
             prepared: &mut conn.prepared,
+            max_prepared: self.info.settings.max_prepared_statements,
         };
         let nothing_outstanding = relay.outstanding_requests() == 0;
         let (step, fwd) = relay.client_to_server(
@@ -487,6 +488,7 @@ impl Session {
         let mut side = ServerSide {
             params: &mut conn.params,
             prepared: &mut conn.prepared,
+            max_prepared: self.info.settings.max_prepared_statements,
         };
         let (saw_ready, fwd) = relay.server_to_client(
             &conn.read_buf,

@@ -1,0 +1,84 @@
+//! The prepared statements that exist on one server connection (transaction pooling names them
+//! after their text), with the order they were last used in, so that the least recently used
+//! goes first when a connection holds `max_prepared_statements` (PgBouncer's setting): the relay
+//! closes it on the server, and prepares it again there if a client needs it later.
+
+use bytes::Bytes;
+use std::collections::HashMap;
+
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Server-side name → when it was last used (a counter, not a clock: no clock read).
+    used: HashMap<Bytes, u64>,
+    tick: u64,
+}
+
+impl Prepared {
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.used.contains_key(name)
+    }
+
+    /// Marks `name` used now (a Bind or Describe went to it).
+    pub fn touch(&mut self, name: &[u8]) {
+        self.tick += 1;
+        if let Some(t) = self.used.get_mut(name) {
+            *t = self.tick;
+        }
+    }
+
+    /// Records `name` as prepared on the server. If the connection then holds more than `max`,
+    /// returns the least recently used other statement, for the caller to close on the server.
+    pub fn insert(&mut self, name: Bytes, max: usize) -> Option<Bytes> {
+        self.tick += 1;
+        self.used.insert(name.clone(), self.tick);
+        if self.used.len() <= max.max(1) {
+            return None;
+        }
+        // Only when full: a scan of at most `max` entries, once per statement prepared beyond it.
+        let victim = self
+            .used
+            .iter()
+            .filter(|(n, _)| **n != name)
+            .min_by_key(|(_, t)| **t)
+            .map(|(n, _)| n.clone())?;
+        self.used.remove(&victim);
+        Some(victim)
+    }
+
+    pub fn remove(&mut self, name: &[u8]) {
+        self.used.remove(name);
+    }
+
+    pub fn clear(&mut self) {
+        self.used.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_recently_used_goes_first() {
+        let mut p = Prepared::default();
+        let name = |s: &'static str| Bytes::from_static(s.as_bytes());
+        assert_eq!(p.insert(name("a"), 2), None);
+        assert_eq!(p.insert(name("b"), 2), None);
+        p.touch(b"a");
+        assert_eq!(
+            p.insert(name("c"), 2),
+            Some(name("b")),
+            "b was used least recently"
+        );
+        assert!(p.contains(b"a") && p.contains(b"c") && !p.contains(b"b"));
+        assert_eq!(p.len(), 2);
+    }
+}
