@@ -21,14 +21,18 @@ use switchyard_proto::frontend::{Bind, Parse, Target, TargetKind, tag as fe};
 use switchyard_proto::{Frame, sqlstate};
 use switchyard_topology::Caught;
 
-fn rolled_back() -> ErrorFields {
+/// 40001: the transaction died with its server connection; `cause` says how, when known.
+fn rolled_back(cause: Option<&str>) -> ErrorFields {
+    let how = cause.unwrap_or("the server connection was lost");
     ErrorFields::error(
         sqlstate::SERIALIZATION_FAILURE,
-        "switchyard: the primary failed; this transaction was rolled back and is safe to retry",
+        format!("switchyard: {how}; this transaction was rolled back and is safe to retry"),
     )
 }
 
-fn outcome_unknown(commit: bool) -> ErrorFields {
+/// 08007: a commit (or a request that may have written) was in flight when its server
+/// connection was lost.
+fn outcome_unknown(commit: bool, cause: &str) -> ErrorFields {
     let what = if commit {
         "whether the transaction committed"
     } else {
@@ -36,9 +40,7 @@ fn outcome_unknown(commit: bool) -> ErrorFields {
     };
     ErrorFields::error(
         sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
-        format!(
-            "switchyard: the primary failed while this request was in flight; {what} is unknown"
-        ),
+        format!("switchyard: {cause} while this request was in flight; {what} is unknown"),
     )
 }
 
@@ -128,11 +130,15 @@ impl Session {
             self.count(Caught::Unknown);
         }
         let (first, rest, after) = if in_tx {
-            (rolled_back(), in_failed_transaction(), TxStatus::Failed)
+            (
+                rolled_back(Some(&why)),
+                in_failed_transaction(),
+                TxStatus::Failed,
+            )
         } else {
             (
-                outcome_unknown(commit),
-                outcome_unknown(commit),
+                outcome_unknown(commit, &why),
+                outcome_unknown(commit, &why),
                 TxStatus::Idle,
             )
         };
@@ -229,10 +235,10 @@ impl Session {
             None => Some(if told {
                 in_failed_transaction()
             } else {
-                rolled_back()
+                rolled_back(None)
             }),
             // A COMMIT of a transaction the client has not yet heard was lost: say so.
-            Some(Ends::Commit) if !told => Some(rolled_back()),
+            Some(Ends::Commit) if !told => Some(rolled_back(None)),
             Some(_) => None,
         };
         let status = if ends.is_some() {

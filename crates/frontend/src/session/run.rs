@@ -139,7 +139,7 @@ pub(super) enum Lost {
     Socket(ServerError),
     /// The first write of an attachment failed: the server never saw the request.
     NeverSent(ServerError),
-    /// The server announced it is shutting down (FATAL 57P0x).
+    /// The server ended the connection (FATAL 57P0x: a shutdown, or the backend terminated).
     GoingAway,
 }
 
@@ -177,7 +177,9 @@ impl std::fmt::Display for Lost {
             Lost::Generation => f.write_str("the cluster's primary changed"),
             Lost::Socket(e) => write!(f, "{e}"),
             Lost::NeverSent(e) => write!(f, "{e} (before the request was sent)"),
-            Lost::GoingAway => f.write_str("the server is shutting down"),
+            Lost::GoingAway => {
+                f.write_str("the server ended the connection (shutdown or termination)")
+            }
         }
     }
 }
@@ -490,12 +492,18 @@ impl Session {
             prepared: &mut conn.prepared,
             max_prepared: self.info.settings.max_prepared_statements,
         };
-        let (saw_ready, fwd) = relay.server_to_client(
+        let relayed = relay.server_to_client(
             &conn.read_buf,
             &mut self.info.params,
             &mut side,
             &mut self.out,
-        )?;
+        );
+        let (saw_ready, fwd) = match relayed {
+            Ok(r) => r,
+            // The server broke the protocol (an unexpected or oversized message): that server
+            // connection is done for, and it is not the client's fault.
+            Err(e) => return Ok(Flow::Lost(Lost::Socket(ServerError::Protocol(e)))),
+        };
         if saw_ready
             && relay.read_back_search_path
             && relay.releases()

@@ -95,6 +95,11 @@ impl Harness {
         let pg = start_pg();
         let mut config = config_for(&pg, mode);
         tweak(&mut config);
+        Self::from_parts(pg, config).await
+    }
+
+    /// A proxy on `config` in front of `pg` (started with [`start_pg`]).
+    pub async fn from_parts(pg: PgServer, config: Config) -> Self {
         let proxy = within(STEP, "proxy start", serve::start(config))
             .await
             .expect("proxy starts");
