@@ -32,6 +32,10 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest one connection (keep-alive included) stays open.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
+/// Most HTTP connections open at once; more are closed at once (the listener serves operators
+/// and a scraper or two, and must not become a way to exhaust the process's file descriptors).
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Serves on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, state: Shared, stop: CancellationToken) {
     let protected = Router::new()
@@ -46,6 +50,7 @@ pub async fn serve(listener: TcpListener, state: Shared, stop: CancellationToken
         .route("/readyz", get(readyz))
         .merge(protected)
         .with_state(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -59,6 +64,10 @@ pub async fn serve(listener: TcpListener, state: Shared, stop: CancellationToken
             },
             () = stop.cancelled() => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("admin HTTP: {MAX_CONNECTIONS} connections open; closing a new one");
+            continue;
+        };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -70,6 +79,7 @@ pub async fn serve(listener: TcpListener, state: Shared, stop: CancellationToken
                 _ = tokio::time::timeout(CONNECTION_LIFETIME, connection) => {}
                 () = stop.cancelled() => {}
             }
+            drop(slot);
         });
     }
 }

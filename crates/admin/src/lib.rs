@@ -11,7 +11,7 @@
 
 pub mod console;
 pub mod events;
-mod http;
+pub mod http;
 pub mod incident;
 pub mod metrics;
 pub mod notify;

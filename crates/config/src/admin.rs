@@ -16,8 +16,11 @@ pub struct AdminConfig {
     /// If set, every HTTP request but `/livez` and `/readyz` needs `Authorization: Bearer TOKEN`.
     pub token: Option<String>,
     /// Users (from `[[users]]`) who may connect to the virtual database `switchyard` for the
-    /// admin console.
+    /// admin console and run every command (PgBouncer's `admin_users`).
     pub users: Vec<String>,
+    /// Users who may use the admin console to look only: `SHOW …`, but no PAUSE, RESUME,
+    /// RELOAD, RECONNECT, SHUTDOWN, FENCE or UNFENCE (PgBouncer's `stats_users`).
+    pub stats_users: Vec<String>,
     /// File incidents are kept in across restarts (JSON); empty string: memory only.
     pub incidents_file: String,
     /// How long traffic must flow on the new primary before an incident is Resolved.
@@ -33,6 +36,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:9930".into(),
             token: None,
             users: Vec::new(),
+            stats_users: Vec::new(),
             incidents_file: "switchyard-incidents.json".into(),
             resolve_after: Duration::secs(60),
             webhooks: Vec::new(),
@@ -80,20 +84,30 @@ pub enum WebhookFormat {
 
 impl AdminConfig {
     pub(crate) fn validate(&self, user_names: &[&str], errs: &mut Vec<String>) {
-        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
-            errs.push(format!(
+        match self.listen.parse::<SocketAddr>() {
+            Err(_) if !self.listen.is_empty() => errs.push(format!(
                 "admin.listen {:?} is not an address like 127.0.0.1:9930 (or \"\" for none)",
                 self.listen
-            ));
+            )),
+            // The status page, metrics and events say a lot about the service: beyond this
+            // host they need a token.
+            Ok(addr) if !addr.ip().is_loopback() && self.token.is_none() => errs.push(format!(
+                "admin.listen {:?} is reachable from other hosts: set admin.token (every request \
+                 but /livez and /readyz then needs it), or listen on 127.0.0.1",
+                self.listen
+            )),
+            _ => {}
         }
         if self.token.as_deref() == Some("") {
             errs.push("admin.token is empty: remove it, or set a secret".into());
         }
-        for u in &self.users {
-            if !user_names.contains(&u.as_str()) {
-                errs.push(format!(
-                    "admin.users names {u:?}, which is not in [[users]]"
-                ));
+        for (list, names) in [("users", &self.users), ("stats_users", &self.stats_users)] {
+            for u in names {
+                if !user_names.contains(&u.as_str()) {
+                    errs.push(format!(
+                        "admin.{list} names {u:?}, which is not in [[users]]"
+                    ));
+                }
             }
         }
         for (i, w) in self.webhooks.iter().enumerate() {

@@ -175,6 +175,21 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_admin_listener_beyond_loopback_needs_a_token() {
+        let base = "[clusters.c]\nmembers = [\"127.0.0.1:5432\"]\n[[sites]]\ndatabase = \"*\"\n\
+                    cluster = \"c\"\n[[users]]\nname = \"u\"\nauth = \"trust\"\n[admin]\n";
+        let with = |admin: &str| Config::from_toml(&format!("{base}{admin}"));
+        let e = with("listen = \"0.0.0.0:9930\"\n")
+            .expect_err("no token")
+            .to_string();
+        assert!(e.contains("admin.token"), "{e}");
+        assert!(with("listen = \"0.0.0.0:9930\"\ntoken = \"s3cret\"\n").is_ok());
+        assert!(with("listen = \"127.0.0.1:9930\"\n").is_ok());
+        assert!(with("listen = \"[::1]:9930\"\n").is_ok());
+    }
+
     use crate::{Config, ConfigError};
 
     const GOOD: &str = r#"

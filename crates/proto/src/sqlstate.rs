@@ -6,6 +6,7 @@ pub const SQLCLIENT_UNABLE_TO_ESTABLISH: &str = "08001";
 pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
 pub const INVALID_PASSWORD: &str = "28P01";
 pub const INVALID_AUTHORIZATION: &str = "28000";
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";

@@ -287,3 +287,50 @@ async fn a_silent_http_client_is_cut_off() {
         "closed after {took:?}, before the deadline"
     );
 }
+
+/// The HTTP listener keeps at most `MAX_CONNECTIONS` open: one more is closed at once, and a
+/// freed place serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_bounds_its_connections() {
+    let h = Harness::start(PoolMode::Transaction).await;
+    let addr = admin_addr(&h.proxy);
+    let max = switchyard_admin::http::MAX_CONNECTIONS;
+    let mut held = Vec::new();
+    for _ in 0..max {
+        // Connected and silent: each holds a place until its header timeout.
+        let s = within(STEP, "connect", tokio::net::TcpStream::connect(addr))
+            .await
+            .expect("connect");
+        held.push(s);
+    }
+    // The listener has taken them all once a request on a fresh connection is closed unread.
+    let mut extra = within(STEP, "connect", tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let n = within(
+        STEP,
+        "the extra connection to be closed",
+        extra.read(&mut buf),
+    )
+    .await
+    .unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "one connection over the limit is closed without an answer"
+    );
+    held.clear();
+    within(STEP, "a place to be free again", async {
+        loop {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let _ = s.write_all(b"GET /livez HTTP/1.0\r\n\r\n").await;
+            let mut raw = Vec::new();
+            let _ = s.read_to_end(&mut raw).await;
+            if raw.starts_with(b"HTTP/1.0 200") || raw.starts_with(b"HTTP/1.1 200") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // poll interval
+        }
+    })
+    .await;
+}

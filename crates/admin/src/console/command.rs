@@ -42,6 +42,16 @@ pub fn run(ctx: &Ctx<'_>, statement: &str, out: &mut Vec<Frame>) -> Result<(), C
             Ok(())
         }
     };
+    let changes_something = matches!(
+        verb.as_str(),
+        "PAUSE" | "RESUME" | "RECONNECT" | "RELOAD" | "SHUTDOWN" | "FENCE" | "UNFENCE"
+    );
+    if changes_something && !ctx.may_operate() {
+        return Err(ConsoleError::NotOperator {
+            user: ctx.user.to_owned(),
+            command: verb,
+        });
+    }
     let tag = match verb.as_str() {
         "PAUSE" => at_most_one("PAUSE [database]").and_then(|()| pause::pause(ctx, arg))?,
         "RESUME" => at_most_one("RESUME [database]").and_then(|()| pause::resume(ctx, arg))?,

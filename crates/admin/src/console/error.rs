@@ -34,6 +34,9 @@ pub enum ConsoleError {
     ExtendedProtocol,
     #[error("the query is not valid UTF-8")]
     NotUtf8,
+    /// A `stats_users` user tried a command that changes something.
+    #[error("user {user:?} may only look (admin.stats_users); {command} needs admin.users")]
+    NotOperator { user: String, command: String },
 }
 
 impl ConsoleError {
@@ -49,6 +52,7 @@ impl ConsoleError {
             Self::ReloadRefused(_) => CONFIG_FILE_ERROR,
             Self::ExtendedProtocol => FEATURE_NOT_SUPPORTED,
             Self::NotUtf8 => CHARACTER_NOT_IN_REPERTOIRE,
+            Self::NotOperator { .. } => INSUFFICIENT_PRIVILEGE,
         }
     }
 

@@ -93,6 +93,19 @@ impl Ctx<'_> {
         &self.state.proxy
     }
 
+    /// Whether the user may change things (is in `admin.users`, read live): `stats_users` may
+    /// only look.
+    pub fn may_operate(&self) -> bool {
+        self.proxy()
+            .live
+            .load()
+            .config
+            .admin
+            .users
+            .iter()
+            .any(|u| u == self.user)
+    }
+
     /// Logs an operator command and records it as an event (`cluster` "" for the whole proxy).
     pub fn record(&self, cluster: &str, detail: String) {
         self.state.event(

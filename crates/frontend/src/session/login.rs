@@ -171,7 +171,8 @@ async fn check_settings(
     }
 }
 
-/// An admin-console connection's login after authentication: only `admin.users` get in.
+/// An admin-console connection's login after authentication: only `admin.users` and
+/// `admin.stats_users` get in (the latter to look only).
 async fn console_login(
     proxy: &Proxy,
     client: &mut ClientConn,
@@ -179,7 +180,8 @@ async fn console_login(
     user: Arc<UserConfig>,
     peer: Option<SocketAddr>,
 ) -> Result<Login, SessionError> {
-    if !config.admin.users.contains(&user.name) {
+    let admin = &config.admin;
+    if !(admin.users.contains(&user.name) || admin.stats_users.contains(&user.name)) {
         let user = user.name.clone();
         return Err(SessionError::NotAdmin { user });
     }

@@ -260,3 +260,47 @@ async fn non_admin_users_are_refused() {
         .await
         .unwrap();
 }
+
+/// `admin.stats_users` may look (every SHOW) but not change anything; `admin.users` may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_users_may_look_but_not_operate() {
+    let h = harness(|c| c.admin.stats_users = vec![SCRAM_USER.into()]).await;
+    let viewer = h
+        .client_as(SCRAM_USER, SCRAM_PASSWORD, "switchyard")
+        .await
+        .expect("a stats user logs in to the console");
+    for show in ["SHOW POOLS", "SHOW CLUSTERS", "SHOW INCIDENTS"] {
+        within(STEP, show, viewer.simple_query(show))
+            .await
+            .unwrap_or_else(|e| panic!("{show}: {e:?}"));
+    }
+    for command in [
+        "PAUSE",
+        "RELOAD",
+        "SHUTDOWN",
+        "FENCE 127.0.0.1:1",
+        "RECONNECT",
+    ] {
+        let e = within(STEP, command, viewer.simple_query(command))
+            .await
+            .expect_err("refused");
+        assert_eq!(sqlstate(&e), "42501", "{command}: {e:?}");
+    }
+    assert!(
+        !h.proxy.proxy.pauses.any(),
+        "the refused PAUSE paused nothing"
+    );
+    within(STEP, "SHOW POOLS", viewer.simple_query("SHOW POOLS"))
+        .await
+        .expect("the console stays usable");
+    let operator = h
+        .client_as("postgres", "", "switchyard")
+        .await
+        .expect("an admin user logs in");
+    within(STEP, "PAUSE", operator.simple_query("PAUSE"))
+        .await
+        .expect("an admin user may PAUSE");
+    within(STEP, "RESUME", operator.simple_query("RESUME"))
+        .await
+        .expect("and RESUME");
+}
