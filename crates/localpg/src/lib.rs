@@ -74,18 +74,29 @@ pub fn runs_as_postgres_user() -> bool {
     cmd::running_as_root()
 }
 
-/// A TCP port on `127.0.0.1` that was free a moment ago (bind to port 0 and release it).
+/// Ports handed out by [`free_port`]: below Linux's ephemeral range (32768–60999), which the
+/// kernel gives to outgoing connections. A port taken from that range (by binding port 0) can
+/// be handed to some client's connection before the server that was meant to listen on it
+/// binds it — seen in a soak run: a Patroni member's PostgreSQL never started.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A TCP port on `127.0.0.1` that was free a moment ago, outside the ephemeral range.
 ///
 /// Another process may grab it before you do; [`PgServer::start`] retries with a new port when
 /// that happens.
 ///
 /// # Panics
 ///
-/// Panics if the loopback interface cannot bind at all (the machine is unusable for tests).
+/// Panics if no port in the range can be bound (the machine is unusable for tests).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind 127.0.0.1:0");
-    listener
-        .local_addr()
-        .expect("local_addr of bound listener")
-        .port()
+    // A random place to start looking: parallel test processes rarely try the same port.
+    let span = u32::from(PORTS.end - PORTS.start);
+    let start = rand::random::<u32>();
+    for i in 0..span {
+        let port = PORTS.start + (start.wrapping_add(i) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {PORTS:?}")
 }
