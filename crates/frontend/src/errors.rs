@@ -70,6 +70,9 @@ pub enum SessionError {
     /// A transaction left open with nothing sent for `idle_transaction_timeout`.
     #[error("client idle in a transaction for {limit:?} (idle_transaction_timeout)")]
     IdleInTransactionTimeout { limit: std::time::Duration },
+    /// A request of more than `max` messages without a Sync, answered by Switchyard itself.
+    #[error("more than {max} messages without a Sync")]
+    BatchTooLong { max: usize },
     /// One client address already has `max_pending_logins_per_address` logins under way.
     #[error("too many connections logging in from {address}")]
     TooManyLogins { address: String, max: usize },
@@ -181,6 +184,10 @@ impl SessionError {
                     "terminating connection due to idle-in-transaction timeout ({} s, idle_transaction_timeout); the transaction was rolled back",
                     limit.as_secs_f64()
                 ),
+            ),
+            Self::BatchTooLong { max } => fatal(
+                PROGRAM_LIMIT_EXCEEDED,
+                format!("more than {max} messages without a Sync while the transaction is being ended; send a Sync"),
             ),
             Self::TooManyLogins { address, max } => fatal(
                 TOO_MANY_CONNECTIONS,

@@ -10,6 +10,7 @@ pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";

@@ -189,22 +189,30 @@ impl Session {
         }
     }
 
-    /// Answers one request of a client whose transaction was lost, without a server.
+    /// Answers one request of a client whose transaction was lost, without a server. What is
+    /// kept of the request is its shape (one small entry per message, at most
+    /// [`MAX_FAILED_BATCH`]), never the messages themselves.
     pub(super) async fn answer_failed_transaction(&mut self) -> Result<(), SessionError> {
         let Link::FailedTransaction { told } = self.link else {
             return Ok(());
         };
-        let mut batch = Vec::new();
+        let mut shape = Vec::new();
+        let mut ends = None;
         loop {
             let f = self.client.read_frame().await?;
-            let last = matches!(f.tag, fe::SYNC | fe::QUERY | fe::FUNCTION_CALL);
-            batch.push(f);
-            if last {
+            ends = ends.or_else(|| self.ends_transaction(&f));
+            if shape.len() >= MAX_FAILED_BATCH {
+                return Err(SessionError::BatchTooLong {
+                    max: MAX_FAILED_BATCH,
+                });
+            }
+            shape.push(Reply::to(&f));
+            if matches!(f.tag, fe::SYNC | fe::QUERY | fe::FUNCTION_CALL) {
                 break;
             }
         }
-        let (frames, ended) = self.failed_transaction_reply(&batch, told);
-        self.link = if ended {
+        let frames = failed_transaction_reply(&shape, ends, told);
+        self.link = if ends.is_some() {
             Link::Detached
         } else {
             Link::FailedTransaction { told: true }
@@ -212,15 +220,9 @@ impl Session {
         self.client.send(&frames).await
     }
 
-    fn statement_text(&self, bind: &Bind) -> Option<Bytes> {
-        let parse = self.statements.get(&bind.statement)?;
-        Some(parse.parse.tail.clone())
-    }
-
-    /// The reply PostgreSQL would give in a failed transaction: ROLLBACK (and COMMIT, which
-    /// rolls back) end it; anything else is refused. Returns the frames and whether it ended.
-    fn failed_transaction_reply(&self, batch: &[Frame], told: bool) -> (Vec<Frame>, bool) {
-        let ends = batch.iter().find_map(|f| match f.tag {
+    /// Whether a message ends the transaction (its statement, or the statement it binds).
+    fn ends_transaction(&self, f: &Frame) -> Option<Ends> {
+        match f.tag {
             fe::QUERY => ends_transaction(&f.body),
             fe::PARSE => Parse::decode(f)
                 .ok()
@@ -230,54 +232,146 @@ impl Session {
                 .and_then(|b| self.statement_text(&b))
                 .and_then(|t| ends_transaction(&t)),
             _ => None,
-        });
-        let refused = match ends {
-            None => Some(if told {
-                in_failed_transaction()
-            } else {
-                rolled_back(None)
-            }),
-            // A COMMIT of a transaction the client has not yet heard was lost: say so.
-            Some(Ends::Commit) if !told => Some(rolled_back(None)),
-            Some(_) => None,
-        };
+        }
+    }
+
+    fn statement_text(&self, bind: &Bind) -> Option<Bytes> {
+        let parse = self.statements.get(&bind.statement)?;
+        Some(parse.parse.tail.clone())
+    }
+}
+
+/// Most messages one request may hold while Switchyard answers a lost transaction itself
+/// (a pipeline that long without a Sync is refused with FATAL 54000).
+pub(super) const MAX_FAILED_BATCH: usize = 100_000;
+
+/// What PostgreSQL answers one message with when the transaction is ended by the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    CommandComplete,
+    ParseComplete,
+    BindComplete,
+    CloseComplete,
+    DescribeStatement,
+    DescribePortal,
+    /// A Sync, Query or FunctionCall: ReadyForQuery (after a Query's CommandComplete).
+    QueryThenReady,
+    Ready,
+    Nothing,
+}
+
+impl Reply {
+    fn to(f: &Frame) -> Self {
+        match f.tag {
+            fe::QUERY => Self::QueryThenReady,
+            fe::EXECUTE => Self::CommandComplete,
+            fe::PARSE => Self::ParseComplete,
+            fe::BIND => Self::BindComplete,
+            fe::CLOSE => Self::CloseComplete,
+            fe::DESCRIBE if Target::decode(f).is_ok_and(|t| t.kind == TargetKind::Statement) => {
+                Self::DescribeStatement
+            }
+            fe::DESCRIBE => Self::DescribePortal,
+            fe::SYNC | fe::FUNCTION_CALL => Self::Ready,
+            _ => Self::Nothing,
+        }
+    }
+}
+
+/// The reply PostgreSQL would give in a failed transaction: ROLLBACK (and COMMIT, which rolls
+/// back) end it; anything else is refused.
+fn failed_transaction_reply(shape: &[Reply], ends: Option<Ends>, told: bool) -> Vec<Frame> {
+    let refused = match ends {
+        None => Some(if told {
+            in_failed_transaction()
+        } else {
+            rolled_back(None)
+        }),
+        // A COMMIT of a transaction the client has not yet heard was lost: say so.
+        Some(Ends::Commit) if !told => Some(rolled_back(None)),
+        Some(_) => None,
+    };
+    if let Some(err) = refused {
         let status = if ends.is_some() {
             TxStatus::Idle
         } else {
             TxStatus::Failed
         };
-        if let Some(err) = refused {
-            return (
-                vec![err.to_frame(), backend::ready_for_query(status)],
-                ends.is_some(),
-            );
-        }
-        let mut out = Vec::new();
-        for f in batch {
-            match f.tag {
-                fe::QUERY | fe::EXECUTE => out.push(backend::command_complete("ROLLBACK")),
-                fe::PARSE => out.push(backend::parse_complete()),
-                fe::BIND => out.push(Frame::new(b'2', Bytes::new())),
-                fe::CLOSE => out.push(backend::close_complete()),
-                fe::DESCRIBE => {
-                    if Target::decode(f).is_ok_and(|t| t.kind == TargetKind::Statement) {
-                        out.push(Frame::new(b't', Bytes::from_static(&[0, 0])));
-                    }
-                    out.push(Frame::new(b'n', Bytes::new()));
-                }
-                _ => {}
+        return vec![err.to_frame(), backend::ready_for_query(status)];
+    }
+    let mut out = Vec::new();
+    for reply in shape {
+        match reply {
+            Reply::CommandComplete => out.push(backend::command_complete("ROLLBACK")),
+            Reply::ParseComplete => out.push(backend::parse_complete()),
+            Reply::BindComplete => out.push(Frame::new(b'2', Bytes::new())),
+            Reply::CloseComplete => out.push(backend::close_complete()),
+            Reply::DescribeStatement => {
+                out.push(Frame::new(b't', Bytes::from_static(&[0, 0])));
+                out.push(Frame::new(b'n', Bytes::new()));
             }
-            if matches!(f.tag, fe::SYNC | fe::QUERY | fe::FUNCTION_CALL) {
+            Reply::DescribePortal => out.push(Frame::new(b'n', Bytes::new())),
+            Reply::QueryThenReady => {
+                out.push(backend::command_complete("ROLLBACK"));
                 out.push(backend::ready_for_query(TxStatus::Idle));
             }
+            Reply::Ready => out.push(backend::ready_for_query(TxStatus::Idle)),
+            Reply::Nothing => {}
         }
-        (out, true)
     }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tags(frames: &[Frame]) -> String {
+        frames.iter().map(|f| f.tag as char).collect()
+    }
+
+    #[test]
+    fn a_lost_transaction_is_answered_as_postgresql_would() {
+        use Reply::*;
+        let pipeline = [
+            ParseComplete,
+            BindComplete,
+            DescribePortal,
+            CommandComplete,
+            Ready,
+        ];
+        assert_eq!(
+            tags(&failed_transaction_reply(
+                &pipeline,
+                Some(Ends::Rollback),
+                true
+            )),
+            "12nCZ",
+            "an extended ROLLBACK ends it"
+        );
+        assert_eq!(
+            tags(&failed_transaction_reply(&[QueryThenReady], None, true)),
+            "EZ",
+            "anything else is refused (25P02)"
+        );
+        assert_eq!(
+            tags(&failed_transaction_reply(
+                &[QueryThenReady],
+                Some(Ends::Commit),
+                false
+            )),
+            "EZ",
+            "a COMMIT the client has not heard was lost gets 40001"
+        );
+        assert_eq!(
+            tags(&failed_transaction_reply(
+                &[DescribeStatement, Ready],
+                Some(Ends::Rollback),
+                true
+            )),
+            "tnZ"
+        );
+    }
 
     #[test]
     fn classifies_transaction_ends() {
