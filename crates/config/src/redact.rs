@@ -1,7 +1,7 @@
 //! TOML parse errors without the config's text: the toml crate quotes the offending line, which
 //! may hold a password, and a parse error reaches stderr, the reload log and the event log.
-//! Only the position, the key (names are not secrets) and the parser's message are kept, with
-//! any value the message quotes hidden.
+//! Only the position and the parser's message are kept, with any value the message quotes
+//! hidden. (Not even the key: the line an error points at may be inside a multi-line string.)
 
 /// A parse error of `text`, safe to log.
 pub fn parse_error(e: &toml::de::Error, text: &str) -> String {
@@ -12,19 +12,7 @@ pub fn parse_error(e: &toml::de::Error, text: &str) -> String {
     let before = text.get(..span.start).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    let line_text = text.lines().nth(line - 1).unwrap_or_default();
-    match key_of(line_text) {
-        Some(key) => format!("line {line}, column {column} (key `{key}`): {message}"),
-        None => format!("line {line}, column {column}: {message}"),
-    }
-}
-
-/// The key a `key = value` line sets, if it looks like one.
-fn key_of(line: &str) -> Option<&str> {
-    let (key, _) = line.split_once('=')?;
-    let key = key.trim();
-    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
-    (!key.is_empty() && key.chars().all(plain)).then_some(key)
+    format!("line {line}, column {column}: {message}")
 }
 
 /// Replaces the value serde quotes in its messages (`unknown variant \`x\``, `invalid type:
@@ -37,9 +25,14 @@ fn hide_values(message: &str) -> String {
         let Some(open) = out[from..].find(['`', '"']).map(|i| from + i) else {
             continue;
         };
-        let quote = out[open..].chars().next().unwrap_or('"');
-        if let Some(len) = out[open + 1..].find(quote) {
-            out.replace_range(open..open + len + 2, "(value not shown)");
+        // To the last quote before what was expected: a value may hold quotes itself.
+        let end = out[open..]
+            .find(", expected")
+            .map_or(out.len(), |e| open + e);
+        if let Some(close) = out[open + 1..end].rfind(['`', '"']) {
+            out.replace_range(open..open + 1 + close + 1, "(value not shown)");
+        } else {
+            out.replace_range(open..end, "(value not shown)");
         }
     }
     out
@@ -58,12 +51,21 @@ mod tests {
         let unterminated = "[[users]]\nname = \"x\"\nauth = \"md5\"\npassword = \"hunter2\n";
         let e = error_of(unterminated);
         assert!(!e.contains("hunter2"), "{e}");
-        assert!(e.contains("line 4") && e.contains("`password`"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
 
         let variant = "[[users]]\nname = \"x\"\nauth = \"hunter2\"\npassword = \"p\"\n";
         let e = error_of(variant);
         assert!(!e.contains("hunter2"), "{e}");
-        assert!(e.contains("`auth`") && e.contains("scram-sha-256"), "{e}");
+        assert!(e.contains("line 3") && e.contains("scram-sha-256"), "{e}");
+
+        let quoted = "[[users]]\nname = \"x\"\nauth = \"hun`ter2\"\npassword = \"p\"\n";
+        let e = error_of(quoted);
+        assert!(!e.contains("ter2") && !e.contains("hun"), "{e}");
+
+        let multiline =
+            "[[users]]\nname = \"x\"\nauth = \"md5\"\npassword = \"\"\"\ns3cr=et\\q\"\"\"\n";
+        let e = error_of(multiline);
+        assert!(!e.contains("s3cr"), "{e}");
 
         let typed = "[[users]]\nname = \"x\"\nauth = \"md5\"\npassword = 12345678\n";
         let e = error_of(typed);

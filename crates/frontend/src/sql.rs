@@ -21,14 +21,94 @@ pub fn may_commit(sql: &[u8]) -> bool {
         return first_word_commits(body);
     }
     let mut commits = false;
-    let lexed = for_each_statement(sql, |statement| commits |= first_word_commits(statement));
+    // After a ROLLBACK, what follows runs outside a transaction block, and commits by itself.
+    let mut rolled_back = false;
+    let lexed = for_each_statement(sql, |statement| {
+        let blank = skip_blanks(statement).is_some_and(<[u8]>::is_empty);
+        commits |= first_word_commits(statement) || (rolled_back && !blank);
+        rolled_back |= first_word_rolls_back(statement);
+    });
     commits || !lexed
 }
 
-/// Whether the first statement of `sql` commits (for the reply to a failed transaction, where
-/// the server would act on the first statement only).
+/// What running a text may do to the transaction it runs in: commit it ([`may_commit`]), roll
+/// it back (whatever is sent after it, before its answer, then runs outside the transaction
+/// block and commits by itself), both, or neither. An enum so that `Option<Effect>` is one
+/// byte: the relay keeps several in every session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Effect {
+    #[default]
+    Neither,
+    Commits,
+    RollsBack,
+    Both,
+}
+
+impl Effect {
+    /// What an unknown text may do: anything.
+    pub const UNKNOWN: Effect = Effect::Both;
+
+    pub fn new(commits: bool, rolls_back: bool) -> Effect {
+        match (commits, rolls_back) {
+            (false, false) => Effect::Neither,
+            (true, false) => Effect::Commits,
+            (false, true) => Effect::RollsBack,
+            (true, true) => Effect::Both,
+        }
+    }
+
+    pub fn commits(self) -> bool {
+        matches!(self, Effect::Commits | Effect::Both)
+    }
+
+    pub fn rolls_back(self) -> bool {
+        matches!(self, Effect::RollsBack | Effect::Both)
+    }
+
+    /// What either may do.
+    pub fn or(self, other: Effect) -> Effect {
+        Effect::new(
+            self.commits() || other.commits(),
+            self.rolls_back() || other.rolls_back(),
+        )
+    }
+
+    pub fn of(sql: &[u8]) -> Effect {
+        let sql = until_nul(sql);
+        let mut rolls_back = false;
+        if sql.contains(&b';') {
+            for_each_statement(sql, |s| rolls_back |= first_word_rolls_back(s));
+        } else {
+            rolls_back = first_word_rolls_back(sql);
+        }
+        Effect::new(may_commit(sql), rolls_back)
+    }
+}
+
+/// Whether the first statement of `sql` surely commits (for the reply to a failed transaction,
+/// where the server would act on the first statement only): here a doubt means no.
 pub fn first_statement_commits(sql: &[u8]) -> bool {
-    first_word_commits(until_nul(sql))
+    let sql = until_nul(sql);
+    skip_blanks(sql).is_some() && first_word_commits(sql)
+}
+
+/// Whether the statement starts with ROLLBACK or ABORT (a `ROLLBACK TO SAVEPOINT` too: a
+/// false yes only makes what follows count as committing).
+pub fn first_word_rolls_back(statement: &[u8]) -> bool {
+    skip_blanks(statement).is_some_and(|text| {
+        let first = word(text).0;
+        first.eq_ignore_ascii_case(b"rollback") || first.eq_ignore_ascii_case(b"abort")
+    })
+}
+
+/// PostgreSQL's whitespace (`[ \t\n\r\f\v]`); Rust's ASCII whitespace lacks `\v`.
+fn is_space(b: &u8) -> bool {
+    b.is_ascii_whitespace() || *b == 0x0b
+}
+
+/// A byte that continues an identifier (PostgreSQL's `ident_cont`, with `$`).
+fn continues_identifier(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
 fn until_nul(sql: &[u8]) -> &[u8] {
@@ -36,10 +116,7 @@ fn until_nul(sql: &[u8]) -> &[u8] {
 }
 
 fn trim_end(sql: &[u8]) -> &[u8] {
-    let end = sql
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
+    let end = sql.iter().rposition(|b| !is_space(b)).map_or(0, |i| i + 1);
     &sql[..end]
 }
 
@@ -67,17 +144,15 @@ fn word(text: &[u8]) -> (&[u8], &[u8]) {
     text.split_at(len)
 }
 
-/// `text` after leading whitespace and comments; None if a comment does not end.
+/// `text` after leading whitespace and comments; None if a block comment does not end.
 fn skip_blanks(mut text: &[u8]) -> Option<&[u8]> {
     loop {
-        let start = text
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(text.len());
+        let start = text.iter().position(|b| !is_space(b)).unwrap_or(text.len());
         text = &text[start..];
         if text.starts_with(b"--") {
-            let end = text.iter().position(|&b| b == b'\n')?;
-            text = &text[end + 1..];
+            // To the end of the line, or of the text.
+            let end = text.iter().position(|&b| b == b'\n' || b == b'\r');
+            text = end.map_or(&[][..], |e| &text[e + 1..]);
         } else if text.starts_with(b"/*") {
             text = &text[block_comment_len(text)?..];
         } else {
@@ -121,11 +196,14 @@ fn for_each_statement(sql: &[u8], mut each: impl FnMut(&[u8])) -> bool {
                 start = i + 1;
                 Some(1)
             }
-            b'\'' => quoted_len(&sql[i..], b'\'', escapes_backslash(sql, i)),
+            b'\'' => string_len(sql, i),
             b'"' => quoted_len(&sql[i..], b'"', false),
-            b'-' if sql[i..].starts_with(b"--") => {
-                sql[i..].iter().position(|&b| b == b'\n').map(|n| n + 1)
-            }
+            b'-' if sql[i..].starts_with(b"--") => Some(
+                sql[i..]
+                    .iter()
+                    .position(|&b| b == b'\n' || b == b'\r')
+                    .map_or(sql.len() - i, |n| n + 1),
+            ),
             b'/' if sql[i..].starts_with(b"/*") => block_comment_len(&sql[i..]),
             b'$' => dollar_quote(sql, i).unwrap_or(Some(1)),
             _ => Some(1),
@@ -139,11 +217,18 @@ fn for_each_statement(sql: &[u8], mut each: impl FnMut(&[u8])) -> bool {
     true
 }
 
-/// An `E'…'` string: backslash escapes a quote.
-fn escapes_backslash(sql: &[u8], quote: usize) -> bool {
-    quote > 0
-        && sql[quote - 1].eq_ignore_ascii_case(&b'e')
-        && (quote < 2 || !(sql[quote - 2].is_ascii_alphanumeric() || sql[quote - 2] == b'_'))
+/// The string starting at `sql[at]`. In an `E'…'` string a backslash escapes; in a plain one
+/// a backslash makes the text a doubt (`standard_conforming_strings` may be off, and an E
+/// string continued on the next line keeps its escapes), answered None like an unterminated one.
+fn string_len(sql: &[u8], at: usize) -> Option<usize> {
+    let e_string = at > 0
+        && sql[at - 1].eq_ignore_ascii_case(&b'e')
+        && (at < 2 || !continues_identifier(sql[at - 2]));
+    let len = quoted_len(&sql[at..], b'\'', e_string)?;
+    if !e_string && sql[at..at + len].contains(&b'\\') {
+        return None;
+    }
+    Some(len)
 }
 
 /// Length of the quoted text at the start of `text` (a doubled quote is a quote), if it ends.
@@ -170,13 +255,13 @@ fn quoted_len(text: &[u8], quote: u8, backslash: bool) -> Option<usize> {
 /// one here (a parameter `$1`, part of an identifier), Some(None) when it never closes, else
 /// Some(its length).
 fn dollar_quote(sql: &[u8], at: usize) -> Option<Option<usize>> {
-    if at > 0 && (sql[at - 1].is_ascii_alphanumeric() || sql[at - 1] == b'_') {
+    if at > 0 && continues_identifier(sql[at - 1]) {
         return None;
     }
     let rest = &sql[at + 1..];
     let tag_len = rest
         .iter()
-        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))?;
+        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b >= 0x80))?;
     if rest[tag_len] != b'$' || rest.first().is_some_and(u8::is_ascii_digit) {
         return None;
     }
@@ -253,6 +338,16 @@ mod tests {
             "INSERT INTO t VALUES (E'\\';'); COMMIT",
             "SELECT \"a;b\" FROM t; COMMIT",
             "BEGIN; INSERT INTO t VALUES (1); COMMIT",
+            "UPDATE t SET x=1 -- bump\r; COMMIT\n",
+            "-- app\rCOMMIT\n",
+            "\x0bCOMMIT",
+            "SELECT 1;\x0bCOMMIT",
+            "SELECT E'a'\n'\\''; COMMIT; -- '",
+            "SELECT 'x\\''; COMMIT; SELECT 'y\\''",
+            "SELECT 1 AS a$$$; COMMIT; SELECT 1 AS b$$$",
+            "SELECT $\u{e9}$ ' $\u{e9}$; COMMIT; -- '",
+            "ROLLBACK; INSERT INTO t VALUES (1)",
+            "abort; select 1",
         ] {
             assert!(may_commit(yes.as_bytes()), "{yes:?}");
         }
@@ -271,6 +366,8 @@ mod tests {
             "UPDATE t SET x = 1 -- ; commit\n; SELECT 1",
             "prepare p as select 1",
             "rollback",
+            "rollback;",
+            "rollback; -- done",
             "select 'it''s; commit'",
         ] {
             assert!(!may_commit(no.as_bytes()), "{no:?}");
@@ -294,5 +391,7 @@ mod tests {
         assert!(first_statement_commits(b"COMMIT\0"));
         assert!(first_statement_commits(b"/* x */ end"));
         assert!(!first_statement_commits(b"select 1; commit"));
+        assert!(!first_statement_commits(b"-- ping"));
+        assert!(!first_statement_commits(b"/* open"));
     }
 }

@@ -17,8 +17,8 @@ use switchyard_proto::frontend::Parse;
 pub struct ServerStatement {
     pub server_name: Bytes,
     pub parse: Parse,
-    /// Executing it may commit a transaction (COMMIT, END, PREPARE TRANSACTION).
-    pub commits: bool,
+    /// What executing it may do to the transaction (commit it, roll it back).
+    pub effect: crate::sql::Effect,
 }
 
 /// The client's named statements; most clients never name one, so the map is only allocated
@@ -56,7 +56,7 @@ impl Statements {
         }
         let s = ServerStatement {
             server_name: server_name(&parse),
-            commits: crate::sql::may_commit(&parse.tail),
+            effect: crate::sql::Effect::of(&parse.tail),
             parse: parse.clone(),
         };
         by_name.insert(parse.name, s.clone());

@@ -11,9 +11,18 @@ pub struct Prepared {
     /// Server-side name → when it was last used (a counter, not a clock: no clock read).
     used: HashMap<Bytes, u64>,
     tick: u64,
+    /// The tick the current client's attachment began at: statements used since may have
+    /// portals open on them (closing a statement closes its portals), so they are not evicted.
+    attached_at: u64,
 }
 
 impl Prepared {
+    /// A client is attached: what it uses from now on stays until it detaches.
+    pub fn begin_attachment(&mut self) {
+        self.tick += 1;
+        self.attached_at = self.tick;
+    }
+
     pub fn contains(&self, name: &[u8]) -> bool {
         self.used.contains_key(name)
     }
@@ -27,7 +36,9 @@ impl Prepared {
     }
 
     /// Records `name` as prepared on the server. If the connection then holds more than `max`,
-    /// returns the least recently used other statement, for the caller to close on the server.
+    /// returns the least recently used statement not used by the attached client, for the
+    /// caller to close on the server (none while every one is in use: the bound is exceeded
+    /// until the client detaches, rather than a portal closed under it).
     pub fn insert(&mut self, name: Bytes, max: usize) -> Option<Bytes> {
         self.tick += 1;
         self.used.insert(name.clone(), self.tick);
@@ -38,7 +49,7 @@ impl Prepared {
         let victim = self
             .used
             .iter()
-            .filter(|(n, _)| **n != name)
+            .filter(|(_, t)| **t < self.attached_at)
             .min_by_key(|(_, t)| **t)
             .map(|(n, _)| n.clone())?;
         self.used.remove(&victim);
@@ -72,6 +83,7 @@ mod tests {
         let name = |s: &'static str| Bytes::from_static(s.as_bytes());
         assert_eq!(p.insert(name("a"), 2), None);
         assert_eq!(p.insert(name("b"), 2), None);
+        p.begin_attachment();
         p.touch(b"a");
         assert_eq!(
             p.insert(name("c"), 2),
@@ -80,5 +92,18 @@ mod tests {
         );
         assert!(p.contains(b"a") && p.contains(b"c") && !p.contains(b"b"));
         assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn statements_the_attached_client_used_are_kept() {
+        let mut p = Prepared::default();
+        let name = |s: &'static str| Bytes::from_static(s.as_bytes());
+        p.insert(name("old"), 1);
+        p.begin_attachment();
+        p.touch(b"old");
+        assert_eq!(p.insert(name("new"), 1), None, "old may have a portal open");
+        assert_eq!(p.len(), 2, "over the bound until the client detaches");
+        p.begin_attachment();
+        assert_eq!(p.insert(name("next"), 1), Some(name("old")));
     }
 }

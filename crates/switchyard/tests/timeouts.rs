@@ -59,10 +59,12 @@ async fn an_idle_client_is_disconnected_after_client_idle_timeout() {
         })
         .await;
         let (client, conn) = connect_watched(&h).await;
+        // The proxy's idle clock starts as it answers, a moment before the answer arrives: the
+        // earliest instant it can start is when the request is sent.
+        let idle_since = Instant::now();
         within(STEP, "select 1", client.simple_query("select 1"))
             .await
             .expect("served");
-        let idle_since = Instant::now();
         let said = ends_with(conn, "57P05", idle_since).await;
         assert!(said.contains("client_idle_timeout"), "{mode:?}: {said}");
     }
@@ -85,6 +87,7 @@ async fn a_transaction_left_open_is_rolled_back_after_idle_transaction_timeout()
     .expect("create");
     drop(setup);
     let (client, conn) = connect_watched(&h).await;
+    let idle_since = Instant::now(); // the earliest the proxy's clock can start (see above)
     within(
         STEP,
         "begin",
@@ -92,7 +95,6 @@ async fn a_transaction_left_open_is_rolled_back_after_idle_transaction_timeout()
     )
     .await
     .expect("begin and insert");
-    let idle_since = Instant::now();
     let said = ends_with(conn, "25P03", idle_since).await;
     assert!(said.contains("rolled back"), "{said}");
     // The pool's only connection was closed with the transaction: the next client gets one,

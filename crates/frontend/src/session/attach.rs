@@ -263,8 +263,10 @@ impl Session {
         })
     }
 
-    fn attached(&mut self, server: Pooled, generation: u64) {
+    fn attached(&mut self, mut server: Pooled, generation: u64) {
         let now = Instant::now();
+        // Statements this attachment uses may have portals open on them: never evicted.
+        server.conn.prepared.begin_attachment();
         self.info
             .cancel
             .link(server.conn.cancel_key.clone(), now.into_std());

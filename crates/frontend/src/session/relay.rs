@@ -3,7 +3,7 @@
 //! and decides when a transaction has ended so the server connection can go back to its pool.
 
 use crate::params::ClientParams;
-use crate::sql::{is_transaction_start, may_commit, names_search_path};
+use crate::sql::{Effect, is_transaction_start, names_search_path};
 use crate::statements::Statements;
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, VecDeque};
@@ -61,8 +61,16 @@ pub struct Relay {
     /// query or through a bound statement, whatever the protocol) was sent and not yet
     /// answered: if the server is lost now, the transaction's outcome is unknown.
     commit_in_flight: bool,
-    /// The unnamed statement last parsed on this attachment may commit.
-    unnamed_commits: bool,
+    /// A request that rolls the transaction back was sent and not yet answered: any request
+    /// sent after it runs outside the transaction block and may commit by itself.
+    rollback_in_flight: bool,
+    /// What the unnamed statement last parsed on this attachment may do.
+    unnamed_statement: Effect,
+    /// What the unnamed portal may do when executed (None: not bound on this attachment).
+    unnamed_portal: Option<Effect>,
+    /// What any named portal bound on this attachment may do (their union; None: none bound).
+    /// Per portal would cost a map in every session for what only cursors use.
+    named_portals: Option<Effect>,
     /// The client's SQL on this attachment named search_path (a setting PostgreSQL before 18
     /// does not report).
     names_search_path: bool,
@@ -76,8 +84,14 @@ pub struct Relay {
     /// The request being answered ran past `query_timeout` and a cancel was sent for it.
     pub query_cancelled: bool,
     /// When the request being answered was sent, in µs since the attachment began (for the
-    /// request-latency histogram).
-    pub request_started_us: u64,
+    /// request-latency histogram and `query_timeout`); 32 bits keep every session in its
+    /// allocation class, and saturate after 71 minutes.
+    pub request_started_us: u32,
+}
+
+/// The first NUL-terminated string of a message body (a Bind's or Execute's portal name).
+fn cstr_at_start(body: &[u8]) -> Option<&[u8]> {
+    body.iter().position(|&b| b == 0).map(|end| &body[..end])
 }
 
 /// The second NUL-terminated string of a message body (a Bind's statement name).
@@ -191,7 +205,10 @@ impl Relay {
             server_fatal: None,
             evidence: false,
             commit_in_flight: false,
-            unnamed_commits: false,
+            rollback_in_flight: false,
+            unnamed_statement: Effect::default(),
+            unnamed_portal: None,
+            named_portals: None,
             names_search_path: false,
             read_back_search_path: false,
             discard: false,
@@ -209,7 +226,10 @@ impl Relay {
         self.server_fatal = None;
         self.evidence = false;
         self.commit_in_flight = false;
-        self.unnamed_commits = false;
+        self.rollback_in_flight = false;
+        self.unnamed_statement = Effect::default();
+        self.unnamed_portal = None;
+        self.named_portals = None;
         self.names_search_path = false;
         self.read_back_search_path = false;
         self.discard = false;
@@ -321,27 +341,45 @@ impl Relay {
     }
 
     /// Classifies by what reaches the server, whatever the protocol: a Query with a committing
-    /// statement anywhere in it, or a Bind of a statement that commits (or one whose text is
-    /// not known here), puts a commit in flight. A Parse only records what the unnamed
-    /// statement would do.
+    /// statement anywhere in it, or an Execute of a portal bound to one (or to a statement or
+    /// portal not known here), puts a commit in flight; so does any request sent while a
+    /// rollback is unanswered (it runs outside the transaction block). A Parse records what the
+    /// unnamed statement would do, a Bind what its portal would.
     fn note_commit(&mut self, tag: u8, body: &[u8], statements: &Statements) {
-        match tag {
-            fe::QUERY => self.commit_in_flight |= may_commit(body),
+        let effect = match tag {
+            fe::QUERY => Effect::of(body),
+            fe::EXECUTE => match cstr_at_start(body) {
+                Some([]) => self.unnamed_portal,
+                Some(_) => self.named_portals,
+                None => None,
+            }
+            .unwrap_or(Effect::UNKNOWN),
+            fe::FUNCTION_CALL => Effect::default(),
             fe::PARSE => {
                 if let Some(text) = body.strip_prefix(&[0]) {
-                    self.unnamed_commits = may_commit(text);
+                    self.unnamed_statement = Effect::of(text);
                 }
+                return;
             }
             fe::BIND => {
-                let statement = cstr_after_first(body);
-                self.commit_in_flight |= match statement {
-                    Some([]) => self.unnamed_commits,
-                    Some(name) => statements.get(name).is_none_or(|s| s.commits),
-                    None => true,
+                let effect = match cstr_after_first(body) {
+                    Some([]) => self.unnamed_statement,
+                    Some(name) => statements.get(name).map_or(Effect::UNKNOWN, |s| s.effect),
+                    None => Effect::UNKNOWN,
                 };
+                match cstr_at_start(body) {
+                    Some([]) => self.unnamed_portal = Some(effect),
+                    _ => {
+                        let all = self.named_portals.unwrap_or_default();
+                        self.named_portals = Some(all.or(effect));
+                    }
+                }
+                return;
             }
-            _ => {}
-        }
+            _ => return,
+        };
+        self.commit_in_flight |= effect.commits() || self.rollback_in_flight;
+        self.rollback_in_flight |= effect.rolls_back();
     }
 
     /// Transaction mode: named statements get their server-side names, and are prepared on this
@@ -556,9 +594,15 @@ impl Relay {
             }
         }
         self.query_cancelled = false;
+        if self.status == TxStatus::Idle {
+            // Outside a transaction block no portal outlives its Sync.
+            self.unnamed_portal = None;
+            self.named_portals = None;
+        }
         if !self.unsynced && !self.busy() {
             // Everything sent has been answered: no commit is in flight any more.
             self.commit_in_flight = false;
+            self.rollback_in_flight = false;
         }
         Ok(())
     }

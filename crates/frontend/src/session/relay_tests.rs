@@ -401,14 +401,17 @@ fn a_connection_keeps_at_most_max_prepared_statements_least_recently_used_out_fi
     w.max_prepared = 2;
     let sync = frame(b'S', b"");
     for (name, sql) in [("a", "select 1"), ("b", "select 2")] {
+        w.prepared.begin_attachment(); // each request its own transaction
         let (_, sent) = w.client(&[parse(name, sql), sync.clone()]);
         assert_eq!(sent, "PS", "{name}");
         w.server(&[frame(b'1', b""), frame(b'Z', b"I")]);
     }
     // `a` used again: `b` is now the least recently used.
+    w.prepared.begin_attachment();
     let (_, sent) = w.client(&[bind("a"), sync.clone()]);
     assert_eq!(sent, "BS");
     w.server(&[frame(b'2', b""), frame(b'Z', b"I")]);
+    w.prepared.begin_attachment();
     let (_, sent) = w.client(&[parse("c", "select 3"), sync.clone()]);
     assert_eq!(
         sent, "CPS",
@@ -418,6 +421,7 @@ fn a_connection_keeps_at_most_max_prepared_statements_least_recently_used_out_fi
     assert_eq!(got, "1Z", "the injected CloseComplete is not the client's");
     assert_eq!(w.prepared.len(), 2);
     // The client's `b` still works: prepared again where it is missing.
+    w.prepared.begin_attachment();
     let (_, sent) = w.client(&[bind("b"), sync]);
     assert!(
         sent.ends_with("PBS"),

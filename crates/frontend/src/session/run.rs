@@ -152,12 +152,14 @@ fn wait_limit(
     settings: &switchyard_config::EffectivePool,
     attached_at: Instant,
 ) -> (Option<Instant>, Waiting) {
-    if relay.busy() {
+    // Messages sent without a Sync (an Execute then a Flush) may be running on the server:
+    // that is a wait for the server too, never an idle client.
+    if relay.busy() || relay.unsynced() {
         let deadline = settings
             .query_timeout
             .limit()
             .filter(|_| !relay.query_cancelled)
-            .map(|d| attached_at + Duration::from_micros(relay.request_started_us) + d);
+            .map(|d| attached_at + Duration::from_micros(relay.request_started_us.into()) + d);
         (deadline, Waiting::Query)
     } else if relay.at_sync_point() {
         let deadline = settings.client_idle_timeout.limit();
@@ -329,6 +331,14 @@ impl Session {
             if h.tag == fe::TERMINATE {
                 return Ok(());
             }
+            if self.client.buf.len() < h.wire_len && matches!(self.link, Link::Detached) {
+                // Not a server connection for a message still arriving: it is relayed whole
+                // anyway, and a client that sends a header and stalls would hold a pool slot.
+                if !self.wait_idle().await? {
+                    return Ok(());
+                }
+                continue;
+            }
             // Each of these is boxed so that its state does not live in every idle session's task.
             if self.owe_ready_at_sync.is_some() {
                 Box::pin(self.drain_to_sync()).await?;
@@ -451,7 +461,7 @@ impl Session {
                 relay.request_started_us = if self.fresh {
                     0
                 } else {
-                    since.elapsed().as_micros() as u64
+                    u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX)
                 };
             }
             let sent = &self.client.buf[..used];
@@ -466,6 +476,11 @@ impl Session {
         }
         self.client.ensure_room();
         let (deadline, waiting) = wait_limit(relay, &self.info.settings, since);
+        // Checked here too: a server that always has more to read would keep the timer
+        // branch, polled last, from ever running.
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Ok(Flow::TimedOut(waiting));
+        }
         tokio::select! {
             biased;
             r = conn.stream.read_buf(&mut conn.read_buf) => match r {
@@ -555,10 +570,15 @@ impl Session {
         let now = Instant::now();
         self.replay = None;
         if let Some(m) = &self.monitor {
-            let started = Duration::from_micros(relay.request_started_us);
+            let started = Duration::from_micros(relay.request_started_us.into());
             m.counters()
                 .query_latency
                 .observe((now - since).saturating_sub(started));
+        }
+        if relay.busy() {
+            // A pipeline: the next request's answer starts now (for its latency and its
+            // query_timeout).
+            relay.request_started_us = u32::try_from((now - since).as_micros()).unwrap_or(u32::MAX);
         }
         if relay.releases() {
             self.detach_at(now);
