@@ -143,15 +143,25 @@ pub(super) enum Lost {
     GoingAway,
 }
 
-/// The deadline of an attached session's next wait, and what it waits for: a request's answer
+/// The limit on an attached session's next wait.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    None,
+    /// From when the wait begins (read only if it does begin: no clock read when the awaited
+    /// bytes are already there).
+    After(Duration),
+    At(Instant),
+}
+
+/// The limit of an attached session's next wait, and what it waits for: a request's answer
 /// (`query_timeout`, from when it was sent, once per request), or the client inside a
-/// transaction (`idle_transaction_timeout`) or idle (`client_idle_timeout`). No deadline (and
-/// no clock read) when the limit that applies is off.
+/// transaction (`idle_transaction_timeout`) or idle (`client_idle_timeout`).
 fn wait_limit(
     relay: &Relay,
     settings: &switchyard_config::EffectivePool,
     attached_at: Instant,
-) -> (Option<Instant>, Waiting) {
+) -> (Limit, Waiting) {
+    let after = |d: switchyard_config::Duration| d.limit().map_or(Limit::None, Limit::After);
     // Messages sent without a Sync (an Execute then a Flush) may be running on the server:
     // that is a wait for the server too, never an idle client.
     if relay.busy() || relay.unsynced() {
@@ -160,14 +170,12 @@ fn wait_limit(
             .limit()
             .filter(|_| !relay.query_cancelled)
             .map(|d| attached_at + Duration::from_micros(relay.request_started_us.into()) + d);
-        (deadline, Waiting::Query)
+        (deadline.map_or(Limit::None, Limit::At), Waiting::Query)
     } else if relay.at_sync_point() {
-        let deadline = settings.client_idle_timeout.limit();
-        (deadline.map(|d| Instant::now() + d), Waiting::ClientIdle)
+        (after(settings.client_idle_timeout), Waiting::ClientIdle)
     } else {
-        let deadline = settings.idle_transaction_timeout.limit();
         (
-            deadline.map(|d| Instant::now() + d),
+            after(settings.idle_transaction_timeout),
             Waiting::ClientInTransaction,
         )
     }
@@ -206,13 +214,15 @@ enum Waiting {
     ClientIdle,
 }
 
-/// Resolves at `deadline`; never without one.
+/// Resolves when `limit` has passed (counted from the first poll for [`Limit::After`]); never
+/// without one.
 ///
 /// Cancel safety: cancel-safe.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+async fn until(limit: Limit) {
+    match limit {
+        Limit::After(d) => tokio::time::sleep(d).await,
+        Limit::At(at) => tokio::time::sleep_until(at).await,
+        Limit::None => std::future::pending().await,
     }
 }
 
@@ -475,10 +485,12 @@ impl Session {
             return Ok(Flow::ClientLeft);
         }
         self.client.ensure_room();
-        let (deadline, waiting) = wait_limit(relay, &self.info.settings, since);
+        let (limit, waiting) = wait_limit(relay, &self.info.settings, since);
         // Checked here too: a server that always has more to read would keep the timer
         // branch, polled last, from ever running.
-        if deadline.is_some_and(|d| d <= Instant::now()) {
+        if let Limit::At(at) = limit
+            && at <= Instant::now()
+        {
             return Ok(Flow::TimedOut(waiting));
         }
         tokio::select! {
@@ -499,7 +511,9 @@ impl Session {
                     Err(e) => Err(SessionError::ClientGone(e)),
                 };
             }
-            () = until(deadline), if deadline.is_some() => return Ok(Flow::TimedOut(waiting)),
+            () = until(limit), if !matches!(limit, Limit::None) => {
+                return Ok(Flow::TimedOut(waiting));
+            }
         }
         self.out.clear();
         let mut side = ServerSide {
