@@ -61,6 +61,18 @@ async fn read_until(s: &mut TcpStream, want: u8) -> Option<Vec<u8>> {
     }
 }
 
+/// Connects, sends a startup packet as `user` and reads up to the first message tagged
+/// `until` (`R`: the authentication request; `Z`: logged in).
+async fn start_login(port: u16, user: &str, until: u8) -> TcpStream {
+    let mut s = within(STEP, "connect", TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .expect("connect");
+    s.write_all(&startup(user)).await.expect("startup");
+    let got = within(STEP, "the login's answer", read_until(&mut s, until)).await;
+    assert!(got.is_some(), "{user}: no {:?} message", until as char);
+    s
+}
+
 /// The SQLSTATE field of an ErrorResponse body.
 fn code(body: &[u8]) -> String {
     body.split(|&b| b == 0)
@@ -101,17 +113,7 @@ async fn huge_messages_before_login_are_refused_at_their_header() {
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
         let user = if i % 2 == 0 { SCRAM_USER } else { MD5_USER };
-        let mut s = within(
-            STEP,
-            "connect",
-            TcpStream::connect(("127.0.0.1", served.port)),
-        )
-        .await
-        .expect("connect");
-        s.write_all(&startup(user)).await.expect("startup");
-        let auth = within(STEP, "the auth request", read_until(&mut s, b'R')).await;
-        assert!(auth.is_some(), "client {i}: no authentication request");
-        clients.push(s);
+        clients.push(start_login(served.port, user, b'R').await);
     }
     let during = futures_util::future::join_all(clients.iter_mut().map(|s| async move {
         let sent = send_huge(s, b'p').await;
@@ -163,17 +165,7 @@ async fn a_length_field_after_login_reserves_nothing() {
     let (served, _pg) = start().await;
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        let mut s = within(
-            STEP,
-            "connect",
-            TcpStream::connect(("127.0.0.1", served.port)),
-        )
-        .await
-        .expect("connect");
-        s.write_all(&startup("postgres")).await.expect("startup");
-        let ready = within(STEP, "ReadyForQuery", read_until(&mut s, b'Z')).await;
-        assert!(ready.is_some(), "login as the trust user");
-        clients.push(s);
+        clients.push(start_login(served.port, "postgres", b'Z').await);
     }
     let before = memory_kib(served.pid);
     // The header and a few bytes of a 200 MiB query, then one byte more once those are read

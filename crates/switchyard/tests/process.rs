@@ -13,7 +13,7 @@ use switchyard_config::{Config, Duration as CfgDuration, PoolMode, UserConfig};
 use switchyard_localpg::PgServer;
 use tokio::process::Command;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -73,17 +73,6 @@ fn config_with_users(pg: &PgServer, mode: PoolMode, users: &[&str]) -> Config {
     cfg.users
         .retain(|u: &UserConfig| users.contains(&u.name.as_str()));
     cfg
-}
-
-/// Connects and keeps the connection task's result, which carries a FATAL the server sends
-/// while the client is idle (tokio-postgres ends the connection with it).
-async fn connect_watched(
-    conninfo: &str,
-) -> (Client, JoinHandle<Result<(), tokio_postgres::Error>>) {
-    let (client, conn) = within(STEP, "connect", tokio_postgres::connect(conninfo, NoTls))
-        .await
-        .expect("connect through the proxy");
-    (client, tokio::spawn(conn))
 }
 
 /// The connection task's end, which must be an error with `code` (as a FATAL), within `limit`.

@@ -12,22 +12,11 @@ use switchyard_config::{Config, Duration as CfgDuration, PoolMode};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
 
 /// The limit each test sets.
 const LIMIT: Duration = Duration::from_secs(1);
 /// Longest after the limit the answer may take.
 const SLACK: Duration = Duration::from_secs(4);
-
-/// Connects and keeps the connection task's result, which carries the FATAL the proxy sends
-/// while the client is idle.
-async fn connect_watched(h: &Harness) -> (Client, JoinHandle<Result<(), tokio_postgres::Error>>) {
-    let info = h.conninfo("postgres", "", "app");
-    let (client, conn) = within(STEP, "connect", tokio_postgres::connect(&info, NoTls))
-        .await
-        .expect("connect through the proxy");
-    (client, tokio::spawn(conn))
-}
 
 /// The connection ends with a FATAL `code` between `LIMIT` after `since` and `SLACK` later.
 async fn ends_with(
@@ -58,7 +47,7 @@ async fn an_idle_client_is_disconnected_after_client_idle_timeout() {
             c.pool.client_idle_timeout = CfgDuration::secs(1)
         })
         .await;
-        let (client, conn) = connect_watched(&h).await;
+        let (client, conn) = connect_watched(&h.conninfo("postgres", "", "app")).await;
         // The proxy's idle clock starts as it answers, a moment before the answer arrives: the
         // earliest instant it can start is when the request is sent.
         let idle_since = Instant::now();
@@ -86,7 +75,7 @@ async fn a_transaction_left_open_is_rolled_back_after_idle_transaction_timeout()
     .await
     .expect("create");
     drop(setup);
-    let (client, conn) = connect_watched(&h).await;
+    let (client, conn) = connect_watched(&h.conninfo("postgres", "", "app")).await;
     let idle_since = Instant::now(); // the earliest the proxy's clock can start (see above)
     within(
         STEP,

@@ -148,6 +148,20 @@ pub async fn connect(conninfo: &str) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
+/// Connects and keeps the connection task's result, which carries a FATAL the server sends
+/// while the client is idle (tokio-postgres ends the connection with it).
+pub async fn connect_watched(
+    conninfo: &str,
+) -> (
+    Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (client, conn) = within(STEP, "connect", tokio_postgres::connect(conninfo, NoTls))
+        .await
+        .expect("connect through the proxy");
+    (client, tokio::spawn(conn))
+}
+
 /// The SQLSTATE of a tokio-postgres error, or "" if it has none.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
