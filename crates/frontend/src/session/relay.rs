@@ -25,8 +25,16 @@ enum Expect {
     CloseComplete {
         injected: bool,
     },
-    /// The ReadyForQuery that ends a Sync, Query or FunctionCall.
-    Ready,
+    /// The ReadyForQuery that ends a Sync (`sync`), Query or FunctionCall.
+    Ready {
+        sync: bool,
+    },
+}
+
+impl Expect {
+    fn is_ready(&self) -> bool {
+        matches!(self, Expect::Ready { .. })
+    }
 }
 
 /// What the client asked for in the frames just relayed.
@@ -51,6 +59,9 @@ pub struct Relay {
     expect: VecDeque<Expect>,
     /// Extended-protocol messages sent since the last Sync.
     unsynced: bool,
+    /// The server is in copy-in mode (CopyInResponse seen, the client's CopyDone or CopyFail
+    /// not yet sent).
+    copy_in: bool,
     pub status: TxStatus,
     /// The server sent a FATAL error: it is closing.
     pub server_fatal: Option<Fatal>,
@@ -201,6 +212,7 @@ impl Relay {
             mode,
             expect: VecDeque::new(),
             unsynced: false,
+            copy_in: false,
             status: TxStatus::Idle,
             server_fatal: None,
             evidence: false,
@@ -222,6 +234,7 @@ impl Relay {
     pub fn reset(&mut self) {
         self.expect.clear();
         self.unsynced = false;
+        self.copy_in = false;
         self.status = TxStatus::Idle;
         self.server_fatal = None;
         self.evidence = false;
@@ -240,7 +253,7 @@ impl Relay {
 
     /// Requests forwarded whose ReadyForQuery has not come back.
     pub fn outstanding_requests(&self) -> usize {
-        self.expect.iter().filter(|e| **e == Expect::Ready).count()
+        self.expect.iter().filter(|e| e.is_ready()).count()
     }
 
     /// Extended-protocol messages were sent after the last Sync.
@@ -316,11 +329,17 @@ impl Relay {
                 fe::TERMINATE => {
                     return Ok((ClientStep::Terminate, forwarded(pos, start, copying)));
                 }
-                fe::QUERY | fe::FUNCTION_CALL => self.expect.push_back(Expect::Ready),
+                fe::QUERY | fe::FUNCTION_CALL => {
+                    self.expect.push_back(Expect::Ready { sync: false })
+                }
                 fe::SYNC => {
-                    self.expect.push_back(Expect::Ready);
+                    // In copy-in mode the server ignores a Sync: no answer is owed for it.
+                    if !self.copy_in {
+                        self.expect.push_back(Expect::Ready { sync: true });
+                    }
                     self.unsynced = false;
                 }
+                fe::COPY_DONE | fe::COPY_FAIL => self.copy_in = false,
                 fe::PARSE => self
                     .expect
                     .push_back(Expect::ParseComplete { injected: false }),
@@ -540,6 +559,10 @@ impl Relay {
                     true
                 }
                 be::PARSE_COMPLETE => !self.take(|e| matches!(e, Expect::ParseComplete { .. })),
+                be::COPY_IN_RESPONSE => {
+                    self.on_copy_in();
+                    true
+                }
                 be::CLOSE_COMPLETE => !self.take(|e| matches!(e, Expect::CloseComplete { .. })),
                 _ => true,
             };
@@ -559,6 +582,20 @@ impl Relay {
                 verbatim: !copying,
             },
         ))
+    }
+
+    /// The server entered copy-in mode, where it ignores Sync: the Sync a driver sends right
+    /// after the Execute that started COPY FROM STDIN (libpq and tokio-postgres do) gets no
+    /// ReadyForQuery, and neither do Syncs sent until CopyDone or CopyFail.
+    fn on_copy_in(&mut self) {
+        self.copy_in = true;
+        if let Some(i) = self
+            .expect
+            .iter()
+            .position(|e| *e == Expect::Ready { sync: true })
+        {
+            self.expect.remove(i);
+        }
     }
 
     /// Pops the expected response if it matches; true if it was one the relay injected.
@@ -589,7 +626,7 @@ impl Relay {
             }
         };
         while let Some(e) = self.expect.pop_front() {
-            if e == Expect::Ready {
+            if e.is_ready() {
                 break;
             }
         }
@@ -621,7 +658,7 @@ impl Relay {
             return Ok(true);
         }
         // ErrorResponse: the server skips everything up to the next Sync, so do our expectations.
-        while self.expect.front().is_some_and(|e| *e != Expect::Ready) {
+        while self.expect.front().is_some_and(|e| !e.is_ready()) {
             self.expect.pop_front();
         }
         let e = ErrorFields::decode(f)?;
@@ -640,7 +677,7 @@ impl Relay {
 
     /// True while a response is still due from the server.
     pub fn busy(&self) -> bool {
-        self.expect.contains(&Expect::Ready)
+        self.expect.iter().any(Expect::is_ready)
     }
 }
 

@@ -428,3 +428,21 @@ fn a_connection_keeps_at_most_max_prepared_statements_least_recently_used_out_fi
         "b prepared again before its Bind: {sent}"
     );
 }
+
+#[test]
+fn a_sync_sent_during_copy_in_expects_no_answer() {
+    let mut w = World::new(PoolMode::Transaction);
+    // As tokio-postgres and libpq do: Sync right after the Execute that starts COPY FROM STDIN.
+    w.client(&[
+        parse("", "copy t from stdin"),
+        bind(""),
+        frame(b'E', b"\0\0\0\0\0"),
+        frame(b'S', b""),
+    ]);
+    w.server(&[frame(b'1', b""), frame(b'2', b""), frame(b'G', b"\0\0\0")]);
+    w.client(&[frame(b'd', b"1\n"), frame(b'c', b""), frame(b'S', b"")]);
+    // PostgreSQL ignores a Sync in copy-in mode: one ReadyForQuery for both.
+    w.server(&[frame(b'C', b"COPY 1\0"), frame(b'Z', b"I")]);
+    assert_eq!(w.relay.outstanding_requests(), 0, "no answer owed");
+    assert!(w.relay.releases(), "the transaction is over");
+}
