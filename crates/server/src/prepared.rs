@@ -14,6 +14,9 @@ pub struct Prepared {
     /// The tick the current client's attachment began at: statements used since may have
     /// portals open on them (closing a statement closes its portals), so they are not evicted.
     attached_at: u64,
+    /// The record may miss statements the server has (an error made the server skip messages
+    /// the record had counted): a Parse must close its name first.
+    uncertain: bool,
 }
 
 impl Prepared {
@@ -60,8 +63,22 @@ impl Prepared {
         self.used.remove(name);
     }
 
+    /// The server has none (after DISCARD ALL, DEALLOCATE ALL, or a reset).
     pub fn clear(&mut self) {
         self.used.clear();
+        self.uncertain = false;
+    }
+
+    /// An error made the server skip messages the record counted: forget everything, and
+    /// have every later Parse close its name first (harmless if absent).
+    pub fn forget_uncertain(&mut self) {
+        self.used.clear();
+        self.uncertain = true;
+    }
+
+    /// Whether a statement not in the record may still be on the server.
+    pub fn is_uncertain(&self) -> bool {
+        self.uncertain
     }
 
     pub fn len(&self) -> usize {

@@ -421,8 +421,9 @@ impl Relay {
                     return Ok(());
                 }
                 let s = st.prepare(parse)?;
-                if server.prepared.contains(&s.server_name) {
-                    // Another client's identical statement: replace it (same text, same name).
+                if server.prepared.contains(&s.server_name) || server.prepared.is_uncertain() {
+                    // Another client's identical statement (or maybe one, after an error made
+                    // the record uncertain): replace it (same text, same name).
                     self.inject_close(&s.server_name, out);
                 }
                 self.note_prepared(&s.server_name, server, out);
@@ -658,8 +659,15 @@ impl Relay {
             return Ok(true);
         }
         // ErrorResponse: the server skips everything up to the next Sync, so do our expectations.
-        while self.expect.front().is_some_and(|e| !e.is_ready()) {
+        let mut skipped_parse = false;
+        while let Some(e) = self.expect.front().filter(|e| !e.is_ready()) {
+            skipped_parse |= matches!(e, Expect::ParseComplete { .. });
             self.expect.pop_front();
+        }
+        if skipped_parse {
+            // A Parse the record counted as done was skipped: the record no longer tells what
+            // the server has.
+            server.prepared.forget_uncertain();
         }
         let e = ErrorFields::decode(f)?;
         let going_away = e.code.starts_with("57P");

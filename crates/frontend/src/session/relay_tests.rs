@@ -446,3 +446,26 @@ fn a_sync_sent_during_copy_in_expects_no_answer() {
     assert_eq!(w.relay.outstanding_requests(), 0, "no answer owed");
     assert!(w.relay.releases(), "the transaction is over");
 }
+
+#[test]
+fn an_error_that_skips_a_parse_leaves_no_false_record() {
+    let mut w = World::new(PoolMode::Transaction);
+    // The client's Bind fails, so the server skips the Parse pipelined after it.
+    w.client(&[
+        bind("missing"),
+        parse("later", "select 7"),
+        frame(b'S', b""),
+    ]);
+    assert_eq!(w.prepared.len(), 1, "recorded as sent");
+    let error = frame(b'E', b"SERROR\0C26000\0Mno such statement\0\0");
+    w.server(&[error, frame(b'Z', b"I")]);
+    assert!(
+        w.prepared.is_empty(),
+        "the skipped Parse is not taken for done"
+    );
+    // A Parse of a name the server may still have closes it first.
+    let (_, sent) = w.client(&[parse("again", "select 8"), frame(b'S', b"")]);
+    assert_eq!(sent, "CPS");
+    let got = w.server(&[frame(b'3', b""), frame(b'1', b""), frame(b'Z', b"I")]);
+    assert_eq!(got, "1Z", "the injected CloseComplete is hidden");
+}
