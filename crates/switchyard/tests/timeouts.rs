@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 use switchyard_config::{Config, Duration as CfgDuration, PoolMode};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -125,18 +125,30 @@ async fn a_request_past_query_timeout_is_cancelled_and_the_connection_goes_on() 
     assert!(fast.is_ok(), "the connection goes on: {fast:?}");
 }
 
+/// An SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_may_have_only_so_many_logins_under_way() {
     let h = Harness::start_with(PoolMode::Transaction, |c: &mut Config| {
         c.proxy.max_pending_logins_per_address = 3
     })
     .await;
-    // Three connections that never send a startup packet hold the address's three places.
+    // Three connections that never finish logging in hold the address's three places. Each
+    // sends an SSLRequest and waits for its 'N': the proxy answers it inside the login, so the
+    // place is counted before the next connection comes (accepted connections' tasks may
+    // otherwise run in any order).
     let mut silent = Vec::new();
     for _ in 0..3 {
-        let s = within(STEP, "connect", TcpStream::connect(h.addr()))
+        let mut s = within(STEP, "connect", TcpStream::connect(h.addr()))
             .await
             .expect("connect");
+        s.write_all(&SSL_REQUEST).await.expect("SSLRequest");
+        let mut n = [0u8; 1];
+        within(STEP, "the SSLRequest's answer", s.read_exact(&mut n))
+            .await
+            .expect("read");
+        assert_eq!(&n, b"N");
         silent.push(s);
     }
     let mut fourth = within(STEP, "connect", TcpStream::connect(h.addr()))
