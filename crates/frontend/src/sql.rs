@@ -8,30 +8,7 @@
 //! instead of 40001, a false "cannot commit" would tell it to retry a transaction that may have
 //! committed.
 
-/// Whether any statement in `sql` may end a transaction with a commit: `COMMIT`, `END`,
-/// `PREPARE TRANSACTION`, `COMMIT PREPARED`, in any statement of a multi-statement text, after
-/// any comments. Text that does not lex to its end (an unterminated quote or comment) counts
-/// as committing. A trailing NUL (as in Query and Parse bodies) ends the text.
-pub fn may_commit(sql: &[u8]) -> bool {
-    let sql = until_nul(sql);
-    // Fast path, most requests: one statement, at most a trailing `;`.
-    let body = trim_end(sql);
-    let body = body.strip_suffix(b";").unwrap_or(body);
-    if !body.contains(&b';') {
-        return first_word_commits(body);
-    }
-    let mut commits = false;
-    // After a ROLLBACK, what follows runs outside a transaction block, and commits by itself.
-    let mut rolled_back = false;
-    let lexed = for_each_statement(sql, |statement| {
-        let blank = skip_blanks(statement).is_some_and(<[u8]>::is_empty);
-        commits |= first_word_commits(statement) || (rolled_back && !blank);
-        rolled_back |= first_word_rolls_back(statement);
-    });
-    commits || !lexed
-}
-
-/// What running a text may do to the transaction it runs in: commit it ([`may_commit`]), roll
+/// What running a text may do to the transaction it runs in: commit it, roll
 /// it back (whatever is sent after it, before its answer, then runs outside the transaction
 /// block and commits by itself), both, or neither. An enum so that `Option<Effect>` is one
 /// byte: the relay keeps several in every session.
@@ -73,15 +50,32 @@ impl Effect {
         )
     }
 
+    /// What `sql` may do, in one pass (on the data path for every simple query). It may commit
+    /// if any statement is `COMMIT`, `END`, `PREPARE TRANSACTION` or `COMMIT PREPARED` (after
+    /// any comments), or follows a ROLLBACK; text that does not lex to its end (an unterminated
+    /// quote or comment) may do anything. A trailing NUL (as in Query and Parse bodies) ends it.
     pub fn of(sql: &[u8]) -> Effect {
         let sql = until_nul(sql);
-        let mut rolls_back = false;
-        if sql.contains(&b';') {
-            for_each_statement(sql, |s| rolls_back |= first_word_rolls_back(s));
-        } else {
-            rolls_back = first_word_rolls_back(sql);
+        // Fast path, most requests: one statement, at most a trailing `;`.
+        let body = trim_end(sql);
+        let body = body.strip_suffix(b";").unwrap_or(body);
+        if !body.contains(&b';') {
+            return Effect::new(first_word_commits(body), first_word_rolls_back(body));
         }
-        Effect::new(may_commit(sql), rolls_back)
+        let mut commits = false;
+        // After a ROLLBACK, what follows runs outside a transaction block, and commits by itself.
+        let mut rolled_back = false;
+        let lexed = for_each_statement(sql, |statement| {
+            let blank = skip_blanks(statement).is_some_and(<[u8]>::is_empty);
+            commits |= first_word_commits(statement) || (rolled_back && !blank);
+            rolled_back |= first_word_rolls_back(statement);
+        });
+        // Text that does not lex may do anything.
+        if lexed {
+            Effect::new(commits, rolled_back)
+        } else {
+            Effect::UNKNOWN
+        }
     }
 }
 
@@ -315,6 +309,10 @@ pub fn is_transaction_start(body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn may_commit(sql: &[u8]) -> bool {
+        Effect::of(sql).commits()
+    }
 
     #[test]
     fn commits_in_any_statement_after_any_comment() {
