@@ -73,6 +73,10 @@ pub enum SessionError {
     /// A request of more than `max` messages without a Sync, answered by Switchyard itself.
     #[error("more than {max} messages without a Sync")]
     BatchTooLong { max: usize },
+    /// The server was lost while a large row was being passed to the client in pieces: the
+    /// client has part of a message, and no error can follow it that it could read.
+    #[error("server connection lost in the middle of a row: {0}")]
+    LostMidMessage(String),
     /// One client address already has `max_pending_logins_per_address` logins under way.
     #[error("too many connections logging in from {address}")]
     TooManyLogins { address: String, max: usize },
@@ -202,6 +206,7 @@ impl SessionError {
             Self::ClientGone(_)
             | Self::ClientStalled { .. }
             | Self::DirectTls
+            | Self::LostMidMessage(_)
             | Self::EndedByServer => None,
         }
     }

@@ -69,6 +69,10 @@ pub struct ServerConn {
     /// Fingerprint of the client settings `params` was last brought in line with (0: none), so
     /// a client whose settings already match skips the comparison.
     pub settings_fingerprint: u64,
+    /// Bytes still to come of a message the relay is passing to a client in pieces (0: the
+    /// stream is at a message boundary). While it is not zero, that client has part of a
+    /// message and nothing else may be written to it.
+    pub passthrough: u32,
     /// Topology generation this connection was opened under; retired when it is over.
     pub generation: u64,
     /// Cuts the socket off from another task (the pool, when the topology moves on).
@@ -126,6 +130,7 @@ impl ServerConn {
                 },
             }),
             settings_fingerprint: 0,
+            passthrough: 0,
             generation: 0,
             created: now,
             last_used: now,

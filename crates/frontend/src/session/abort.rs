@@ -90,6 +90,7 @@ impl Session {
             return Ok(());
         };
         let addr = server.conn.addr.clone();
+        let mid_message = server.conn.passthrough > 0;
         if let Some(m) = &self.monitor {
             m.request_finished(&addr);
             if !matches!(cause, Lost::Generation) {
@@ -117,6 +118,13 @@ impl Session {
         }
         let outstanding = self.relay.outstanding_requests();
         let why = cause.to_string();
+        if mid_message {
+            // The client has part of a row: only closing its connection tells it (as a direct
+            // connection's would close).
+            tracing::warn!(parent: self.span(), server = %addr, cause = %why, "server connection lost while a large row was being relayed; closing the client's connection");
+            self.count(Caught::Unknown);
+            return Err(SessionError::LostMidMessage(why));
+        }
         tracing::warn!(parent: self.span(), server = %addr, cause = %why, outstanding, "server connection lost");
         if self.mode() == PoolMode::Session {
             self.count(Caught::SessionLost);

@@ -16,6 +16,18 @@ use switchyard_server::Prepared;
 /// Largest server message the relay accepts (PostgreSQL's own limit is 1 GiB).
 const MAX_SERVER_MESSAGE: usize = (1 << 30) + 1024;
 
+/// A row (or COPY data) message longer than this is passed to the client in pieces as they
+/// arrive, never held whole: a 1 GiB row costs no more memory than a small one.
+const STREAM_OVER: usize = 64 << 10;
+
+/// Room made for each read of a message passed through in pieces.
+const STREAM_CHUNK: usize = 64 << 10;
+
+/// Server messages the relay passes on without reading them, so it may send them in pieces.
+fn streams(tag: u8) -> bool {
+    matches!(tag, be::DATA_ROW | be::COPY_DATA)
+}
+
 /// A response the relay is waiting for, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -51,6 +63,9 @@ pub struct ServerSide<'a> {
     pub prepared: &'a mut Prepared,
     /// `max_prepared_statements`: the least recently used statement beyond it is closed.
     pub max_prepared: usize,
+    /// [`switchyard_server::ServerConn::passthrough`]: what is still to come of a message
+    /// passed through in pieces.
+    pub passthrough: &'a mut u32,
 }
 
 /// Relay state for one attachment of a client to a server connection.
@@ -135,13 +150,21 @@ impl Forwarded {
     }
 }
 
-/// Room for the whole of a partial server message at the front of `input` (after the relayed
-/// ones were dropped), so that a large one is read in few steps.
-pub fn reserve_for_partial(input: &mut BytesMut) {
-    if let Ok(Some(h)) = peek_header(input, MAX_SERVER_MESSAGE)
+/// Room in `input` (after the relayed bytes were dropped) for the next read: for the whole of
+/// a partial server message at its front, so that a large one is read in few steps, or for a
+/// piece of one passed through in pieces (`passthrough` bytes of it still to come).
+pub fn reserve_for_partial(input: &mut BytesMut, passthrough: u32) {
+    if passthrough > 0 {
+        input.reserve((passthrough as usize).min(STREAM_CHUNK));
+    } else if let Ok(Some(h)) = peek_header(input, MAX_SERVER_MESSAGE)
         && input.len() < h.wire_len
     {
-        input.reserve(h.wire_len - input.len());
+        let want = if streams(h.tag) && h.wire_len > STREAM_OVER {
+            STREAM_CHUNK
+        } else {
+            h.wire_len
+        };
+        input.reserve(want.saturating_sub(input.len()));
     }
 }
 
@@ -529,10 +552,22 @@ impl Relay {
         out: &mut BytesMut,
     ) -> Result<(bool, Forwarded), ProtoError> {
         let mut saw_ready = false;
-        let mut pos = 0;
+        // The rest of a message being passed through in pieces comes first.
+        let mut pos = input.len().min(*server.passthrough as usize);
+        *server.passthrough -= pos as u32;
         let mut copying = false;
-        while let Some(h) = peek_header(&input[pos..], MAX_SERVER_MESSAGE)? {
+        while *server.passthrough == 0
+            && let Some(h) = peek_header(&input[pos..], MAX_SERVER_MESSAGE)?
+        {
             let Some(msg) = input.get(pos..pos + h.wire_len) else {
+                if streams(h.tag) && h.wire_len > STREAM_OVER {
+                    // Too large to hold: what has come of it goes now, the rest as it comes.
+                    if copying {
+                        out.extend_from_slice(&input[pos..]);
+                    }
+                    *server.passthrough = (h.wire_len - (input.len() - pos)) as u32;
+                    pos = input.len();
+                }
                 break;
             };
             let body = &msg[5..];

@@ -34,6 +34,7 @@ struct World {
     server_params: BTreeMap<String, String>,
     prepared: Prepared,
     max_prepared: usize,
+    passthrough: u32,
 }
 
 impl World {
@@ -45,6 +46,7 @@ impl World {
             server_params: BTreeMap::new(),
             prepared: Prepared::default(),
             max_prepared: 200,
+            passthrough: 0,
         }
     }
 
@@ -55,6 +57,7 @@ impl World {
             params: &mut self.server_params,
             prepared: &mut self.prepared,
             max_prepared: self.max_prepared,
+            passthrough: &mut self.passthrough,
         };
         let (step, fwd) = self
             .relay
@@ -71,6 +74,7 @@ impl World {
             params: &mut self.server_params,
             prepared: &mut self.prepared,
             max_prepared: self.max_prepared,
+            passthrough: &mut self.passthrough,
         };
         let (_, fwd) = self
             .relay
@@ -313,6 +317,7 @@ fn unchanged_traffic_goes_straight_from_the_input_and_rewrites_keep_the_order() 
         params: &mut w.server_params,
         prepared: &mut w.prepared,
         max_prepared: w.max_prepared,
+        passthrough: &mut w.passthrough,
     };
     // A simple query and its answer: nothing is copied.
     let query = frame(b'Q', b"select 1\0");
@@ -468,4 +473,46 @@ fn an_error_that_skips_a_parse_leaves_no_false_record() {
     assert_eq!(sent, "CPS");
     let got = w.server(&[frame(b'3', b""), frame(b'1', b""), frame(b'Z', b"I")]);
     assert_eq!(got, "1Z", "the injected CloseComplete is hidden");
+}
+
+#[test]
+fn a_large_row_goes_through_in_pieces_and_a_small_one_whole() {
+    let mut w = World::new(PoolMode::Transaction);
+    let relay_piece = |w: &mut World, input: &[u8]| {
+        let mut out = BytesMut::new();
+        let mut server = ServerSide {
+            params: &mut w.server_params,
+            prepared: &mut w.prepared,
+            max_prepared: w.max_prepared,
+            passthrough: &mut w.passthrough,
+        };
+        let (ready, fwd) = w
+            .relay
+            .server_to_client(input, &mut w.params, &mut server, &mut out)
+            .unwrap();
+        (ready, fwd.used, fwd.bytes(input, &out).to_vec())
+    };
+    // A small partial row waits for the rest of it.
+    let small = frame(b'D', &[b'x'; 1000]);
+    assert_eq!(relay_piece(&mut w, &small[..500]), (false, 0, vec![]));
+    // A large one: what has come goes on now, and the rest as it comes.
+    let large = frame(b'D', &vec![b'y'; 300_000]);
+    let (head, rest) = large.split_at(100_000);
+    assert_eq!(
+        relay_piece(&mut w, head),
+        (false, head.len(), head.to_vec())
+    );
+    assert_eq!(w.passthrough as usize, rest.len());
+    let (middle, end) = rest.split_at(150_000);
+    assert_eq!(
+        relay_piece(&mut w, middle),
+        (false, middle.len(), middle.to_vec())
+    );
+    // The end of it, then whole messages again.
+    let input = [end, &small, &frame(b'Z', b"I")].concat();
+    assert_eq!(
+        relay_piece(&mut w, &input),
+        (true, input.len(), input.clone())
+    );
+    assert_eq!(w.passthrough, 0);
 }

@@ -29,7 +29,7 @@ use switchyard_proto::frontend::tag as fe;
 use switchyard_proto::{ProtoError, decode_frame, peek_header};
 use switchyard_server::{ServerConn, ServerError};
 use switchyard_topology::ClusterMonitor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -67,16 +67,8 @@ pub(super) async fn generation_moved_past(rx: &mut Option<watch::Receiver<u64>>,
     }
 }
 
-/// Writes all of `bytes`: at once when the socket takes them (the common case: no future state
-/// to go through), else waiting for room.
-async fn write_all(stream: &mut tokio::net::TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    match stream.try_write(bytes) {
-        Ok(n) if n == bytes.len() => Ok(()),
-        Ok(n) => stream.write_all(&bytes[n..]).await,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.write_all(bytes).await,
-        Err(e) => Err(e),
-    }
-}
+/// Room made for each read of a server's answers while a request is still being written.
+const READ_WHILE_WRITING: usize = 16 << 10;
 
 /// search_path, which PostgreSQL before 18 does not report through ParameterStatus, after a
 /// transaction that may have changed it: read back from the server as the transaction ends, so
@@ -418,6 +410,9 @@ impl Session {
     /// Forwards what the client has sent, waits for either side, forwards what the server sent,
     /// and detaches at the end of a transaction (transaction mode).
     async fn relay_once(&mut self) -> Result<Flow, SessionError> {
+        if let Some(flow) = self.forward_request().await? {
+            return Ok(flow);
+        }
         let relay = &mut self.relay;
         let Link::Attached {
             server,
@@ -429,62 +424,8 @@ impl Session {
             return Ok(Flow::Continue);
         };
         let (generation, since) = (*generation, *since);
-        let monitor = &self.monitor;
-        if monitor
-            .as_ref()
-            .is_some_and(|m| m.generation() != generation)
-        {
-            // The topology moved on while we were busy elsewhere: not one more byte to this server.
-            return Ok(Flow::Lost(Lost::Generation));
-        }
         let conn = &mut server.conn;
-        // Used only for what the relay rewrites; most traffic goes straight from the buffer it
-        // was read into.
-        self.out.clear();
-        let mut side = ServerSide {
-            params: &mut conn.params,
-            prepared: &mut conn.prepared,
-            max_prepared: self.info.settings.max_prepared_statements,
-        };
-        let nothing_outstanding = relay.outstanding_requests() == 0;
-        let (step, fwd) = relay.client_to_server(
-            &self.client.buf,
-            self.client.max_message(),
-            &mut self.statements,
-            &mut side,
-            &mut self.out,
-        )?;
-        let used = fwd.used;
-        let request = fwd.bytes(&self.client.buf, &self.out);
-        if !request.is_empty() {
-            if let Err(e) = write_all(&mut conn.stream, request).await {
-                // The first write of an attachment found the server already gone: the request is
-                // still in the client buffer and goes back to the gate instead of failing.
-                return Ok(Flow::Lost(if self.fresh {
-                    Lost::NeverSent(e.into())
-                } else {
-                    lost(monitor, generation, Lost::Socket(e.into()))
-                }));
-            }
-            if nothing_outstanding {
-                // The first request of an attachment starts as it is attached: no clock read.
-                relay.request_started_us = if self.fresh {
-                    0
-                } else {
-                    u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX)
-                };
-            }
-            let sent = &self.client.buf[..used];
-            self.replay = (std::mem::take(&mut self.fresh)
-                && relay.status == TxStatus::Idle
-                && changes_nothing(sent))
-            .then(|| Box::from(sent));
-        }
-        self.client.buf.advance(used);
-        if step == ClientStep::Terminate {
-            return Ok(Flow::ClientLeft);
-        }
-        self.client.ensure_room();
+        let monitor = &self.monitor;
         let (limit, waiting) = wait_limit(relay, &self.info.settings, since);
         // Checked here too: a server that always has more to read would keep the timer
         // branch, polled last, from ever running.
@@ -515,11 +456,171 @@ impl Session {
                 return Ok(Flow::TimedOut(waiting));
             }
         }
+        self.forward_answers().await
+    }
+
+    /// Sends the server the complete requests the client has sent; `Some` ends this step of
+    /// the relay (the client left, or the server is gone).
+    async fn forward_request(&mut self) -> Result<Option<Flow>, SessionError> {
+        let relay = &mut self.relay;
+        let Link::Attached {
+            server,
+            generation,
+            since,
+            ..
+        } = &mut self.link
+        else {
+            return Ok(Some(Flow::Continue));
+        };
+        let (generation, since) = (*generation, *since);
+        let monitor = &self.monitor;
+        if monitor
+            .as_ref()
+            .is_some_and(|m| m.generation() != generation)
+        {
+            // The topology moved on while we were busy elsewhere: not one more byte to this server.
+            return Ok(Some(Flow::Lost(Lost::Generation)));
+        }
+        let conn = &mut server.conn;
+        // Used only for what the relay rewrites; most traffic goes straight from the buffer it
+        // was read into.
         self.out.clear();
         let mut side = ServerSide {
             params: &mut conn.params,
             prepared: &mut conn.prepared,
             max_prepared: self.info.settings.max_prepared_statements,
+            passthrough: &mut conn.passthrough,
+        };
+        let nothing_outstanding = relay.outstanding_requests() == 0;
+        let (step, fwd) = relay.client_to_server(
+            &self.client.buf,
+            self.client.max_message(),
+            &mut self.statements,
+            &mut side,
+            &mut self.out,
+        )?;
+        let used = fwd.used;
+        let request = fwd.bytes(&self.client.buf, &self.out);
+        // What the server's socket does not take at once (rare: the server is busy writing).
+        let mut unsent = None;
+        if !request.is_empty() {
+            let written = match conn.stream.try_write(request) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                // The first write of an attachment found the server already gone: the request
+                // is still in the client buffer and goes back to the gate instead of failing.
+                Err(e) if self.fresh => return Ok(Some(Flow::Lost(Lost::NeverSent(e.into())))),
+                Err(e) => {
+                    return Ok(Some(Flow::Lost(lost(
+                        monitor,
+                        generation,
+                        Lost::Socket(e.into()),
+                    ))));
+                }
+            };
+            if written < request.len() {
+                unsent = Some(BytesMut::from(&request[written..]));
+            }
+            if nothing_outstanding {
+                // The first request of an attachment starts as it is attached: no clock read.
+                relay.request_started_us = if self.fresh {
+                    0
+                } else {
+                    u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX)
+                };
+            }
+            let sent = &self.client.buf[..used];
+            self.replay = (std::mem::take(&mut self.fresh)
+                && relay.status == TxStatus::Idle
+                && changes_nothing(sent))
+            .then(|| Box::from(sent));
+        }
+        self.client.buf.advance(used);
+        if step == ClientStep::Terminate {
+            return Ok(Some(Flow::ClientLeft));
+        }
+        self.client.ensure_room();
+        if let Some(unsent) = unsent {
+            // Boxed: rare, and its state would grow every transaction's future.
+            return Box::pin(self.write_while_answering(unsent)).await;
+        }
+        Ok(None)
+    }
+
+    /// Writes the rest of a request to a server that is not reading it, while passing on what
+    /// the server sends meanwhile. PostgreSQL reads no more of a request while its answers to
+    /// the ones before are not being read: waiting for the write alone would be a deadlock until
+    /// TCP gives up, and then a false failover error. `Some` ends this step of the relay.
+    async fn write_while_answering(
+        &mut self,
+        mut unsent: BytesMut,
+    ) -> Result<Option<Flow>, SessionError> {
+        while !unsent.is_empty() {
+            let Link::Attached {
+                server, generation, ..
+            } = &mut self.link
+            else {
+                return Ok(Some(Flow::Continue));
+            };
+            let generation = *generation;
+            let conn = &mut server.conn;
+            let monitor = &self.monitor;
+            let failed = |e: std::io::Error| {
+                Ok(Some(Flow::Lost(lost(
+                    monitor,
+                    generation,
+                    Lost::Socket(e.into()),
+                ))))
+            };
+            tokio::select! {
+                biased;
+                r = conn.stream.writable() => {
+                    if let Err(e) = r {
+                        return failed(e);
+                    }
+                    match conn.stream.try_write(&unsent) {
+                        Ok(n) => unsent.advance(n),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return failed(e),
+                    }
+                    continue;
+                }
+                r = conn.stream.readable() => {
+                    if let Err(e) = r {
+                        return failed(e);
+                    }
+                    conn.read_buf.reserve(READ_WHILE_WRITING);
+                    match conn.stream.try_read_buf(&mut conn.read_buf) {
+                        Ok(0) => return failed(std::io::ErrorKind::UnexpectedEof.into()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return failed(e),
+                    }
+                }
+            }
+            match self.forward_answers().await? {
+                Flow::Continue => {}
+                flow => return Ok(Some(flow)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Passes on the complete messages the server has sent (and the part that has come of a
+    /// large row), and handles the end of a request: latency, read-back, release.
+    async fn forward_answers(&mut self) -> Result<Flow, SessionError> {
+        let relay = &mut self.relay;
+        let Link::Attached { server, since, .. } = &mut self.link else {
+            return Ok(Flow::Continue);
+        };
+        let since = *since;
+        let conn = &mut server.conn;
+        self.out.clear();
+        let mut side = ServerSide {
+            params: &mut conn.params,
+            prepared: &mut conn.prepared,
+            max_prepared: self.info.settings.max_prepared_statements,
+            passthrough: &mut conn.passthrough,
         };
         let relayed = relay.server_to_client(
             &conn.read_buf,
@@ -566,7 +667,7 @@ impl Session {
             }
             conn.read_buf.advance(fwd.used);
         }
-        reserve_for_partial(&mut conn.read_buf);
+        reserve_for_partial(&mut conn.read_buf, conn.passthrough);
         if std::mem::take(&mut relay.evidence)
             && let Some(m) = &self.monitor
         {
@@ -742,7 +843,12 @@ impl Session {
     /// Ends the session: tells the client why (if it is still there) and returns or closes the
     /// server connection. Session mode resets a connection before another client gets it.
     pub async fn finish(&mut self, error: Option<SessionError>) {
-        if let Some(fatal) = error.as_ref().and_then(SessionError::to_client_fatal) {
+        let mid_message =
+            matches!(&self.link, Link::Attached { server, .. } if server.conn.passthrough > 0);
+        if let Some(fatal) = error.as_ref().and_then(SessionError::to_client_fatal)
+            && !mid_message
+        {
+            // (Not after part of a row: the client could not read it.)
             self.client.send_error(&fatal).await;
         }
         let session_mode = self.mode() == PoolMode::Session;
