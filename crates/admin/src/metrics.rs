@@ -156,6 +156,7 @@ fn clusters(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
     let mut query_latency = Vec::new();
     let mut caught = Vec::new();
     let mut hold_seconds = Vec::new();
+    let mut lost_elsewhere = Vec::new();
     let mut role = Vec::new();
     let mut health = Vec::new();
     let mut probes = Vec::new();
@@ -179,6 +180,7 @@ fn clusters(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
             caught.push((l, o.count));
         }
         hold_seconds.push((cl(name), c.held_us.load(Ordering::Relaxed) as f64 / 1e6));
+        lost_elsewhere.push((cl(name), c.lost_outside_failover.load(Ordering::Relaxed)));
         for member in &view.members {
             let member_labels = |extra: (&'static str, String)| {
                 vec![
@@ -247,6 +249,11 @@ fn clusters(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
         "switchyard_failover_requests",
         "Requests caught by a failover or a missing primary, by outcome",
         &caught,
+    )?;
+    f.counters(
+        "switchyard_requests_lost_outside_failover",
+        "Requests whose server connection was lost while the primary stayed (a terminated backend, a network blip)",
+        &lost_elsewhere,
     )?;
     f.counters(
         "switchyard_gate_hold_seconds",

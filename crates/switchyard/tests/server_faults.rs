@@ -134,4 +134,20 @@ async fn a_terminated_backend_on_a_healthy_primary_is_not_a_failover() {
         .await
         .expect("and goes on");
     assert_eq!(monitor.generation(), generation, "no topology change");
+    // Counted as a loss outside a failover once the primary is seen to have stayed, and not
+    // in the failover outcomes.
+    let counters = monitor.counters();
+    within(STEP, "the loss to be attributed", async {
+        while counters.lost_outside_failover.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(counters.lost_outside_failover.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        counters.caught_totals(),
+        switchyard_topology::CaughtTotals::default(),
+        "no failover outcome counted"
+    );
+    assert_eq!(monitor.generation(), generation, "still no topology change");
 }

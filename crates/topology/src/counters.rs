@@ -97,6 +97,10 @@ pub struct ClusterCounters {
     pub gate_timeouts: AtomicU64,
     pub retried: AtomicU64,
     pub sessions_lost: AtomicU64,
+    /// Requests whose server connection was lost while the primary stayed the primary (a
+    /// backend an operator terminated, a server-side timeout, a network blip): handled as a
+    /// failover's are (sent again, or told 40001, 08007 or 57P01), but not counted as one.
+    pub lost_outside_failover: AtomicU64,
     touched: Mutex<BTreeSet<String>>,
 }
 

@@ -9,7 +9,7 @@
 //! Both stop when the shutdown token fires.
 
 use crate::carry::Carried;
-use crate::counters::{ClusterCounters, ProbeCounters};
+use crate::counters::{Caught, ClusterCounters, ProbeCounters};
 use crate::decide::{Decision, MemberView, decide};
 use crate::health::{Health, Thresholds};
 use crate::probe::{NodeFacts, ProbeError, probe};
@@ -177,6 +177,9 @@ pub struct ClusterMonitor {
     /// This monitor's mark in `generation.owner`.
     mark: u64,
     counters: Arc<ClusterCounters>,
+    /// Longest the probes take to turn a lost primary into a new generation, from the first
+    /// evidence of it (see [`ClusterMonitor::count_loss`]).
+    detect_within: Duration,
 }
 
 impl ClusterMonitor {
@@ -216,6 +219,12 @@ impl ClusterMonitor {
                 ..MemberSignals::default()
             })
             .collect();
+        // Evidence makes the member's probe run at once; each failure until Down takes at most a
+        // probe timeout and a fast interval. The second of slack covers the decision and a
+        // loaded machine.
+        let detect_within = (settings.probe_timeout + settings.fast_interval)
+            * settings.thresholds.down_after.max(1)
+            + Duration::from_secs(1);
         let (tx, view) = watch::channel(Arc::new(first));
         let (results_tx, results_rx) = mpsc::channel(64);
         for (id, p) in params.into_iter().enumerate() {
@@ -246,7 +255,44 @@ impl ClusterMonitor {
             generation,
             mark,
             counters,
+            detect_within,
         }
+    }
+
+    /// Counts a request answered because its server connection (opened in `generation`) was
+    /// lost: as caught by a failover once the generation moves on, which it does within
+    /// `detect_within` when the primary really is lost; else, the primary having stayed, as
+    /// lost outside a failover (a terminated backend is not a failover). Attributed in a task
+    /// so that the client is answered at once.
+    pub fn count_loss(self: &Arc<Self>, database: &str, what: Caught, generation: u64) {
+        if self.generation() != generation {
+            self.counters.caught(database, what);
+            return;
+        }
+        let mut generations = self.generations();
+        let (counters, limit, database) = (
+            self.counters.clone(),
+            self.detect_within,
+            database.to_owned(),
+        );
+        tokio::spawn(async move {
+            let moved = tokio::time::timeout(limit, async {
+                while *generations.borrow_and_update() == generation {
+                    if generations.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            })
+            .await
+            .is_ok();
+            if moved {
+                counters.caught(&database, what);
+            } else {
+                counters
+                    .lost_outside_failover
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        });
     }
 
     /// What the data path counts for this cluster.

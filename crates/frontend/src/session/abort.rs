@@ -85,7 +85,9 @@ impl Session {
     /// The attached server is gone: close it, tell the client per the contract, and move to the
     /// right state.
     pub(super) async fn abort(&mut self, cause: Lost) -> Result<(), SessionError> {
-        let Link::Attached { server, .. } = std::mem::replace(&mut self.link, Link::Detached)
+        let Link::Attached {
+            server, generation, ..
+        } = std::mem::replace(&mut self.link, Link::Detached)
         else {
             return Ok(());
         };
@@ -103,7 +105,7 @@ impl Session {
             // Nothing reached the server: the request waits in the gate like new work.
             tracing::info!(parent: self.span(), server = %addr, %cause, "server gone before the request; retrying via the gate");
             self.relay.reset();
-            self.count(Caught::Retried);
+            self.count_loss(Caught::Retried, generation);
             return Ok(());
         }
         if let Some(request) = self.replay.take()
@@ -113,7 +115,7 @@ impl Session {
             tracing::info!(parent: self.span(), server = %addr, %cause, "server gone before answering a request that changes nothing; retrying via the gate");
             self.relay.reset();
             self.put_back(&request);
-            self.count(Caught::Retried);
+            self.count_loss(Caught::Retried, generation);
             return Ok(());
         }
         let outstanding = self.relay.outstanding_requests();
@@ -122,20 +124,20 @@ impl Session {
             // The client has part of a row: only closing its connection tells it (as a direct
             // connection's would close).
             tracing::warn!(parent: self.span(), server = %addr, cause = %why, "server connection lost while a large row was being relayed; closing the client's connection");
-            self.count(Caught::Unknown);
+            self.count_loss(Caught::Unknown, generation);
             return Err(SessionError::LostMidMessage(why));
         }
         tracing::warn!(parent: self.span(), server = %addr, cause = %why, outstanding, "server connection lost");
         if self.mode() == PoolMode::Session {
-            self.count(Caught::SessionLost);
+            self.count_loss(Caught::SessionLost, generation);
             return Err(SessionError::SessionLost(why));
         }
         let commit = self.relay.commit_in_flight();
         let in_tx = self.relay.status != TxStatus::Idle && !commit;
         if in_tx {
-            self.count(Caught::RolledBack);
+            self.count_loss(Caught::RolledBack, generation);
         } else if outstanding > 0 || self.relay.unsynced() {
-            self.count(Caught::Unknown);
+            self.count_loss(Caught::Unknown, generation);
         }
         let (first, rest, after) = if in_tx {
             (

@@ -159,6 +159,15 @@ impl Session {
         }
     }
 
+    /// Counts a request answered because its server connection, opened in `generation`, was
+    /// lost: as a failover's only if the topology moves on (see
+    /// [`ClusterMonitor::count_loss`](switchyard_topology::ClusterMonitor::count_loss)).
+    pub(super) fn count_loss(&self, what: Caught, generation: u64) {
+        if let Some(m) = &self.monitor {
+            m.count_loss(&self.info.target.server_db, what, generation);
+        }
+    }
+
     /// Attaches without waiting when the topology has not changed since the pool was last used
     /// and that pool has an idle connection with the client's settings: the common case, with
     /// no future to box or poll and no lock but the pool's. Never while anything is paused
