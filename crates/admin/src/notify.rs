@@ -15,7 +15,7 @@
 //!   is recorded on the incident after every attempt, through [`AdminState::record_delivery`].
 //! - `body`: `json` is `{"event": "incident.<stage>", "incident": {…}}`; `slack` is
 //!   `{"text": "…"}` with a one-line summary ([`summary`]).
-//! - `client`: hyper's client, with rustls (ring) and the system's CA certificates for
+//! - `client`: hyper's client, with rustls (aws-lc-rs) and the system's CA certificates for
 //!   `https://`. URLs are shown redacted ([`redact`]): webhook paths often carry the secret.
 
 mod body;

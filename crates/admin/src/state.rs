@@ -215,7 +215,7 @@ mod tests {
                     cluster = \"c\"\n[[users]]\nname = \"u\"\nauth = \"trust\"\n\
                     [admin]\nlisten = \"\"\nincidents_file = \"\"\n";
         let config = switchyard_config::Config::from_toml(toml).unwrap();
-        let proxy = Proxy::new(config.clone());
+        let proxy = Proxy::new(config.clone()).unwrap();
         let state = AdminState::new(proxy.clone(), &config.admin);
         let count = || state.failovers().get("c").copied().unwrap_or(0);
         for id in 1..=(MAX_KEPT as u64 + 10) {

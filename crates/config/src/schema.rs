@@ -50,6 +50,29 @@ pub struct ProxyConfig {
     /// fastest where the proxy shares a few cores with PostgreSQL and its clients: no
     /// cross-thread wake-ups.
     pub worker_threads: usize,
+    /// Certificate chain (PEM) Switchyard shows clients; empty: no TLS for clients.
+    pub tls_cert_file: String,
+    /// Its private key (PEM).
+    pub tls_key_file: String,
+    /// TLS from clients, PgBouncer's `client_tls_sslmode` names: `disable`, `allow`, `prefer`
+    /// (TLS when a client asks and a certificate is set), `require` (plain logins refused),
+    /// `verify-ca` and `verify-full` (a client certificate from `client_tls_ca_file`; with
+    /// `verify-full` its common name must be the user name).
+    pub client_tls: ClientTls,
+    /// CAs (PEM) client certificates must lead to (`verify-ca`, `verify-full`).
+    pub client_tls_ca_file: String,
+}
+
+/// What Switchyard asks of a client's TLS (see [`ProxyConfig::client_tls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientTls {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
 }
 
 impl Default for ProxyConfig {
@@ -63,6 +86,10 @@ impl Default for ProxyConfig {
             client_write_timeout: Duration::secs(60),
             shutdown_timeout: Duration::secs(30),
             worker_threads: 1,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            client_tls: ClientTls::Prefer,
+            client_tls_ca_file: String::new(),
         }
     }
 }
@@ -146,6 +173,23 @@ pub struct ServerConfig {
     /// when `none` is not listed, is refused. Cleartext and md5 are off unless listed, so a
     /// server (or anyone in its path) cannot downgrade the login to reveal a password.
     pub require_auth: Vec<ServerAuthMethod>,
+    /// TLS to servers and probes, libpq's `sslmode` names: `disable`, `prefer` (TLS when the
+    /// server offers it, unchecked), `require`, `verify-ca`, `verify-full` (a trusted chain and
+    /// the member's configured host name or address in the certificate).
+    pub tls: ServerTls,
+    /// CA certificates (PEM) that `verify-ca` and `verify-full` trust; empty: the system's.
+    pub tls_ca_file: String,
+}
+
+/// What Switchyard asks of a server's TLS (see [`ServerConfig::tls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTls {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
 }
 
 /// An authentication method a server may ask Switchyard for.
@@ -172,6 +216,8 @@ impl Default for ServerConfig {
             keepalive_count: 3,
             tcp_user_timeout: Duration::secs(10),
             require_auth: vec![ServerAuthMethod::ScramSha256, ServerAuthMethod::None],
+            tls: ServerTls::Prefer,
+            tls_ca_file: String::new(),
         }
     }
 }
@@ -253,6 +299,10 @@ pub enum AuthMethod {
     Md5,
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// The client's TLS certificate, verified (`client_tls = verify-ca` or `verify-full`), with
+    /// the user name as its common name.
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 /// A user clients may log in as, and the credentials Switchyard uses for it on the server.

@@ -53,6 +53,7 @@ impl Config {
                     .into(),
             );
         }
+        self.validate_client_tls(&mut errs);
         self.validate_clusters(&mut errs);
         self.validate_sites(&mut errs);
         self.validate_users(&mut errs);
@@ -62,6 +63,25 @@ impl Config {
             Ok(())
         } else {
             Err(ValidationErrors(errs))
+        }
+    }
+
+    fn validate_client_tls(&self, errs: &mut Vec<String>) {
+        use crate::ClientTls as T;
+        let p = &self.proxy;
+        if p.tls_cert_file.is_empty() != p.tls_key_file.is_empty() {
+            errs.push("proxy.tls_cert_file and proxy.tls_key_file go together".into());
+        }
+        let mode = p.client_tls;
+        if matches!(mode, T::Require | T::VerifyCa | T::VerifyFull) && p.tls_cert_file.is_empty() {
+            errs.push(format!(
+                "proxy.client_tls = {mode:?} needs proxy.tls_cert_file and proxy.tls_key_file"
+            ));
+        }
+        if matches!(mode, T::VerifyCa | T::VerifyFull) && p.client_tls_ca_file.is_empty() {
+            errs.push(format!(
+                "proxy.client_tls = {mode:?} needs proxy.client_tls_ca_file (the CAs client certificates must lead to)"
+            ));
         }
     }
 
@@ -147,6 +167,14 @@ impl Config {
             }
             match (u.auth, u.password.as_deref()) {
                 (AuthMethod::Trust, _) => {}
+                (AuthMethod::Cert, _) => {
+                    use crate::ClientTls as T;
+                    if !matches!(self.proxy.client_tls, T::VerifyCa | T::VerifyFull) {
+                        errs.push(format!(
+                            "{who}: auth \"cert\" needs proxy.client_tls = \"verify-ca\" or \"verify-full\" (client certificates are only asked for then)"
+                        ));
+                    }
+                }
                 (_, None) => errs.push(format!("{who}: auth {:?} needs a password", u.auth)),
                 (AuthMethod::Md5, Some(p)) if p.starts_with("SCRAM-SHA-256$") => {
                     errs.push(format!(

@@ -1,5 +1,6 @@
-//! Client authentication against the configured users: trust, md5 and SCRAM-SHA-256. An unknown
-//! user goes through a SCRAM exchange that cannot succeed, so user names do not leak.
+//! Client authentication against the configured users: trust, md5, SCRAM-SHA-256 and a TLS
+//! client certificate. An unknown user goes through a SCRAM exchange that cannot succeed, so
+//! user names do not leak.
 
 use crate::client::ClientConn;
 use crate::{SessionError, UserAuth};
@@ -22,6 +23,14 @@ pub async fn authenticate(
     };
     match auth {
         Some(UserAuth::Trust) => {}
+        // The certificate was verified in the handshake (client_tls = verify-ca or
+        // verify-full); its common name must be the user's.
+        Some(UserAuth::Cert) if client.stream.peer_common_name().as_deref() == Some(user) => {}
+        Some(UserAuth::Cert) => {
+            return Err(SessionError::CertAuthFailed {
+                user: user.to_string(),
+            });
+        }
         Some(UserAuth::Md5 { stored }) => {
             let salt = rand::random::<[u8; 4]>();
             client.send(&[AuthRequest::Md5 { salt }.encode()]).await?;

@@ -1,4 +1,4 @@
-//! [`ClientConn`]: the client's socket with its read buffer and frame cap.
+//! [`ClientConn`]: the client's socket (plain or TLS) with its read buffer and frame cap.
 
 use crate::SessionError;
 use bytes::BytesMut;
@@ -7,13 +7,15 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use switchyard_proto::backend::ErrorFields;
 use switchyard_proto::{Frame, decode_frame};
+use switchyard_tls::Stream;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::buffers::{BUFFER_SIZE as READ_CHUNK, Buffers};
 use std::sync::Arc;
 
 pub struct ClientConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes read and not yet relayed. Idle clients hold no buffer at all (see [`Self::fill`]
     /// and [`Self::shed_buffer`]): at 10,000 idle clients that is most of the memory.
     pub buf: BytesMut,
@@ -34,7 +36,7 @@ impl ClientConn {
     ) -> Self {
         let _ = stream.set_nodelay(true);
         Self {
-            stream,
+            stream: Stream::Plain(stream),
             buf: BytesMut::new(),
             max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
             write_stall_ms: u32::try_from(write_stall_limit.as_millis()).unwrap_or(u32::MAX),
@@ -93,8 +95,13 @@ impl ClientConn {
     /// read. The read goes through `poll_read`, which forgets the readiness after a read that did
     /// not fill the buffer (race-free: tokio clears only the readiness event seen before the
     /// read), so the next wait does not begin with a read that can only fail.
+    ///
+    /// Over TLS the read goes straight to the session: it may hold decrypted bytes that the
+    /// socket's readiness knows nothing of.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, SessionError>> {
-        if let Err(e) = ready!(self.stream.poll_read_ready(cx)) {
+        if let Stream::Plain(tcp) = &self.stream
+            && let Err(e) = ready!(tcp.poll_read_ready(cx))
+        {
             return Poll::Ready(Err(SessionError::ClientGone(e)));
         }
         self.ensure_room();
@@ -132,26 +139,61 @@ impl ClientConn {
         }
     }
 
-    /// Writes all of `bytes`: at once when the socket takes them (the common case: no timer, no
-    /// future state), else waiting for room, at most `client_write_timeout` each time. A client
-    /// that stops reading its answers would otherwise hold its server connection for ever.
+    /// Writes all of `bytes` (and, over TLS, flushes them): at once when the socket takes them
+    /// (the common case: no timer, no future state), else waiting for room, at most
+    /// `client_write_timeout` without progress. A client that stops reading its answers would
+    /// otherwise hold its server connection for ever.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
-        let mut rest = bytes;
+        let gone = SessionError::ClientGone;
+        let mut rest = match self.stream.try_write(bytes) {
+            Ok(n) => &bytes[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => bytes,
+            Err(e) => return Err(gone(e)),
+        };
+        if rest.is_empty() && self.stream.flushed_now().map_err(gone)? {
+            return Ok(());
+        }
+        let limit = Duration::from_millis(u64::from(self.write_stall_ms));
         loop {
-            match self.stream.try_write(rest) {
-                Ok(n) if n == rest.len() => return Ok(()),
-                Ok(0) => return Err(SessionError::ClientGone(ErrorKind::WriteZero.into())),
-                Ok(n) => rest = &rest[n..],
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => return Err(SessionError::ClientGone(e)),
-            }
-            let limit = Duration::from_millis(u64::from(self.write_stall_ms));
-            match tokio::time::timeout(limit, self.stream.writable()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(SessionError::ClientGone(e)),
+            let stream = &mut self.stream;
+            let step = std::future::poll_fn(|cx| {
+                let s = std::pin::Pin::new(&mut *stream);
+                if rest.is_empty() {
+                    s.poll_flush(cx).map_ok(|()| None)
+                } else {
+                    s.poll_write(cx, rest).map_ok(Some)
+                }
+            });
+            match tokio::time::timeout(limit, step).await {
                 Err(_) => return Err(SessionError::ClientStalled { waited: limit }),
+                Ok(Err(e)) => return Err(gone(e)),
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Ok(Some(0))) => return Err(gone(ErrorKind::WriteZero.into())),
+                Ok(Ok(Some(n))) => rest = &rest[n..],
             }
         }
+    }
+
+    /// The TLS handshake, on a client that asked for TLS (after its SSLRequest was answered
+    /// `S`), or that began with one (`direct`). Bounded by the login's deadline.
+    pub async fn start_tls(
+        &mut self,
+        tls: &switchyard_tls::FromClient,
+        direct: bool,
+    ) -> Result<(), SessionError> {
+        let Some(tcp) = self.stream.take_plain() else {
+            return Err(SessionError::Unsupported("TLS requested twice".into()));
+        };
+        self.stream = tls
+            .accept(tcp, direct)
+            .await
+            .map_err(|e| SessionError::ClientGone(std::io::Error::other(e.to_string())))?;
+        Ok(())
+    }
+
+    /// The client's address, if its socket is still there.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.stream.tcp().and_then(|t| t.peer_addr().ok())
     }
 
     pub async fn send(&mut self, frames: &[Frame]) -> Result<(), SessionError> {

@@ -77,6 +77,13 @@ pub enum SessionError {
     /// client has part of a message, and no error can follow it that it could read.
     #[error("server connection lost in the middle of a row: {0}")]
     LostMidMessage(String),
+    /// No verified client certificate naming the user (`auth = "cert"`, or `client_tls =
+    /// verify-full`).
+    #[error("certificate authentication failed for user {user:?}")]
+    CertAuthFailed { user: String },
+    /// A plain-text startup where `client_tls` requires TLS.
+    #[error("TLS is required (client_tls = {mode})")]
+    TlsRequired { mode: &'static str },
     /// One client address already has `max_pending_logins_per_address` logins under way.
     #[error("too many connections logging in from {address}")]
     TooManyLogins { address: String, max: usize },
@@ -192,6 +199,14 @@ impl SessionError {
             Self::BatchTooLong { max } => fatal(
                 PROGRAM_LIMIT_EXCEEDED,
                 format!("more than {max} messages without a Sync while the transaction is being ended; send a Sync"),
+            ),
+            Self::CertAuthFailed { user } => fatal(
+                INVALID_AUTHORIZATION,
+                format!("certificate authentication failed for user \"{user}\""),
+            ),
+            Self::TlsRequired { mode } => fatal(
+                INVALID_AUTHORIZATION,
+                format!("TLS is required (client_tls = {mode}); connect with sslmode=require or stronger"),
             ),
             Self::TooManyLogins { address, max } => fatal(
                 TOO_MANY_CONNECTIONS,

@@ -27,4 +27,4 @@ mod targets;
 pub use cancel::{ClientSnapshot, ClientState};
 pub use client::ClientConn;
 pub use errors::SessionError;
-pub use proxy::{Proxy, UserAuth};
+pub use proxy::{Live, Proxy, UserAuth};

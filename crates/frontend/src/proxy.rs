@@ -25,6 +25,8 @@ pub enum UserAuth {
     Scram {
         secret: ScramSecret,
     },
+    /// A verified client certificate whose common name is the user name.
+    Cert,
 }
 
 impl UserAuth {
@@ -32,6 +34,7 @@ impl UserAuth {
         let password = u.password.clone().unwrap_or_default();
         match u.auth {
             AuthMethod::Trust => Self::Trust,
+            AuthMethod::Cert => Self::Cert,
             AuthMethod::Md5 if is_md5_hash(&password) => Self::Md5 { stored: password },
             AuthMethod::Md5 => Self::Md5 {
                 stored: switchyard_proto::md5::stored_hash(&u.name, &password),
@@ -45,6 +48,33 @@ impl UserAuth {
     }
 }
 
+/// TLS for clients from `[proxy]`: none without a certificate.
+fn client_tls(
+    p: &switchyard_config::ProxyConfig,
+) -> Result<switchyard_tls::FromClient, switchyard_tls::TlsError> {
+    use switchyard_config::ClientTls as C;
+    use switchyard_tls::ClientTlsMode as M;
+    if p.tls_cert_file.is_empty() {
+        return Ok(switchyard_tls::FromClient::disabled());
+    }
+    let mode = match p.client_tls {
+        C::Disable => M::Disable,
+        C::Allow => M::Allow,
+        C::Prefer => M::Prefer,
+        C::Require => M::Require,
+        C::VerifyCa => M::VerifyCa,
+        C::VerifyFull => M::VerifyFull,
+    };
+    let ca =
+        (!p.client_tls_ca_file.is_empty()).then(|| std::path::Path::new(&p.client_tls_ca_file));
+    switchyard_tls::FromClient::new(
+        mode,
+        std::path::Path::new(&p.tls_cert_file),
+        std::path::Path::new(&p.tls_key_file),
+        ca,
+    )
+}
+
 /// A config together with what is derived from it.
 pub struct Live {
     pub config: Config,
@@ -53,6 +83,11 @@ pub struct Live {
     pub users: HashMap<String, Arc<UserConfig>>,
     /// Each site's pool settings (same order as `config.sites`), shared by its sessions.
     pub site_settings: Vec<Arc<EffectivePool>>,
+    /// TLS to servers, built from `[server]` once per config load.
+    pub server_tls: Arc<switchyard_tls::ToServer>,
+    /// TLS for clients, built from `[proxy]` once per config load (a reload reads the
+    /// certificate files again; open connections keep what they have).
+    pub client_tls: Arc<switchyard_tls::FromClient>,
 }
 
 impl Live {
@@ -66,7 +101,10 @@ impl Live {
 }
 
 impl Live {
-    pub fn new(config: Config) -> Self {
+    /// Prepares a config for use; fails if its TLS files cannot be loaded.
+    pub fn new(config: Config) -> Result<Self, switchyard_tls::TlsError> {
+        let server_tls = Arc::new(switchyard_router::server_tls(&config.server)?);
+        let client_tls = Arc::new(client_tls(&config.proxy)?);
         let users = config
             .users
             .iter()
@@ -82,12 +120,14 @@ impl Live {
             .iter()
             .map(|s| Arc::new(config.effective_pool(s)))
             .collect();
-        Self {
+        Ok(Self {
             config,
             auth,
             users,
             site_settings,
-        }
+            server_tls,
+            client_tls,
+        })
     }
 }
 
@@ -120,14 +160,16 @@ pub struct Proxy {
 
 impl Proxy {
     /// Builds the shared state and starts watching the configured clusters. Needs a runtime.
-    pub fn new(config: Config) -> Arc<Self> {
+    /// Fails if the config's TLS files cannot be loaded.
+    pub fn new(config: Config) -> Result<Arc<Self>, switchyard_tls::TlsError> {
+        let live = Live::new(config)?;
         let pools = Arc::new(Pools::default());
         let shutdown = CancellationToken::new();
         let background = CancellationToken::new();
         let router = Router::new(pools.clone(), background.clone());
-        router.reconcile(&config);
+        router.reconcile(&live.config, &live.server_tls);
         let proxy = Arc::new(Self {
-            live: ArcSwap::from_pointee(Live::new(config)),
+            live: ArcSwap::from_pointee(live),
             pools,
             router,
             cancels: CancelRegistry::default(),
@@ -143,7 +185,7 @@ impl Proxy {
             mock_nonce: rand::random(),
         });
         tokio::spawn(wake_idle_sessions_at_shutdown(Arc::downgrade(&proxy)));
-        proxy
+        Ok(proxy)
     }
 
     /// True once shutdown has begun (a plain check).
@@ -172,11 +214,14 @@ impl Proxy {
         }
     }
 
-    /// Installs a new (already validated) config and applies it to existing pools.
-    pub fn reload(&self, config: Config) {
-        self.router.reconcile(&config);
-        self.live.store(Arc::new(Live::new(config)));
+    /// Installs a new (already validated) config and applies it to existing pools; refused,
+    /// with the running config kept, if its TLS files cannot be loaded.
+    pub fn reload(&self, config: Config) -> Result<(), switchyard_tls::TlsError> {
+        let live = Live::new(config)?;
+        self.router.reconcile(&live.config, &live.server_tls);
+        self.live.store(Arc::new(live));
         crate::session::pool_for::reconcile_pools(self);
+        Ok(())
     }
 
     /// Installs the admin console, which serves the virtual database `switchyard`; false if one

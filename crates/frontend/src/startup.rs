@@ -1,6 +1,7 @@
-//! The startup phase before authentication: SSL/GSS requests are declined ('N'), a direct-TLS
-//! hello is refused, a cancel request is recognised, and newer protocol minors are negotiated
-//! down to 3.0.
+//! The startup phase before authentication: TLS (an SSLRequest answered `S` and the handshake,
+//! or PostgreSQL 17's direct TLS) when a certificate is configured, else `N`; GSS encryption
+//! declined; a cancel request recognised; newer protocol minors negotiated down to 3.0; a
+//! plain-text startup refused where TLS is required.
 
 use crate::SessionError;
 use crate::client::ClientConn;
@@ -12,7 +13,16 @@ pub enum Hello {
     Cancel { process_id: i32, secret: Vec<u8> },
 }
 
-pub async fn negotiate(client: &mut ClientConn) -> Result<Hello, SessionError> {
+/// The first byte of a TLS handshake record: a client starting with it wants direct TLS.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+pub async fn negotiate(
+    client: &mut ClientConn,
+    tls: &switchyard_tls::FromClient,
+) -> Result<Hello, SessionError> {
+    if tls.offered() && starts_with_tls(client).await? {
+        client.start_tls(tls, true).await?;
+    }
     loop {
         let Some(packet) = decode_startup(&mut client.buf)? else {
             if !client.fill().await? {
@@ -23,7 +33,6 @@ pub async fn negotiate(client: &mut ClientConn) -> Result<Hello, SessionError> {
             continue;
         };
         match packet {
-            // TLS and GSS encryption are not offered: 'N' tells the client to go on in plain text.
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 if !client.buf.is_empty() {
                     // Bytes after the request before our answer: a man-in-the-middle signature
@@ -32,7 +41,15 @@ pub async fn negotiate(client: &mut ClientConn) -> Result<Hello, SessionError> {
                         "unencrypted data after SSL request".into(),
                     ));
                 }
-                client.write(b"N").await?;
+                let ssl = matches!(packet, StartupPacket::SslRequest);
+                if ssl && tls.offered() && !client.stream.is_tls() {
+                    client.write(b"S").await?;
+                    client.start_tls(tls, false).await?;
+                } else {
+                    // GSS encryption is not offered, nor TLS without a certificate (or twice):
+                    // 'N' tells the client to go on as it is.
+                    client.write(b"N").await?;
+                }
             }
             StartupPacket::DirectTls => return Err(SessionError::DirectTls),
             StartupPacket::Cancel { process_id, secret } => {
@@ -43,6 +60,11 @@ pub async fn negotiate(client: &mut ClientConn) -> Result<Hello, SessionError> {
                 params,
                 protocol_options,
             } => {
+                if tls.required() && !client.stream.is_tls() {
+                    return Err(SessionError::TlsRequired {
+                        mode: tls.mode().name(),
+                    });
+                }
                 if minor > 0 || !protocol_options.is_empty() {
                     client
                         .send(&[backend::negotiate_protocol_version(0, &protocol_options)])
@@ -59,5 +81,23 @@ pub async fn negotiate(client: &mut ClientConn) -> Result<Hello, SessionError> {
                 return Ok(Hello::Startup { params });
             }
         }
+    }
+}
+
+/// Whether the client's first byte (looked at, not taken) begins a TLS handshake.
+async fn starts_with_tls(client: &ClientConn) -> Result<bool, SessionError> {
+    let Some(tcp) = client.stream.tcp() else {
+        return Ok(false);
+    };
+    if !client.buf.is_empty() {
+        return Ok(client.buf[0] == TLS_HANDSHAKE);
+    }
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(0) => Err(SessionError::ClientGone(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        )),
+        Ok(_) => Ok(first[0] == TLS_HANDSHAKE),
+        Err(e) => Err(SessionError::ClientGone(e)),
     }
 }

@@ -46,6 +46,7 @@ mod server;
 mod sql;
 mod standby;
 mod template;
+mod tls;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -56,6 +57,7 @@ pub use net::{Blackhole, iptables_available};
 pub use patroni::{PatroniCluster, PatroniMember, PatroniOptions, patroni_available};
 pub use server::{Origin, PgOptions, PgServer};
 pub use sql::{PasswordKind, quote_ident, quote_literal};
+pub use tls::TestCerts;
 
 /// Default directory of the PostgreSQL 15 binaries (Debian's `postgresql-15` package).
 pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";

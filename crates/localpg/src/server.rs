@@ -43,6 +43,8 @@ pub struct PgOptions {
     /// Lines appended to `postgresql.conf` after the fixture's own settings (later lines win),
     /// e.g. `"max_connections = 20"`.
     pub extra_conf: Vec<String>,
+    /// Serve TLS with this certificate (`ssl = on`); plain connections stay allowed.
+    pub tls: Option<std::sync::Arc<crate::TestCerts>>,
 }
 
 /// One running PostgreSQL 15 server, listening on `127.0.0.1`.
@@ -125,6 +127,9 @@ impl PgServer {
         let hba = server.data_dir().join("pg_hba.conf");
         fs::write(&hba, PG_HBA).map_err(|e| FixtureError::io("write", &hba, e))?;
         let mut conf = server.base_conf();
+        if let Some(certs) = &opts.tls {
+            conf.extend(certs.install(&server.data_dir())?);
+        }
         conf.extend(opts.extra_conf);
         server.append_conf(&conf)?;
         server.launch()?;

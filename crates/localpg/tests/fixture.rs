@@ -45,6 +45,7 @@ fn starts_and_answers_queries() -> Result {
 fn extra_conf_is_applied_and_errors_carry_stderr() -> Result {
     let opts = PgOptions {
         extra_conf: vec!["max_connections = 42".into()],
+        ..PgOptions::default()
     };
     let pg = PgServer::start_with(opts)?;
     assert_eq!(pg.psql("show max_connections")?, "42");
@@ -57,6 +58,7 @@ fn extra_conf_is_applied_and_errors_carry_stderr() -> Result {
 fn bad_conf_fails_with_log_tail() {
     let opts = PgOptions {
         extra_conf: vec!["shared_buffers = 'nonsense'".into()],
+        ..PgOptions::default()
     };
     let err = PgServer::start_with(opts).unwrap_err();
     let text = err.to_string();

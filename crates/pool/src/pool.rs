@@ -600,7 +600,7 @@ impl Pool {
             .iter()
             .map(|c| IdleServer {
                 pid: c.key().process_id,
-                local_addr: c.stream.local_addr().ok(),
+                local_addr: c.stream.tcp().and_then(|t| t.local_addr().ok()),
                 created: c.created,
                 last_used: c.last_used,
                 generation: c.generation,

@@ -36,6 +36,7 @@ fn pool(pg: &PgServer, size: usize) -> Arc<Pool> {
             connect_timeout: Duration::from_secs(5),
             socket: SocketOptions::default(),
             allowed_auth: switchyard_server::AllowedAuth::any(),
+            tls: std::sync::Arc::new(switchyard_tls::ToServer::disabled()),
         },
         settings(size),
     )

@@ -13,6 +13,7 @@ use std::time::Duration;
 use switchyard_config::{ClusterConfig, Config};
 use switchyard_pool::Pools;
 use switchyard_server::{AllowedAuth, ConnectParams, SocketOptions};
+use switchyard_tls::{ServerTlsMode, TlsError, ToServer};
 use switchyard_topology::{
     Carried, ClusterMonitor, ClusterState, MonitorSettings, Thresholds, TopologyView,
 };
@@ -38,6 +39,7 @@ pub enum RouteError {
 struct Entry {
     config: ClusterConfig,
     settings: MonitorSettings,
+    tls: Arc<ToServer>,
     monitor: Arc<ClusterMonitor>,
     stop: CancellationToken,
 }
@@ -86,8 +88,27 @@ pub fn allowed_auth(s: &switchyard_config::ServerConfig) -> AllowedAuth {
     }
 }
 
+/// TLS to servers from `[server] tls` and `tls_ca_file` (files read now: build it once per
+/// config load).
+pub fn server_tls(s: &switchyard_config::ServerConfig) -> Result<ToServer, TlsError> {
+    use switchyard_config::ServerTls as T;
+    let mode = match s.tls {
+        T::Disable => ServerTlsMode::Disable,
+        T::Prefer => ServerTlsMode::Prefer,
+        T::Require => ServerTlsMode::Require,
+        T::VerifyCa => ServerTlsMode::VerifyCa,
+        T::VerifyFull => ServerTlsMode::VerifyFull,
+    };
+    let ca = (!s.tls_ca_file.is_empty()).then(|| std::path::Path::new(&s.tls_ca_file));
+    ToServer::new(mode, ca)
+}
+
 /// How the probes of a cluster connect to each member.
-fn probe_params(config: &Config, cluster: &ClusterConfig) -> Vec<ConnectParams> {
+fn probe_params(
+    config: &Config,
+    cluster: &ClusterConfig,
+    tls: &Arc<ToServer>,
+) -> Vec<ConnectParams> {
     let user = config.probe_user(cluster);
     let s = &config.server;
     cluster
@@ -103,6 +124,7 @@ fn probe_params(config: &Config, cluster: &ClusterConfig) -> Vec<ConnectParams> 
             connect_timeout: config.failover.probe_timeout.get(),
             socket: socket_options(s),
             allowed_auth: allowed_auth(s),
+            tls: tls.clone(),
         })
         .collect()
 }
@@ -122,13 +144,16 @@ impl Router {
     }
 
     /// Starts monitors for new or changed clusters and stops those no longer configured.
-    pub fn reconcile(&self, config: &Config) {
+    /// `tls`: the config's [`server_tls`], for the probes.
+    pub fn reconcile(&self, config: &Config, tls: &Arc<ToServer>) {
         let settings = monitor_settings(config);
         let mut clusters = self.lock();
         // What a monitor restarted by the reload takes over (see `Carried`).
         let mut replaced: HashMap<String, Arc<ClusterMonitor>> = HashMap::new();
         clusters.retain(|name, e| {
-            let keep = config.clusters.get(name) == Some(&e.config) && e.settings == settings;
+            let keep = config.clusters.get(name) == Some(&e.config)
+                && e.settings == settings
+                && *e.tls == **tls;
             if !keep {
                 e.stop.cancel();
                 self.retired_generations
@@ -155,7 +180,7 @@ impl Router {
             };
             let monitor = Arc::new(ClusterMonitor::start_after(
                 name,
-                probe_params(config, c),
+                probe_params(config, c, tls),
                 settings.clone(),
                 stop.clone(),
                 carried,
@@ -180,6 +205,7 @@ impl Router {
                 Entry {
                     config: c.clone(),
                     settings: settings.clone(),
+                    tls: tls.clone(),
                     monitor,
                     stop,
                 },

@@ -23,6 +23,8 @@ pub struct ConnectParams {
     pub socket: SocketOptions,
     /// The authentication methods answered when the server asks.
     pub allowed_auth: crate::AllowedAuth,
+    /// TLS to the server (`[server] tls`), shared by every connection of a config load.
+    pub tls: std::sync::Arc<switchyard_tls::ToServer>,
 }
 
 impl std::fmt::Debug for ConnectParams {
@@ -53,7 +55,7 @@ pub struct CancelKey {
 /// An authenticated server connection. Between uses it sits at a sync point (ReadyForQuery seen,
 /// nothing outstanding); the relay keeps it that way or discards it.
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: switchyard_tls::Stream,
     /// Bytes read from the server and not yet consumed.
     pub read_buf: BytesMut,
     pub addr: std::sync::Arc<str>,
@@ -115,6 +117,14 @@ impl ServerConn {
             addr: p.addr.clone(),
             source,
         })?;
+        let stream = p
+            .tls
+            .negotiate(stream, switchyard_tls::host_of(&p.addr))
+            .await
+            .map_err(|source| ServerError::Tls {
+                addr: p.addr.clone(),
+                source,
+            })?;
         let now = Instant::now();
         let mut conn = Self {
             closer,
@@ -141,7 +151,7 @@ impl ServerConn {
             &[("user", &p.user), ("database", &p.database)],
             &mut startup,
         );
-        conn.stream.write_all(&startup).await?;
+        conn.write_out(&startup).await?;
         auth::authenticate(&mut conn, p).await?;
         conn.read_until_ready().await?;
         Ok(conn)
@@ -163,7 +173,14 @@ impl ServerConn {
     }
 
     pub async fn send(&mut self, frame: &Frame) -> Result<(), ServerError> {
-        self.stream.write_all(&frame.to_bytes()).await?;
+        self.write_out(&frame.to_bytes()).await
+    }
+
+    /// Writes all of `bytes` and flushes them (over TLS, written bytes may wait in the
+    /// session until then).
+    async fn write_out(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await?;
         Ok(())
     }
 
@@ -244,8 +261,7 @@ impl ServerConn {
     /// True if the connection still looks usable: nothing arrived while it sat idle (an idle
     /// server sends nothing; an EOF, an error or an unsolicited FATAL means it is gone).
     pub fn is_alive(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.stream.idle_and_open()
     }
 
     /// Tells the server goodbye; errors are irrelevant at that point.

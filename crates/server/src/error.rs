@@ -35,6 +35,12 @@ pub enum ServerError {
     Scram(#[from] switchyard_proto::scram::ScramError),
     #[error("server broke the protocol: {0}")]
     Protocol(#[from] ProtoError),
+    /// TLS could not be set up with the server (refused, handshake, certificate check).
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: String,
+        source: switchyard_tls::TlsError,
+    },
     #[error("server connection lost: {0}")]
     Io(#[from] std::io::Error),
     #[error("server closed the connection")]
@@ -50,6 +56,11 @@ impl ServerError {
     pub fn is_unreachable(&self) -> bool {
         match self {
             Self::Connect { .. } | Self::Timeout { .. } | Self::Io(_) | Self::Closed => true,
+            // A handshake cut short is a lost connection; a refused or failed check is not.
+            Self::Tls {
+                source: switchyard_tls::TlsError::Io(_),
+                ..
+            } => true,
             Self::Refused(f) => f.code.starts_with("57P"),
             _ => false,
         }

@@ -1,5 +1,5 @@
 //! One Switchyard connection to a PostgreSQL server: TCP connect with keepalive and
-//! TCP_USER_TIMEOUT, startup and authentication (SCRAM-SHA-256, md5, cleartext, trust),
+//! TCP_USER_TIMEOUT, TLS as `[server] tls` asks, startup and authentication (SCRAM-SHA-256, md5, cleartext, trust),
 //! parameter status, simple internal queries (reset, SET), and sending cancel requests.
 //!
 //! The relay in `frontend` reads and writes the socket directly through [`ServerConn::stream`];

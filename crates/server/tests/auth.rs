@@ -22,6 +22,7 @@ fn params(addr: String, user: &str, password: &str, allowed: AllowedAuth) -> Con
         connect_timeout: Duration::from_secs(5),
         socket: SocketOptions::default(),
         allowed_auth: allowed,
+        tls: std::sync::Arc::new(switchyard_tls::ToServer::disabled()),
     }
 }
 

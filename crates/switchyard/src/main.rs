@@ -64,6 +64,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) if let Err(e) = switchyard_frontend::Live::new(c.clone()) => {
+                eprintln!("{}: TLS: {e}", file.display());
+                std::process::exit(1);
+            }
             Ok(c) => {
                 println!(
                     "{}: OK ({} cluster(s), {} site(s), {} user(s))",

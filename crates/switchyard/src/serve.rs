@@ -42,7 +42,7 @@ pub async fn start_with(config: Config, path: Option<PathBuf>) -> anyhow::Result
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
     let addr = listener.local_addr()?;
     let admin_config = config.admin.clone();
-    let proxy = Proxy::new(config);
+    let proxy = Proxy::new(config).context("TLS settings")?;
     tokio::spawn(proxy.pools.clone().run_reaper(proxy.background.clone()));
     // The admin surfaces run until the drain is over, so an incident during shutdown is seen.
     let admin = switchyard_admin::start(proxy.clone(), &admin_config, proxy.background.clone())
@@ -97,7 +97,10 @@ pub fn reload(proxy: &Proxy, path: &Path) -> Result<(), String> {
             if c.proxy.listen != proxy.live.load().config.proxy.listen {
                 tracing::warn!("proxy.listen changed: takes effect after a restart");
             }
-            proxy.reload(c);
+            if let Err(e) = proxy.reload(c) {
+                tracing::error!(path = %path.display(), error = %e, "config reload refused; keeping the running config");
+                return Err(e.to_string());
+            }
             tracing::info!(path = %path.display(), "config reloaded");
             Ok(())
         }
@@ -112,23 +115,47 @@ fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Reloads on SIGHUP and when the file's modification time changes, until shutdown. The caller
-/// installs the SIGHUP handler (`hup`) before announcing readiness, so no early signal kills us.
+/// The modification times of the config file and of the TLS files the running config names:
+/// a renewed certificate is picked up like an edited config.
+fn stamp(proxy: &Proxy, path: &Path) -> Vec<Option<SystemTime>> {
+    let live = proxy.live.load();
+    let (p, s) = (&live.config.proxy, &live.config.server);
+    let tls_files = [
+        &p.tls_cert_file,
+        &p.tls_key_file,
+        &p.client_tls_ca_file,
+        &s.tls_ca_file,
+    ];
+    std::iter::once(mtime(path))
+        .chain(
+            tls_files
+                .into_iter()
+                .filter(|f| !f.is_empty())
+                .map(|f| mtime(Path::new(f))),
+        )
+        .collect()
+}
+
+/// Reloads on SIGHUP and when the modification time of the file, or of a TLS file it names,
+/// changes, until shutdown. The caller installs the SIGHUP handler (`hup`) before announcing
+/// readiness, so no early signal kills us.
 pub async fn watch_config(proxy: Arc<Proxy>, path: PathBuf, mut hup: tokio::signal::unix::Signal) {
-    let mut seen = mtime(&path);
+    let mut seen = stamp(&proxy, &path);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading config");
                 let _ = reload(&proxy, &path);
-                seen = mtime(&path);
+                seen = stamp(&proxy, &path);
             }
             _ = tick.tick() => {
-                let now = mtime(&path);
-                if now.is_some() && now != seen {
-                    seen = now;
+                let now = stamp(&proxy, &path);
+                if now.first().is_some_and(Option::is_some) && now != seen {
+                    // A refused reload (a key written before its certificate) is tried again
+                    // at the next change.
                     let _ = reload(&proxy, &path);
+                    seen = stamp(&proxy, &path);
                 }
             }
             _ = proxy.shutdown.cancelled() => return,

@@ -3,14 +3,17 @@
 //! busy writing answers, Switchyard keeps reading those answers and passing them on, so a
 //! pipelining client that reads is never stalled (PostgreSQL reads no request while its output
 //! is blocked: two writers and no reader is a deadlock until TCP gives up); and a server row
-//! far larger than any buffer is passed through in pieces, never held whole.
+//! far larger than any buffer is passed through in pieces, never held whole. Both also over TLS
+//! to the server, where written bytes can wait in the TLS session.
 
 mod common;
 
 use common::served::Served;
 use common::*;
+use std::sync::Arc;
 use std::time::Duration;
-use switchyard_config::PoolMode;
+use switchyard_config::{PoolMode, ServerTls};
+use switchyard_localpg::{PgOptions, PgServer, TestCerts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -87,10 +90,40 @@ async fn login(port: u16) -> (OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf) {
     (r, w)
 }
 
+/// PostgreSQL, serving TLS when `tls`, and Switchyard in front of it (verifying the server's
+/// certificate when `tls`).
+async fn start(tls: bool) -> (Served, switchyard_localpg::PgServer, Option<Arc<TestCerts>>) {
+    if !tls {
+        let pg = start_pg();
+        let served = Served::start(config_for(&pg, PoolMode::Transaction)).await;
+        return (served, pg, None);
+    }
+    let certs = Arc::new(TestCerts::generate(&["127.0.0.1"]).expect("certificates"));
+    let pg = PgServer::start_with(PgOptions {
+        tls: Some(certs.clone()),
+        ..PgOptions::default()
+    })
+    .expect("PostgreSQL with TLS");
+    pg.create_database("app", "postgres").expect("app database");
+    let mut config = config_for(&pg, PoolMode::Transaction);
+    config.server.tls = ServerTls::VerifyFull;
+    config.server.tls_ca_file = certs.ca.display().to_string();
+    let served = Served::start(config).await;
+    (served, pg, Some(certs))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_written_to_a_busy_server_does_not_stall_its_answers() {
-    let pg = start_pg();
-    let served = Served::start(config_for(&pg, PoolMode::Transaction)).await;
+    request_written_to_a_busy_server(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_written_to_a_busy_server_over_tls_does_not_stall_its_answers() {
+    request_written_to_a_busy_server(true).await;
+}
+
+async fn request_written_to_a_busy_server(tls: bool) {
+    let (served, _pg, _certs) = start(tls).await;
     let (mut r, mut w) = login(served.port).await;
     // The first request keeps the server quiet for a moment, so Switchyard reads the second one
     // whole and writes it while the server is not reading; then the server writes 64 MiB, far
@@ -120,9 +153,17 @@ async fn a_request_written_to_a_busy_server_does_not_stall_its_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_row_is_passed_through_in_pieces() {
+    huge_row(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_row_from_a_tls_server_is_passed_through_in_pieces() {
+    huge_row(true).await;
+}
+
+async fn huge_row(tls: bool) {
     const ROW: usize = 192 << 20;
-    let pg = start_pg();
-    let served = Served::start(config_for(&pg, PoolMode::Transaction)).await;
+    let (served, _pg, _certs) = start(tls).await;
     let (mut r, mut w) = login(served.port).await;
     let before = peak_rss_kib(served.pid);
     w.write_all(&query(&format!("select repeat('x', {ROW})")))

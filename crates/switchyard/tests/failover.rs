@@ -793,7 +793,7 @@ async fn a_reload_after_a_failover_keeps_requests_flowing() {
 
     let mut config = cl.proxy.proxy.live.load().config.clone();
     config.failover.probe_interval = switchyard_config::Duration::millis(900);
-    cl.proxy.proxy.reload(config);
+    cl.proxy.proxy.reload(config).expect("reload");
     cl.wait_for_primary(&standby, STEP).await;
     let new = cl.client().await;
     for (who, c) in [("a session from before", &old), ("a new session", &new)] {
@@ -837,7 +837,7 @@ async fn a_reload_that_restarts_the_monitor_leaves_open_transactions_alone() {
         .expect("cluster main")
         .members
         .push(silent_addr.clone());
-    proxy.reload(config);
+    proxy.reload(config).expect("reload");
     let after = proxy.router.monitor("main").expect("monitor");
     assert!(
         !Arc::ptr_eq(&before, &after),
@@ -901,7 +901,7 @@ async fn a_reload_that_removes_the_primary_cuts_off_its_transactions() {
         .expect("cluster main")
         .members
         .retain(|m| *m != cl.primary.addr());
-    proxy.reload(config);
+    proxy.reload(config).expect("reload");
     let after = proxy.router.monitor("main").expect("monitor");
     assert!(after.generation() > generation, "a new generation");
     assert_eq!(

@@ -19,6 +19,7 @@ fn params(pg: &PgServer) -> ConnectParams {
         connect_timeout: Duration::from_millis(500),
         socket: SocketOptions::default(),
         allowed_auth: switchyard_server::AllowedAuth::any(),
+        tls: std::sync::Arc::new(switchyard_tls::ToServer::disabled()),
     }
 }
 

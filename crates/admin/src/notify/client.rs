@@ -1,8 +1,7 @@
-//! The webhook HTTP client: hyper's pooled client over plain TCP or rustls (ring, with the
+//! The webhook HTTP client: hyper's pooled client over plain TCP or rustls (aws-lc-rs, with the
 //! system's CA certificates), one POST per attempt bounded by the webhook's timeout, and the
 //! redacted form of a URL that delivery states and logs show.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +23,7 @@ pub fn new_client(https: bool) -> HttpClient {
 }
 
 fn connector(https: bool) -> HttpsConnector<HttpConnector> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = switchyard_tls::provider();
     let with_roots = if https {
         match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
             Ok(b) => Some(b),

@@ -48,7 +48,8 @@ pub async fn login(
     client: &mut ClientConn,
     peer: Option<SocketAddr>,
 ) -> Result<Login, SessionError> {
-    let startup = match negotiate(client).await? {
+    let tls = proxy.live.load().client_tls.clone();
+    let startup = match negotiate(client, &tls).await? {
         Hello::Cancel { process_id, secret } => {
             proxy.cancels.cancel(process_id, &secret).await;
             return Ok(Login::Cancel);
@@ -62,6 +63,10 @@ pub async fn login(
     let database = get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
+    if tls.checks_user_name() && client.stream.peer_common_name().as_deref() != Some(&user) {
+        // client_tls = verify-full: the certificate must name the user, whatever the method.
+        return Err(SessionError::CertAuthFailed { user });
+    }
     let live = proxy.live.load_full();
     authenticate(client, &user, live.auth.get(&user), &proxy.mock_nonce).await?;
     let user_cfg = live
@@ -226,7 +231,7 @@ pub async fn primary_pool(
     let route = proxy.router.primary(&target.cluster, gate).await?;
     let live = proxy.live.load();
     Ok((
-        pool_at(proxy, &live.config, target, &route.addr, settings),
+        pool_at(proxy, &live, target, &route.addr, settings),
         route.generation,
     ))
 }

@@ -67,7 +67,7 @@ async fn open_session(accepted: Box<Accepted>) -> Opened {
     let login_timeout = live.config.proxy.login_timeout.get();
     let max_pending = live.config.proxy.max_pending_logins_per_address;
     drop(live);
-    let peer_addr = client.stream.peer_addr().ok();
+    let peer_addr = client.peer_addr();
     let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
     // Debug level: at the default level a span per client would cost more memory than the rest
     // of an idle session; the events that matter carry their own fields.

@@ -4,10 +4,11 @@
 
 use crate::Proxy;
 use crate::params::ClientParams;
+use crate::proxy::Live;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_config::{Config, EffectivePool, SiteConfig, UserConfig};
+use switchyard_config::{EffectivePool, SiteConfig, UserConfig};
 use switchyard_pool::{Pool, PoolKey, PoolSettings, Pooled};
 use switchyard_router::{allowed_auth, socket_options};
 use switchyard_server::{ConnectParams, ServerError};
@@ -79,13 +80,8 @@ fn settings(p: &EffectivePool) -> PoolSettings {
     }
 }
 
-fn connect_params(
-    config: &Config,
-    addr: String,
-    database: String,
-    user: &UserConfig,
-) -> ConnectParams {
-    let s = &config.server;
+fn connect_params(live: &Live, addr: String, database: String, user: &UserConfig) -> ConnectParams {
+    let s = &live.config.server;
     ConnectParams {
         addr,
         user: user.server_user().to_string(),
@@ -94,13 +90,14 @@ fn connect_params(
         connect_timeout: s.connect_timeout.get(),
         socket: socket_options(s),
         allowed_auth: allowed_auth(s),
+        tls: live.server_tls.clone(),
     }
 }
 
 /// The pool for `target` on the server at `addr`.
 pub fn pool_at(
     proxy: &Proxy,
-    config: &Config,
+    live: &Live,
     target: &Target,
     addr: &str,
     eff: &EffectivePool,
@@ -114,7 +111,7 @@ pub fn pool_at(
         &key,
         || {
             connect_params(
-                config,
+                live,
                 addr.to_string(),
                 target.server_db.clone(),
                 &target.user,
@@ -146,7 +143,7 @@ pub fn reconcile_pools(proxy: &Proxy) {
             .is_some_and(|c| c.members.contains(&key.addr));
         if !member
             || *pool.connect_params()
-                != connect_params(config, key.addr.clone(), key.database.clone(), user)
+                != connect_params(&live, key.addr.clone(), key.database.clone(), user)
         {
             return false;
         }

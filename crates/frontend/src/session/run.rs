@@ -29,7 +29,7 @@ use switchyard_proto::frontend::tag as fe;
 use switchyard_proto::{ProtoError, decode_frame, peek_header};
 use switchyard_server::{ServerConn, ServerError};
 use switchyard_topology::ClusterMonitor;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -518,7 +518,9 @@ impl Session {
                     ))));
                 }
             };
-            if written < request.len() {
+            // Over TLS, what was taken may still wait in the session: pushed out below.
+            let flushed = conn.stream.flushed_now();
+            if written < request.len() || !matches!(flushed, Ok(true)) {
                 unsent = Some(BytesMut::from(&request[written..]));
             }
             if nothing_outstanding {
@@ -547,15 +549,23 @@ impl Session {
         Ok(None)
     }
 
-    /// Writes the rest of a request to a server that is not reading it, while passing on what
-    /// the server sends meanwhile. PostgreSQL reads no more of a request while its answers to
-    /// the ones before are not being read: waiting for the write alone would be a deadlock until
-    /// TCP gives up, and then a false failover error. `Some` ends this step of the relay.
+    /// Writes the rest of a request to a server that is not reading it (or, over TLS, pushes
+    /// out what waits in the session), while passing on what the server sends meanwhile.
+    /// PostgreSQL reads no more of a request while its answers to the ones before are not being
+    /// read: waiting for the write alone would be a deadlock until TCP gives up, and then a
+    /// false failover error. `Some` ends this step of the relay.
     async fn write_while_answering(
         &mut self,
         mut unsent: BytesMut,
     ) -> Result<Option<Flow>, SessionError> {
-        while !unsent.is_empty() {
+        /// What one wait on the server's socket brought.
+        enum Event {
+            Wrote(usize),
+            Flushed,
+            Read(usize),
+        }
+        let mut flushed = false;
+        while !unsent.is_empty() || !flushed {
             let Link::Attached {
                 server, generation, ..
             } = &mut self.link
@@ -564,38 +574,40 @@ impl Session {
             };
             let generation = *generation;
             let conn = &mut server.conn;
-            let monitor = &self.monitor;
-            let failed = |e: std::io::Error| {
-                Ok(Some(Flow::Lost(lost(
-                    monitor,
-                    generation,
-                    Lost::Socket(e.into()),
-                ))))
-            };
-            tokio::select! {
-                biased;
-                r = conn.stream.writable() => {
-                    if let Err(e) = r {
-                        return failed(e);
-                    }
-                    match conn.stream.try_write(&unsent) {
-                        Ok(n) => unsent.advance(n),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return failed(e),
-                    }
+            conn.read_buf.reserve(READ_WHILE_WRITING);
+            // One poll function over both directions of the one stream (plain or TLS), so each
+            // registers its waker and whichever is ready first is served.
+            let event = std::future::poll_fn(|cx| {
+                let stream = std::pin::Pin::new(&mut conn.stream);
+                let wrote = if unsent.is_empty() {
+                    stream.poll_flush(cx).map_ok(|()| Event::Flushed)
+                } else {
+                    stream.poll_write(cx, &unsent).map_ok(Event::Wrote)
+                };
+                if wrote.is_ready() {
+                    return wrote;
+                }
+                let stream = std::pin::Pin::new(&mut conn.stream);
+                tokio_util::io::poll_read_buf(stream, cx, &mut conn.read_buf).map_ok(Event::Read)
+            })
+            .await;
+            match event {
+                Ok(Event::Wrote(n)) => {
+                    unsent.advance(n);
                     continue;
                 }
-                r = conn.stream.readable() => {
-                    if let Err(e) = r {
-                        return failed(e);
-                    }
-                    conn.read_buf.reserve(READ_WHILE_WRITING);
-                    match conn.stream.try_read_buf(&mut conn.read_buf) {
-                        Ok(0) => return failed(std::io::ErrorKind::UnexpectedEof.into()),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return failed(e),
-                    }
+                Ok(Event::Flushed) => {
+                    flushed = true;
+                    continue;
+                }
+                Ok(Event::Read(0)) => {
+                    let cause = Lost::Socket(ServerError::Closed);
+                    return Ok(Some(Flow::Lost(lost(&self.monitor, generation, cause))));
+                }
+                Ok(Event::Read(_)) => {}
+                Err(e) => {
+                    let cause = Lost::Socket(e.into());
+                    return Ok(Some(Flow::Lost(lost(&self.monitor, generation, cause))));
                 }
             }
             match self.forward_answers().await? {
@@ -812,7 +824,6 @@ impl Session {
     pub fn describe(&self) -> String {
         let peer = self
             .client
-            .stream
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();

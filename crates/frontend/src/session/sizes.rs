@@ -26,7 +26,7 @@ fn an_idle_client_stays_small() {
         let toml = "[clusters.c]\nmembers = [\"127.0.0.1:1\"]\n[[sites]]\ndatabase = \"*\"\n\
                     cluster = \"c\"\n[[users]]\nname = \"u\"\nauth = \"trust\"\n\
                     [admin]\nlisten = \"\"\nincidents_file = \"\"\n";
-        let proxy = crate::Proxy::new(switchyard_config::Config::from_toml(toml).unwrap());
+        let proxy = crate::Proxy::new(switchyard_config::Config::from_toml(toml).unwrap()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await

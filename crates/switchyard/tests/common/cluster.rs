@@ -152,7 +152,10 @@ impl Cluster {
         let extra_conf = opts.extra_conf.clone();
         let sync = opts.sync_replication;
         let (primary, standby) = blocking("start primary and standby", move || {
-            let primary = PgServer::start_with(PgOptions { extra_conf })?;
+            let primary = PgServer::start_with(PgOptions {
+                extra_conf,
+                ..PgOptions::default()
+            })?;
             prepare_primary(&primary)?;
             let standby = primary.start_standby()?;
             if sync {

@@ -69,7 +69,7 @@ async fn paused_past_failover_timeout(h: &Harness) {
     let port = h.port();
     let mut config = h.proxy.proxy.live.load().config.clone();
     config.failover.failover_timeout = CfgDuration::millis(500);
-    h.proxy.proxy.reload(config);
+    h.proxy.proxy.reload(config).expect("reload");
     let late = h.client().await;
     command(port, "PAUSE").await;
     let started = Instant::now();
@@ -115,7 +115,7 @@ async fn fence_moves_traffic_off_the_primary_until_unfence() {
     let before = h.proxy.proxy.router.monitor("main").expect("monitor");
     let mut config = h.proxy.proxy.live.load().config.clone();
     config.failover.probe_interval = CfgDuration::millis(400);
-    h.proxy.proxy.reload(config);
+    h.proxy.proxy.reload(config).expect("reload");
     let monitor = h.proxy.proxy.router.monitor("main").expect("monitor");
     assert!(!std::sync::Arc::ptr_eq(&before, &monitor), "a new monitor");
     assert_eq!(
