@@ -227,7 +227,17 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// `host:port` of each member.
+    #[serde(default)]
     pub members: Vec<String>,
+    /// `host:port` of a DNS name the cluster manager moves to the primary (a managed
+    /// database's one name): every address it resolves to becomes a member, judged by the same
+    /// probes; it is resolved again at every failure signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Patroni REST API URLs (`http://host:8008`): the members Patroni lists become members
+    /// (its leader is only a hint: the probes decide).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patroni: Vec<String>,
     /// User the probes log in as (needs no special rights); default: the first configured user
     /// with a server password or trust.
     #[serde(default)]
@@ -257,6 +267,13 @@ pub struct FailoverConfig {
     pub up_after: u32,
     /// Longest new work waits for a primary before 57P03.
     pub failover_timeout: Duration,
+    /// DNS servers (`host:port`) that resolve cluster endpoints; empty: the system's
+    /// (`/etc/resolv.conf`).
+    pub dns_servers: Vec<String>,
+    /// Longest an endpoint's answer is used while the cluster is healthy (a shorter TTL wins).
+    pub dns_max_ttl: Duration,
+    /// Longest an endpoint's answer is used while the cluster has no healthy primary.
+    pub dns_max_ttl_unhealthy: Duration,
 }
 
 impl Default for FailoverConfig {
@@ -268,6 +285,9 @@ impl Default for FailoverConfig {
             down_after: 2,
             up_after: 2,
             failover_timeout: Duration::secs(60),
+            dns_servers: Vec::new(),
+            dns_max_ttl: Duration::secs(30),
+            dns_max_ttl_unhealthy: Duration::secs(1),
         }
     }
 }

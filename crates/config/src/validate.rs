@@ -87,16 +87,31 @@ impl Config {
 
     fn validate_clusters(&self, errs: &mut Vec<String>) {
         for (name, c) in &self.clusters {
-            if c.members.is_empty() {
-                errs.push(format!("clusters.{name}.members is empty"));
+            if c.members.is_empty() && c.endpoint.is_none() && c.patroni.is_empty() {
+                errs.push(format!(
+                    "clusters.{name} has no members, endpoint or patroni"
+                ));
             }
+            for url in &c.patroni {
+                if !url.starts_with("http://") {
+                    errs.push(format!(
+                        "clusters.{name}: patroni URL {url:?} must start with http:// (https is not supported yet)"
+                    ));
+                }
+            }
+            let host_port = |m: &str| {
+                m.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+            };
             for m in &c.members {
-                let ok = m
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-                if !ok {
+                if !host_port(m) {
                     errs.push(format!("clusters.{name}: member {m:?} is not host:port"));
                 }
+            }
+            if let Some(e) = &c.endpoint
+                && !host_port(e)
+            {
+                errs.push(format!("clusters.{name}: endpoint {e:?} is not host:port"));
             }
             if let Some(u) = &c.probe_user {
                 if self.user(u).is_none() {

@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
+mod dns;
 mod error;
 mod etcd;
 mod http;
@@ -51,6 +52,7 @@ mod tls;
 use std::net::TcpListener;
 use std::path::PathBuf;
 
+pub use dns::{DnsServer, dnsmasq_available};
 pub use error::FixtureError;
 pub use etcd::Etcd;
 pub use net::{Blackhole, iptables_available};

@@ -37,6 +37,14 @@ host replication all 127.0.0.1/32 trust
 host all all 127.0.0.1/32 md5
 ";
 
+/// [`PG_HBA`] for servers on any loopback address (see [`PgServer::start_at`]).
+pub(crate) const PG_HBA_ANY_LOOPBACK: &str = "\
+local all all trust
+host all postgres 127.0.0.0/8 trust
+host replication all 127.0.0.0/8 trust
+host all all 127.0.0.0/8 md5
+";
+
 /// Options for [`PgServer::start_with`].
 #[derive(Debug, Clone, Default)]
 pub struct PgOptions {
@@ -58,6 +66,8 @@ pub struct PgOptions {
 #[derive(Debug)]
 pub struct PgServer {
     pub(crate) home: Home,
+    /// The address it listens on: `127.0.0.1` unless started with [`PgServer::start_at`].
+    pub(crate) host: std::net::Ipv4Addr,
     pub(crate) port: u16,
     pub(crate) origin: Origin,
     frozen: AtomicBool,
@@ -136,6 +146,30 @@ impl PgServer {
         Ok(server)
     }
 
+    /// Starts a server listening on `host:port` alone (another loopback address, such as
+    /// `127.0.0.2`, so that several servers share one port as they share one behind a DNS
+    /// name); the port is the caller's and is not moved on a clash.
+    pub fn start_at(
+        host: std::net::Ipv4Addr,
+        port: u16,
+        opts: PgOptions,
+    ) -> Result<PgServer, FixtureError> {
+        let mut server = PgServer::in_new_dir()?;
+        server.host = host;
+        server.port = port;
+        template::copy_template_to(&server.data_dir())?;
+        let hba = server.data_dir().join("pg_hba.conf");
+        fs::write(&hba, PG_HBA_ANY_LOOPBACK).map_err(|e| FixtureError::io("write", &hba, e))?;
+        let mut conf = server.base_conf();
+        if let Some(certs) = &opts.tls {
+            conf.extend(certs.install(&server.data_dir())?);
+        }
+        conf.extend(opts.extra_conf);
+        server.append_conf(&conf)?;
+        server.pg_ctl_start().map_err(|e| server.start_error(e))?;
+        Ok(server)
+    }
+
     /// A not-yet-started server in a fresh temp dir (with `sock/`) owned by the server's user.
     pub(crate) fn in_new_dir() -> Result<PgServer, FixtureError> {
         let root = cmd::scratch_root();
@@ -153,6 +187,7 @@ impl PgServer {
     pub(crate) fn with_home(home: Home, port: u16) -> PgServer {
         PgServer {
             home,
+            host: std::net::Ipv4Addr::LOCALHOST,
             port,
             origin: Origin::Created,
             frozen: AtomicBool::new(false),
@@ -163,7 +198,7 @@ impl PgServer {
     fn base_conf(&self) -> Vec<String> {
         let mut conf = vec![
             "# added by switchyard-localpg".to_owned(),
-            format!("listen_addresses = '{HOST}'"),
+            format!("listen_addresses = '{}'", self.host),
         ];
         conf.extend(self.location_conf());
         conf.extend(common_conf());
@@ -247,14 +282,15 @@ impl PgServer {
         self.port
     }
 
-    /// The host the server listens on: always `"127.0.0.1"`.
-    pub fn host(&self) -> &str {
-        HOST
+    /// The address the server listens on: `127.0.0.1` unless started with
+    /// [`PgServer::start_at`].
+    pub fn host(&self) -> String {
+        self.host.to_string()
     }
 
-    /// `"127.0.0.1:PORT"`.
+    /// `"HOST:PORT"`.
     pub fn addr(&self) -> String {
-        format!("{HOST}:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     /// The directory holding the server's unix socket (`.s.PGSQL.PORT`).

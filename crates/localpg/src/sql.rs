@@ -117,17 +117,27 @@ impl PgServer {
     }
 
     fn run_psql(&self, login: &Login<'_>, sql: &str) -> Result<String, FixtureError> {
-        psql_at(self.port(), login, sql)
+        psql_on(&self.host(), self.port(), login, sql)
     }
 }
 
 /// Runs `sql` with `psql` against `127.0.0.1:port` as `login` says; returns trimmed stdout
 /// (unaligned, tuples only). Errors carry psql's stderr.
 pub(crate) fn psql_at(port: u16, login: &Login<'_>, sql: &str) -> Result<String, FixtureError> {
+    psql_on(HOST, port, login, sql)
+}
+
+/// [`psql_at`] against `host:port`.
+pub(crate) fn psql_on(
+    host: &str,
+    port: u16,
+    login: &Login<'_>,
+    sql: &str,
+) -> Result<String, FixtureError> {
     let port = port.to_string();
     let mut psql = Command::new(crate::pg_bin_dir().join("psql"));
     psql.args(["-X", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
-        .args(["-h", HOST, "-p", &port, "-U", login.user, "-d", login.db])
+        .args(["-h", host, "-p", &port, "-U", login.user, "-d", login.db])
         .arg("-c")
         .arg(sql)
         .env_remove("PGPASSWORD")
@@ -142,7 +152,7 @@ pub(crate) fn psql_at(port: u16, login: &Login<'_>, sql: &str) -> Result<String,
         deadline = Duration::from_secs(secs + 30);
     }
     // The label leaves out the SQL, which may hold passwords.
-    let label = format!("psql -h {HOST} -p {port} -U {} -d {}", login.user, login.db);
+    let label = format!("psql -h {host} -p {port} -U {} -d {}", login.user, login.db);
     let out = cmd::run_labelled(psql, &label, deadline)?;
     Ok(out.stdout.trim().to_owned())
 }

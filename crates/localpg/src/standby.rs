@@ -6,7 +6,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::cmd::{self, pg_command};
-use crate::server::HOST;
 use crate::{FixtureError, PgServer};
 
 /// Deadline for `pg_basebackup`.
@@ -23,6 +22,28 @@ impl PgServer {
     /// Makes a hot standby of this server: `pg_basebackup -R -X stream` into a new temp dir,
     /// moved to its own port and socket dir, started, and awaited (up to 30 s) until it is in
     /// recovery and streaming. It keeps the primary's settings and `pg_hba.conf`.
+    /// A streaming standby of this server listening on `host:port` alone (see
+    /// [`PgServer::start_at`]).
+    pub fn start_standby_at(
+        &self,
+        host: std::net::Ipv4Addr,
+        port: u16,
+    ) -> Result<PgServer, FixtureError> {
+        let mut standby = PgServer::in_new_dir()?;
+        standby.host = host;
+        standby.port = port;
+        self.base_backup(&standby.data_dir())?;
+        let hba = standby.data_dir().join("pg_hba.conf");
+        std::fs::write(&hba, crate::server::PG_HBA_ANY_LOOPBACK)
+            .map_err(|e| FixtureError::io("write", &hba, e))?;
+        let mut conf = standby.location_conf();
+        conf.push(format!("listen_addresses = '{host}'"));
+        standby.append_conf(&conf)?;
+        standby.pg_ctl_start().map_err(|e| standby.start_error(e))?;
+        standby.wait_streaming()?;
+        Ok(standby)
+    }
+
     pub fn start_standby(&self) -> Result<PgServer, FixtureError> {
         let mut standby = PgServer::in_new_dir()?;
         self.base_backup(&standby.data_dir())?;
@@ -39,7 +60,7 @@ impl PgServer {
         let port = self.port().to_string();
         let mut basebackup = pg_command("pg_basebackup");
         basebackup
-            .args(["-h", HOST, "-p", &port, "-U", "postgres", "-D"])
+            .args(["-h", &self.host(), "-p", &port, "-U", "postgres", "-D"])
             .arg(data_dir)
             .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]);
         cmd::run(basebackup, BASEBACKUP_TIMEOUT).map(drop)

@@ -30,6 +30,7 @@ fn pool(pg: &PgServer, size: usize) -> Arc<Pool> {
     Pool::new(
         ConnectParams {
             addr: pg.addr(),
+            server_name: None,
             user: "postgres".into(),
             database: "postgres".into(),
             password: None,

@@ -19,6 +19,9 @@ use switchyard_topology::{
 };
 use tokio_util::sync::CancellationToken;
 
+mod discover;
+mod patroni;
+
 /// Where a transaction goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -37,15 +40,52 @@ pub enum RouteError {
 }
 
 struct Entry {
+    /// As configured (without the addresses learned from its endpoint or Patroni).
     config: ClusterConfig,
     settings: MonitorSettings,
     tls: Arc<ToServer>,
+    /// How the probes connect (the address aside).
+    probe: ConnectParams,
+    /// Addresses learned from the cluster's endpoint or Patroni, members like the configured ones.
+    resolved: Vec<String>,
     monitor: Arc<ClusterMonitor>,
     stop: CancellationToken,
 }
 
+impl Entry {
+    /// Configured members, then learned ones.
+    fn members(&self) -> Vec<String> {
+        members_with(&self.config, &self.resolved)
+    }
+}
+
+fn members_with(c: &ClusterConfig, resolved: &[String]) -> Vec<String> {
+    let mut all = c.members.clone();
+    all.extend(resolved.iter().filter(|a| !c.members.contains(a)).cloned());
+    all
+}
+
+/// Most addresses kept from the sources' answers (the oldest ones no longer in the answer go
+/// first): a name that moves among many addresses must not grow the member list for ever.
+const MAX_RESOLVED: usize = 16;
+
+/// The name a member's TLS certificate must carry, when it is not the member's own host: the
+/// endpoint's, for an address learned from it.
+pub fn server_name(c: &ClusterConfig, addr: &str) -> Option<String> {
+    if c.members.iter().any(|m| m == addr) {
+        return None;
+    }
+    c.endpoint
+        .as_deref()
+        .map(|e| switchyard_tls::host_of(e).to_owned())
+}
+
 pub struct Router {
+    /// This router, for the discovery loops it starts.
+    me: std::sync::Weak<Router>,
     clusters: Mutex<HashMap<String, Entry>>,
+    /// One discovery loop per cluster with an endpoint or Patroni, with what it was started with.
+    discovery: Mutex<HashMap<String, (discover::DiscoverySettings, CancellationToken)>>,
     pools: Arc<Pools>,
     shutdown: CancellationToken,
     /// The highest generation any monitor this router stopped had reached: a new monitor
@@ -103,36 +143,47 @@ pub fn server_tls(s: &switchyard_config::ServerConfig) -> Result<ToServer, TlsEr
     ToServer::new(mode, ca)
 }
 
-/// How the probes of a cluster connect to each member.
-fn probe_params(
-    config: &Config,
-    cluster: &ClusterConfig,
-    tls: &Arc<ToServer>,
-) -> Vec<ConnectParams> {
+/// How the probes of a cluster connect (to any member: `addr` is left empty).
+fn probe_template(config: &Config, cluster: &ClusterConfig, tls: &Arc<ToServer>) -> ConnectParams {
     let user = config.probe_user(cluster);
     let s = &config.server;
-    cluster
-        .members
+    ConnectParams {
+        addr: String::new(),
+        server_name: None,
+        user: user
+            .map(|u| u.server_user().to_string())
+            .unwrap_or_else(|| "postgres".into()),
+        database: cluster.probe_database.clone(),
+        password: user.and_then(|u| u.server_password()).map(str::to_string),
+        connect_timeout: config.failover.probe_timeout.get(),
+        socket: socket_options(s),
+        allowed_auth: allowed_auth(s),
+        tls: tls.clone(),
+    }
+}
+
+/// How the probes connect to each of `members`.
+fn probe_params(
+    template: &ConnectParams,
+    c: &ClusterConfig,
+    members: &[String],
+) -> Vec<ConnectParams> {
+    members
         .iter()
         .map(|addr| ConnectParams {
             addr: addr.clone(),
-            user: user
-                .map(|u| u.server_user().to_string())
-                .unwrap_or_else(|| "postgres".into()),
-            database: cluster.probe_database.clone(),
-            password: user.and_then(|u| u.server_password()).map(str::to_string),
-            connect_timeout: config.failover.probe_timeout.get(),
-            socket: socket_options(s),
-            allowed_auth: allowed_auth(s),
-            tls: tls.clone(),
+            server_name: server_name(c, addr),
+            ..template.clone()
         })
         .collect()
 }
 
 impl Router {
     pub fn new(pools: Arc<Pools>, shutdown: CancellationToken) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             clusters: Mutex::new(HashMap::new()),
+            discovery: Mutex::new(HashMap::new()),
             pools,
             shutdown,
             retired_generations: std::sync::atomic::AtomicU64::new(0),
@@ -148,69 +199,191 @@ impl Router {
     pub fn reconcile(&self, config: &Config, tls: &Arc<ToServer>) {
         let settings = monitor_settings(config);
         let mut clusters = self.lock();
-        // What a monitor restarted by the reload takes over (see `Carried`).
-        let mut replaced: HashMap<String, Arc<ClusterMonitor>> = HashMap::new();
+        // What a monitor restarted by the reload takes over (see `Carried`), and the addresses
+        // its endpoint or Patroni had named.
+        let mut replaced: HashMap<String, (Arc<ClusterMonitor>, Vec<String>)> = HashMap::new();
         clusters.retain(|name, e| {
             let keep = config.clusters.get(name) == Some(&e.config)
                 && e.settings == settings
-                && *e.tls == **tls;
+                && *e.tls == **tls
+                && e.probe == probe_template(config, &e.config, tls);
             if !keep {
                 e.stop.cancel();
                 self.retired_generations
                     .fetch_max(e.monitor.generation(), Ordering::Relaxed);
-                replaced.insert(name.clone(), e.monitor.clone());
+                replaced.insert(name.clone(), (e.monitor.clone(), e.resolved.clone()));
             }
             keep
         });
+        for (name, c) in &config.clusters {
+            if clusters.contains_key(name) {
+                continue;
+            }
+            let (previous, resolved) = match replaced.remove(name) {
+                Some((m, resolved)) if c.endpoint.is_some() || !c.patroni.is_empty() => {
+                    (Some(m), resolved)
+                }
+                Some((m, _)) => (Some(m), Vec::new()),
+                None => (None, Vec::new()),
+            };
+            let entry = self.start_monitor(
+                &clusters,
+                name,
+                c.clone(),
+                settings.clone(),
+                tls.clone(),
+                probe_template(config, c, tls),
+                resolved,
+                previous,
+            );
+            clusters.insert(name.clone(), entry);
+        }
+        drop(clusters);
+        self.reconcile_discovery(config);
+    }
+
+    /// Starts (or restarts, taking over `previous`) the monitor of cluster `name`.
+    #[allow(clippy::too_many_arguments)]
+    fn start_monitor(
+        &self,
+        clusters: &HashMap<String, Entry>,
+        name: &str,
+        c: ClusterConfig,
+        settings: MonitorSettings,
+        tls: Arc<ToServer>,
+        probe: ConnectParams,
+        resolved: Vec<String>,
+        previous: Option<Arc<ClusterMonitor>>,
+    ) -> Entry {
         // Above every generation in use, stopped or running.
         let floor = clusters
             .values()
             .map(|e| e.monitor.generation())
             .fold(self.retired_generations.load(Ordering::Relaxed), u64::max);
-        for (name, c) in &config.clusters {
-            if clusters.contains_key(name) {
+        let members = members_with(&c, &resolved);
+        let stop = self.shutdown.child_token();
+        let before = previous.as_ref().map(|m| (m.generation(), m.view()));
+        let carried = Carried {
+            after_generation: floor,
+            previous: previous.map(|m| (*m).clone()),
+        };
+        let monitor = Arc::new(ClusterMonitor::start_after(
+            name,
+            probe_params(&probe, &c, &members),
+            settings.clone(),
+            stop.clone(),
+            carried,
+        ));
+        if let Some((generation, view)) = before
+            && monitor.generation() > generation
+        {
+            // The primary was not kept (removed, or fenced): what was attached to it under
+            // the old numbers is cut off, on old members and new.
+            let mut all = members.clone();
+            all.extend(view.members.iter().map(|m| m.addr.clone()));
+            self.pools.retire_before(&all, monitor.generation());
+        }
+        tokio::spawn(retire_loop(
+            (*monitor).clone(),
+            self.pools.clone(),
+            stop.clone(),
+        ));
+        tracing::info!(cluster = %name, ?members, endpoint = ?c.endpoint, "watching cluster");
+        Entry {
+            config: c,
+            settings,
+            tls,
+            probe,
+            resolved,
+            monitor,
+            stop,
+        }
+    }
+
+    /// Keeps one discovery loop per cluster that has an endpoint or Patroni, started with its
+    /// settings.
+    fn reconcile_discovery(&self, config: &Config) {
+        let mut loops = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
+        let wanted: HashMap<String, discover::DiscoverySettings> = config
+            .clusters
+            .iter()
+            .filter_map(|(name, c)| {
+                let settings = discover::DiscoverySettings::new(c, &config.failover)?;
+                Some((name.clone(), settings))
+            })
+            .collect();
+        loops.retain(|name, (settings, stop)| {
+            let keep = wanted.get(name) == Some(settings);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for (name, settings) in wanted {
+            if loops.contains_key(&name) {
                 continue;
             }
             let stop = self.shutdown.child_token();
-            let previous = replaced.remove(name);
-            let before = previous.as_ref().map(|m| (m.generation(), m.view()));
-            let carried = Carried {
-                after_generation: floor,
-                previous: previous.map(|m| (*m).clone()),
-            };
-            let monitor = Arc::new(ClusterMonitor::start_after(
-                name,
-                probe_params(config, c, tls),
+            tokio::spawn(discover::run(
+                self.me.clone(),
+                name.clone(),
                 settings.clone(),
                 stop.clone(),
-                carried,
             ));
-            if let Some((generation, view)) = before
-                && monitor.generation() > generation
-            {
-                // The primary was not kept (removed, or fenced): what was attached to it under
-                // the old numbers is cut off, on old members and new.
-                let mut members: Vec<String> = c.members.clone();
-                members.extend(view.members.iter().map(|m| m.addr.clone()));
-                self.pools.retire_before(&members, monitor.generation());
-            }
-            tokio::spawn(retire_loop(
-                (*monitor).clone(),
-                self.pools.clone(),
-                stop.clone(),
-            ));
-            tracing::info!(cluster = %name, members = ?c.members, "watching cluster");
-            clusters.insert(
-                name.clone(),
-                Entry {
-                    config: c.clone(),
-                    settings: settings.clone(),
-                    tls: tls.clone(),
-                    monitor,
-                    stop,
-                },
-            );
+            loops.insert(name, (settings, stop));
         }
+    }
+
+    /// A source (endpoint, Patroni) named `addrs`: those not yet members become members (the monitor
+    /// restarts with them, taking over the primary, its generation and fences, as on a reload).
+    pub(crate) fn learn(&self, cluster: &str, addrs: &[String]) {
+        let mut clusters = self.lock();
+        let Some(e) = clusters.get(cluster) else {
+            return;
+        };
+        let known = e.members();
+        let new: Vec<String> = addrs
+            .iter()
+            .filter(|a| !known.contains(a))
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let Some(e) = clusters.remove(cluster) else {
+            return;
+        };
+        tracing::info!(%cluster, addresses = ?new, "new addresses from the endpoint or Patroni: watching them as members");
+        e.stop.cancel();
+        self.retired_generations
+            .fetch_max(e.monitor.generation(), Ordering::Relaxed);
+        let mut resolved = e.resolved;
+        resolved.extend(new);
+        while resolved.len() > MAX_RESOLVED {
+            match resolved.iter().position(|a| !addrs.contains(a)) {
+                Some(i) => resolved.remove(i),
+                None => break,
+            };
+        }
+        let entry = self.start_monitor(
+            &clusters,
+            cluster,
+            e.config,
+            e.settings,
+            e.tls,
+            e.probe,
+            resolved,
+            Some(e.monitor),
+        );
+        clusters.insert(cluster.to_owned(), entry);
+    }
+
+    /// Every member of `cluster` now: configured ones and those learned (endpoint, Patroni).
+    pub fn members(&self, cluster: &str) -> Vec<String> {
+        self.lock()
+            .get(cluster)
+            .map(Entry::members)
+            .unwrap_or_default()
     }
 
     pub fn monitor(&self, cluster: &str) -> Option<Arc<ClusterMonitor>> {

@@ -16,6 +16,9 @@ const MAX_INTERNAL_MESSAGE: usize = 1 << 20;
 #[derive(Clone, PartialEq)]
 pub struct ConnectParams {
     pub addr: String,
+    /// The name the server's TLS certificate must carry (and SNI), when it is not `addr`'s
+    /// host: an address learned from a DNS endpoint is checked against the endpoint's name.
+    pub server_name: Option<String>,
     pub user: String,
     pub database: String,
     pub password: Option<String>,
@@ -119,7 +122,12 @@ impl ServerConn {
         })?;
         let stream = p
             .tls
-            .negotiate(stream, switchyard_tls::host_of(&p.addr))
+            .negotiate(
+                stream,
+                p.server_name
+                    .as_deref()
+                    .unwrap_or_else(|| switchyard_tls::host_of(&p.addr)),
+            )
             .await
             .map_err(|source| ServerError::Tls {
                 addr: p.addr.clone(),

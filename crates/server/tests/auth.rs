@@ -16,6 +16,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 fn params(addr: String, user: &str, password: &str, allowed: AllowedAuth) -> ConnectParams {
     ConnectParams {
         addr,
+        server_name: None,
         user: user.into(),
         database: "postgres".into(),
         password: Some(password.into()),

@@ -35,6 +35,7 @@ async fn plain_server() -> PgServer {
 fn params(addr: String, mode: ServerTlsMode, ca: Option<&Path>) -> ConnectParams {
     ConnectParams {
         addr,
+        server_name: None,
         user: "postgres".into(),
         database: "postgres".into(),
         password: None,

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 fn params(pg: &PgServer) -> ConnectParams {
     ConnectParams {
         addr: pg.addr(),
+        server_name: None,
         user: "postgres".into(),
         database: "postgres".into(),
         password: None,

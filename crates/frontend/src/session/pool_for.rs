@@ -80,10 +80,22 @@ fn settings(p: &EffectivePool) -> PoolSettings {
     }
 }
 
-fn connect_params(live: &Live, addr: String, database: String, user: &UserConfig) -> ConnectParams {
+fn connect_params(
+    live: &Live,
+    cluster: &str,
+    addr: String,
+    database: String,
+    user: &UserConfig,
+) -> ConnectParams {
     let s = &live.config.server;
+    let server_name = live
+        .config
+        .clusters
+        .get(cluster)
+        .and_then(|c| switchyard_router::server_name(c, &addr));
     ConnectParams {
         addr,
+        server_name,
         user: user.server_user().to_string(),
         database,
         password: user.server_password().map(str::to_string),
@@ -112,6 +124,7 @@ pub fn pool_at(
         || {
             connect_params(
                 live,
+                &target.cluster,
                 addr.to_string(),
                 target.server_db.clone(),
                 &target.user,
@@ -137,13 +150,17 @@ pub fn reconcile_pools(proxy: &Proxy) {
         let (Some(site), Some(user)) = (site, user) else {
             return false;
         };
-        let member = config
-            .clusters
-            .get(&site.cluster)
-            .is_some_and(|c| c.members.contains(&key.addr));
+        let member = config.clusters.contains_key(&site.cluster)
+            && proxy.router.members(&site.cluster).contains(&key.addr);
         if !member
             || *pool.connect_params()
-                != connect_params(&live, key.addr.clone(), key.database.clone(), user)
+                != connect_params(
+                    &live,
+                    &site.cluster,
+                    key.addr.clone(),
+                    key.database.clone(),
+                    user,
+                )
         {
             return false;
         }
