@@ -51,8 +51,11 @@ pub struct PgOptions {
     /// Lines appended to `postgresql.conf` after the fixture's own settings (later lines win),
     /// e.g. `"max_connections = 20"`.
     pub extra_conf: Vec<String>,
-    /// Serve TLS with this certificate (`ssl = on`); plain connections stay allowed.
+    /// Serve TLS with this certificate (`ssl = on`); plain connections stay allowed unless
+    /// `tls_only`.
     pub tls: Option<std::sync::Arc<crate::TestCerts>>,
+    /// TCP connections must use TLS (`hostssl` in `pg_hba.conf`; the unix socket stays open).
+    pub tls_only: bool,
 }
 
 /// One running PostgreSQL 15 server, listening on `127.0.0.1`.
@@ -135,7 +138,12 @@ impl PgServer {
         let mut server = PgServer::in_new_dir()?;
         template::copy_template_to(&server.data_dir())?;
         let hba = server.data_dir().join("pg_hba.conf");
-        fs::write(&hba, PG_HBA).map_err(|e| FixtureError::io("write", &hba, e))?;
+        let rules = if opts.tls_only {
+            PG_HBA.replace("\nhost ", "\nhostssl ")
+        } else {
+            PG_HBA.to_owned()
+        };
+        fs::write(&hba, rules).map_err(|e| FixtureError::io("write", &hba, e))?;
         let mut conf = server.base_conf();
         if let Some(certs) = &opts.tls {
             conf.extend(certs.install(&server.data_dir())?);

@@ -111,6 +111,58 @@ async fn wait_refusing(p: &Proc, limit: Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_accepts_the_deployment_examples() {
+    // Their TLS files live on the machine they are written for: the config alone is checked.
+    for name in [
+        "rds.toml",
+        "patroni.toml",
+        "tls.toml",
+        "cluster.toml",
+        "scram.toml",
+    ] {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(name);
+        let out = within(
+            STEP,
+            "check-config example",
+            Command::new(BIN)
+                .arg("check-config")
+                .arg("--skip-files")
+                .arg(&example)
+                .env("NO_COLOR", "1")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("run check-config");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name} must be valid: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Without --skip-files, a TLS file that is not there is an error naming it.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tls.toml");
+    let out = within(
+        STEP,
+        "check-config with files",
+        Command::new(BIN)
+            .arg("check-config")
+            .arg(&example)
+            .env("NO_COLOR", "1")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run check-config");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/etc/switchyard/tls/"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_accepts_the_example_and_lists_every_error() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/switchyard.toml");
     let out = within(
