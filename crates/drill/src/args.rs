@@ -15,6 +15,12 @@ pub struct DrillArgs {
     /// `patroni` runs a real Patroni + etcd stack that notices the failure and promotes by itself.
     #[arg(long, value_enum, default_value_t = ManagerKind::Builtin)]
     pub manager: ManagerKind,
+    /// How Switchyard finds the members: `members` lists both addresses; `dns` gives it one
+    /// name (a real dnsmasq) that moves to the standby when it is promoted, as a managed
+    /// database's endpoint does (builtin manager; crash or freeze: the two members share a
+    /// port, so a blackhole by port would take both).
+    #[arg(long, value_enum, default_value_t = TopologyKind::Members)]
+    pub topology: TopologyKind,
     /// Builtin manager: time from the fault to the promotion.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub promote_after: Duration,
@@ -64,6 +70,16 @@ pub enum ManagerKind {
     Builtin,
     /// Patroni (with etcd) from Debian's packages detects the failure and promotes.
     Patroni,
+}
+
+/// How Switchyard is told where the members are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopologyKind {
+    /// Both members' addresses in the config.
+    Members,
+    /// One DNS name that follows the primary.
+    Dns,
 }
 
 impl FaultKind {

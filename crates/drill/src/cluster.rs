@@ -13,7 +13,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchyard_localpg::{Blackhole, Etcd, PatroniCluster, PatroniOptions, PgOptions, PgServer};
+use std::net::Ipv4Addr;
+use switchyard_localpg::{
+    Blackhole, DnsServer, Etcd, PatroniCluster, PatroniOptions, PgOptions, PgServer,
+};
 
 use crate::args::FaultKind;
 use crate::error::DrillError;
@@ -23,6 +26,17 @@ pub struct PathCluster {
     // Fields drop in order: the blackhole is lifted before the servers stop.
     blackhole: Mutex<Option<Blackhole>>,
     servers: Servers,
+    /// The dns topology: the name that follows the primary.
+    pub name: Option<PathName>,
+}
+
+/// A DNS name for a path's primary (the dns topology), and the server answering for it.
+pub struct PathName {
+    pub dns: DnsServer,
+    /// `name:port`, what Switchyard is given.
+    pub endpoint: String,
+    host: String,
+    standby_ip: Ipv4Addr,
 }
 
 enum Servers {
@@ -37,6 +51,36 @@ enum Servers {
 }
 
 impl PathCluster {
+    /// The dns topology under the builtin manager: primary and standby on one free port, on
+    /// `127.0.0.{2k+2}` and `127.0.0.{2k+3}` for path `k`, and a name server answering for
+    /// `db.drill-{path}.test` with the primary's address.
+    pub fn builtin_behind_name(k: u8, path: &str) -> Result<PathCluster, DrillError> {
+        let (primary_ip, standby_ip) = (
+            Ipv4Addr::new(127, 0, 0, 2 + 2 * k),
+            Ipv4Addr::new(127, 0, 0, 3 + 2 * k),
+        );
+        let port = switchyard_localpg::free_port();
+        let primary = PgServer::start_at(primary_ip, port, PgOptions::default())
+            .map_err(DrillError::fixture("start the primary"))?;
+        let standby = primary
+            .start_standby_at(standby_ip, port)
+            .map_err(DrillError::fixture("start the standby"))?;
+        primary
+            .make_synchronous()
+            .map_err(DrillError::fixture("make the standby synchronous"))?;
+        let host = format!("db.drill-{path}.test");
+        let dns = DnsServer::start(&[(&host, primary_ip)])
+            .map_err(DrillError::fixture("start the name server"))?;
+        let mut cluster = PathCluster::with(Servers::Builtin { standby, primary });
+        cluster.name = Some(PathName {
+            dns,
+            endpoint: format!("{host}:{port}"),
+            host,
+            standby_ip,
+        });
+        Ok(cluster)
+    }
+
     /// Builtin manager: starts the primary, makes the standby, turns synchronous replication on.
     pub fn builtin() -> Result<PathCluster, DrillError> {
         let primary = PgServer::start_with(PgOptions::default())
@@ -64,6 +108,7 @@ impl PathCluster {
         PathCluster {
             blackhole: Mutex::new(None),
             servers,
+            name: None,
         }
     }
 
@@ -125,10 +170,18 @@ impl PathCluster {
     /// promoted it. Returns whether a new primary accepts writes.
     pub fn promotion(&self, timeout: Duration) -> Result<bool, DrillError> {
         match &self.servers {
-            Servers::Builtin { standby, .. } => standby
-                .promote()
-                .map(|()| true)
-                .map_err(DrillError::fixture("promote the standby")),
+            Servers::Builtin { standby, .. } => {
+                standby
+                    .promote()
+                    .map_err(DrillError::fixture("promote the standby"))?;
+                // As a managed database does: the name moves once the standby is promoted.
+                if let Some(n) = &self.name {
+                    n.dns
+                        .point(&[(&n.host, n.standby_ip)])
+                        .map_err(DrillError::fixture("move the name"))?;
+                }
+                Ok(true)
+            }
             Servers::Patroni { cluster, .. } => {
                 Ok(cluster.wait_for_leader_other_than(0, timeout).is_ok())
             }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::analysis::{self, BackendSnapshot, Moments};
 use crate::args::DrillArgs;
-use crate::args::ManagerKind;
+use crate::args::{ManagerKind, TopologyKind};
 use crate::chart;
 use crate::cluster::PathCluster;
 use crate::error::DrillError;
@@ -54,14 +54,21 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
             eprintln!("switchyard drill: {what}");
         }
     };
-    let (direct, proxied) = start_clusters(args.manager, &say).await?;
+    let (direct, proxied) = start_clusters(args.manager, args.topology, &say).await?;
     say(&format!(
         "creating {} site databases per cluster",
         args.sites
     ));
     let (a, b) = (direct.primary_addr(), proxied.primary_addr());
     tokio::try_join!(sites::create(&a, args.sites), sites::create(&b, args.sites))?;
-    let mut proxy = Proxy::start(&exe, &args.out, &proxied.members(), args.sites).await?;
+    let mut proxy = Proxy::start(
+        &exe,
+        &args.out,
+        &proxied.members(),
+        proxied.name.as_ref(),
+        args.sites,
+    )
+    .await?;
     say(&format!(
         "Switchyard serving on {} (log: {})",
         proxy.addr,
@@ -192,6 +199,7 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
         switchyard_version: env!("CARGO_PKG_VERSION"),
         fault: args.fault,
         manager: args.manager,
+        topology: args.topology,
         sites: args.sites,
         fault_unix_ms,
         warmup_s: args.warmup.as_secs_f64(),
@@ -216,9 +224,19 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
 /// Starts both paths' clusters (concurrently) under `manager`.
 async fn start_clusters(
     manager: ManagerKind,
+    topology: TopologyKind,
     say: &impl Fn(&str),
 ) -> Result<(Arc<PathCluster>, Arc<PathCluster>), DrillError> {
     let (a, b) = match manager {
+        ManagerKind::Builtin if topology == TopologyKind::Dns => {
+            say(
+                "starting two clusters behind DNS names (primary + synchronous standby on one port, dnsmasq)",
+            );
+            tokio::try_join!(
+                blocking(|| PathCluster::builtin_behind_name(0, "direct")),
+                blocking(|| PathCluster::builtin_behind_name(1, "switchyard"))
+            )?
+        }
         ManagerKind::Builtin => {
             say("starting two clusters (PostgreSQL 15 primary + synchronous standby each)");
             tokio::try_join!(

@@ -34,7 +34,7 @@ mod workload;
 
 use std::path::PathBuf;
 
-pub use args::{DrillArgs, FaultKind, ManagerKind};
+pub use args::{DrillArgs, FaultKind, ManagerKind, TopologyKind};
 pub use drive::{CHART_SVG, REPORT_JSON, REPORT_TEXT};
 pub use error::DrillError;
 pub use report::Report;
@@ -84,6 +84,22 @@ fn check_prerequisites(args: &DrillArgs) -> Result<(), DrillError> {
             what: "the blackhole fault",
             why: "it needs the iptables program and root (CAP_NET_ADMIN)".into(),
         });
+    }
+    if args.topology == TopologyKind::Dns {
+        if let Err(why) = switchyard_localpg::dnsmasq_available() {
+            return Err(DrillError::Unavailable {
+                what: "the dns topology",
+                why,
+            });
+        }
+        if args.manager != ManagerKind::Builtin || args.fault == FaultKind::Blackhole {
+            return Err(DrillError::Unavailable {
+                what: "the dns topology",
+                why: "it runs with the builtin manager and a crash or freeze (both members \
+                      share a port, which a blackhole by port would take whole)"
+                    .into(),
+            });
+        }
     }
     if args.manager == ManagerKind::Patroni
         && let Err(why) = switchyard_localpg::patroni_available()

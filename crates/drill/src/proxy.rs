@@ -38,6 +38,7 @@ fn config_toml(
     admin: &str,
     incidents: &Path,
     members: &[String],
+    name: Option<(&str, String)>,
     pool_size: u16,
 ) -> String {
     let members = members
@@ -45,11 +46,19 @@ fn config_toml(
         .map(|m| format!("\"{m}\""))
         .collect::<Vec<_>>()
         .join(", ");
+    // The dns topology: the name alone, resolved by the drill's name server.
+    let (members, discovery) = match name {
+        Some((endpoint, dns)) => (
+            String::new(),
+            format!("endpoint = \"{endpoint}\"\n\n[failover]\ndns_servers = [\"{dns}\"]\n"),
+        ),
+        None => (members, String::new()),
+    };
     format!(
         "# Written by `switchyard drill`: default failover settings.\n\
          [proxy]\nlisten = \"{listen}\"\n\n\
          [pool]\nmode = \"transaction\"\nsize = {pool_size}\n\n\
-         [clusters.drill]\nmembers = [{members}]\n\n\
+         [clusters.drill]\nmembers = [{members}]\n{discovery}\n\
          [[sites]]\ndatabase = \"*\"\ncluster = \"drill\"\n\n\
          [[users]]\nname = \"postgres\"\nauth = \"trust\"\n\n\
          [admin]\nlisten = \"{admin}\"\nusers = [\"postgres\"]\nincidents_file = \"{incidents}\"\n\
@@ -65,6 +74,7 @@ impl Proxy {
         exe: &Path,
         out: &Path,
         members: &[String],
+        name: Option<&crate::cluster::PathName>,
         sites: u16,
     ) -> Result<Proxy, DrillError> {
         let addr = format!("127.0.0.1:{}", switchyard_localpg::free_port());
@@ -76,7 +86,8 @@ impl Proxy {
             let path = path.to_path_buf();
             move |source| DrillError::Io { path, source }
         };
-        let toml = config_toml(&addr, &admin, &incidents, members, sites.max(4));
+        let name = name.map(|n| (n.endpoint.as_str(), n.dns.addr()));
+        let toml = config_toml(&addr, &admin, &incidents, members, name, sites.max(4));
         std::fs::write(&config, toml).map_err(io(&config))?;
         let log = out.join("switchyard.log");
         let log_file = File::create(&log).map_err(io(&log))?;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::analysis::{PathFigures, Stage};
-use crate::args::{FaultKind, ManagerKind};
+use crate::args::{FaultKind, ManagerKind, TopologyKind};
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
@@ -14,6 +14,8 @@ pub struct Report {
     pub switchyard_version: &'static str,
     pub fault: FaultKind,
     pub manager: ManagerKind,
+    /// How Switchyard was told where the members are (both addresses, or one DNS name).
+    pub topology: TopologyKind,
     pub sites: u16,
     /// Wall-clock time of the fault, Unix milliseconds.
     pub fault_unix_ms: u64,
@@ -41,10 +43,15 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "Switchyard drill: {} of the primary at {}, {} manager ({promotion})",
+            "Switchyard drill: {} of the primary at {}, {} manager ({promotion}){}",
             self.fault.name(),
             utc_time(self.fault_unix_ms),
             self.manager.name(),
+            if self.topology == TopologyKind::Dns {
+                "; Switchyard given one DNS name that moves to the promoted standby"
+            } else {
+                ""
+            },
         );
         let _ = writeln!(
             out,

@@ -107,6 +107,34 @@ async fn a_short_freeze_drill_shows_nothing_stuck_through_switchyard() {
     );
 }
 
+#[tokio::test]
+async fn a_dns_drill_follows_the_name_to_the_promoted_standby() {
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = drill(out.path(), "crash");
+    cmd.args(["--topology", "dns"]);
+    let output = within(DRILL, "the drill", cmd.output())
+        .await
+        .expect("the drill runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "drill failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("one DNS name"), "{stdout}");
+    let config = std::fs::read_to_string(out.path().join("switchyard.toml")).unwrap();
+    assert!(
+        config.contains("endpoint = \"db.drill-switchyard.test:"),
+        "{config}"
+    );
+    assert!(config.contains("members = []"), "{config}");
+    let json = std::fs::read_to_string(out.path().join("report.json")).unwrap();
+    let report: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["topology"], "dns");
+    let sy = path(&report, "switchyard");
+    assert_eq!(sy["stuck"], 0, "{sy:#}");
+    assert_eq!(sy["lost_writes"], 0, "{sy:#}");
+    assert_eq!(sy["sites_recovered"], 4, "{sy:#}");
+    assert!(sy["first_write_after_fault_s"].as_f64().is_some(), "{sy:#}");
+}
+
 /// The proxy's and its cluster's ports, from the config the drill wrote.
 fn ports_in(config: &str) -> Vec<u16> {
     config
