@@ -110,6 +110,28 @@ async fn wait_refusing(p: &Proc, limit: Duration) {
     }
 }
 
+/// Runs `switchyard check-config` with `args` (within [`STEP`]).
+async fn check_config(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    within(
+        STEP,
+        "check-config",
+        Command::new(BIN)
+            .arg("check-config")
+            .args(args)
+            .env("NO_COLOR", "1")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run check-config")
+}
+
+fn example(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_accepts_the_deployment_examples() {
     // Their TLS files live on the machine they are written for: the config alone is checked.
@@ -120,22 +142,8 @@ async fn check_config_accepts_the_deployment_examples() {
         "cluster.toml",
         "scram.toml",
     ] {
-        let example = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples")
-            .join(name);
-        let out = within(
-            STEP,
-            "check-config example",
-            Command::new(BIN)
-                .arg("check-config")
-                .arg("--skip-files")
-                .arg(&example)
-                .env("NO_COLOR", "1")
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .expect("run check-config");
+        let path = example(name);
+        let out = check_config(&["--skip-files".as_ref(), path.as_os_str()]).await;
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -144,19 +152,7 @@ async fn check_config_accepts_the_deployment_examples() {
         );
     }
     // Without --skip-files, a TLS file that is not there is an error naming it.
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tls.toml");
-    let out = within(
-        STEP,
-        "check-config with files",
-        Command::new(BIN)
-            .arg("check-config")
-            .arg(&example)
-            .env("NO_COLOR", "1")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("run check-config");
+    let out = check_config(&[example("tls.toml").as_os_str()]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/etc/switchyard/tls/"), "{err}");
@@ -164,19 +160,7 @@ async fn check_config_accepts_the_deployment_examples() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_accepts_the_example_and_lists_every_error() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/switchyard.toml");
-    let out = within(
-        STEP,
-        "check-config example",
-        Command::new(BIN)
-            .arg("check-config")
-            .arg(&example)
-            .env("NO_COLOR", "1")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("run check-config");
+    let out = check_config(&[example("switchyard.toml").as_os_str()]).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -210,18 +194,7 @@ auth = "trust"
 "#,
     )
     .unwrap();
-    let out = within(
-        STEP,
-        "check-config bad",
-        Command::new(BIN)
-            .arg("check-config")
-            .arg(&bad)
-            .env("NO_COLOR", "1")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("run check-config");
+    let out = check_config(&[bad.as_os_str()]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("3 error(s)"), "{stderr}");

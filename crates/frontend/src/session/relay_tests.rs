@@ -68,7 +68,12 @@ impl World {
     }
 
     fn server(&mut self, msgs: &[Vec<u8>]) -> String {
-        let input = msgs.concat();
+        tags(&self.server_bytes(&msgs.concat()).2)
+    }
+
+    /// Relays `input` from the server: whether a ReadyForQuery went by, the bytes used, and
+    /// the bytes sent on.
+    fn server_bytes(&mut self, input: &[u8]) -> (bool, usize, Vec<u8>) {
         let mut out = BytesMut::new();
         let mut server = ServerSide {
             params: &mut self.server_params,
@@ -76,11 +81,11 @@ impl World {
             max_prepared: self.max_prepared,
             passthrough: &mut self.passthrough,
         };
-        let (_, fwd) = self
+        let (ready, fwd) = self
             .relay
-            .server_to_client(&input, &mut self.params, &mut server, &mut out)
+            .server_to_client(input, &mut self.params, &mut server, &mut out)
             .unwrap();
-        tags(fwd.bytes(&input, &out))
+        (ready, fwd.used, fwd.bytes(input, &out).to_vec())
     }
 }
 
@@ -478,41 +483,21 @@ fn an_error_that_skips_a_parse_leaves_no_false_record() {
 #[test]
 fn a_large_row_goes_through_in_pieces_and_a_small_one_whole() {
     let mut w = World::new(PoolMode::Transaction);
-    let relay_piece = |w: &mut World, input: &[u8]| {
-        let mut out = BytesMut::new();
-        let mut server = ServerSide {
-            params: &mut w.server_params,
-            prepared: &mut w.prepared,
-            max_prepared: w.max_prepared,
-            passthrough: &mut w.passthrough,
-        };
-        let (ready, fwd) = w
-            .relay
-            .server_to_client(input, &mut w.params, &mut server, &mut out)
-            .unwrap();
-        (ready, fwd.used, fwd.bytes(input, &out).to_vec())
-    };
     // A small partial row waits for the rest of it.
     let small = frame(b'D', &[b'x'; 1000]);
-    assert_eq!(relay_piece(&mut w, &small[..500]), (false, 0, vec![]));
+    assert_eq!(w.server_bytes(&small[..500]), (false, 0, vec![]));
     // A large one: what has come goes on now, and the rest as it comes.
     let large = frame(b'D', &vec![b'y'; 300_000]);
     let (head, rest) = large.split_at(100_000);
-    assert_eq!(
-        relay_piece(&mut w, head),
-        (false, head.len(), head.to_vec())
-    );
+    assert_eq!(w.server_bytes(head), (false, head.len(), head.to_vec()));
     assert_eq!(w.passthrough as usize, rest.len());
     let (middle, end) = rest.split_at(150_000);
     assert_eq!(
-        relay_piece(&mut w, middle),
+        w.server_bytes(middle),
         (false, middle.len(), middle.to_vec())
     );
     // The end of it, then whole messages again.
     let input = [end, &small, &frame(b'Z', b"I")].concat();
-    assert_eq!(
-        relay_piece(&mut w, &input),
-        (true, input.len(), input.clone())
-    );
+    assert_eq!(w.server_bytes(&input), (true, input.len(), input.clone()));
     assert_eq!(w.passthrough, 0);
 }
