@@ -262,11 +262,35 @@ impl ClientParams {
     }
 
     /// Records on a server's parameter map what a successful `sync_sql` did.
+    ///
+    /// A setting the server reports keeps the value it reported (its own spelling: `UTF8` for a
+    /// client's `utf-8`); the others take the client's.
     pub fn apply_to(&self, server: &mut Params, welcome: &Params) {
         server.retain(|k, _| welcome.contains_key(k) || self.get(k).is_some());
         for (k, v) in self.wanted() {
-            server.insert(k.to_owned(), v.to_owned());
+            if !(welcome.contains_key(k) && server.contains_key(k)) {
+                server.insert(k.to_owned(), v.to_owned());
+            }
         }
+    }
+
+    /// Takes the server's spelling of every reported setting this client changed (after they
+    /// were applied to `server`), as PostgreSQL reports them back: `client_encoding=utf-8`
+    /// becomes `UTF8`, `DateStyle=iso, mdy` becomes `ISO, MDY`.
+    pub fn adopt_server_spelling(&mut self, server: &Params) {
+        let changed: Vec<(String, String)> = self
+            .overrides
+            .iter()
+            .filter(|(k, v)| self.base.contains_key(*k) && server.get(*k).is_some_and(|s| s != v))
+            .filter_map(|(k, _)| Some((k.to_owned(), server.get(k)?.clone())))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        for (k, v) in changed {
+            self.set(k, v);
+        }
+        self.fingerprint = self.compute_fingerprint();
     }
 }
 
@@ -325,9 +349,33 @@ mod tests {
         assert_eq!(literal(r"it's a \ b"), r"E'it''s a \\ b'");
         assert!(sql.contains("RESET extra_float_digits;"), "{sql}");
         let mut s = server.clone();
+        // The server reports the reported setting it was given (ParameterStatus, which the
+        // connection records); apply_to fills in the rest.
+        s.insert("TimeZone".into(), "Europe/Paris".into());
         c.apply_to(&mut s, &welcome);
         assert_eq!(c.sync_sql(&s, &welcome), None);
+
         assert!(ClientParams::from_startup(&[("bad;name".into(), "x".into())], &welcome).is_err());
+    }
+
+    #[test]
+    fn the_servers_spelling_of_a_reported_setting_is_adopted() {
+        let welcome = Arc::new(map(&[
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+        ]));
+        let startup = [
+            ("client_encoding".to_string(), "utf-8".to_string()),
+            ("DateStyle".to_string(), "iso, dmy".to_string()),
+        ];
+        let mut c = ClientParams::from_startup(&startup, &welcome).unwrap();
+        let server = map(&[("client_encoding", "UTF8"), ("DateStyle", "ISO, DMY")]);
+        c.adopt_server_spelling(&server);
+        let reported: BTreeMap<&str, &str> = c.reported().collect();
+        assert_eq!(reported["client_encoding"], "UTF8");
+        assert_eq!(reported["DateStyle"], "ISO, DMY");
+        // client_encoding is now what the servers start with: no longer an override.
+        assert_eq!(c.sync_sql(&server, &welcome), None);
     }
 
     #[test]

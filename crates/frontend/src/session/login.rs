@@ -118,13 +118,13 @@ async fn session_login(
             }
         }
     };
-    let params =
+    let mut params =
         ClientParams::from_startup(startup, &welcome).map_err(SessionError::Unsupported)?;
     check_settings(
         proxy,
         &target,
         &settings,
-        &params,
+        &mut params,
         &welcome,
         failover_timeout,
     )
@@ -154,7 +154,7 @@ async fn check_settings(
     proxy: &Proxy,
     target: &Target,
     settings: &EffectivePool,
-    params: &ClientParams,
+    params: &mut ClientParams,
     welcome: &BTreeMap<String, String>,
     failover_timeout: std::time::Duration,
 ) -> Result<(), SessionError> {
@@ -241,14 +241,17 @@ pub async fn primary_pool(
 async fn validate_settings(
     pool: &std::sync::Arc<Pool>,
     generation: u64,
-    params: &ClientParams,
+    params: &mut ClientParams,
     welcome: &BTreeMap<String, String>,
     wait: std::time::Duration,
 ) -> Result<(), SessionError> {
     let server = pool.checkout(wait, generation).await?;
-    let server = sync_settings(pool, server, params, welcome)
+    let mut server = sync_settings(pool, server, params, welcome)
         .await
         .map_err(SessionError::Server)?;
+    // The greeting reports the settings as PostgreSQL spells them.
+    params.adopt_server_spelling(&server.conn.params);
+    server.conn.settings_fingerprint = params.fingerprint();
     pool.release(server);
     Ok(())
 }
