@@ -151,3 +151,63 @@ async fn a_terminated_backend_on_a_healthy_primary_is_not_a_failover() {
     );
     assert_eq!(monitor.generation(), generation, "still no topology change");
 }
+
+/// Terminates `pid` on the server with a direct connection.
+async fn terminate(pg_port: u16, pid: i32) {
+    let admin = connect(&format!(
+        "host=127.0.0.1 port={pg_port} user=postgres dbname=postgres"
+    ))
+    .await
+    .expect("direct connection");
+    let killed = first_column(&admin, &format!("select pg_terminate_backend({pid})")).await;
+    assert_eq!(killed, "t");
+}
+
+/// The FATAL a connection's task ended with, once the server terminated its backend.
+async fn ended_with(
+    task: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) -> (String, String) {
+    let ended = within(STEP, "the connection to end", task)
+        .await
+        .expect("connection task");
+    let e = ended.expect_err("the connection ends with an error");
+    let db = e.as_db_error().expect("a FATAL from the server");
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_session_mode_a_terminated_backend_ends_the_session_as_it_would_directly() {
+    let h = Harness::start(PoolMode::Session).await;
+    let monitor = h.proxy.proxy.router.monitor("main").expect("monitor");
+    // Directly: what a client sees when an operator terminates its backend.
+    let (direct, direct_task) = connect_watched(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app",
+        h.pg.port()
+    ))
+    .await;
+    terminate(h.pg.port(), backend_pid(&direct).await).await;
+    let expected = ended_with(direct_task).await;
+    assert_eq!(expected.0, "57P01", "{expected:?}");
+    // Through Switchyard in session mode: the same FATAL, and the connection ends.
+    let (client, task) = connect_watched(&h.conninfo("postgres", "", "app")).await;
+    let pid = backend_pid(&client).await;
+    let generation = monitor.generation();
+    terminate(h.pg.port(), pid).await;
+    assert_eq!(ended_with(task).await, expected);
+    assert!(client.is_closed());
+    // Not a failover: counted as a loss outside one once the primary is seen to have stayed.
+    let counters = monitor.counters();
+    within(STEP, "the loss to be attributed", async {
+        while counters.lost_outside_failover.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        (counters.caught_totals().sessions_lost, monitor.generation()),
+        (0, generation),
+        "lost outside {}",
+        counters.lost_outside_failover.load(Ordering::Relaxed)
+    );
+    assert_eq!(monitor.generation(), generation);
+}

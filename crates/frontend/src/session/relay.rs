@@ -171,9 +171,13 @@ pub fn reserve_for_partial(input: &mut BytesMut, passthrough: u32) {
 /// Why a server connection is closing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fatal {
-    /// Shutdown or termination (57P01/57P02/57P03): the server is going away. Not relayed: the
-    /// session handles it like any lost server, and the client keeps its connection.
+    /// Shutdown or termination (57P01/57P02/57P03) in transaction mode: the server is going
+    /// away. Not relayed: the session handles it like any lost server, and the client keeps
+    /// its connection.
     ServerGoingAway,
+    /// The same in session mode: the client's backend is gone with its session state, so the
+    /// server's own FATAL is relayed and the session ends, as on a direct connection.
+    SessionEnded,
     /// Anything else (often the client's own doing): relayed, and the session ends.
     Other,
 }
@@ -710,12 +714,13 @@ impl Relay {
         if !e.is_fatal() {
             return Ok(true);
         }
-        self.server_fatal = Some(if going_away {
-            Fatal::ServerGoingAway
-        } else {
-            Fatal::Other
-        });
-        Ok(!going_away)
+        let fatal = match (going_away, self.mode) {
+            (true, PoolMode::Transaction) => Fatal::ServerGoingAway,
+            (true, PoolMode::Session) => Fatal::SessionEnded,
+            (false, _) => Fatal::Other,
+        };
+        self.server_fatal = Some(fatal);
+        Ok(fatal != Fatal::ServerGoingAway)
     }
 
     /// True while a response is still due from the server.

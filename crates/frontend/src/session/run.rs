@@ -28,7 +28,7 @@ use switchyard_proto::backend::{self, TxStatus};
 use switchyard_proto::frontend::tag as fe;
 use switchyard_proto::{ProtoError, decode_frame, peek_header};
 use switchyard_server::{ServerConn, ServerError};
-use switchyard_topology::ClusterMonitor;
+use switchyard_topology::{Caught, ClusterMonitor};
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -622,10 +622,15 @@ impl Session {
     /// large row), and handles the end of a request: latency, read-back, release.
     async fn forward_answers(&mut self) -> Result<Flow, SessionError> {
         let relay = &mut self.relay;
-        let Link::Attached { server, since, .. } = &mut self.link else {
+        let Link::Attached {
+            server,
+            since,
+            generation,
+        } = &mut self.link
+        else {
             return Ok(Flow::Continue);
         };
-        let since = *since;
+        let (since, generation) = (*since, *generation);
         let conn = &mut server.conn;
         self.out.clear();
         let mut side = ServerSide {
@@ -687,6 +692,12 @@ impl Session {
         }
         match relay.server_fatal {
             Some(Fatal::ServerGoingAway) => return Ok(Flow::Lost(Lost::GoingAway)),
+            Some(Fatal::SessionEnded) => {
+                // A failover's if the topology moves on; else (an operator's
+                // pg_terminate_backend) a loss outside one.
+                self.count_loss(Caught::SessionLost, generation);
+                return Err(SessionError::EndedByServer);
+            }
             Some(Fatal::Other) => return Err(SessionError::EndedByServer),
             None => {}
         }
