@@ -269,16 +269,14 @@ impl ClusterMonitor {
             self.counters.caught(database, what);
             return;
         }
-        let mut generations = self.generations();
-        let (counters, limit, database) = (
-            self.counters.clone(),
-            self.detect_within,
-            database.to_owned(),
-        );
+        let mut changes = self.generations();
+        let (me, limit, database) = (self.clone(), self.detect_within, database.to_owned());
         tokio::spawn(async move {
+            // The number itself is the truth (the watch only wakes this task up).
             let moved = tokio::time::timeout(limit, async {
-                while *generations.borrow_and_update() == generation {
-                    if generations.changed().await.is_err() {
+                changes.borrow_and_update();
+                while me.generation() == generation {
+                    if changes.changed().await.is_err() {
                         std::future::pending::<()>().await;
                     }
                 }
@@ -286,9 +284,9 @@ impl ClusterMonitor {
             .await
             .is_ok();
             if moved {
-                counters.caught(&database, what);
+                me.counters.caught(&database, what);
             } else {
-                counters
+                me.counters
                     .lost_outside_failover
                     .fetch_add(1, Ordering::Relaxed);
             }
