@@ -29,18 +29,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .expect("VmHWM in /proc/pid/status")
 }
 
-fn startup() -> Vec<u8> {
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    for s in ["user", "postgres", "database", "app"] {
-        body.extend_from_slice(s.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    p.extend_from_slice(&body);
-    p
-}
-
 fn query(sql: &str) -> Vec<u8> {
     let mut m = vec![b'Q'];
     m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
@@ -85,7 +73,9 @@ async fn login(port: u16) -> (OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf) {
         .await
         .expect("connect");
     let (mut r, mut w) = s.into_split();
-    w.write_all(&startup()).await.expect("startup");
+    w.write_all(&startup_packet("postgres", &[]))
+        .await
+        .expect("startup");
     within(STEP, "login", read_answers(&mut r, 1)).await;
     (r, w)
 }

@@ -33,20 +33,6 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmData:"))
 }
 
-fn startup(user: &str) -> Vec<u8> {
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", "app")] {
-        for s in [k, v] {
-            body.extend_from_slice(s.as_bytes());
-            body.push(0);
-        }
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    p.extend_from_slice(&body);
-    p
-}
-
 /// Reads messages until one with tag `want`; returns its body, or None if the proxy closed.
 async fn read_until(s: &mut TcpStream, want: u8) -> Option<Vec<u8>> {
     loop {
@@ -67,7 +53,9 @@ async fn start_login(port: u16, user: &str, until: u8) -> TcpStream {
     let mut s = within(STEP, "connect", TcpStream::connect(("127.0.0.1", port)))
         .await
         .expect("connect");
-    s.write_all(&startup(user)).await.expect("startup");
+    s.write_all(&startup_packet(user, &[]))
+        .await
+        .expect("startup");
     let got = within(STEP, "the login's answer", read_until(&mut s, until)).await;
     assert!(got.is_some(), "{user}: no {:?} message", until as char);
     s

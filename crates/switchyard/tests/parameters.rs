@@ -10,30 +10,14 @@ use switchyard_config::PoolMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A startup packet for postgres@app with `settings`.
-fn startup(settings: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", "postgres"), ("database", "app")]
-        .iter()
-        .chain(settings)
-    {
-        for s in [k, v] {
-            body.extend_from_slice(s.as_bytes());
-            body.push(0);
-        }
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    p.extend_from_slice(&body);
-    p
-}
-
 /// Logs in at `port` and returns the ParameterStatus values of the greeting.
 async fn greeting(port: u16, settings: &[(&str, &str)]) -> BTreeMap<String, String> {
     let mut s = within(STEP, "connect", TcpStream::connect(("127.0.0.1", port)))
         .await
         .expect("connect");
-    s.write_all(&startup(settings)).await.expect("startup");
+    s.write_all(&startup_packet("postgres", settings))
+        .await
+        .expect("startup");
     let mut reported = BTreeMap::new();
     within(STEP, "the greeting", async {
         loop {

@@ -162,6 +162,22 @@ pub async fn connect_watched(
     (client, tokio::spawn(conn))
 }
 
+/// A protocol 3.0 startup packet for `user` on database `app`, with `settings`, for the tests
+/// that speak the protocol as raw bytes.
+pub fn startup_packet(user: &str, settings: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", "app")].iter().chain(settings) {
+        for s in [k, v] {
+            body.extend_from_slice(s.as_bytes());
+            body.push(0);
+        }
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    p.extend_from_slice(&body);
+    p
+}
+
 /// The SQLSTATE of a tokio-postgres error, or "" if it has none.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
