@@ -18,25 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 
-/// Peak resident memory of `pid` (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM in /proc/pid/status")
-}
-
-fn query(sql: &str) -> Vec<u8> {
-    let mut m = vec![b'Q'];
-    m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
-    m.extend_from_slice(sql.as_bytes());
-    m.push(0);
-    m
-}
-
 /// Reads messages, dropping their bodies unread in 64 KiB pieces, until `n` ReadyForQuery have
 /// come; returns the tags of the other messages (DataRow lengths summed into the second value).
 async fn read_answers(r: &mut OwnedReadHalf, n: usize) -> (Vec<u8>, u64) {
@@ -118,9 +99,10 @@ async fn request_written_to_a_busy_server(tls: bool) {
     // The first request keeps the server quiet for a moment, so Switchyard reads the second one
     // whole and writes it while the server is not reading; then the server writes 64 MiB, far
     // more than the sockets between them hold, before it reads another byte.
-    let first =
-        query("select pg_sleep(0.3); select repeat('x', 65536) from generate_series(1, 1024)");
-    let second = query(&format!("select length('{}')", "y".repeat(16 << 20)));
+    let first = query_message(
+        "select pg_sleep(0.3); select repeat('x', 65536) from generate_series(1, 1024)",
+    );
+    let second = query_message(&format!("select length('{}')", "y".repeat(16 << 20)));
     let writer = tokio::spawn(async move {
         w.write_all(&first).await.expect("first request");
         w.write_all(&second).await.expect("second request");
@@ -155,8 +137,8 @@ async fn huge_row(tls: bool) {
     const ROW: usize = 192 << 20;
     let (served, _pg, _certs) = start(tls).await;
     let (mut r, mut w) = login(served.port).await;
-    let before = peak_rss_kib(served.pid);
-    w.write_all(&query(&format!("select repeat('x', {ROW})")))
+    let before = served.status_kib("VmHWM");
+    w.write_all(&query_message(&format!("select repeat('x', {ROW})")))
         .await
         .expect("request");
     let (tags, row_bytes) = within(
@@ -170,14 +152,16 @@ async fn huge_row(tls: bool) {
         row_bytes >= ROW as u64,
         "only {row_bytes} bytes of the row came"
     );
-    let grew_mib = (peak_rss_kib(served.pid).saturating_sub(before)) / 1024;
+    let grew_mib = (served.status_kib("VmHWM").saturating_sub(before)) / 1024;
     assert!(
         grew_mib < 64,
         "Switchyard's peak resident memory grew by {grew_mib} MiB relaying a {} MiB row",
         ROW >> 20
     );
     // The connection goes on.
-    w.write_all(&query("select 1")).await.expect("request");
+    w.write_all(&query_message("select 1"))
+        .await
+        .expect("request");
     within(STEP, "the next answer", read_answers(&mut r, 1)).await;
 }
 
@@ -187,9 +171,11 @@ async fn a_server_lost_in_the_middle_of_a_row_closes_the_client_without_garbage(
     let pg = start_pg();
     let served = Served::start(config_for(&pg, PoolMode::Transaction)).await;
     let (mut r, mut w) = login(served.port).await;
-    w.write_all(&query(&format!("select repeat('z', {ROW}) as huge_row")))
-        .await
-        .expect("request");
+    w.write_all(&query_message(&format!(
+        "select repeat('z', {ROW}) as huge_row"
+    )))
+    .await
+    .expect("request");
     // Read into the row, then stop reading: the server blocks in the middle of sending it.
     let row_len = within(STEP, "the row's start", async {
         loop {
@@ -236,6 +222,8 @@ async fn a_server_lost_in_the_middle_of_a_row_closes_the_client_without_garbage(
     );
     // Nothing else was affected.
     let (mut r2, mut w2) = login(served.port).await;
-    w2.write_all(&query("select 1")).await.expect("request");
+    w2.write_all(&query_message("select 1"))
+        .await
+        .expect("request");
     within(STEP, "another client's answer", read_answers(&mut r2, 1)).await;
 }

@@ -60,10 +60,6 @@ fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     m
 }
 
-fn query(sql: &str) -> Vec<u8> {
-    msg(b'Q', format!("{sql}\0").as_bytes())
-}
-
 /// The fields of an ErrorResponse that the tests look at.
 #[derive(Debug, Default)]
 struct PgError {
@@ -246,13 +242,13 @@ impl Raw {
 
     /// Runs a simple query, ignoring its results.
     async fn exec(&mut self, sql: &str) {
-        self.send(&query(sql)).await;
+        self.send(&query_message(sql)).await;
         while self.msg().await.0 != b'Z' {}
     }
 
     /// Runs a simple query and returns the first column of its single row.
     async fn query_one(&mut self, sql: &str) -> String {
-        self.send(&query(sql)).await;
+        self.send(&query_message(sql)).await;
         let mut value = None;
         loop {
             match self.msg().await {
@@ -417,7 +413,7 @@ async fn message_over_max_message_size_is_fatal_08p01() {
     let mut r = Raw::login(&h).await;
     let fits = format!("select length('{}')", "x".repeat(3000));
     assert_eq!(r.query_one(&fits).await, "3000");
-    let big = query(&format!("select '{}'", "x".repeat(10_000)));
+    let big = query_message(&format!("select '{}'", "x".repeat(10_000)));
     r.send(&big).await;
     let m = r.expect_fatal_then_close("08P01").await;
     assert!(m.contains("4096"), "names the limit: {m}");
@@ -455,7 +451,7 @@ async fn malformed_parse_is_fatal_08p01() {
 async fn truncated_message_then_eof_closes_quietly() {
     let (h, other) = setup(PoolMode::Transaction, |_| {}).await;
     let half_query = {
-        let mut q = query("select 'a long enough query text'");
+        let mut q = query_message("select 'a long enough query text'");
         q.truncate(12);
         q
     };
@@ -545,7 +541,7 @@ async fn client_that_stops_reading_is_cut_off_after_client_write_timeout() {
     .await;
     let mut r = Raw::login(&h).await;
     // 200 MB of rows: far more than the socket buffers on the way can hold.
-    r.send(&query(
+    r.send(&query_message(
         "select repeat('x', 1000) from generate_series(1, 200000)",
     ))
     .await;

@@ -19,18 +19,9 @@ const CLAIMED: u32 = 200 << 20;
 /// Bytes of it each client really sends.
 const SENT: usize = 4 << 20;
 
-/// Resident and virtual data size of `pid`, in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("VmData:"))
+/// Resident and virtual data size of the process, in KiB.
+fn memory_kib(served: &Served) -> (u64, u64) {
+    (served.status_kib("VmRSS"), served.status_kib("VmData"))
 }
 
 /// Reads messages until one with tag `want`; returns its body, or None if the proxy closed.
@@ -97,7 +88,7 @@ async fn start() -> (Served, switchyard_localpg::PgServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_messages_before_login_are_refused_at_their_header() {
     let (served, _pg) = start().await;
-    let before = memory_kib(served.pid);
+    let before = memory_kib(&served);
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
         let user = if i % 2 == 0 { SCRAM_USER } else { MD5_USER };
@@ -109,7 +100,7 @@ async fn huge_messages_before_login_are_refused_at_their_header() {
         (sent, answer.map(|b| code(&b)))
     }));
     let answers = within(Duration::from_secs(60), "the huge messages", during).await;
-    let after = memory_kib(served.pid);
+    let after = memory_kib(&served);
     eprintln!(
         "memory before login: RSS {} -> {} KiB, data {} -> {} KiB; answers {:?}",
         before.0,
@@ -155,7 +146,7 @@ async fn a_length_field_after_login_reserves_nothing() {
     for _ in 0..CLIENTS {
         clients.push(start_login(served.port, "postgres", b'Z').await);
     }
-    let before = memory_kib(served.pid);
+    let before = memory_kib(&served);
     // The header and a few bytes of a 200 MiB query, then one byte more once those are read
     // (a buffer makes room for a message when more of it comes); the rest never comes.
     let mut head = vec![b'Q'];
@@ -167,7 +158,7 @@ async fn a_length_field_after_login_reserves_nothing() {
         }
         wait_until_read(served.port, &clients).await;
     }
-    let after = memory_kib(served.pid);
+    let after = memory_kib(&served);
     eprintln!(
         "memory after login: data {} -> {} KiB with {CLIENTS} 200 MiB headers",
         before.1, after.1

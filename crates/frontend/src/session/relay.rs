@@ -57,7 +57,9 @@ pub enum ClientStep {
     Terminate,
 }
 
-/// The server connection's state the relay reads and updates.
+/// The server connection's state the relay reads and updates. Built as a literal where it is
+/// used: borrowing these fields one by one leaves the connection's socket and read buffer free
+/// for the same step (a constructor taking the whole connection would not).
 pub struct ServerSide<'a> {
     pub params: &'a mut BTreeMap<String, String>,
     pub prepared: &'a mut Prepared,

@@ -178,6 +178,15 @@ pub fn startup_packet(user: &str, settings: &[(&str, &str)]) -> Vec<u8> {
     p
 }
 
+/// A simple-protocol Query message, for the tests that speak the protocol as raw bytes.
+pub fn query_message(sql: &str) -> Vec<u8> {
+    let mut m = vec![b'Q'];
+    m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    m.extend_from_slice(sql.as_bytes());
+    m.push(0);
+    m
+}
+
 /// The SQLSTATE of a tokio-postgres error, or "" if it has none.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()

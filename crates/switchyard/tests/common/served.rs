@@ -87,6 +87,19 @@ impl Served {
         }
     }
 
+    /// A memory figure of the process from `/proc/PID/status` (`"VmRSS"`, `"VmHWM"`,
+    /// `"VmData"`), in KiB.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let pid = self.pid;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
