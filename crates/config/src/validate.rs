@@ -86,6 +86,13 @@ impl Config {
     }
 
     fn validate_clusters(&self, errs: &mut Vec<String>) {
+        for s in &self.failover.dns_servers {
+            if s.parse::<SocketAddr>().is_err() {
+                errs.push(format!(
+                    "failover.dns_servers: {s:?} is not an address like 10.0.0.2:53"
+                ));
+            }
+        }
         for (name, c) in &self.clusters {
             if c.members.is_empty() && c.endpoint.is_none() && c.patroni.is_empty() {
                 errs.push(format!(
@@ -218,6 +225,20 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn dns_servers_are_addresses() {
+        let base = "[clusters.c]\nendpoint = \"db.example.internal:5432\"\n[[sites]]\n\
+                    database = \"*\"\ncluster = \"c\"\n[[users]]\nname = \"u\"\nauth = \"trust\"\n";
+        let good = format!("{base}[failover]\ndns_servers = [\"127.0.0.1:5353\"]\n");
+        Config::from_toml(&good).expect("valid");
+        let bad = format!("{base}[failover]\ndns_servers = [\"ns1.example\"]\n");
+        let e = Config::from_toml(&bad).expect_err("invalid").to_string();
+        assert!(
+            e.contains("dns_servers") && e.contains("ns1.example"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn an_admin_listener_beyond_loopback_needs_a_token() {
