@@ -61,7 +61,22 @@ pub struct ProxyConfig {
     pub client_tls: ClientTls,
     /// CAs (PEM) client certificates must lead to (`verify-ca`, `verify-full`).
     pub client_tls_ca_file: String,
+    /// A `[[users]]` entry (with a server password, or trust) that looks up the password
+    /// verifiers of users not in the config with `auth_query`, on the cluster's primary and
+    /// the client's database. Empty: only configured users log in.
+    pub auth_user: String,
+    /// The lookup: `$1` is the user name; the second column of the first row is the stored
+    /// verifier (`SCRAM-SHA-256$…` or `md5…`); no row or NULL means no such user.
+    pub auth_query: String,
+    /// How long a looked-up verifier is reused for further logins without asking the database
+    /// (0: ask at every login). An older one still stands in when the lookup fails (no primary
+    /// during a failover). A failed login forgets it: a password changed in the database is
+    /// refused at most once, then asked for afresh.
+    pub auth_cache_ttl: Duration,
 }
+
+/// PgBouncer's default `auth_query`.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
 
 /// What Switchyard asks of a client's TLS (see [`ProxyConfig::client_tls`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -90,6 +105,9 @@ impl Default for ProxyConfig {
             tls_key_file: String::new(),
             client_tls: ClientTls::Prefer,
             client_tls_ca_file: String::new(),
+            auth_user: String::new(),
+            auth_query: DEFAULT_AUTH_QUERY.into(),
+            auth_cache_ttl: Duration::secs(10),
         }
     }
 }

@@ -57,6 +57,7 @@ impl Config {
         self.validate_clusters(&mut errs);
         self.validate_sites(&mut errs);
         self.validate_users(&mut errs);
+        self.validate_auth_query(&mut errs);
         let user_names: Vec<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
         self.admin.validate(&user_names, &mut errs);
         if errs.is_empty() {
@@ -180,6 +181,31 @@ impl Config {
         }
     }
 
+    fn validate_auth_query(&self, errs: &mut Vec<String>) {
+        let p = &self.proxy;
+        if p.auth_user.is_empty() {
+            return;
+        }
+        match self.users.iter().find(|u| u.name == p.auth_user) {
+            None => errs.push(format!(
+                "proxy.auth_user {:?} is not a [[users]] entry: it needs one, with the \
+                 server_password Switchyard looks users up with",
+                p.auth_user
+            )),
+            Some(u) if u.server_password().is_none() && u.auth != AuthMethod::Trust => {
+                errs.push(format!(
+                    "proxy.auth_user {:?} has no server password to log in with: set its \
+                     server_password",
+                    p.auth_user
+                ))
+            }
+            Some(_) => {}
+        }
+        if !p.auth_query.contains("$1") {
+            errs.push("proxy.auth_query must take the user name as $1".into());
+        }
+    }
+
     fn validate_users(&self, errs: &mut Vec<String>) {
         let mut seen = HashSet::new();
         for u in &self.users {
@@ -225,6 +251,29 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn auth_user_must_be_a_user_with_a_server_password() {
+        let with = |proxy: &str, users: &str| {
+            let text = format!(
+                "[proxy]\n{proxy}\n[clusters.c]\nmembers = [\"127.0.0.1:5432\"]\n\
+                 [[sites]]\ndatabase = \"*\"\ncluster = \"c\"\n{users}"
+            );
+            Config::from_toml(&text).map_err(|e| e.to_string())
+        };
+        let lookup = "[[users]]\nname = \"lookup\"\nauth = \"scram-sha-256\"\n\
+                      password = \"pw\"\n";
+        assert!(with("auth_user = \"lookup\"", lookup).is_ok());
+        let e = with("auth_user = \"nobody\"", lookup).expect_err("unknown auth_user");
+        assert!(e.contains("proxy.auth_user \"nobody\""), "{e}");
+        let verifier_only = "[[users]]\nname = \"lookup\"\nauth = \"md5\"\n\
+                             password = \"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n";
+        let e = with("auth_user = \"lookup\"", verifier_only).expect_err("no server password");
+        assert!(e.contains("no server password"), "{e}");
+        let e =
+            with("auth_user = \"lookup\"\nauth_query = \"select 1\"", lookup).expect_err("no $1");
+        assert!(e.contains("$1"), "{e}");
+    }
 
     #[test]
     fn dns_servers_are_addresses() {

@@ -7,20 +7,22 @@ use crate::{SessionError, UserAuth};
 use switchyard_proto::backend::AuthRequest;
 use switchyard_proto::frontend::password::{MAX_AUTH_MESSAGE, decode_password};
 use switchyard_proto::frontend::{SaslInitial, tag};
-use switchyard_proto::scram::{MECHANISM, ScramSecret, ServerExchange};
+use switchyard_proto::scram::{MECHANISM, ScramKeys, ScramSecret, ServerExchange};
 use switchyard_proto::{Frame, ProtoError};
 
 /// `mock_nonce`: the process's random secret for the exchange of an unknown user (see
-/// [`ScramSecret::mock`]).
+/// [`ScramSecret::mock`]). A SCRAM login returns the keys the client proved (what its server
+/// logins can reuse when its password is only in the database).
 pub async fn authenticate(
     client: &mut ClientConn,
     user: &str,
     auth: Option<&UserAuth>,
     mock_nonce: &[u8; 32],
-) -> Result<(), SessionError> {
+) -> Result<Option<ScramKeys>, SessionError> {
     let failed = || SessionError::AuthFailed {
         user: user.to_string(),
     };
+    let mut keys = None;
     match auth {
         Some(UserAuth::Trust) => {}
         // The certificate was verified in the handshake (client_tls = verify-ca or
@@ -41,22 +43,24 @@ pub async fn authenticate(
             }
         }
         Some(UserAuth::Scram { secret }) => {
-            scram(client, secret.clone()).await.map_err(|e| match e {
+            let proved = scram(client, secret.clone()).await.map_err(|e| match e {
                 SessionError::AuthFailed { .. } => failed(),
                 other => other,
-            })?
+            })?;
+            keys = Some(proved);
         }
         None => {
             // Same exchange as a real user (same cost, a salt as stable), against a secret
             // that matches no password.
             let dummy = ScramSecret::mock(user, mock_nonce);
             return match scram(client, dummy).await {
-                Err(SessionError::AuthFailed { .. }) | Ok(()) => Err(failed()),
+                Err(SessionError::AuthFailed { .. }) | Ok(_) => Err(failed()),
                 Err(other) => Err(other),
             };
         }
     }
-    client.send(&[AuthRequest::Ok.encode()]).await
+    client.send(&[AuthRequest::Ok.encode()]).await?;
+    Ok(keys)
 }
 
 async fn password_frame(client: &mut ClientConn) -> Result<Frame, SessionError> {
@@ -71,7 +75,7 @@ async fn password_frame(client: &mut ClientConn) -> Result<Frame, SessionError> 
     Ok(f)
 }
 
-async fn scram(client: &mut ClientConn, secret: ScramSecret) -> Result<(), SessionError> {
+async fn scram(client: &mut ClientConn, secret: ScramSecret) -> Result<ScramKeys, SessionError> {
     let failed = || SessionError::AuthFailed {
         user: String::new(),
     };
@@ -97,11 +101,12 @@ async fn scram(client: &mut ClientConn, secret: ScramSecret) -> Result<(), Sessi
         .encode()])
         .await?;
     let response = password_frame(client).await?;
-    let server_final = exchange.finish(&response.body).map_err(|_| failed())?;
+    let (server_final, keys) = exchange.finish(&response.body).map_err(|_| failed())?;
     client
         .send(&[AuthRequest::SaslFinal {
             data: server_final.into_bytes().into(),
         }
         .encode()])
-        .await
+        .await?;
+    Ok(keys)
 }

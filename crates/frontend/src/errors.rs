@@ -84,6 +84,10 @@ pub enum SessionError {
     /// A plain-text startup where `client_tls` requires TLS.
     #[error("TLS is required (client_tls = {mode})")]
     TlsRequired { mode: &'static str },
+    /// `auth_query` could not be run (no primary, `auth_user` refused, the query failed): says
+    /// nothing about whether the user exists.
+    #[error("could not look up user {user:?} with auth_query: {why}")]
+    AuthLookup { user: String, why: String },
     /// One client address already has `max_pending_logins_per_address` logins under way.
     #[error("too many connections logging in from {address}")]
     TooManyLogins { address: String, max: usize },
@@ -199,6 +203,10 @@ impl SessionError {
             Self::BatchTooLong { max } => fatal(
                 PROGRAM_LIMIT_EXCEEDED,
                 format!("more than {max} messages without a Sync while the transaction is being ended; send a Sync"),
+            ),
+            Self::AuthLookup { user, why } => fatal(
+                CANNOT_CONNECT_NOW,
+                format!("could not look up user \"{user}\" with auth_query ({why}); retry"),
             ),
             Self::CertAuthFailed { user } => fatal(
                 INVALID_AUTHORIZATION,

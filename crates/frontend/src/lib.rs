@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod auth_query;
 mod buffers;
 mod cancel;
 mod client;

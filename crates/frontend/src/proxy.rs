@@ -156,6 +156,8 @@ pub struct Proxy {
     pub(crate) pending_logins: crate::logins::PendingLogins,
     /// Random per process: keys the mock SCRAM secrets of unknown users.
     pub(crate) mock_nonce: [u8; 32],
+    /// Users looked up with `auth_query`, and the secrets their logins proved.
+    pub(crate) auth_query: crate::auth_query::AuthQueryUsers,
 }
 
 impl Proxy {
@@ -183,6 +185,7 @@ impl Proxy {
             clients: AtomicUsize::new(0),
             pending_logins: Default::default(),
             mock_nonce: rand::random(),
+            auth_query: Default::default(),
         });
         tokio::spawn(wake_idle_sessions_at_shutdown(Arc::downgrade(&proxy)));
         Ok(proxy)

@@ -23,6 +23,7 @@ impl Targets {
         let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = map.get(&key).and_then(Weak::upgrade)
             && Arc::ptr_eq(&existing.user, &t.user)
+            && existing.credential == t.credential
         {
             return existing;
         }
@@ -45,6 +46,7 @@ mod tests {
             cluster: "main".into(),
             server_db: db.into(),
             user: user.clone(),
+            credential: Default::default(),
         }
     }
 

@@ -33,7 +33,7 @@ fn pool(pg: &PgServer, size: usize) -> Arc<Pool> {
             server_name: None,
             user: "postgres".into(),
             database: "postgres".into(),
-            password: None,
+            credential: Default::default(),
             connect_timeout: Duration::from_secs(5),
             socket: SocketOptions::default(),
             allowed_auth: switchyard_server::AllowedAuth::any(),

@@ -118,6 +118,17 @@ impl ScramSecret {
         }
     }
 
+    /// PostgreSQL's text form, as [`Self::parse`] reads it.
+    pub fn to_text(&self) -> String {
+        format!(
+            "SCRAM-SHA-256${}:{}${}:{}",
+            self.iterations,
+            B64.encode(&self.salt),
+            B64.encode(self.stored_key),
+            B64.encode(self.server_key)
+        )
+    }
+
     /// Parses PostgreSQL's `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`.
     pub fn parse(s: &str) -> Result<Self, ScramError> {
         let rest = s
@@ -142,6 +153,22 @@ impl ScramSecret {
             stored_key: key(stored)?,
             server_key: key(server)?,
         })
+    }
+}
+
+/// The two keys a SCRAM client proves and checks with: what a successful exchange reveals to the
+/// server side (the ClientKey is recovered from the proof), and all the client side needs to log
+/// in again to a server holding the same verifier, without the password (PgBouncer's
+/// auth_query pass-through does the same).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramKeys {
+    pub client_key: [u8; 32],
+    pub server_key: [u8; 32],
+}
+
+impl std::fmt::Debug for ScramKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramKeys(..)")
     }
 }
 
@@ -192,8 +219,9 @@ impl ServerExchange {
         Ok((ex, server_first))
     }
 
-    /// Checks the client-final message; returns the server-final message on success.
-    pub fn finish(&self, client_final: &[u8]) -> Result<String, ScramError> {
+    /// Checks the client-final message; returns the server-final message and the client's
+    /// keys on success.
+    pub fn finish(&self, client_final: &[u8]) -> Result<(String, ScramKeys), ScramError> {
         let msg =
             std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = msg
@@ -221,13 +249,25 @@ impl ServerExchange {
             return Err(ScramError::BadProof);
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        let keys = ScramKeys {
+            client_key,
+            server_key: self.secret.server_key,
+        };
+        Ok((format!("v={}", B64.encode(server_signature)), keys))
     }
+}
+
+/// What the client side proves itself with.
+enum ClientSecret {
+    Password(String),
+    /// Keys from a client's exchange against the same verifier: no key derivation, and the
+    /// server's salt and iteration count are whatever that verifier says.
+    Keys(ScramKeys),
 }
 
 /// The client side of one SCRAM exchange with a server.
 pub struct ClientExchange {
-    password: String,
+    secret: ClientSecret,
     client_first_bare: String,
     client_nonce: String,
     expected_server_signature: Option<[u8; 32]>,
@@ -236,11 +276,20 @@ pub struct ClientExchange {
 impl ClientExchange {
     /// Returns the exchange and the client-first message to send.
     pub fn start(password: &str) -> (Self, String) {
+        Self::start_with(ClientSecret::Password(password.to_string()))
+    }
+
+    /// As [`Self::start`], proving with keys a client's own exchange revealed.
+    pub fn start_with_keys(keys: ScramKeys) -> (Self, String) {
+        Self::start_with(ClientSecret::Keys(keys))
+    }
+
+    fn start_with(secret: ClientSecret) -> (Self, String) {
         let client_nonce = nonce();
         let client_first_bare = format!("n=,r={client_nonce}");
         let first = format!("n,,{client_first_bare}");
         let ex = Self {
-            password: password.to_string(),
+            secret,
             client_first_bare,
             client_nonce,
             expected_server_signature: None,
@@ -266,14 +315,18 @@ impl ClientExchange {
         if iterations > MAX_ITERATIONS {
             return Err(ScramError::TooManyIterations(iterations));
         }
-        let salted = salted_password(self.password.as_bytes(), &salt, iterations);
-        let client_key = hmac(&salted, b"Client Key");
+        let (client_key, server_key) = match &self.secret {
+            ClientSecret::Password(password) => {
+                let salted = salted_password(password.as_bytes(), &salt, iterations);
+                (hmac(&salted, b"Client Key"), hmac(&salted, b"Server Key"))
+            }
+            ClientSecret::Keys(k) => (k.client_key, k.server_key),
+        };
         let stored_key = sha256(&client_key);
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{},{}", self.client_first_bare, msg, without_proof);
         let proof = xor(&client_key, &hmac(&stored_key, auth_message.as_bytes()));
-        self.expected_server_signature =
-            Some(hmac(&hmac(&salted, b"Server Key"), auth_message.as_bytes()));
+        self.expected_server_signature = Some(hmac(&server_key, auth_message.as_bytes()));
         Ok(format!("{without_proof},p={}", B64.encode(proof)))
     }
 
@@ -298,8 +351,33 @@ mod tests {
         let (server, server_first) =
             ServerExchange::start(ScramSecret::from_password(server_pw), first.as_bytes())?;
         let client_final = client.respond(server_first.as_bytes())?;
-        let server_final = server.finish(client_final.as_bytes())?;
+        let (server_final, _) = server.finish(client_final.as_bytes())?;
         client.verify(server_final.as_bytes())
+    }
+
+    #[test]
+    fn keys_from_a_clients_login_log_in_again_without_the_password() {
+        let verifier = ScramSecret::from_password("pw");
+        let (mut client, first) = ClientExchange::start("pw");
+        let (server, server_first) =
+            ServerExchange::start(verifier.clone(), first.as_bytes()).expect("client first");
+        let client_final = client.respond(server_first.as_bytes()).unwrap();
+        let (_, keys) = server.finish(client_final.as_bytes()).unwrap();
+        // A second server holding the same verifier accepts the keys, and proves itself.
+        let (mut again, first) = ClientExchange::start_with_keys(keys.clone());
+        let (server, server_first) = ServerExchange::start(verifier, first.as_bytes()).unwrap();
+        let client_final = again.respond(server_first.as_bytes()).unwrap();
+        let (server_final, _) = server.finish(client_final.as_bytes()).unwrap();
+        again.verify(server_final.as_bytes()).unwrap();
+        // A server with another verifier refuses them.
+        let (mut other, first) = ClientExchange::start_with_keys(keys);
+        let (server, server_first) =
+            ServerExchange::start(ScramSecret::from_password("pw"), first.as_bytes()).unwrap();
+        let client_final = other.respond(server_first.as_bytes()).unwrap();
+        assert_eq!(
+            server.finish(client_final.as_bytes()).err(),
+            Some(ScramError::BadProof)
+        );
     }
 
     #[test]
@@ -361,14 +439,7 @@ mod tests {
     #[test]
     fn parses_postgres_verifier() {
         let s = ScramSecret::derive("pw", b"0123456789abcdef", 4096);
-        let text = format!(
-            "SCRAM-SHA-256${}:{}${}:{}",
-            s.iterations,
-            B64.encode(&s.salt),
-            B64.encode(s.stored_key),
-            B64.encode(s.server_key)
-        );
-        assert_eq!(ScramSecret::parse(&text).unwrap(), s);
+        assert_eq!(ScramSecret::parse(&s.to_text()).unwrap(), s);
         assert!(ScramSecret::parse("SCRAM-SHA-256$x").is_err());
     }
 
@@ -380,7 +451,7 @@ mod tests {
         let client_key = hmac(&salted_password(b"pencil", &salt, 4096), b"Client Key");
         assert_eq!(s.stored_key, sha256(&client_key));
         let mut client = ClientExchange {
-            password: "pencil".into(),
+            secret: ClientSecret::Password("pencil".into()),
             client_first_bare: "n=user,r=rOprNGfwEbeRWgbNEkqO".into(),
             client_nonce: "rOprNGfwEbeRWgbNEkqO".into(),
             expected_server_signature: None,

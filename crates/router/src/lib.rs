@@ -154,7 +154,10 @@ fn probe_template(config: &Config, cluster: &ClusterConfig, tls: &Arc<ToServer>)
             .map(|u| u.server_user().to_string())
             .unwrap_or_else(|| "postgres".into()),
         database: cluster.probe_database.clone(),
-        password: user.and_then(|u| u.server_password()).map(str::to_string),
+        credential: user
+            .and_then(|u| u.server_password())
+            .map(str::to_string)
+            .into(),
         connect_timeout: config.failover.probe_timeout.get(),
         socket: socket_options(s),
         allowed_auth: allowed_auth(s),

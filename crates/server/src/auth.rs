@@ -2,10 +2,10 @@
 //! answered only if [`AllowedAuth`] lists it, and a SCRAM login accepted only once the server
 //! has proved it knows the password (its signature checked before AuthenticationOk counts).
 
-use crate::{ConnectParams, ServerConn, ServerError};
+use crate::{ConnectParams, Credential, ServerConn, ServerError, ServerSecret};
 use switchyard_proto::backend::{AuthRequest, ErrorFields, tag};
-use switchyard_proto::frontend;
 use switchyard_proto::scram::{ClientExchange, MECHANISM};
+use switchyard_proto::{frontend, md5};
 
 /// The authentication methods a server may ask for (libpq's `require_auth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,12 +80,8 @@ pub(crate) async fn authenticate(
                 .into());
             }
         }
-        let password = || {
-            p.password
-                .as_deref()
-                .ok_or_else(|| ServerError::NoPassword {
-                    user: p.user.clone(),
-                })
+        let no_password = || ServerError::NoPassword {
+            user: p.user.clone(),
         };
         let request = AuthRequest::decode(&f)?;
         let first = !asked;
@@ -103,12 +99,22 @@ pub(crate) async fn authenticate(
             }
             AuthRequest::Cleartext => {
                 allowed.check(allowed.password, "password")?;
-                conn.send(&frontend::password_message(password()?.as_bytes()))
+                let Credential::Password(password) = &p.credential else {
+                    return Err(no_password());
+                };
+                conn.send(&frontend::password_message(password.as_bytes()))
                     .await?
             }
             AuthRequest::Md5 { salt } => {
                 allowed.check(allowed.md5, "md5")?;
-                let r = switchyard_proto::md5::response(&p.user, password()?, salt);
+                let r = match &p.credential {
+                    Credential::Password(pw) => md5::response(&p.user, pw, salt),
+                    Credential::Learned(l) => match l.get() {
+                        Some(ServerSecret::Md5(stored)) => md5::response_from_stored(&stored, salt),
+                        _ => return Err(no_password()),
+                    },
+                    Credential::None => return Err(no_password()),
+                };
                 conn.send(&frontend::password_message(r.as_bytes())).await?;
             }
             AuthRequest::Sasl { mechanisms } => {
@@ -116,7 +122,14 @@ pub(crate) async fn authenticate(
                 if !mechanisms.iter().any(|m| m == MECHANISM) {
                     return Err(ServerError::UnsupportedAuth(mechanisms.join(",")));
                 }
-                let (ex, first) = ClientExchange::start(password()?);
+                let (ex, first) = match &p.credential {
+                    Credential::Password(pw) => ClientExchange::start(pw),
+                    Credential::Learned(l) => match l.get() {
+                        Some(ServerSecret::Scram(keys)) => ClientExchange::start_with_keys(keys),
+                        _ => return Err(no_password()),
+                    },
+                    Credential::None => return Err(no_password()),
+                };
                 scram = Scram::Started(ex);
                 conn.send(&frontend::sasl_initial_response(
                     MECHANISM,

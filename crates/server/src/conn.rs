@@ -21,7 +21,8 @@ pub struct ConnectParams {
     pub server_name: Option<String>,
     pub user: String,
     pub database: String,
-    pub password: Option<String>,
+    /// What to prove ourselves with when the server asks.
+    pub credential: crate::Credential,
     pub connect_timeout: Duration,
     pub socket: SocketOptions,
     /// The authentication methods answered when the server asks.
@@ -249,6 +250,26 @@ impl ServerConn {
     /// result gives an empty row. The caller bounds it with a timeout.
     pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, ServerError> {
         self.send(&frontend::query(sql)).await?;
+        self.first_row().await
+    }
+
+    /// As [`Self::query_row`], with `params` bound to `$1`, `$2`… (extended protocol: a value
+    /// is never spliced into the SQL).
+    pub async fn query_row_with(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Vec<Option<String>>, ServerError> {
+        let mut out = BytesMut::new();
+        for f in frontend::extended_query(sql, params) {
+            out.extend_from_slice(&f.to_bytes());
+        }
+        self.write_out(&out).await?;
+        self.first_row().await
+    }
+
+    /// Reads a query's answers up to ReadyForQuery; returns its first row.
+    async fn first_row(&mut self) -> Result<Vec<Option<String>>, ServerError> {
         let (mut row, mut failure) = (None, None);
         loop {
             let f = self.read_frame().await?;

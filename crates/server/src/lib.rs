@@ -8,12 +8,14 @@
 
 mod auth;
 mod conn;
+mod credential;
 mod error;
 mod prepared;
 mod socket;
 
 pub use auth::AllowedAuth;
 pub use conn::{BackendKey, CancelKey, ConnectParams, ServerConn, send_cancel};
+pub use credential::{Credential, LearnedSecret, ServerSecret};
 pub use error::ServerError;
 pub use prepared::Prepared;
 pub use socket::{Closer, SocketOptions};

@@ -19,7 +19,7 @@ fn params(addr: String, user: &str, password: &str, allowed: AllowedAuth) -> Con
         server_name: None,
         user: user.into(),
         database: "postgres".into(),
-        password: Some(password.into()),
+        credential: switchyard_server::Credential::Password(password.into()),
         connect_timeout: Duration::from_secs(5),
         socket: SocketOptions::default(),
         allowed_auth: allowed,

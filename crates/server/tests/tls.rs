@@ -38,7 +38,7 @@ fn params(addr: String, mode: ServerTlsMode, ca: Option<&Path>) -> ConnectParams
         server_name: None,
         user: "postgres".into(),
         database: "postgres".into(),
-        password: None,
+        credential: Default::default(),
         connect_timeout: Duration::from_secs(5),
         socket: SocketOptions::default(),
         allowed_auth: AllowedAuth::any(),

@@ -16,7 +16,7 @@ fn params(pg: &PgServer) -> ConnectParams {
         server_name: None,
         user: "postgres".into(),
         database: "postgres".into(),
-        password: None,
+        credential: Default::default(),
         connect_timeout: Duration::from_millis(500),
         socket: SocketOptions::default(),
         allowed_auth: switchyard_server::AllowedAuth::any(),

@@ -3,12 +3,14 @@
 //! database `switchyard`, `admin.users` only), and the greeting (ParameterStatus,
 //! BackendKeyData, ReadyForQuery).
 
-use super::pool_for::{Target, pool_at, sync_settings, target_for};
+use super::pool_for::{Target, pool_at, server_db, sync_settings, target_for};
 use crate::auth::authenticate;
+use crate::auth_query::LookedUp;
 use crate::cancel::{CancelHandle, ClientInfo, Who};
 use crate::client::ClientConn;
 use crate::console::{CONSOLE_DATABASE, Console};
 use crate::params::ClientParams;
+use crate::proxy::{Live, UserAuth};
 use crate::startup::{Hello, negotiate};
 use crate::{Proxy, SessionError};
 use std::collections::BTreeMap;
@@ -18,6 +20,7 @@ use switchyard_config::{Config, EffectivePool, UserConfig};
 use switchyard_pool::Pool;
 use switchyard_proto::Frame;
 use switchyard_proto::backend::{self, TxStatus};
+use switchyard_server::{Credential, ServerSecret};
 
 /// A client that has logged in, before its relay starts.
 pub struct LoggedIn {
@@ -68,18 +71,76 @@ pub async fn login(
         return Err(SessionError::CertAuthFailed { user });
     }
     let live = proxy.live.load_full();
-    authenticate(client, &user, live.auth.get(&user), &proxy.mock_nonce).await?;
-    let user_cfg = live
-        .users
-        .get(&user)
-        .cloned()
-        .ok_or_else(|| SessionError::AuthFailed { user: user.clone() })?;
+    let claimed = claim(proxy, &live, &user, &database).await?;
+    let (user_cfg, credential) = match claimed {
+        Claimed::Configured(cfg) => {
+            authenticate(client, &user, live.auth.get(&user), &proxy.mock_nonce).await?;
+            let credential = cfg.server_password().map(str::to_string).into();
+            (cfg, credential)
+        }
+        Claimed::LookedUp(found) => {
+            let proved = authenticate(client, &user, found.auth.as_ref(), &proxy.mock_nonce).await;
+            let keys = proved.inspect_err(|e| {
+                if matches!(e, SessionError::AuthFailed { .. }) {
+                    proxy.auth_query.forget(&found);
+                }
+            })?;
+            // What the server logins of this user's pools prove from now on.
+            match (keys, &found.auth) {
+                (Some(keys), _) => found.known.secret.set(ServerSecret::Scram(keys)),
+                (None, Some(UserAuth::Md5 { stored })) => {
+                    found.known.secret.set(ServerSecret::Md5(stored.clone()))
+                }
+                _ => {}
+            }
+            (found.known.config.clone(), found.known.credential())
+        }
+        Claimed::Unknown => {
+            authenticate(client, &user, None, &proxy.mock_nonce).await?;
+            return Err(SessionError::AuthFailed { user });
+        }
+    };
     if database == CONSOLE_DATABASE {
         return console_login(proxy, client, &live.config, user_cfg, peer).await;
     }
     drop(live);
-    let s = session_login(proxy, client, &startup, &database, &user_cfg, peer).await?;
+    let s = session_login(
+        proxy, client, &startup, &database, &user_cfg, credential, peer,
+    )
+    .await?;
     Ok(Login::Session(s))
+}
+
+/// Who a client says it is, before it proves it.
+enum Claimed {
+    Configured(Arc<UserConfig>),
+    /// Not configured; `auth_query` found it (or found nothing: then its `auth` is `None`).
+    LookedUp(LookedUp),
+    /// Neither: the login goes through an exchange that cannot succeed.
+    Unknown,
+}
+
+async fn claim(
+    proxy: &Proxy,
+    live: &Live,
+    user: &str,
+    database: &str,
+) -> Result<Claimed, SessionError> {
+    if let Some(cfg) = live.users.get(user) {
+        return Ok(Claimed::Configured(cfg.clone()));
+    }
+    if live.config.proxy.auth_user.is_empty() || database == CONSOLE_DATABASE {
+        return Ok(Claimed::Unknown);
+    }
+    let Some(site) = live.config.site_for(database) else {
+        return Ok(Claimed::Unknown);
+    };
+    let server_db = server_db(site, database);
+    let found = proxy
+        .auth_query
+        .lookup(proxy, live, site, &server_db, user)
+        .await?;
+    Ok(Claimed::LookedUp(found))
 }
 
 /// A client session's login after authentication: its target, its settings, the greeting.
@@ -89,6 +150,7 @@ async fn session_login(
     startup: &[(String, String)],
     database: &str,
     user_cfg: &Arc<UserConfig>,
+    credential: Credential,
     peer: Option<SocketAddr>,
 ) -> Result<LoggedIn, SessionError> {
     let live = proxy.live.load_full();
@@ -96,7 +158,9 @@ async fn session_login(
     let site = config
         .site_for(database)
         .ok_or_else(|| SessionError::NoSuchDatabase(database.to_owned()))?;
-    let target = proxy.targets.share(target_for(site, database, user_cfg));
+    let target = proxy
+        .targets
+        .share(target_for(site, database, user_cfg, credential));
     let settings = live.settings_for(site);
     let failover_timeout = config.failover.failover_timeout.get();
     drop(live);

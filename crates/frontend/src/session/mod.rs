@@ -4,7 +4,7 @@
 
 mod abort;
 mod attach;
-mod login;
+pub(crate) mod login;
 pub mod pool_for;
 mod relay;
 mod run;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use switchyard_config::{EffectivePool, SiteConfig, UserConfig};
 use switchyard_pool::{Pool, PoolKey, PoolSettings, Pooled};
 use switchyard_router::{allowed_auth, socket_options};
-use switchyard_server::{ConnectParams, ServerError};
+use switchyard_server::{ConnectParams, Credential, ServerError};
 
 /// How long internal statements (SET, reset) may take on a healthy server.
 pub const INTERNAL_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,16 +58,29 @@ pub struct Target {
     pub cluster: String,
     pub server_db: String,
     pub user: Arc<UserConfig>,
+    /// How the target's pools log in: the user's server password, or (auth_query users) the
+    /// secret its clients' logins proved.
+    pub credential: Credential,
 }
 
-pub fn target_for(site: &SiteConfig, database: &str, user: &Arc<UserConfig>) -> Target {
+/// The server database a client's `database` maps to on `site`.
+pub fn server_db(site: &SiteConfig, database: &str) -> String {
+    site.server_database
+        .clone()
+        .unwrap_or_else(|| database.to_string())
+}
+
+pub fn target_for(
+    site: &SiteConfig,
+    database: &str,
+    user: &Arc<UserConfig>,
+    credential: Credential,
+) -> Target {
     Target {
         cluster: site.cluster.clone(),
-        server_db: site
-            .server_database
-            .clone()
-            .unwrap_or_else(|| database.to_string()),
+        server_db: server_db(site, database),
         user: user.clone(),
+        credential,
     }
 }
 
@@ -86,6 +99,7 @@ fn connect_params(
     addr: String,
     database: String,
     user: &UserConfig,
+    credential: Credential,
 ) -> ConnectParams {
     let s = &live.config.server;
     let server_name = live
@@ -98,7 +112,7 @@ fn connect_params(
         server_name,
         user: user.server_user().to_string(),
         database,
-        password: user.server_password().map(str::to_string),
+        credential,
         connect_timeout: s.connect_timeout.get(),
         socket: socket_options(s),
         allowed_auth: allowed_auth(s),
@@ -128,6 +142,7 @@ pub fn pool_at(
                 addr.to_string(),
                 target.server_db.clone(),
                 &target.user,
+                target.credential.clone(),
             )
         },
         settings(eff),
@@ -146,9 +161,20 @@ pub fn reconcile_pools(proxy: &Proxy) {
             .iter()
             .find(|s| s.server_database.as_deref() == Some(key.database.as_str()))
             .or_else(|| config.site_for(&key.database));
-        let user = config.users.iter().find(|u| u.server_user() == key.user);
-        let (Some(site), Some(user)) = (site, user) else {
+        let Some(site) = site else {
             return false;
+        };
+        let configured = config.users.iter().find(|u| u.server_user() == key.user);
+        let (user, credential) = match configured {
+            Some(u) => (u.clone(), u.server_password().map(str::to_string).into()),
+            // An auth_query user's pools stay while auth_query does.
+            None if !config.proxy.auth_user.is_empty() => {
+                match proxy.auth_query.known_user(&site.cluster, &key.user) {
+                    Some(k) => ((*k.config).clone(), k.credential()),
+                    None => return false,
+                }
+            }
+            None => return false,
         };
         let member = config.clusters.contains_key(&site.cluster)
             && proxy.router.members(&site.cluster).contains(&key.addr);
@@ -159,7 +185,8 @@ pub fn reconcile_pools(proxy: &Proxy) {
                     &site.cluster,
                     key.addr.clone(),
                     key.database.clone(),
-                    user,
+                    &user,
+                    credential,
                 )
         {
             return false;

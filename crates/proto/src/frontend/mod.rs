@@ -37,3 +37,33 @@ pub fn query(sql: &str) -> crate::Frame {
     b.extend_from_slice(&[0]);
     crate::Frame::new(tag::QUERY, b.freeze())
 }
+
+/// Builds the messages of one extended-protocol query with text parameters, unnamed statement
+/// and portal, ending in Sync: Parse, Bind, Execute, Sync. For the proxy's own lookups, where a
+/// value must never be spliced into SQL text.
+pub fn extended_query(sql: &str, params: &[&str]) -> Vec<crate::Frame> {
+    use bytes::BufMut;
+    let mut parse = bytes::BytesMut::with_capacity(sql.len() + 4);
+    parse.put_u8(0); // unnamed statement
+    parse.put_slice(sql.as_bytes());
+    parse.put_u8(0);
+    parse.put_i16(0); // parameter types: inferred
+    let mut bind = bytes::BytesMut::new();
+    bind.put_slice(&[0, 0]); // unnamed portal, unnamed statement
+    bind.put_i16(0); // parameter formats: all text
+    bind.put_i16(params.len() as i16);
+    for p in params {
+        bind.put_i32(p.len() as i32);
+        bind.put_slice(p.as_bytes());
+    }
+    bind.put_i16(0); // result formats: all text
+    let mut execute = bytes::BytesMut::new();
+    execute.put_u8(0); // unnamed portal
+    execute.put_i32(0); // every row
+    vec![
+        crate::Frame::new(tag::PARSE, parse.freeze()),
+        crate::Frame::new(tag::BIND, bind.freeze()),
+        crate::Frame::new(tag::EXECUTE, execute.freeze()),
+        crate::Frame::new(tag::SYNC, bytes::Bytes::new()),
+    ]
+}
