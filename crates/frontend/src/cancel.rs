@@ -134,17 +134,22 @@ impl CancelRegistry {
         }
     }
 
-    /// Gives a new client a unique key.
-    pub fn register(&self, info: ClientInfo) -> CancelHandle {
+    /// Gives a new client a unique key: `process_id` if given and free (a session-mode client
+    /// gets its server's process id), else a random one.
+    pub fn register(&self, info: ClientInfo, process_id: Option<i32>) -> CancelHandle {
         let slot = Arc::new(Slot {
             link: Mutex::default(),
             info,
             idle_waker: std::sync::OnceLock::new(),
         });
         let mut entries = lock(&self.entries);
+        let mut wanted = process_id;
         loop {
-            let process_id = rand::random::<i32>() & 0x7fff_ffff;
-            if process_id == 0 || entries.contains_key(&process_id) {
+            // Two servers may run a process with the same id: the second client gets its own.
+            let process_id = wanted
+                .take()
+                .unwrap_or_else(|| rand::random::<i32>() & 0x7fff_ffff);
+            if process_id <= 0 || entries.contains_key(&process_id) {
                 continue;
             }
             let secret = rand::random::<[u8; 4]>();

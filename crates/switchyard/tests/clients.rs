@@ -383,9 +383,53 @@ async fn psycopg_listen_notify_in_session_mode() {
             format!("{}:{}", n[0].as_str(), n[1].as_str())
         })
         .collect();
-    assert_eq!(got, ["ch:one", "ch:two", "ch:three", "ch:stop"], "{r}");
+    assert_eq!(
+        got,
+        [
+            "ch:one", "ch:two", "ch:three", "ch:stop", "ch:self", "ch:stop"
+        ],
+        "{r}"
+    );
     assert!(r.get("seconds").as_f64() < 5.0, "{r}");
     assert_eq!(r.get("after").as_str(), "listener ok", "{r}");
+    // As on a direct connection: each client's key is its server process, and a notification
+    // names the process of the client that sent it.
+    let (listener, sender) = (r.get("listener_key_pid"), r.get("sender_key_pid"));
+    assert_eq!(
+        listener.as_i64(),
+        r.get("listener_backend_pid").as_i64(),
+        "{r}"
+    );
+    assert_eq!(sender.as_i64(), r.get("sender_backend_pid").as_i64(), "{r}");
+    let pids: Vec<i64> = r
+        .get("sender_pids")
+        .as_array()
+        .iter()
+        .map(|p| p.as_i64())
+        .collect();
+    let (l, s) = (listener.as_i64(), sender.as_i64());
+    assert_eq!(pids, [s, s, s, s, l, l], "{r}");
+}
+
+/// Session mode, as a direct connection: the client's key is its server's process id; cancel
+/// works with it; a backend it terminates itself ends its connection with 57P01 (a pool's
+/// health check that does this sees the connection go). Transaction mode keeps its own ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_backend_identity() {
+    for mode in MODES {
+        let h = Harness::start(mode).await;
+        let info = proxy_conninfo(&h, "postgres", "", "app");
+        let r = run_python("psycopg_identity.py", &[&info], PROGRAM).await;
+        let ctx = format!("{mode:?}: {r}");
+        let same = r.get("key_pid").as_i64() == r.get("backend_pid").as_i64();
+        assert_eq!(same, mode == PoolMode::Session, "{ctx}");
+        assert_eq!(r.get("cancel").as_str(), "57014", "{ctx}");
+        if mode == PoolMode::Session {
+            assert_eq!(r.get("terminate_own").as_str(), "57P01", "{ctx}");
+            assert!(r.get("closed_after").as_bool(), "{ctx}");
+        }
+        assert!(r.get("fresh_after").as_bool(), "{ctx}");
+    }
 }
 
 /// `conn.cancel()` and `conn.cancel_safe()` from a thread stop `pg_sleep(30)` with QueryCanceled

@@ -272,6 +272,13 @@ impl Session {
         })
     }
 
+    /// Starts the session on the server connection its login took (session mode).
+    pub(super) fn pinned(&mut self, server: Pooled, generation: u64) {
+        self.last_pool = Some(server.pool().clone());
+        self.last_generation = generation;
+        self.attached(server, generation);
+    }
+
     fn attached(&mut self, mut server: Pooled, generation: u64) {
         let now = Instant::now();
         // Statements this attachment uses may have portals open on them: never evicted.

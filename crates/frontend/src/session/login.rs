@@ -16,8 +16,8 @@ use crate::{Proxy, SessionError};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use switchyard_config::{Config, EffectivePool, UserConfig};
-use switchyard_pool::Pool;
+use switchyard_config::{Config, EffectivePool, PoolMode, UserConfig};
+use switchyard_pool::{Pool, Pooled};
 use switchyard_proto::Frame;
 use switchyard_proto::backend::{self, TxStatus};
 use switchyard_server::{Credential, ServerSecret};
@@ -31,10 +31,15 @@ pub struct LoggedIn {
     pub cancel: CancelHandle,
 }
 
+/// A session-mode client's server connection, taken at login (so the client's backend key is
+/// the server's own process id), and the generation it belongs to.
+pub type Pinned = (Pooled, u64);
+
 /// How a login ended.
 pub enum Login {
-    /// A client session, greeted; its relay comes next.
-    Session(LoggedIn),
+    /// A client session, greeted; its relay comes next (on its pinned server connection in
+    /// session mode, when there was a primary at login).
+    Session(LoggedIn, Option<Pinned>),
     /// An admin-console connection, greeted; the console serves it next.
     Console {
         user: String,
@@ -104,11 +109,11 @@ pub async fn login(
         return console_login(proxy, client, &live.config, user_cfg, peer).await;
     }
     drop(live);
-    let s = session_login(
+    let (s, pinned) = session_login(
         proxy, client, &startup, &database, &user_cfg, credential, peer,
     )
     .await?;
-    Ok(Login::Session(s))
+    Ok(Login::Session(s, pinned))
 }
 
 /// Who a client says it is, before it proves it.
@@ -152,7 +157,7 @@ async fn session_login(
     user_cfg: &Arc<UserConfig>,
     credential: Credential,
     peer: Option<SocketAddr>,
-) -> Result<LoggedIn, SessionError> {
+) -> Result<(LoggedIn, Option<Pinned>), SessionError> {
     let live = proxy.live.load_full();
     let config = &live.config;
     let site = config
@@ -184,7 +189,7 @@ async fn session_login(
     };
     let mut params =
         ClientParams::from_startup(startup, &welcome).map_err(SessionError::Unsupported)?;
-    check_settings(
+    let pinned = check_settings(
         proxy,
         &target,
         &settings,
@@ -193,27 +198,36 @@ async fn session_login(
         failover_timeout,
     )
     .await?;
-    let cancel = proxy.cancels.register(ClientInfo {
-        who: Who::Session(target.clone()),
-        peer,
-        connected_unix_s: unix_s(),
-    });
+    // In session mode the client's backend is one server process for its whole session: its
+    // key carries that process id, so pg_backend_pid(), a NOTIFY's sender and
+    // pg_terminate_backend(pg_backend_pid()) mean what they would on a direct connection.
+    let server_pid = pinned.as_ref().map(|(s, _)| s.conn.key().process_id);
+    let cancel = proxy.cancels.register(
+        ClientInfo {
+            who: Who::Session(target.clone()),
+            peer,
+            connected_unix_s: unix_s(),
+        },
+        server_pid,
+    );
     let frames = params
         .reported()
         .map(|(k, v)| backend::parameter_status(k, v));
     greet(client, frames.collect(), &cancel).await?;
     tracing::info!(user = %user_cfg.name, %database, process_id = cancel.process_id, "login");
-    Ok(LoggedIn {
+    let logged_in = LoggedIn {
         target,
         settings,
         welcome,
         params,
         cancel,
-    })
+    };
+    Ok((logged_in, pinned))
 }
 
 /// Settings are tried at login only while there is a primary to try them on: during a
 /// failover the login goes ahead, and the first transaction (held in the gate) applies them.
+/// In session mode the connection they were tried on is kept: the session's own.
 async fn check_settings(
     proxy: &Proxy,
     target: &Target,
@@ -221,23 +235,36 @@ async fn check_settings(
     params: &mut ClientParams,
     welcome: &BTreeMap<String, String>,
     failover_timeout: std::time::Duration,
-) -> Result<(), SessionError> {
+) -> Result<Option<Pinned>, SessionError> {
     let has_primary = proxy.router.monitor(&target.cluster).is_some_and(|m| {
         matches!(
             m.view().state,
             switchyard_topology::ClusterState::Primary { .. }
         )
     });
-    if !(params.has_overrides() && has_primary) {
-        return Ok(());
+    let pin = settings.mode == PoolMode::Session;
+    if !((params.has_overrides() || pin) && has_primary) {
+        return Ok(None);
     }
     let (pool, generation) = primary_pool(proxy, target, settings, failover_timeout).await?;
-    let wait = settings.query_wait_timeout.get();
-    match validate_settings(&pool, generation, params, welcome, wait).await {
+    // Only settings to try wait for a server connection: a session-mode login does not queue
+    // behind sessions holding the whole pool (it then takes one at its first request).
+    let wait = if params.has_overrides() {
+        settings.query_wait_timeout.get()
+    } else {
+        std::time::Duration::ZERO
+    };
+    let server = match validate_settings(&pool, generation, params, welcome, wait).await {
         // A failover began meanwhile: as above, the first transaction applies them.
-        Err(SessionError::PrimaryChanged) => Ok(()),
-        other => other,
+        Err(SessionError::PrimaryChanged) => return Ok(None),
+        Err(SessionError::PoolTimeout { .. }) if !params.has_overrides() => return Ok(None),
+        other => other?,
+    };
+    if pin {
+        return Ok(Some((server, generation)));
     }
+    pool.release(server);
+    Ok(None)
 }
 
 /// An admin-console connection's login after authentication: only `admin.users` and
@@ -256,11 +283,14 @@ async fn console_login(
     }
     let console = proxy.console().ok_or(SessionError::NoConsole)?;
     let name = user.name.clone();
-    let cancel = proxy.cancels.register(ClientInfo {
-        who: Who::Console(user),
-        peer,
-        connected_unix_s: unix_s(),
-    });
+    let cancel = proxy.cancels.register(
+        ClientInfo {
+            who: Who::Console(user),
+            peer,
+            connected_unix_s: unix_s(),
+        },
+        None,
+    );
     let version = format!("{}/switchyard", env!("CARGO_PKG_VERSION"));
     let params = [
         ("server_version", version.as_str()),
@@ -301,14 +331,15 @@ pub async fn primary_pool(
 }
 
 /// Settings the servers lack (TimeZone, search_path...) are tried once at login, so a bad value
-/// fails the login as it would on PostgreSQL, not every later transaction.
+/// fails the login as it would on PostgreSQL, not every later transaction. Returns the
+/// connection they were tried on.
 async fn validate_settings(
     pool: &std::sync::Arc<Pool>,
     generation: u64,
     params: &mut ClientParams,
     welcome: &BTreeMap<String, String>,
     wait: std::time::Duration,
-) -> Result<(), SessionError> {
+) -> Result<Pooled, SessionError> {
     let server = pool.checkout(wait, generation).await?;
     let mut server = sync_settings(pool, server, params, welcome)
         .await
@@ -316,8 +347,7 @@ async fn validate_settings(
     // The greeting reports the settings as PostgreSQL spells them.
     params.adopt_server_spelling(&server.conn.params);
     server.conn.settings_fingerprint = params.fingerprint();
-    pool.release(server);
-    Ok(())
+    Ok(server)
 }
 
 async fn greet(

@@ -90,8 +90,12 @@ async fn open_session(accepted: Box<Accepted>) -> Opened {
     let login = login.instrument(span.clone()).await;
     drop(pending);
     let error = match login {
-        Ok(Ok(Login::Session(s))) => {
-            return Opened::Session(Box::new(run::Session::new(proxy, client, s, span)));
+        Ok(Ok(Login::Session(s, pinned))) => {
+            let mut session = Box::new(run::Session::new(proxy, client, s, span));
+            if let Some((server, generation)) = pinned {
+                session.pinned(server, generation);
+            }
+            return Opened::Session(session);
         }
         Ok(Ok(Login::Console {
             user,

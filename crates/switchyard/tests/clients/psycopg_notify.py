@@ -28,13 +28,26 @@ def main(conninfo: str) -> dict:
             sender.execute("NOTIFY ch, 'three'")
         sender.execute("NOTIFY ch, 'stop'")
 
-        got = []
+        # The listener notifies itself too: the sender pid is then its own.
+        listener.execute("NOTIFY ch, 'self'")
+        listener.execute("NOTIFY ch, 'stop'")
+
+        got, pids = [], []
         started = time.monotonic()
+        stops = 0
         for n in listener.notifies(timeout=10):
             got.append([n.channel, n.payload])
-            if n.payload == "stop":
+            pids.append(n.pid)
+            stops += n.payload == "stop"
+            if stops == 2:
                 break
         out["received"] = got
+        out["sender_pids"] = pids
+        # The process ids each client was given (BackendKeyData) and its server's own.
+        out["listener_key_pid"] = listener.info.backend_pid
+        out["sender_key_pid"] = sender.info.backend_pid
+        out["listener_backend_pid"] = listener.execute("SELECT pg_backend_pid()").fetchone()[0]
+        out["sender_backend_pid"] = sender.execute("SELECT pg_backend_pid()").fetchone()[0]
         out["seconds"] = round(time.monotonic() - started, 3)
         # The listener still answers queries afterwards.
         out["after"] = listener.execute("SELECT 'listener ok'").fetchone()[0]
