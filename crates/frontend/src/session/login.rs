@@ -247,17 +247,19 @@ async fn check_settings(
         return Ok(None);
     }
     let (pool, generation) = primary_pool(proxy, target, settings, failover_timeout).await?;
-    // Only settings to try wait for a server connection: a session-mode login does not queue
-    // behind sessions holding the whole pool (it then takes one at its first request).
-    let wait = if params.has_overrides() {
-        settings.query_wait_timeout.get()
-    } else {
+    // A session-mode login never queues for a server connection: sessions may hold the whole
+    // pool, each idle until its client (a pgbench connecting all its clients first, say) goes
+    // on. With none free it goes ahead, and its first request takes one and applies the
+    // settings, as during a failover.
+    let wait = if pin {
         std::time::Duration::ZERO
+    } else {
+        settings.query_wait_timeout.get()
     };
     let server = match validate_settings(&pool, generation, params, welcome, wait).await {
         // A failover began meanwhile: as above, the first transaction applies them.
         Err(SessionError::PrimaryChanged) => return Ok(None),
-        Err(SessionError::PoolTimeout { .. }) if !params.has_overrides() => return Ok(None),
+        Err(SessionError::PoolTimeout { .. }) if pin => return Ok(None),
         other => other?,
     };
     if pin {

@@ -153,10 +153,14 @@ pub async fn run_python(script: &str, args: &[&str], limit: Duration) -> Json {
             python()
         );
     }
-    let ran = ran.expect_success(script);
+    last_json(ran.expect_success(script), script)
+}
+
+/// The JSON object a program printed last.
+pub fn last_json(ran: Ran, what: &str) -> Json {
     let line = ran.stdout.lines().rev().find(|l| !l.trim().is_empty());
-    let line = line.unwrap_or_else(|| panic!("{script} printed nothing; stderr:\n{}", ran.stderr));
-    Json::parse(line).unwrap_or_else(|e| panic!("{script}: {e} in {line:?}"))
+    let line = line.unwrap_or_else(|| panic!("{what} printed nothing; stderr:\n{}", ran.stderr));
+    Json::parse(line).unwrap_or_else(|e| panic!("{what}: {e} in {line:?}"))
 }
 
 pub fn read_expected(name: &str) -> String {

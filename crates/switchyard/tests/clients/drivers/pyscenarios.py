@@ -1,0 +1,81 @@
+"""Shared bookkeeping for the Python drivers of the matrix: the environment and the runner.
+
+A scenario is a function that returns a detail string on success and raises on failure; raising
+`Skip` marks it not applicable.
+"""
+
+import json
+import os
+import time
+import traceback
+
+
+class Skip(Exception):
+    """The scenario does not apply to this driver or mode."""
+
+
+ENV = {k: os.environ[k] for k in
+       ["SY_HOST", "SY_PORT", "SY_DB", "SY_USER", "SY_PASSWORD", "SY_ADMIN_USER", "SY_MODE",
+        "SY_TABLE"]}
+SESSION = ENV["SY_MODE"] == "session"
+TRANSACTION_ONLY_SKIP = (
+    "needs session state: LISTEN lives on one server connection, which transaction mode "
+    "gives back after each transaction"
+)
+
+
+def conninfo(user=None, password=None, **extra) -> str:
+    user = user or ENV["SY_USER"]
+    password = ENV["SY_PASSWORD"] if password is None else password
+    parts = [f"host={ENV['SY_HOST']}", f"port={ENV['SY_PORT']}", f"dbname={ENV['SY_DB']}",
+             f"user={user}"]
+    if password:
+        parts.append(f"password='{password}'")
+    parts += [f"{k}={v}" for k, v in extra.items()]
+    return " ".join(parts)
+
+
+def expect(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def _outcome(run) -> dict:
+    """Runs one scenario (a callable returning its detail); never raises."""
+    started = time.monotonic()
+    try:
+        out = {"ok": True, "detail": str(run() or "")}
+    except Skip as s:
+        out = {"skip": str(s)}
+    except Exception as e:  # noqa: BLE001 - the matrix reports every failure
+        tb = traceback.format_exc(limit=3)
+        out = {"ok": False, "detail": f"{type(e).__name__}: {e} | {tb[-600:]}"}
+    out["seconds"] = round(time.monotonic() - started, 3)
+    return out
+
+
+def run_all(scenarios) -> dict:
+    """Runs (name, fn) pairs in order."""
+    return {name: _outcome(fn) for name, fn in scenarios}
+
+
+async def run_all_async(scenarios, limit=40) -> dict:
+    """Runs (name, coroutine function) pairs in order, each bounded by `limit` seconds."""
+    import asyncio
+
+    out = {}
+    for name, fn in scenarios:
+        started = time.monotonic()
+        try:
+            detail = await asyncio.wait_for(fn(), limit)
+            out[name] = _outcome(lambda: detail)
+        except BaseException as e:  # noqa: BLE001 - re-raised inside _outcome's bookkeeping
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            out[name] = _outcome(lambda e=e: (_ for _ in ()).throw(e))
+        out[name]["seconds"] = round(time.monotonic() - started, 3)
+    return out
+
+
+def emit(results: dict):
+    print(json.dumps(results))
