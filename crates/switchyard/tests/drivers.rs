@@ -12,13 +12,18 @@ mod json;
 #[allow(dead_code)] // shared with tests/clients.rs, which uses the rest
 #[path = "clients/programs.rs"]
 mod programs;
+#[path = "clients/drivers/readme_table.rs"]
+mod readme_table;
+#[path = "clients/drivers/registry.rs"]
+mod registry;
+#[allow(dead_code)] // the failover loop is tests/driver_failover.rs's
 #[path = "clients/drivers/tokio_pg.rs"]
 mod tokio_pg;
 
 use common::*;
 use json::Json;
-use programs::{clean_command, clients_dir, last_json, python, run};
-use std::path::{Path, PathBuf};
+use programs::{last_json, run};
+use registry::{DRIVERS, Driver, driver_env, mode_name};
 use std::time::Duration;
 use switchyard_config::PoolMode;
 use tokio_pg::Outcome;
@@ -39,101 +44,6 @@ const SCENARIOS: [&str; 11] = [
 
 /// One driver program's run: every scenario must finish well within this.
 const PROGRAM: Duration = Duration::from_secs(240);
-
-#[derive(Clone, Copy)]
-enum Driver {
-    Psycopg,
-    PsycopgAsync,
-    Asyncpg,
-    NodePostgres,
-    Pgjdbc,
-    TokioPostgres,
-}
-
-const DRIVERS: [Driver; 6] = [
-    Driver::Psycopg,
-    Driver::PsycopgAsync,
-    Driver::Asyncpg,
-    Driver::NodePostgres,
-    Driver::Pgjdbc,
-    Driver::TokioPostgres,
-];
-
-impl Driver {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Psycopg => "psycopg 3.3 (sync, psycopg_pool)",
-            Self::PsycopgAsync => "psycopg 3.3 (asyncio, AsyncConnectionPool)",
-            Self::Asyncpg => "asyncpg 0.32",
-            Self::NodePostgres => "node-postgres 8.23",
-            Self::Pgjdbc => "pgjdbc 42.5",
-            Self::TokioPostgres => "tokio-postgres 0.7",
-        }
-    }
-
-    fn slug(self) -> &'static str {
-        match self {
-            Self::Psycopg => "psycopg",
-            Self::PsycopgAsync => "psycopg_async",
-            Self::Asyncpg => "asyncpg",
-            Self::NodePostgres => "node",
-            Self::Pgjdbc => "jdbc",
-            Self::TokioPostgres => "tokio_pg",
-        }
-    }
-
-    /// What the driver itself lacks (the scenario must then be skipped, not failed).
-    fn lacks(self, scenario: &str) -> bool {
-        matches!(
-            (self, scenario),
-            (Self::NodePostgres, "pipeline")
-                | (Self::Pgjdbc, "pool_health")
-                | (Self::TokioPostgres, "pool_health")
-        )
-    }
-
-    /// The external program, if the driver is not in this process.
-    fn command(self) -> Option<tokio::process::Command> {
-        let dir = clients_dir().join("drivers");
-        let python_script = |script: &str| {
-            let mut cmd = clean_command(python());
-            cmd.env("PYTHONDONTWRITEBYTECODE", "1")
-                .arg(dir.join(script));
-            cmd
-        };
-        Some(match self {
-            Self::Psycopg => python_script("psycopg_sync.py"),
-            Self::PsycopgAsync => python_script("psycopg_async.py"),
-            Self::Asyncpg => python_script("asyncpg_matrix.py"),
-            Self::NodePostgres => {
-                let node_dir = dir.join("node");
-                assert!(
-                    node_dir.join("node_modules/pg").exists(),
-                    "node-postgres is not installed in {}: run scripts/setup",
-                    node_dir.display()
-                );
-                let mut cmd = clean_command("node");
-                cmd.arg(node_dir.join("matrix.js"));
-                cmd
-            }
-            Self::Pgjdbc => {
-                let jar = Path::new("/usr/share/java/postgresql.jar");
-                assert!(jar.exists(), "pgjdbc is not installed: run scripts/setup");
-                let mut cmd = clean_command("java");
-                cmd.arg("-cp").arg(jar).arg(dir.join("jdbc/Matrix.java"));
-                cmd
-            }
-            Self::TokioPostgres => return None,
-        })
-    }
-}
-
-fn mode_name(mode: PoolMode) -> &'static str {
-    match mode {
-        PoolMode::Session => "session",
-        _ => "transaction",
-    }
-}
 
 /// One driver's results in one mode, in [`SCENARIOS`] order.
 struct Row {
@@ -163,22 +73,18 @@ fn from_json(r: &Json) -> Vec<(String, Outcome)> {
 
 async fn run_driver(h: &Harness, driver: Driver, mode: PoolMode) -> Row {
     let table = format!("matrix_{}_{}", driver.slug(), mode_name(mode));
+    // A database of its own: its own pools, so one driver's terminated backends (transaction
+    // mode hands a server process to whoever comes next) never land on another's work.
+    let db = format!("app_{}", driver.slug());
     let outcomes = match driver.command() {
         Some(mut cmd) => {
-            cmd.env("SY_HOST", "127.0.0.1")
-                .env("SY_PORT", h.port().to_string())
-                .env("SY_DB", "app")
-                .env("SY_USER", SCRAM_USER)
-                .env("SY_PASSWORD", SCRAM_PASSWORD)
-                .env("SY_ADMIN_USER", "postgres")
-                .env("SY_MODE", mode_name(mode))
-                .env("SY_TABLE", &table);
+            driver_env(&mut cmd, h.port(), mode, (&db, &table), "matrix");
             let what = format!("{} in {} mode", driver.name(), mode_name(mode));
             let ran = run(cmd, None, PROGRAM, &what).await;
             from_json(&last_json(ran.expect_success(&what), &what))
         }
         None => {
-            let base = format!("host=127.0.0.1 port={} dbname=app", h.port());
+            let base = format!("host=127.0.0.1 port={} dbname={db}", h.port());
             let target = tokio_pg::Target {
                 conninfo: format!("{base} user={SCRAM_USER} password='{SCRAM_PASSWORD}'"),
                 admin_conninfo: format!("{base} user=postgres"),
@@ -239,19 +145,18 @@ fn render(rows: &[Row]) -> String {
     t
 }
 
-fn readme() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")
-}
-
-const START: &str = "<!-- driver-matrix:start (generated by tests/drivers.rs) -->\n";
-const END: &str = "<!-- driver-matrix:end -->";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_driver_in_both_modes() {
     let mut rows = Vec::new();
     for mode in [PoolMode::Session, PoolMode::Transaction] {
         // Room for every driver at once (each holds a few sessions in session mode).
-        let h = Harness::start_with(mode, |c| c.pool.size = 40).await;
+        let h = Harness::start_with(mode, |c| c.pool.size = 10).await;
+        for d in DRIVERS {
+            let db = format!("app_{}", d.slug());
+            h.pg.create_database(&db, "postgres").expect("database");
+            h.pg.psql_db(&db, "GRANT ALL ON SCHEMA public TO PUBLIC")
+                .expect("grant");
+        }
         let runs = DRIVERS.map(|d| run_driver(&h, d, mode));
         rows.extend(futures_util::future::join_all(runs).await);
     }
@@ -268,21 +173,5 @@ async fn every_driver_in_both_modes() {
         }
     }
     assert!(wrong.is_empty(), "driver matrix:\n{}", wrong.join("\n"));
-    let table = render(&rows);
-    let path = readme();
-    let text = std::fs::read_to_string(&path).expect("read README.md");
-    let (Some(a), Some(b)) = (text.find(START), text.find(END)) else {
-        panic!("README.md has no driver-matrix markers");
-    };
-    let current = &text[a + START.len()..b];
-    if std::env::var_os("SWITCHYARD_UPDATE_README").is_some() {
-        let updated = format!("{}{START}{table}{}", &text[..a], &text[b..]);
-        std::fs::write(&path, updated).expect("write README.md");
-    } else {
-        assert_eq!(
-            current, table,
-            "README.md's driver matrix differs from this run: rerun with \
-             SWITCHYARD_UPDATE_README=1 and commit it"
-        );
-    }
+    readme_table::check("driver-matrix", &render(&rows));
 }

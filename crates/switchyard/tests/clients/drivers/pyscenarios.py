@@ -79,3 +79,77 @@ async def run_all_async(scenarios, limit=40) -> dict:
 
 def emit(results: dict):
     print(json.dumps(results))
+
+
+def failover_seconds() -> float:
+    return float(os.environ.get("SY_SECONDS", "14"))
+
+
+class FailoverLog:
+    """What a client saw while the primary failed over: each error (its SQLSTATE, or the
+    exception's name when there is none), the longest a statement took, and the writes that
+    succeeded after the last error."""
+
+    def __init__(self):
+        self.errors, self.longest, self.total, self.after = [], 0.0, 0, 0
+
+    def ok(self, took):
+        self.longest = max(self.longest, took)
+        self.total += 1
+        self.after += 1
+
+    def error(self, e, took=0.0):
+        self.longest = max(self.longest, took)
+        self.errors.append(getattr(e, "sqlstate", None) or type(e).__name__)
+        self.after = 0
+
+    def result(self) -> dict:
+        return {"failover": {"ok": True, "errors": self.errors, "longest": round(self.longest, 3),
+                             "total": self.total, "after_last_error": self.after}}
+
+
+def run_failover(connect, write, close):
+    """The failover scenario for a synchronous driver: one connection writing every 50 ms for
+    SY_SECONDS, reconnecting after an error that ended it."""
+    log, conn = FailoverLog(), None
+    deadline = time.monotonic() + failover_seconds()
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        try:
+            if conn is None:
+                conn = connect()
+            write(conn)
+            log.ok(time.monotonic() - started)
+        except Exception as e:  # noqa: BLE001 - every error is recorded
+            log.error(e, time.monotonic() - started)
+            close(conn)
+            conn = None
+        time.sleep(0.05)  # pacing of the workload, not a synchronisation
+    close(conn)
+    return log.result()
+
+
+async def run_failover_async(connect, write, close):
+    """As run_failover, for an asyncio driver."""
+    import asyncio
+
+    log, conn = FailoverLog(), None
+    deadline = time.monotonic() + failover_seconds()
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        try:
+            if conn is None:
+                conn = await connect()
+            await write(conn)
+            log.ok(time.monotonic() - started)
+        except Exception as e:  # noqa: BLE001 - every error is recorded
+            log.error(e, time.monotonic() - started)
+            await close(conn)
+            conn = None
+        await asyncio.sleep(0.05)  # pacing of the workload, not a synchronisation
+    await close(conn)
+    return log.result()
+
+
+def scenario() -> str:
+    return os.environ.get("SY_SCENARIO", "matrix")
