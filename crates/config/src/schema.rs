@@ -292,6 +292,11 @@ pub struct FailoverConfig {
     pub dns_max_ttl: Duration,
     /// Longest an endpoint's answer is used while the cluster has no healthy primary.
     pub dns_max_ttl_unhealthy: Duration,
+    /// Transaction mode: a COMMIT of an explicit transaction carries a probe of the
+    /// transaction's id in the same flight; if its server is lost before the answer, the new
+    /// primary is asked what became of it, and the client gets the true answer (COMMIT, or
+    /// 40001 when it did not commit) instead of 08007.
+    pub resolve_commits: bool,
 }
 
 impl Default for FailoverConfig {
@@ -306,6 +311,7 @@ impl Default for FailoverConfig {
             dns_servers: Vec::new(),
             dns_max_ttl: Duration::secs(30),
             dns_max_ttl_unhealthy: Duration::secs(1),
+            resolve_commits: false,
         }
     }
 }

@@ -224,12 +224,14 @@ fn incident_text(inc: &serde_json::Value, fault_ms: u64) -> String {
         .unwrap_or_default();
     format!(
         "\nSwitchyard's own incident record (#{} \"{}\", from its /api/incidents):\n  {}\n  \
-         scope: {sites} sites; held {}, rolled back {}, outcome unknown {}, gate timeouts {}, \
-         re-sent {}, sessions lost {}; longest hold {:.1} s{detected}\n",
+         scope: {sites} sites; held {}, COMMIT found committed {}, rolled back {}, outcome \
+         unknown {}, gate timeouts {}, re-sent {}, sessions lost {}; longest hold {:.1} \
+         s{detected}\n",
         inc["id"],
         inc["title"].as_str().unwrap_or("?"),
         stages.join(", "),
         n("held"),
+        n("committed"),
         n("rolled_back"),
         n("unknown"),
         n("gate_timeouts"),

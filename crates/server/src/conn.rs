@@ -79,6 +79,8 @@ pub struct ServerConn {
     /// stream is at a message boundary). While it is not zero, that client has part of a
     /// message and nothing else may be written to it.
     pub passthrough: u32,
+    /// The probe sent with the COMMIT in flight, if any (commit outcome resolution).
+    pub commit_probe: crate::CommitProbe,
     /// Topology generation this connection was opened under; retired when it is over.
     pub generation: u64,
     /// Cuts the socket off from another task (the pool, when the topology moves on).
@@ -150,6 +152,7 @@ impl ServerConn {
             }),
             settings_fingerprint: 0,
             passthrough: 0,
+            commit_probe: crate::CommitProbe::None,
             generation: 0,
             created: now,
             last_used: now,

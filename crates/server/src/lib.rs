@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod commit_probe;
 mod conn;
 mod credential;
 mod error;
@@ -14,6 +15,7 @@ mod prepared;
 mod socket;
 
 pub use auth::AllowedAuth;
+pub use commit_probe::{CommitProbe, PROBE_SQL, parse_lsn};
 pub use conn::{BackendKey, CancelKey, ConnectParams, ServerConn, send_cancel};
 pub use credential::{Credential, LearnedSecret, ServerSecret};
 pub use error::ServerError;

@@ -69,6 +69,9 @@ impl LatencyHistogram {
 pub enum Caught {
     /// Waited in the failover gate, then ran.
     Held(Duration),
+    /// A COMMIT in flight when its server was lost, found committed on the primary that
+    /// followed (commit outcome resolution): the client got its COMMIT.
+    Committed,
     /// Rolled back: 40001 told to the client.
     RolledBack,
     /// Outcome unknown: 08007 told to the client.
@@ -92,6 +95,7 @@ pub struct ClusterCounters {
     pub held: AtomicU64,
     pub held_us: AtomicU64,
     pub longest_hold_us: AtomicU64,
+    pub committed: AtomicU64,
     pub rolled_back: AtomicU64,
     pub unknown: AtomicU64,
     pub gate_timeouts: AtomicU64,
@@ -110,6 +114,9 @@ pub struct ClusterCounters {
 pub struct CaughtTotals {
     pub held: u64,
     pub longest_hold_ms: u64,
+    /// COMMITs in flight found committed (commit outcome resolution).
+    #[serde(default)]
+    pub committed: u64,
     pub rolled_back: u64,
     pub unknown: u64,
     pub gate_timeouts: u64,
@@ -132,7 +139,7 @@ pub struct Outcome {
 
 impl CaughtTotals {
     /// The request outcomes (not the longest hold), in the one order every surface uses.
-    pub fn outcomes(&self) -> [Outcome; 6] {
+    pub fn outcomes(&self) -> [Outcome; 7] {
         let o = |key, label, heading, count| Outcome {
             key,
             label,
@@ -141,6 +148,12 @@ impl CaughtTotals {
         };
         [
             o("held", "held", "held", self.held),
+            o(
+                "committed",
+                "committed",
+                "COMMIT in flight, found committed",
+                self.committed,
+            ),
             o(
                 "rolled_back",
                 "rolled_back",
@@ -174,6 +187,7 @@ impl CaughtTotals {
         CaughtTotals {
             held: self.held.saturating_sub(earlier.held),
             longest_hold_ms: self.longest_hold_ms,
+            committed: self.committed.saturating_sub(earlier.committed),
             rolled_back: self.rolled_back.saturating_sub(earlier.rolled_back),
             unknown: self.unknown.saturating_sub(earlier.unknown),
             gate_timeouts: self.gate_timeouts.saturating_sub(earlier.gate_timeouts),
@@ -200,6 +214,7 @@ impl ClusterCounters {
                 self.longest_hold_us.fetch_max(us, Ordering::Relaxed);
                 &self.held
             }
+            Caught::Committed => &self.committed,
             Caught::RolledBack => &self.rolled_back,
             Caught::Unknown => &self.unknown,
             Caught::GateTimeout => &self.gate_timeouts,
@@ -220,6 +235,7 @@ impl ClusterCounters {
         CaughtTotals {
             held: load(&self.held),
             longest_hold_ms: load(&self.longest_hold_us) / 1000,
+            committed: load(&self.committed),
             rolled_back: load(&self.rolled_back),
             unknown: load(&self.unknown),
             gate_timeouts: load(&self.gate_timeouts),

@@ -10,7 +10,7 @@ use crate::incident::{Delivery, DeliveryState};
 /// Where the outcome columns start.
 const FIRST_OUTCOME: usize = 7;
 
-static COLUMNS: [(&str, ColumnType); 15] = [
+static COLUMNS: [(&str, ColumnType); 16] = [
     ("id", INT),
     ("cluster", TEXT),
     ("stage", TEXT),
@@ -19,6 +19,7 @@ static COLUMNS: [(&str, ColumnType); 15] = [
     ("resolved", TEXT),
     ("sites", TEXT),
     ("held", INT),
+    ("committed", INT),
     ("rolled_back", INT),
     ("unknown", INT),
     ("gate_timeouts", INT),

@@ -19,10 +19,11 @@ use switchyard_config::PoolMode;
 use switchyard_proto::backend::{self, ErrorFields, TxStatus};
 use switchyard_proto::frontend::{Bind, Parse, Target, TargetKind, tag as fe};
 use switchyard_proto::{Frame, sqlstate};
+use switchyard_server::CommitProbe;
 use switchyard_topology::Caught;
 
 /// 40001: the transaction died with its server connection; `cause` says how, when known.
-fn rolled_back(cause: Option<&str>) -> ErrorFields {
+pub(super) fn rolled_back(cause: Option<&str>) -> ErrorFields {
     let how = cause.unwrap_or("the server connection was lost");
     ErrorFields::error(
         sqlstate::SERIALIZATION_FAILURE,
@@ -32,7 +33,7 @@ fn rolled_back(cause: Option<&str>) -> ErrorFields {
 
 /// 08007: a commit (or a request that may have written) was in flight when its server
 /// connection was lost.
-fn outcome_unknown(commit: bool, cause: &str) -> ErrorFields {
+pub(super) fn outcome_unknown(commit: bool, cause: &str) -> ErrorFields {
     let what = if commit {
         "whether the transaction committed"
     } else {
@@ -93,6 +94,7 @@ impl Session {
         };
         let addr = server.conn.addr.clone();
         let mid_message = server.conn.passthrough > 0;
+        let probe = server.conn.commit_probe;
         if let Some(m) = &self.monitor {
             m.request_finished(&addr);
             if !matches!(cause, Lost::Generation) {
@@ -133,6 +135,15 @@ impl Session {
             return Err(SessionError::SessionLost(why));
         }
         let commit = self.relay.commit_in_flight();
+        if commit
+            && outstanding == 1
+            && !self.relay.unsynced()
+            && let CommitProbe::Answered { xid, lsn } = probe
+        {
+            // A lone COMMIT that carried the probe: ask what became of it.
+            let lost = (&*addr, generation);
+            return Box::pin(self.answer_resolved((xid, lsn), lost, &why)).await;
+        }
         let in_tx = self.relay.status != TxStatus::Idle && !commit;
         if in_tx {
             self.count_loss(Caught::RolledBack, generation);

@@ -7,6 +7,7 @@ mod attach;
 pub(crate) mod login;
 pub mod pool_for;
 mod relay;
+mod resolve;
 mod run;
 
 use crate::SessionError;

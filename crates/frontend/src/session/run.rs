@@ -27,7 +27,7 @@ use switchyard_pool::{Pool, Pooled};
 use switchyard_proto::backend::{self, TxStatus};
 use switchyard_proto::frontend::tag as fe;
 use switchyard_proto::{ProtoError, decode_frame, peek_header};
-use switchyard_server::{ServerConn, ServerError};
+use switchyard_server::{CommitProbe, ServerConn, ServerError};
 use switchyard_topology::{Caught, ClusterMonitor};
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
@@ -492,6 +492,11 @@ impl Session {
             passthrough: &mut conn.passthrough,
         };
         let nothing_outstanding = relay.outstanding_requests() == 0;
+        // A COMMIT alone, ending an explicit transaction, may carry the commit probe.
+        let may_probe = nothing_outstanding
+            && relay.status == TxStatus::InTransaction
+            && !relay.unsynced()
+            && !relay.commit_in_flight();
         let (step, fwd) = relay.client_to_server(
             &self.client.buf,
             self.client.max_message(),
@@ -501,6 +506,19 @@ impl Session {
         )?;
         let used = fwd.used;
         let request = fwd.bytes(&self.client.buf, &self.out);
+        let probed;
+        let request = if may_probe
+            && relay.commit_in_flight()
+            && super::resolve::is_lone_commit(&self.client.buf[..used])
+            && self.proxy.live.load().config.failover.resolve_commits
+        {
+            // Rare (once per COMMIT, when enabled): the probe goes first in the same write.
+            probed = super::resolve::with_probe(request);
+            conn.commit_probe = CommitProbe::Sent;
+            &probed[..]
+        } else {
+            request
+        };
         // What the server's socket does not take at once (rare: the server is busy writing).
         let mut unsent = None;
         if !request.is_empty() {
@@ -632,6 +650,14 @@ impl Session {
         };
         let (since, generation) = (*since, *generation);
         let conn = &mut server.conn;
+        if conn.commit_probe == CommitProbe::Sent {
+            // The commit probe's answers come first; the client never sees them.
+            match conn.commit_probe.take_answer(&mut conn.read_buf) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Flow::Continue),
+                Err(e) => return Ok(Flow::Lost(Lost::Socket(ServerError::Protocol(e)))),
+            }
+        }
         self.out.clear();
         let mut side = ServerSide {
             params: &mut conn.params,
@@ -704,6 +730,8 @@ impl Session {
         if !saw_ready {
             return Ok(Flow::Continue);
         }
+        // The COMMIT is answered: nothing left to resolve.
+        conn.commit_probe = CommitProbe::None;
         // One clock read for the request's latency, the transaction's and the release.
         let now = Instant::now();
         self.replay = None;

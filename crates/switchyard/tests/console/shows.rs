@@ -155,7 +155,7 @@ async fn show_clusters_events_incidents(h: &Harness) {
     let incidents = console(port, "SHOW INCIDENTS").await;
     incidents.assert_columns(
         "SHOW INCIDENTS",
-        "id cluster stage title opened resolved sites held rolled_back unknown gate_timeouts \
+        "id cluster stage title opened resolved sites held committed rolled_back unknown gate_timeouts \
          retried sessions_lost longest_hold_ms notifications",
     );
     assert!(incidents.rows.is_empty(), "no failover, no incident");

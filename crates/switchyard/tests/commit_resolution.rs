@@ -1,0 +1,119 @@
+//! Commit outcome resolution (`[failover] resolve_commits`): a COMMIT in flight when the primary
+//! fails gets its true answer, checked against the new primary's data.
+//!
+//! - Committed: synchronous replication with `remote_apply`, and replay paused on the standby,
+//!   so the COMMIT waits with its commit record already on the standby. The primary crashes
+//!   (or freezes); promotion replays the record: the client must get COMMIT, and the row is
+//!   there.
+//! - Not committed: a deferred trigger sleeps inside the COMMIT, before its commit record.
+//!   The primary crashes; the client must get 40001, and the row is not there.
+
+mod common;
+
+use common::cluster::{Cluster, ClusterOptions, Fault, why};
+use common::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SCHEMA: &str = "\
+CREATE TABLE t (v text);
+CREATE FUNCTION sleep_at_commit() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER sleep_at_commit AFTER INSERT ON t
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.v = 'slow')
+  EXECUTE FUNCTION sleep_at_commit();
+GRANT ALL ON t TO PUBLIC;";
+
+/// How the COMMIT is held on the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Waiting for the standby to apply its commit record (which it has).
+    ForApply,
+    /// Inside a deferred trigger, before its commit record.
+    BeforeCommitRecord,
+}
+
+/// Runs one scene; returns what the client's COMMIT got and whether the row is on the new
+/// primary.
+async fn scene(fault: Fault, held: Held) -> (Result<(), String>, bool) {
+    let opts = ClusterOptions {
+        sync_replication: true,
+        ..ClusterOptions::default()
+    };
+    let c = Cluster::start_with(opts, |cfg| cfg.failover.resolve_commits = true).await;
+    Cluster::psql_on(&c.primary, "app", SCHEMA).await;
+    let client = Arc::new(c.client().await);
+    let value = match held {
+        Held::ForApply => "applied",
+        Held::BeforeCommitRecord => "slow",
+    };
+    let begin = format!("BEGIN; INSERT INTO t VALUES ('{value}')");
+    within(STEP, "begin", client.batch_execute(&begin))
+        .await
+        .unwrap();
+    let wait_event = match held {
+        Held::ForApply => {
+            let sql = "SET LOCAL synchronous_commit = remote_apply";
+            within(STEP, "remote_apply", client.batch_execute(sql))
+                .await
+                .unwrap();
+            Cluster::psql_on(&c.standby, "postgres", "SELECT pg_wal_replay_pause()").await;
+            "SyncRep"
+        }
+        Held::BeforeCommitRecord => "PgSleep",
+    };
+    let committing = client.clone();
+    let commit = tokio::spawn(async move { committing.batch_execute("COMMIT").await });
+    // The COMMIT is in flight once the primary shows it waiting.
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'COMMIT' AND wait_event = \
+         '{wait_event}'"
+    );
+    within(
+        Duration::from_secs(20),
+        "the COMMIT waiting on the primary",
+        async {
+            while Cluster::psql_on(&c.primary, "postgres", &sql).await != "1" {
+                // A poll interval, not a synchronisation.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+    let injected = c.inject(fault).await;
+    c.promote_standby().await;
+    let answer = within(Duration::from_secs(40), "the COMMIT's answer", commit)
+        .await
+        .expect("task")
+        .map_err(|e| format!("{} {}", sqlstate(&e), why(&e)));
+    let count = Cluster::psql_on(
+        &c.standby,
+        "app",
+        &format!("SELECT count(*) FROM t WHERE v = '{value}'"),
+    )
+    .await;
+    c.restore(injected).await;
+    (answer, count == "1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_reached_the_standby_is_answered_commit_after_a_crash() {
+    let (answer, there) = scene(Fault::Crash, Held::ForApply).await;
+    assert!(there, "the row is on the new primary");
+    assert_eq!(answer, Ok(()), "the client is told its COMMIT succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_reached_the_standby_is_answered_commit_after_a_freeze() {
+    let (answer, there) = scene(Fault::Freeze, Held::ForApply).await;
+    assert!(there, "the row is on the new primary");
+    assert_eq!(answer, Ok(()), "the client is told its COMMIT succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_never_wrote_its_record_is_answered_40001() {
+    let (answer, there) = scene(Fault::Crash, Held::BeforeCommitRecord).await;
+    assert!(!there, "the row is not on the new primary");
+    let err = answer.expect_err("the COMMIT failed");
+    assert!(err.starts_with("40001"), "{err}");
+}
