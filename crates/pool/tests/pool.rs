@@ -38,6 +38,7 @@ fn pool(pg: &PgServer, size: usize) -> Arc<Pool> {
             socket: SocketOptions::default(),
             allowed_auth: switchyard_server::AllowedAuth::any(),
             tls: std::sync::Arc::new(switchyard_tls::ToServer::disabled()),
+            probe_commits: false,
         },
         settings(size),
     )

@@ -162,6 +162,7 @@ fn probe_template(config: &Config, cluster: &ClusterConfig, tls: &Arc<ToServer>)
         socket: socket_options(s),
         allowed_auth: allowed_auth(s),
         tls: tls.clone(),
+        probe_commits: false,
     }
 }
 

@@ -15,6 +15,12 @@ use switchyard_proto::{ProtoError, peek_header};
 pub const PROBE_SQL: &str =
     "SELECT pg_catalog.txid_current_if_assigned(), pg_catalog.pg_current_wal_insert_lsn()";
 
+/// Whether the connection's user may run [`PROBE_SQL`] (asked once per connection, at login):
+/// a probe refused inside a transaction would abort it, turning its COMMIT into a rollback.
+pub(crate) const PRIVILEGE_SQL: &str = "SELECT pg_catalog.has_function_privilege(\
+     'pg_catalog.txid_current_if_assigned()', 'EXECUTE') AND \
+     pg_catalog.has_function_privilege('pg_catalog.pg_current_wal_insert_lsn()', 'EXECUTE')";
+
 /// Largest answer message the probe can have (a row of two short values, an error).
 const MAX_PROBE_MESSAGE: usize = 64 << 10;
 

@@ -29,6 +29,9 @@ pub struct ConnectParams {
     pub allowed_auth: crate::AllowedAuth,
     /// TLS to the server (`[server] tls`), shared by every connection of a config load.
     pub tls: std::sync::Arc<switchyard_tls::ToServer>,
+    /// Check at login whether this user may run the commit probe (`[failover]
+    /// resolve_commits`): a probe that failed inside a transaction would abort it.
+    pub probe_commits: bool,
 }
 
 impl std::fmt::Debug for ConnectParams {
@@ -81,6 +84,8 @@ pub struct ServerConn {
     pub passthrough: u32,
     /// The probe sent with the COMMIT in flight, if any (commit outcome resolution).
     pub commit_probe: crate::CommitProbe,
+    /// This connection's user may run the probe (checked at login when asked for).
+    pub can_probe_commits: bool,
     /// Topology generation this connection was opened under; retired when it is over.
     pub generation: u64,
     /// Cuts the socket off from another task (the pool, when the topology moves on).
@@ -153,6 +158,7 @@ impl ServerConn {
             settings_fingerprint: 0,
             passthrough: 0,
             commit_probe: crate::CommitProbe::None,
+            can_probe_commits: false,
             generation: 0,
             created: now,
             last_used: now,
@@ -166,6 +172,11 @@ impl ServerConn {
         conn.write_out(&startup).await?;
         auth::authenticate(&mut conn, p).await?;
         conn.read_until_ready().await?;
+        if p.probe_commits {
+            // Outside any transaction, so a refusal here harms nothing.
+            let row = conn.query_row(crate::commit_probe::PRIVILEGE_SQL).await;
+            conn.can_probe_commits = matches!(row.as_deref(), Ok([Some(t)]) if t == "t");
+        }
         Ok(conn)
     }
 

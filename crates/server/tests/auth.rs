@@ -24,6 +24,7 @@ fn params(addr: String, user: &str, password: &str, allowed: AllowedAuth) -> Con
         socket: SocketOptions::default(),
         allowed_auth: allowed,
         tls: std::sync::Arc::new(switchyard_tls::ToServer::disabled()),
+        probe_commits: false,
     }
 }
 

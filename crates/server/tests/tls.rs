@@ -43,6 +43,7 @@ fn params(addr: String, mode: ServerTlsMode, ca: Option<&Path>) -> ConnectParams
         socket: SocketOptions::default(),
         allowed_auth: AllowedAuth::any(),
         tls: Arc::new(ToServer::new(mode, ca).expect("TLS settings")),
+        probe_commits: false,
     }
 }
 

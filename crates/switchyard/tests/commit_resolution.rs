@@ -117,3 +117,51 @@ async fn a_commit_that_never_wrote_its_record_is_answered_40001() {
     let err = answer.expect_err("the COMMIT failed");
     assert!(err.starts_with("40001"), "{err}");
 }
+
+/// The probe runs inside the client's transaction: were it refused there, the transaction
+/// would abort and its COMMIT become a rollback. A user who may run it commits with it; a
+/// user who may not (EXECUTE revoked, in database `app2`) commits without it, and nothing is
+/// lost either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_go_through_whether_or_not_the_user_may_run_the_probe() {
+    let pg = start_pg();
+    pg.create_database("app2", "postgres").unwrap();
+    for db in ["app", "app2"] {
+        pg.psql_db(db, "CREATE TABLE t (v text); GRANT ALL ON t TO PUBLIC")
+            .unwrap();
+    }
+    pg.psql_db(
+        "app2",
+        "REVOKE EXECUTE ON FUNCTION pg_catalog.pg_current_wal_insert_lsn() FROM PUBLIC",
+    )
+    .unwrap();
+    let mut config = config_for(&pg, switchyard_config::PoolMode::Transaction);
+    config.failover.resolve_commits = true;
+    let h = Harness::from_parts(pg, config).await;
+    for db in ["app", "app2"] {
+        let c = connect(&h.conninfo(SCRAM_USER, SCRAM_PASSWORD, db))
+            .await
+            .expect("login");
+        within(
+            STEP,
+            "insert",
+            c.batch_execute("BEGIN; INSERT INTO t VALUES ('x')"),
+        )
+        .await
+        .unwrap();
+        let done = within(STEP, "commit", c.simple_query("COMMIT"))
+            .await
+            .unwrap();
+        // The COMMIT's own answer only (the probe's row never reaches the client).
+        assert!(
+            matches!(
+                done.as_slice(),
+                [tokio_postgres::SimpleQueryMessage::CommandComplete(0)]
+            ),
+            "{db}: {} messages",
+            done.len()
+        );
+        let n = h.pg.psql_db(db, "SELECT count(*) FROM t").unwrap();
+        assert_eq!(n, "1", "{db}: the transaction committed");
+    }
+}

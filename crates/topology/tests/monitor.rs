@@ -21,6 +21,7 @@ fn params(pg: &PgServer) -> ConnectParams {
         socket: SocketOptions::default(),
         allowed_auth: switchyard_server::AllowedAuth::any(),
         tls: std::sync::Arc::new(switchyard_tls::ToServer::disabled()),
+        probe_commits: false,
     }
 }
 

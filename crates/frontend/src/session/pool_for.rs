@@ -117,6 +117,7 @@ fn connect_params(
         socket: socket_options(s),
         allowed_auth: allowed_auth(s),
         tls: live.server_tls.clone(),
+        probe_commits: live.config.failover.resolve_commits,
     }
 }
 

@@ -492,7 +492,8 @@ impl Session {
             passthrough: &mut conn.passthrough,
         };
         let nothing_outstanding = relay.outstanding_requests() == 0;
-        // A COMMIT alone, ending an explicit transaction, may carry the commit probe.
+        // A COMMIT alone, ending an explicit transaction, may carry the commit probe (if the
+        // connection was opened with resolve_commits on, and its user may run it).
         let may_probe = nothing_outstanding
             && relay.status == TxStatus::InTransaction
             && !relay.unsynced()
@@ -508,9 +509,9 @@ impl Session {
         let request = fwd.bytes(&self.client.buf, &self.out);
         let probed;
         let request = if may_probe
+            && conn.can_probe_commits
             && relay.commit_in_flight()
             && super::resolve::is_lone_commit(&self.client.buf[..used])
-            && self.proxy.live.load().config.failover.resolve_commits
         {
             // Rare (once per COMMIT, when enabled): the probe goes first in the same write.
             probed = super::resolve::with_probe(request);
