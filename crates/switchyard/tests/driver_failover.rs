@@ -74,14 +74,7 @@ async fn ride(c: &Cluster, driver: Driver, mode: PoolMode) -> (Driver, Seen) {
             from_json(&last_json(ran.expect_success(&what), &what))
         }
         None => {
-            let base = format!("host=127.0.0.1 port={} dbname=app", c.port());
-            let target = tokio_pg::Target {
-                conninfo: format!("{base} user={SCRAM_USER} password='{SCRAM_PASSWORD}'"),
-                admin_conninfo: format!("{base} user=postgres"),
-                user: SCRAM_USER.into(),
-                session: mode == PoolMode::Session,
-                table: TABLE.into(),
-            };
+            let target = tokio_pg::Target::new(c.port(), "app", mode == PoolMode::Session, TABLE);
             let log = tokio_pg::failover(&target, WRITING).await;
             Seen {
                 errors: log.errors,

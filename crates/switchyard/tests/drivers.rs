@@ -84,14 +84,7 @@ async fn run_driver(h: &Harness, driver: Driver, mode: PoolMode) -> Row {
             from_json(&last_json(ran.expect_success(&what), &what))
         }
         None => {
-            let base = format!("host=127.0.0.1 port={} dbname={db}", h.port());
-            let target = tokio_pg::Target {
-                conninfo: format!("{base} user={SCRAM_USER} password='{SCRAM_PASSWORD}'"),
-                admin_conninfo: format!("{base} user=postgres"),
-                user: SCRAM_USER.into(),
-                session: mode == PoolMode::Session,
-                table,
-            };
+            let target = tokio_pg::Target::new(h.port(), &db, mode == PoolMode::Session, &table);
             tokio_pg::run_all(&target)
                 .await
                 .into_iter()

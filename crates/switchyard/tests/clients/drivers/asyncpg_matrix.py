@@ -6,8 +6,8 @@ import time
 
 import asyncpg
 
-from pyscenarios import (ENV, SESSION, TRANSACTION_ONLY_SKIP, Skip, emit, expect, run_all_async,
-                         run_failover_async, scenario)
+from pyscenarios import (ENV, SESSION, TRANSACTION_ONLY_SKIP, Skip, expect, main,
+                         run_failover_async)
 
 TABLE = ENV["SY_TABLE"]
 
@@ -200,13 +200,5 @@ async def failover():
     return await run_failover_async(connect, write, close)
 
 
-if __name__ == "__main__" and scenario() == "failover":
-    emit(asyncio.run(failover()))
-elif __name__ == "__main__":
-    emit(asyncio.run(run_all_async([
-        ("connect_scram", connect_scram), ("simple_query", simple_query),
-        ("extended_query", extended_query), ("prepared_reuse", prepared_reuse),
-        ("pipeline", pipeline), ("copy", copy), ("cancel", cancel),
-        ("listen_notify", listen_notify), ("terminated_backend", terminated_backend),
-        ("client_encoding", client_encoding), ("pool_health", pool_health),
-    ])))
+if __name__ == "__main__":
+    main(globals())

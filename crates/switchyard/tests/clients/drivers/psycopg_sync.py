@@ -6,8 +6,8 @@ import time
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from pyscenarios import (ENV, SESSION, TRANSACTION_ONLY_SKIP, Skip, conninfo, emit, expect,
-                         run_all, run_failover, scenario)
+from pyscenarios import (ENV, SESSION, TRANSACTION_ONLY_SKIP, Skip, conninfo, expect, main,
+                         run_failover)
 
 TABLE = ENV["SY_TABLE"]
 
@@ -166,13 +166,5 @@ def failover():
     return run_failover(lambda: connect(autocommit=True), write, close)
 
 
-if __name__ == "__main__" and scenario() == "failover":
-    emit(failover())
-elif __name__ == "__main__":
-    emit(run_all([
-        ("connect_scram", connect_scram), ("simple_query", simple_query),
-        ("extended_query", extended_query), ("prepared_reuse", prepared_reuse),
-        ("pipeline", pipeline), ("copy", copy), ("cancel", cancel),
-        ("listen_notify", listen_notify), ("terminated_backend", terminated_backend),
-        ("client_encoding", client_encoding), ("pool_health", pool_health),
-    ]))
+if __name__ == "__main__":
+    main(globals())

@@ -153,3 +153,26 @@ async def run_failover_async(connect, write, close):
 
 def scenario() -> str:
     return os.environ.get("SY_SCENARIO", "matrix")
+
+
+# The matrix's scenarios, in order: each driver module defines a function of each name.
+SCENARIOS = ["connect_scram", "simple_query", "extended_query", "prepared_reuse", "pipeline",
+             "copy", "cancel", "listen_notify", "terminated_backend", "client_encoding",
+             "pool_health"]
+
+
+def main(module_globals: dict):
+    """Runs the scenario set SY_SCENARIO names (the matrix, or `failover`) with the functions
+    of the calling module, and prints the result."""
+    import asyncio
+    import inspect
+
+    if scenario() == "failover":
+        run = module_globals["failover"]
+        emit(asyncio.run(run()) if inspect.iscoroutinefunction(run) else run())
+        return
+    pairs = [(name, module_globals[name]) for name in SCENARIOS]
+    if inspect.iscoroutinefunction(pairs[0][1]):
+        emit(asyncio.run(run_all_async(pairs)))
+    else:
+        emit(run_all(pairs))

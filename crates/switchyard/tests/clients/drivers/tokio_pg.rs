@@ -21,6 +21,21 @@ pub struct Target {
     pub table: String,
 }
 
+impl Target {
+    /// Switchyard at `port`, database `db`: the SCRAM user, and `postgres` as admin.
+    pub fn new(port: u16, db: &str, session: bool, table: &str) -> Self {
+        use crate::common::{SCRAM_PASSWORD, SCRAM_USER};
+        let base = format!("host=127.0.0.1 port={port} dbname={db}");
+        Self {
+            conninfo: format!("{base} user={SCRAM_USER} password='{SCRAM_PASSWORD}'"),
+            admin_conninfo: format!("{base} user=postgres"),
+            user: SCRAM_USER.into(),
+            session,
+            table: table.into(),
+        }
+    }
+}
+
 type Result<T = String> = std::result::Result<T, String>;
 
 fn expect(cond: bool, what: impl std::fmt::Display) -> Result<()> {
