@@ -13,6 +13,7 @@ mod buffers;
 mod cancel;
 mod client;
 pub mod console;
+mod encodings;
 mod errors;
 pub mod listener;
 mod logins;

@@ -166,7 +166,15 @@ impl ClientParams {
             if !valid_name(&k) {
                 return Err(format!("invalid startup parameter name {k:?}"));
             }
-            me.set(canonical(&k, welcome), v);
+            let name = canonical(&k, welcome);
+            // Reported as PostgreSQL spells it, even before a server has been asked.
+            let v = match name.as_str() {
+                "client_encoding" => crate::encodings::canonical_encoding(&v)
+                    .map(str::to_string)
+                    .unwrap_or(v),
+                _ => v,
+            };
+            me.set(name, v);
         }
         me.fingerprint = me.compute_fingerprint();
         Ok(me)

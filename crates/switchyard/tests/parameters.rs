@@ -61,3 +61,17 @@ async fn startup_settings_come_back_in_the_servers_spelling() {
         }
     }
 }
+
+/// A login while there is no primary to ask (the server is down, the pool's greeting is
+/// known): `client_encoding` is still reported in PostgreSQL's spelling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_encoding_is_spelled_right_with_no_server_to_ask() {
+    let h = Harness::start(PoolMode::Transaction).await;
+    // A first login makes the pool and learns the greeting.
+    greeting(h.port(), &[]).await;
+    h.pg.kill().expect("stop the only server");
+    for (given, reported) in [("utf-8", "UTF8"), ("Unicode", "UTF8"), ("euc-jp", "EUC_JP")] {
+        let through = greeting(h.port(), &[("client_encoding", given)]).await;
+        assert_eq!(through["client_encoding"], reported, "{given}");
+    }
+}

@@ -259,6 +259,15 @@ async fn check_settings(
     let server = match validate_settings(&pool, generation, params, welcome, wait).await {
         // A failover began meanwhile: as above, the first transaction applies them.
         Err(SessionError::PrimaryChanged) => return Ok(None),
+        // The primary cannot be reached (a failover not yet noticed): the same, and the
+        // monitor hears of it.
+        Err(SessionError::Server(e)) if e.is_unreachable() => {
+            if let Some(m) = proxy.router.monitor(&target.cluster) {
+                m.suspect(pool.addr());
+            }
+            tracing::info!(server = %pool.addr(), error = %e, "settings not tried at login: the primary is unreachable");
+            return Ok(None);
+        }
         Err(SessionError::PoolTimeout { .. }) if pin => return Ok(None),
         other => other?,
     };
