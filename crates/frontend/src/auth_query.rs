@@ -125,19 +125,17 @@ impl AuthQueryUsers {
     }
 
     fn remember(&self, key: &(String, String, String), auth: Option<UserAuth>) -> Option<UserAuth> {
+        // No such user: nothing worth keeping (its login fails anyway), and keeping it would
+        // let logins under made-up names, abandoned midway, fill the cache.
+        let auth = auth?;
         let mut cache = lock(&self.cache);
         if cache.len() >= SWEEP_FROM {
             cache.retain(|_, c| c.at.elapsed() < KEEP_STALE);
         }
         let at = Instant::now();
-        cache.insert(
-            key.clone(),
-            Cached {
-                at,
-                auth: auth.clone(),
-            },
-        );
-        auth
+        let cached = Some(auth.clone());
+        cache.insert(key.clone(), Cached { at, auth: cached });
+        Some(auth)
     }
 
     /// A login with this lookup failed: the next one asks the database again (the password

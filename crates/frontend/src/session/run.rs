@@ -495,6 +495,7 @@ impl Session {
         // A COMMIT alone, ending an explicit transaction, may carry the commit probe (if the
         // connection was opened with resolve_commits on, and its user may run it).
         let may_probe = nothing_outstanding
+            && self.info.settings.mode == PoolMode::Transaction
             && relay.status == TxStatus::InTransaction
             && !relay.unsynced()
             && !relay.commit_in_flight();
