@@ -138,7 +138,7 @@ async def terminated_backend():
     c, a = await connect(), await admin()
     try:
         pid = await c.fetchval("SELECT pg_backend_pid()")
-        ended = await a.fetchval("SELECT pg_terminate_backend($1)", pid)
+        ended = await a.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
         # (Transaction mode: another client may have ended that server process already.)
         expect(ended or not SESSION, "terminated")
         if SESSION:

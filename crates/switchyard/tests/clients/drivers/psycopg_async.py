@@ -115,7 +115,7 @@ async def terminated_backend():
     async with await connect(autocommit=True) as c, \
             await psycopg.AsyncConnection.connect(admin_info, autocommit=True) as a:
         pid = await one(c, "SELECT pg_backend_pid()")
-        ended = await one(a, "SELECT pg_terminate_backend(%s)", [pid])
+        ended = await one(a, "SELECT pg_terminate_backend(%s, 5000)", [pid])
         # (Transaction mode: another client may have ended that server process already.)
         expect(ended or not SESSION, "terminated")
         if SESSION:

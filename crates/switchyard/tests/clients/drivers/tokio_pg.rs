@@ -250,7 +250,7 @@ async fn terminated_backend(t: &Target) -> Result {
     let c = connect(t).await?;
     let admin = connect_with(&t.admin_conninfo, None).await?;
     let pid: i32 = one(&c, "SELECT pg_backend_pid()").await?;
-    let ended: bool = one(&admin, &format!("SELECT pg_terminate_backend({pid})")).await?;
+    let ended: bool = one(&admin, &format!("SELECT pg_terminate_backend({pid}, 5000)")).await?;
     // (Transaction mode: another client may have ended that server process already.)
     expect(ended || !t.session, "terminated")?;
     if t.session {

@@ -196,7 +196,7 @@ public class Matrix {
     static String terminatedBackend() throws Exception {
         try (Connection c = connect(); Connection admin = connectAs(ENV.get("SY_ADMIN_USER"), "")) {
             Object pid = one(c, "SELECT pg_backend_pid()");
-            Object ended = one(admin, "SELECT pg_terminate_backend(" + pid + ")");
+            Object ended = one(admin, "SELECT pg_terminate_backend(" + pid + ", 5000)");
             // (Transaction mode: another client may have ended that server process already.)
             expect(Boolean.TRUE.equals(ended) || !SESSION, "terminated");
             if (SESSION) {

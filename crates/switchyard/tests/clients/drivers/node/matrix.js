@@ -147,7 +147,7 @@ const scenarios = {
     const admin = await connect(env.SY_ADMIN_USER, '');
     try {
       const pid = (await c.query('SELECT pg_backend_pid() AS p')).rows[0].p;
-      const { rows } = await admin.query('SELECT pg_terminate_backend($1) AS t', [pid]);
+      const { rows } = await admin.query('SELECT pg_terminate_backend($1, 5000) AS t', [pid]);
       // (Transaction mode: another client may have ended that server process already.)
       expect(rows[0].t === true || !SESSION, 'terminated');
       if (SESSION) {
