@@ -6,23 +6,40 @@
 //! The probe is one simple Query sent just before the client's COMMIT; its answers come first
 //! and are taken off the stream here, so the client never sees them.
 
-use bytes::{Buf, BytesMut};
-use switchyard_proto::backend::tag;
+use bytes::{Buf, BufMut, BytesMut};
+use std::time::Instant;
+use switchyard_proto::backend::{ErrorFields, tag};
 use switchyard_proto::{ProtoError, peek_header};
 
-/// The probe: the transaction's id if it has one (a transaction that wrote nothing has none)
-/// and the WAL insert position, which is before the commit record that follows.
-pub const PROBE_SQL: &str =
-    "SELECT pg_catalog.txid_current_if_assigned(), pg_catalog.pg_current_wal_insert_lsn()";
+/// The probe: the transaction's id if it has one (a transaction that wrote nothing has none),
+/// the WAL insert position, which is before the commit record that follows, and the timeline
+/// the transaction runs on (from the WAL file name: PostgreSQL has no plainer way to ask).
+pub const PROBE_SQL: &str = "SELECT pg_catalog.txid_current_if_assigned(), \
+     pg_catalog.pg_current_wal_insert_lsn(), ('x' || substr(pg_catalog.pg_walfile_name(\
+     pg_catalog.pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int";
 
 /// Whether the connection's user may run [`PROBE_SQL`] (asked once per connection, at login):
 /// a probe refused inside a transaction would abort it, turning its COMMIT into a rollback.
 pub(crate) const PRIVILEGE_SQL: &str = "SELECT pg_catalog.has_function_privilege(\
      'pg_catalog.txid_current_if_assigned()', 'EXECUTE') AND \
-     pg_catalog.has_function_privilege('pg_catalog.pg_current_wal_insert_lsn()', 'EXECUTE')";
+     pg_catalog.has_function_privilege('pg_catalog.pg_current_wal_insert_lsn()', 'EXECUTE') AND \
+     pg_catalog.has_function_privilege('pg_catalog.pg_walfile_name(pg_lsn)', 'EXECUTE')";
 
-/// Largest answer message the probe can have (a row of two short values, an error).
+/// Largest answer message the probe can have (a row of three short values, an error).
 const MAX_PROBE_MESSAGE: usize = 64 << 10;
+
+/// What the probe learnt of a transaction about to commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probed {
+    /// The transaction's id; none if it wrote nothing.
+    pub xid: Option<u64>,
+    /// The WAL position before its commit record.
+    pub lsn: u64,
+    /// The timeline it ran on.
+    pub timeline: u32,
+    /// When its COMMIT was sent (the server's age is compared with the time since).
+    pub sent_at: Instant,
+}
 
 /// Where the probe of the connection's current COMMIT stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,57 +47,103 @@ pub enum CommitProbe {
     /// No COMMIT probed on this request.
     #[default]
     None,
-    /// Sent with the COMMIT; its answers are the first to come.
-    Sent,
-    /// Answered: the transaction's id (none: it wrote nothing) and the WAL position before its
-    /// commit record.
-    Answered { xid: Option<u64>, lsn: u64 },
-    /// The probe failed (an old server, a function missing): the outcome stays unknown.
+    /// Sent with the COMMIT at that instant; its answers are the first to come.
+    Sent(Instant),
+    /// Answered.
+    Answered(Probed),
+    /// The probe failed (cancelled, a privilege taken away since login): its error aborted
+    /// the transaction, so the COMMIT's answer was turned into a 40001 error; the outcome is
+    /// known (rolled back).
     Failed,
 }
 
 impl CommitProbe {
     /// While `Sent`: takes the probe's answers off the front of `buf` once all have arrived
     /// (through its ReadyForQuery) and records what they said. `Ok(false)`: not all here yet.
+    ///
+    /// If the probe failed, its error aborted the client's transaction and the COMMIT ends it
+    /// as a ROLLBACK: that answer is awaited too and replaced by an error saying so, as the
+    /// client must not read a rollback as success.
     pub fn take_answer(&mut self, buf: &mut BytesMut) -> Result<bool, ProtoError> {
-        if *self != Self::Sent {
+        let Self::Sent(sent_at) = *self else {
+            return Ok(true);
+        };
+        // Find the end of the answer first: nothing is consumed until it is all here.
+        let Some(answer) = scan_to_ready(buf, 0)? else {
+            return Ok(false);
+        };
+        let row = answer
+            .iter()
+            .find(|m| m.tag == tag::DATA_ROW)
+            .and_then(|m| parse_row(&buf[m.body.clone()]));
+        let failed = answer.iter().any(|m| m.tag == tag::ERROR_RESPONSE);
+        let end = answer.last().map_or(0, |m| m.body.end);
+        if let (Some((xid, lsn, timeline)), false) = (row, failed) {
+            buf.advance(end);
+            *self = Self::Answered(Probed {
+                xid,
+                lsn,
+                timeline,
+                sent_at,
+            });
             return Ok(true);
         }
-        // Find the end of the answer first: nothing is consumed until it is all here.
-        let mut at = 0;
-        let mut row = None;
-        let mut failed = false;
-        loop {
-            let Some(h) = peek_header(&buf[at..], MAX_PROBE_MESSAGE)? else {
-                return Ok(false);
-            };
-            if buf.len() < at + h.wire_len {
-                return Ok(false);
+        let Some(commit) = scan_to_ready(buf, end)? else {
+            return Ok(false);
+        };
+        let mut rewritten = BytesMut::with_capacity(buf.len());
+        for m in &commit {
+            if m.tag == tag::COMMAND_COMPLETE {
+                let e = ErrorFields::error(
+                    switchyard_proto::sqlstate::SERIALIZATION_FAILURE,
+                    "switchyard: the commit outcome probe sent with this COMMIT failed, which \
+                     rolled the transaction back; it is safe to retry",
+                );
+                e.to_frame().encode(&mut rewritten);
+            } else {
+                rewritten.put_slice(&buf[m.body.start - 5..m.body.end]);
             }
-            let body = &buf[at + 5..at + h.wire_len];
-            match h.tag {
-                tag::DATA_ROW => row = Some(parse_row(body)),
-                tag::ERROR_RESPONSE => failed = true,
-                tag::READY_FOR_QUERY => {
-                    buf.advance(at + h.wire_len);
-                    *self = match row.flatten() {
-                        Some((xid, lsn)) if !failed => Self::Answered { xid, lsn },
-                        _ => Self::Failed,
-                    };
-                    return Ok(true);
-                }
-                _ => {} // RowDescription, CommandComplete, notices
-            }
-            at += h.wire_len;
+        }
+        let commit_end = commit.last().map_or(end, |m| m.body.end);
+        rewritten.put_slice(&buf[commit_end..]);
+        *buf = rewritten;
+        *self = Self::Failed;
+        Ok(true)
+    }
+}
+
+/// One message found in a buffer: its tag and where its body lies.
+struct Found {
+    tag: u8,
+    body: std::ops::Range<usize>,
+}
+
+/// The messages from `at` through the next ReadyForQuery, once all have arrived.
+fn scan_to_ready(buf: &[u8], mut at: usize) -> Result<Option<Vec<Found>>, ProtoError> {
+    let mut found = Vec::new();
+    loop {
+        let Some(h) = peek_header(&buf[at..], MAX_PROBE_MESSAGE)? else {
+            return Ok(None);
+        };
+        if buf.len() < at + h.wire_len {
+            return Ok(None);
+        }
+        found.push(Found {
+            tag: h.tag,
+            body: at + 5..at + h.wire_len,
+        });
+        at += h.wire_len;
+        if h.tag == tag::READY_FOR_QUERY {
+            return Ok(Some(found));
         }
     }
 }
 
-/// The probe's row: (xid or NULL, LSN).
-fn parse_row(body: &[u8]) -> Option<(Option<u64>, u64)> {
+/// The probe's row: (xid or NULL, LSN, timeline).
+fn parse_row(body: &[u8]) -> Option<(Option<u64>, u64, u32)> {
     let mut c =
         switchyard_proto::cursor::Cursor::new(tag::DATA_ROW, bytes::Bytes::copy_from_slice(body));
-    if c.i16().ok()? != 2 {
+    if c.i16().ok()? != 3 {
         return None;
     }
     let mut value = || -> Option<Option<String>> {
@@ -96,7 +159,8 @@ fn parse_row(body: &[u8]) -> Option<(Option<u64>, u64)> {
         Some(x) => Some(x.parse().ok()?),
     };
     let lsn = parse_lsn(&value()??)?;
-    Some((xid, lsn))
+    let timeline = value()??.parse().ok()?;
+    Some((xid, lsn, timeline))
 }
 
 /// PostgreSQL's `X/Y` LSN text as a number.
@@ -135,48 +199,66 @@ mod tests {
     #[test]
     fn takes_the_answer_off_the_stream_once_it_is_all_there() {
         let mut answer = msg(b'T', b"whatever");
-        answer.extend(row(&[Some("742"), Some("0/3000148")]));
+        answer.extend(row(&[Some("742"), Some("0/3000148"), Some("2")]));
         answer.extend(msg(b'C', b"SELECT 1\0"));
         answer.extend(msg(b'Z', b"T"));
         let commit = msg(b'C', b"COMMIT\0");
         let mut buf = BytesMut::new();
-        let mut probe = CommitProbe::Sent;
+        let at = Instant::now();
+        let mut probe = CommitProbe::Sent(at);
         for (i, byte) in answer.iter().enumerate() {
             buf.put_u8(*byte);
             let done = probe.take_answer(&mut buf).unwrap();
             assert_eq!(done, i == answer.len() - 1, "at byte {i}");
         }
         buf.extend_from_slice(&commit);
-        assert_eq!(
-            probe,
-            CommitProbe::Answered {
-                xid: Some(742),
-                lsn: 0x3000148
-            }
-        );
+        let expected = Probed {
+            xid: Some(742),
+            lsn: 0x3000148,
+            timeline: 2,
+            sent_at: at,
+        };
+        assert_eq!(probe, CommitProbe::Answered(expected));
         assert_eq!(&buf[..], &commit[..], "only the probe's answer was taken");
     }
 
     #[test]
-    fn no_xid_and_errors() {
+    fn no_xid() {
         let mut buf = BytesMut::new();
-        buf.extend(row(&[None, Some("1/0")]));
+        buf.extend(row(&[None, Some("1/0"), Some("1")]));
         buf.extend(msg(b'Z', b"T"));
-        let mut probe = CommitProbe::Sent;
+        let mut probe = CommitProbe::Sent(Instant::now());
         assert!(probe.take_answer(&mut buf).unwrap());
-        assert_eq!(
-            probe,
-            CommitProbe::Answered {
-                xid: None,
-                lsn: 1 << 32
-            }
-        );
+        assert!(matches!(probe, CommitProbe::Answered(p) if p.xid.is_none() && p.lsn == 1 << 32));
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+    }
+
+    #[test]
+    fn a_failed_probe_turns_the_commits_rollback_into_an_error() {
         let mut buf = BytesMut::new();
-        buf.extend(msg(b'E', b"SERROR\0\0"));
+        buf.extend(msg(b'E', b"SERROR\0C57014\0\0"));
         buf.extend(msg(b'Z', b"E"));
-        let mut probe = CommitProbe::Sent;
+        let mut probe = CommitProbe::Sent(Instant::now());
+        assert!(
+            !probe.take_answer(&mut buf).unwrap(),
+            "waits for the COMMIT's answer"
+        );
+        let notice = msg(b'N', b"SWARNING\0\0");
+        buf.extend(&notice);
+        buf.extend(msg(b'C', b"ROLLBACK\0"));
+        buf.extend(msg(b'Z', b"I"));
+        let next = msg(b'S', b"x\0y\0");
+        buf.extend(&next);
         assert!(probe.take_answer(&mut buf).unwrap());
         assert_eq!(probe, CommitProbe::Failed);
-        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(&buf[..notice.len()], &notice[..], "other messages stay");
+        let mut rest = BytesMut::from(&buf[notice.len()..]);
+        let e = switchyard_proto::decode_frame(&mut rest, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.tag, b'E');
+        let fields = ErrorFields::decode(&e).unwrap();
+        assert_eq!(fields.code, "40001");
+        assert_eq!(&rest[..], &[msg(b'Z', b"I"), next].concat()[..]);
     }
 }

@@ -15,7 +15,7 @@ mod prepared;
 mod socket;
 
 pub use auth::AllowedAuth;
-pub use commit_probe::{CommitProbe, PROBE_SQL, parse_lsn};
+pub use commit_probe::{CommitProbe, PROBE_SQL, Probed, parse_lsn};
 pub use conn::{BackendKey, CancelKey, ConnectParams, ServerConn, send_cancel};
 pub use credential::{Credential, LearnedSecret, ServerSecret};
 pub use error::ServerError;

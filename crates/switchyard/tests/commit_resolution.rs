@@ -7,6 +7,8 @@
 //!   there.
 //! - Not committed: a deferred trigger sleeps inside the COMMIT, before its commit record.
 //!   The primary crashes; the client must get 40001, and the row is not there.
+//! - The same two with no failover: an operator ends the COMMIT's backend on a healthy
+//!   primary, which then knows the outcome itself.
 
 mod common;
 
@@ -33,9 +35,18 @@ enum Held {
     BeforeCommitRecord,
 }
 
-/// Runs one scene; returns what the client's COMMIT got and whether the row is on the new
-/// primary.
-async fn scene(fault: Fault, held: Held) -> (Result<(), String>, bool) {
+/// What happens to the primary while the COMMIT is held there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// The fault, and the standby is promoted.
+    FailOver(Fault),
+    /// Its backend is terminated (pg_terminate_backend); the primary stays.
+    BackendEnded,
+}
+
+/// Runs one scene; returns what the client's COMMIT got and whether the row is on the primary
+/// that follows.
+async fn scene(then: Then, held: Held) -> (Result<(), String>, bool) {
     let opts = ClusterOptions {
         sync_replication: true,
         ..ClusterOptions::default()
@@ -80,40 +91,68 @@ async fn scene(fault: Fault, held: Held) -> (Result<(), String>, bool) {
         },
     )
     .await;
-    let injected = c.inject(fault).await;
-    c.promote_standby().await;
+    let (injected, follower) = match then {
+        Then::FailOver(fault) => {
+            let injected = c.inject(fault).await;
+            c.promote_standby().await;
+            (Some(injected), &c.standby)
+        }
+        Then::BackendEnded => {
+            let end = "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+                       WHERE query = 'COMMIT'";
+            assert_eq!(Cluster::psql_on(&c.primary, "postgres", end).await, "t");
+            (None, &c.primary)
+        }
+    };
     let answer = within(Duration::from_secs(40), "the COMMIT's answer", commit)
         .await
         .expect("task")
         .map_err(|e| format!("{} {}", sqlstate(&e), why(&e)));
     let count = Cluster::psql_on(
-        &c.standby,
+        follower,
         "app",
         &format!("SELECT count(*) FROM t WHERE v = '{value}'"),
     )
     .await;
-    c.restore(injected).await;
+    if let Some(injected) = injected {
+        c.restore(injected).await;
+    }
     (answer, count == "1")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_that_reached_the_standby_is_answered_commit_after_a_crash() {
-    let (answer, there) = scene(Fault::Crash, Held::ForApply).await;
+    let (answer, there) = scene(Then::FailOver(Fault::Crash), Held::ForApply).await;
     assert!(there, "the row is on the new primary");
     assert_eq!(answer, Ok(()), "the client is told its COMMIT succeeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_that_reached_the_standby_is_answered_commit_after_a_freeze() {
-    let (answer, there) = scene(Fault::Freeze, Held::ForApply).await;
+    let (answer, there) = scene(Then::FailOver(Fault::Freeze), Held::ForApply).await;
     assert!(there, "the row is on the new primary");
     assert_eq!(answer, Ok(()), "the client is told its COMMIT succeeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_that_never_wrote_its_record_is_answered_40001() {
-    let (answer, there) = scene(Fault::Crash, Held::BeforeCommitRecord).await;
+    let (answer, there) = scene(Then::FailOver(Fault::Crash), Held::BeforeCommitRecord).await;
     assert!(!there, "the row is not on the new primary");
+    let err = answer.expect_err("the COMMIT failed");
+    assert!(err.starts_with("40001"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_backend_is_ended_after_its_record_is_answered_commit() {
+    let (answer, there) = scene(Then::BackendEnded, Held::ForApply).await;
+    assert!(there, "the row is on the primary");
+    assert_eq!(answer, Ok(()), "the client is told its COMMIT succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_backend_is_ended_before_its_record_is_answered_40001() {
+    let (answer, there) = scene(Then::BackendEnded, Held::BeforeCommitRecord).await;
+    assert!(!there, "the row is not on the primary");
     let err = answer.expect_err("the COMMIT failed");
     assert!(err.starts_with("40001"), "{err}");
 }
@@ -164,4 +203,46 @@ async fn commits_go_through_whether_or_not_the_user_may_run_the_probe() {
         let n = h.pg.psql_db(db, "SELECT count(*) FROM t").unwrap();
         assert_eq!(n, "1", "{db}: the transaction committed");
     }
+}
+
+/// A probe that fails (here: refused to the role the transaction switched to) has aborted the
+/// transaction: its COMMIT is answered 40001, never a quiet ROLLBACK the client would take for
+/// success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_probe_makes_the_commit_an_error_not_a_silent_rollback() {
+    let pg = start_pg();
+    pg.psql_db(
+        "app",
+        &format!(
+            "CREATE TABLE t (v text); GRANT ALL ON t TO PUBLIC; \
+             CREATE ROLE limited; GRANT limited TO {SCRAM_USER}; \
+             REVOKE EXECUTE ON FUNCTION pg_catalog.pg_walfile_name(pg_lsn) FROM PUBLIC; \
+             GRANT EXECUTE ON FUNCTION pg_catalog.pg_walfile_name(pg_lsn) TO {SCRAM_USER}"
+        ),
+    )
+    .unwrap();
+    let mut config = config_for(&pg, switchyard_config::PoolMode::Transaction);
+    config.failover.resolve_commits = true;
+    let h = Harness::from_parts(pg, config).await;
+    let c = connect(&h.conninfo(SCRAM_USER, SCRAM_PASSWORD, "app"))
+        .await
+        .expect("login");
+    within(
+        STEP,
+        "insert",
+        c.batch_execute("BEGIN; SET LOCAL ROLE limited; INSERT INTO t VALUES ('x')"),
+    )
+    .await
+    .unwrap();
+    let err = within(STEP, "commit", c.simple_query("COMMIT"))
+        .await
+        .expect_err("the COMMIT fails");
+    assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
+    let n = h.pg.psql_db("app", "SELECT count(*) FROM t").unwrap();
+    assert_eq!(n, "0", "the transaction did not commit");
+    // The client's connection goes on.
+    let rows = within(STEP, "next", c.simple_query("SELECT 1"))
+        .await
+        .unwrap();
+    assert!(!rows.is_empty());
 }

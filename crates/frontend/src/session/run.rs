@@ -516,7 +516,7 @@ impl Session {
         {
             // Rare (once per COMMIT, when enabled): the probe goes first in the same write.
             probed = super::resolve::with_probe(request);
-            conn.commit_probe = CommitProbe::Sent;
+            conn.commit_probe = CommitProbe::Sent(std::time::Instant::now());
             &probed[..]
         } else {
             request
@@ -652,7 +652,7 @@ impl Session {
         };
         let (since, generation) = (*since, *generation);
         let conn = &mut server.conn;
-        if conn.commit_probe == CommitProbe::Sent {
+        if matches!(conn.commit_probe, CommitProbe::Sent(_)) {
             // The commit probe's answers come first; the client never sees them.
             match conn.commit_probe.take_answer(&mut conn.read_buf) {
                 Ok(true) => {}
