@@ -14,9 +14,10 @@ use switchyard_config::{AuthMethod, SiteConfig, UserConfig, is_md5_hash};
 use switchyard_proto::scram::ScramSecret;
 use switchyard_server::{Credential, LearnedSecret, ServerError};
 
-/// Cache entries beyond this many are swept of those older than [`KEEP_STALE`].
-const SWEEP_FROM: usize = 4096;
-/// How long an expired entry is kept to stand in when a lookup fails.
+/// The most verifiers cached (only users that exist are cached, and a lookup each is bounded
+/// by the auth_user pool): when full, those past [`KEEP_STALE`] go, else the oldest.
+const MAX_CACHED: usize = 10_000;
+/// How long an expired verifier is kept to stand in when a lookup fails.
 const KEEP_STALE: Duration = Duration::from_secs(3600);
 
 /// The auth_query state of one proxy.
@@ -31,8 +32,7 @@ pub struct AuthQueryUsers {
 
 struct Cached {
     at: Instant,
-    /// `None`: no such user, or no usable verifier.
-    auth: Option<UserAuth>,
+    auth: UserAuth,
 }
 
 #[derive(Clone)]
@@ -50,7 +50,6 @@ impl Known {
 /// What a looked-up user needs for its login.
 pub struct LookedUp {
     pub auth: Option<UserAuth>,
-    pub known: Known,
     key: (String, String, String),
 }
 
@@ -59,14 +58,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AuthQueryUsers {
-    /// The stand-in config and learned secret of `user` on `cluster` (made on first use).
-    fn known(&self, cluster: &str, user: &str) -> Known {
+    /// The stand-in config and learned secret of the user `looked_up` found, once it has
+    /// proved who it is (so names that never log in leave nothing behind).
+    pub fn admit(&self, looked_up: &LookedUp) -> Known {
+        let (cluster, _, user) = &looked_up.key;
         let mut known = lock(&self.known);
         known
-            .entry((cluster.to_string(), user.to_string()))
+            .entry((cluster.clone(), user.clone()))
             .or_insert_with(|| Known {
                 config: Arc::new(UserConfig {
-                    name: user.to_string(),
+                    name: user.clone(),
                     auth: AuthMethod::ScramSha256,
                     password: None,
                     server_password: None,
@@ -100,7 +101,7 @@ impl AuthQueryUsers {
         let ttl = live.config.proxy.auth_cache_ttl.get();
         let cached = lock(&self.cache)
             .get(&key)
-            .map(|c| (c.at.elapsed() < ttl, c.auth.clone()));
+            .map(|c| (c.at.elapsed() < ttl, Some(c.auth.clone())));
         let auth = match cached {
             Some((true, auth)) => auth,
             // An expired entry stands in if the database cannot be asked right now (no
@@ -117,24 +118,40 @@ impl AuthQueryUsers {
                 self.remember(&key, auth)
             }
         };
-        Ok(LookedUp {
-            auth,
-            known: self.known(&site.cluster, user),
-            key,
-        })
+        Ok(LookedUp { auth, key })
     }
 
+    /// Caches the verifier a lookup found. A user found missing is not remembered (its login
+    /// fails anyway; caching it would let a flood of made-up names fill memory, and would
+    /// make a repeated failure cost less for a missing user than for a wrong password), and
+    /// takes any verifier cached before with it, so a dropped role has none to stand in.
     fn remember(&self, key: &(String, String, String), auth: Option<UserAuth>) -> Option<UserAuth> {
-        // No such user: nothing worth keeping (its login fails anyway), and keeping it would
-        // let logins under made-up names, abandoned midway, fill the cache.
-        let auth = auth?;
         let mut cache = lock(&self.cache);
-        if cache.len() >= SWEEP_FROM {
+        let Some(auth) = auth else {
+            cache.remove(key);
+            return None;
+        };
+        if cache.len() >= MAX_CACHED && !cache.contains_key(key) {
             cache.retain(|_, c| c.at.elapsed() < KEEP_STALE);
+            if cache.len() >= MAX_CACHED {
+                // Still full of recent entries: the oldest goes.
+                let oldest = cache
+                    .iter()
+                    .min_by_key(|(_, c)| c.at)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    cache.remove(&oldest);
+                }
+            }
         }
         let at = Instant::now();
-        let cached = Some(auth.clone());
-        cache.insert(key.clone(), Cached { at, auth: cached });
+        cache.insert(
+            key.clone(),
+            Cached {
+                at,
+                auth: auth.clone(),
+            },
+        );
         Some(auth)
     }
 
@@ -179,10 +196,14 @@ async fn query(
     let (pool, generation) = primary_pool(proxy, &target, &settings, gate)
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let mut server = pool
+    let checked_out = pool
         .checkout(settings.query_wait_timeout.get(), generation)
-        .await
-        .map_err(|e| failed(SessionError::from(e).to_string()))?;
+        .await;
+    let mut server = checked_out.map_err(|e| {
+        // A database the server refuses (a made-up name through a `*` site) leaves no pool.
+        proxy.pools.forget_if_unused(&pool);
+        failed(SessionError::from(e).to_string())
+    })?;
     let ran = tokio::time::timeout(
         INTERNAL_QUERY_TIMEOUT,
         server

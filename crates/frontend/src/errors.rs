@@ -204,9 +204,14 @@ impl SessionError {
                 PROGRAM_LIMIT_EXCEEDED,
                 format!("more than {max} messages without a Sync while the transaction is being ended; send a Sync"),
             ),
-            Self::AuthLookup { user, why } => fatal(
+            // The reason (a server's error text) goes to Switchyard's log only: the client
+            // has not authenticated.
+            Self::AuthLookup { user, .. } => fatal(
                 CANNOT_CONNECT_NOW,
-                format!("could not look up user \"{user}\" with auth_query ({why}); retry"),
+                format!(
+                    "could not look up user \"{user}\" with auth_query; retry (the reason is \
+                     in Switchyard's log)"
+                ),
             ),
             Self::CertAuthFailed { user } => fatal(
                 INVALID_AUTHORIZATION,

@@ -323,3 +323,24 @@ async fn known_users_log_in_while_the_database_cannot_be_asked() {
     .await;
     assert_eq!(row.get::<_, String>(0), DB_USER);
 }
+
+/// A user the database no longer has a verifier for loses the cached one too: it cannot stand
+/// in later, when the database cannot be asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_found_missing_keeps_no_old_verifier() {
+    let h = harness(0).await;
+    assert_eq!(whoami(&h, DB_USER, DB_PASSWORD).await.unwrap(), DB_USER);
+    h.pg.psql(&format!("ALTER ROLE {DB_USER} PASSWORD NULL"))
+        .unwrap();
+    let e = whoami(&h, DB_USER, DB_PASSWORD).await.expect_err("refused");
+    assert!(code(&e).starts_with("28P01"), "{}", code(&e));
+    h.pg.kill().expect("crash the only server");
+    let e = within(
+        Duration::from_secs(20),
+        "login without a database",
+        connect(&conninfo(&h, DB_USER, DB_PASSWORD)),
+    )
+    .await
+    .expect_err("no verifier left to stand in");
+    assert!(code(&e).starts_with("57P03"), "{}", code(&e));
+}

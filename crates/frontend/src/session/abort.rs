@@ -110,6 +110,14 @@ impl Session {
             self.count_loss(Caught::Retried, generation);
             return Ok(());
         }
+        if self.mode() == PoolMode::Session && self.fresh {
+            // Pinned at login, and nothing sent since: the session has built no state on that
+            // server. Its first request attaches via the gate (which applies its startup
+            // settings again), as if it had never been pinned.
+            tracing::info!(parent: self.span(), server = %addr, %cause, "server lost before the session's first request; it attaches again via the gate");
+            self.relay.reset();
+            return Ok(());
+        }
         if let Some(request) = self.replay.take()
             && self.mode() == PoolMode::Transaction
         {

@@ -91,14 +91,15 @@ pub async fn login(
                 }
             })?;
             // What the server logins of this user's pools prove from now on.
+            let known = proxy.auth_query.admit(&found);
             match (keys, &found.auth) {
-                (Some(keys), _) => found.known.secret.set(ServerSecret::Scram(keys)),
+                (Some(keys), _) => known.secret.set(ServerSecret::Scram(keys)),
                 (None, Some(UserAuth::Md5 { stored })) => {
-                    found.known.secret.set(ServerSecret::Md5(stored.clone()))
+                    known.secret.set(ServerSecret::Md5(stored.clone()))
                 }
                 _ => {}
             }
-            (found.known.config.clone(), found.known.credential())
+            (known.config.clone(), known.credential())
         }
         Claimed::Unknown => {
             authenticate(client, &user, None, &proxy.mock_nonce).await?;
@@ -242,8 +243,11 @@ async fn check_settings(
             switchyard_topology::ClusterState::Primary { .. }
         )
     });
+    // While an operator has the database paused (PAUSE), a login takes no server connection:
+    // the first request waits for RESUME and applies the settings then.
+    let paused = proxy.pauses.is_paused(&target.cluster, &target.server_db);
     let pin = settings.mode == PoolMode::Session;
-    if !((params.has_overrides() || pin) && has_primary) {
+    if !((params.has_overrides() || pin) && has_primary) || paused {
         return Ok(None);
     }
     let (pool, generation) = primary_pool(proxy, target, settings, failover_timeout).await?;
