@@ -5,7 +5,9 @@
 //! the transaction, and the client gets the true answer:
 //!
 //! - no transaction id: it wrote nothing, so committing and rolling it back are the same:
-//!   COMMIT;
+//!   COMMIT (one exception: a transaction that only sent NOTIFY gets its id during COMMIT,
+//!   so whether its notification went out is not known; listeners lose notifications at a
+//!   failover anyway, as they lose their connections);
 //! - a primary that has run since before the COMMIT was sent (its age, by its own clock, is
 //!   compared with the time since, by ours: no clocks are compared) and is on the
 //!   transaction's timeline: the same history, its transaction ids never reused (the server
