@@ -297,6 +297,10 @@ pub struct FailoverConfig {
     /// primary is asked what became of it, and the client gets the true answer (COMMIT, or
     /// 40001 when it did not commit) instead of 08007.
     pub resolve_commits: bool,
+    /// Session mode: a session idle when its server is lost is attached to the new primary
+    /// and what it built (settings, prepared statements, LISTENs) is replayed there; a
+    /// session holding state that cannot be rebuilt ends with 57P01 naming it.
+    pub rebuild_sessions: bool,
 }
 
 impl Default for FailoverConfig {
@@ -312,6 +316,7 @@ impl Default for FailoverConfig {
             dns_max_ttl: Duration::secs(30),
             dns_max_ttl_unhealthy: Duration::secs(1),
             resolve_commits: false,
+            rebuild_sessions: true,
         }
     }
 }

@@ -21,6 +21,7 @@ mod params;
 pub mod pause;
 mod proxy;
 mod session;
+mod session_state;
 mod sql;
 mod startup;
 mod statements;

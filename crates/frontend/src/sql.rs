@@ -105,7 +105,7 @@ fn continues_identifier(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
-fn until_nul(sql: &[u8]) -> &[u8] {
+pub(crate) fn until_nul(sql: &[u8]) -> &[u8] {
     sql.split(|&b| b == 0).next().unwrap_or_default()
 }
 
@@ -130,7 +130,7 @@ fn first_word_commits(statement: &[u8]) -> bool {
 }
 
 /// The leading identifier-like word of `text` and what follows it.
-fn word(text: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn word(text: &[u8]) -> (&[u8], &[u8]) {
     let len = text
         .iter()
         .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
@@ -139,7 +139,7 @@ fn word(text: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// `text` after leading whitespace and comments; None if a block comment does not end.
-fn skip_blanks(mut text: &[u8]) -> Option<&[u8]> {
+pub(crate) fn skip_blanks(mut text: &[u8]) -> Option<&[u8]> {
     loop {
         let start = text.iter().position(|b| !is_space(b)).unwrap_or(text.len());
         text = &text[start..];
@@ -180,7 +180,7 @@ fn block_comment_len(text: &[u8]) -> Option<usize> {
 
 /// Calls `each` with every statement of `sql` (split at `;` outside quotes, identifiers,
 /// dollar quotes and comments). Returns false if the text ends inside one of those.
-fn for_each_statement(sql: &[u8], mut each: impl FnMut(&[u8])) -> bool {
+pub(crate) fn for_each_statement(sql: &[u8], mut each: impl FnMut(&[u8])) -> bool {
     let mut start = 0;
     let mut i = 0;
     while i < sql.len() {

@@ -86,6 +86,8 @@ pub struct ServerConn {
     pub commit_probe: crate::CommitProbe,
     /// This connection's user may run the probe (checked at login when asked for).
     pub can_probe_commits: bool,
+    /// What a session-mode client has built on this connection (None in transaction mode).
+    pub built: Option<Box<crate::BuiltState>>,
     /// Topology generation this connection was opened under; retired when it is over.
     pub generation: u64,
     /// Cuts the socket off from another task (the pool, when the topology moves on).
@@ -159,6 +161,7 @@ impl ServerConn {
             passthrough: 0,
             commit_probe: crate::CommitProbe::None,
             can_probe_commits: false,
+            built: None,
             generation: 0,
             created: now,
             last_used: now,
@@ -201,7 +204,7 @@ impl ServerConn {
 
     /// Writes all of `bytes` and flushes them (over TLS, written bytes may wait in the
     /// session until then).
-    async fn write_out(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
+    pub(crate) async fn write_out(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
         self.stream.write_all(bytes).await?;
         self.stream.flush().await?;
         Ok(())

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod built_state;
 mod commit_probe;
 mod conn;
 mod credential;
@@ -15,6 +16,7 @@ mod prepared;
 mod socket;
 
 pub use auth::AllowedAuth;
+pub use built_state::{BuiltState, Change};
 pub use commit_probe::{CommitProbe, PROBE_SQL, Probed, parse_lsn};
 pub use conn::{BackendKey, CancelKey, ConnectParams, ServerConn, send_cancel};
 pub use credential::{Credential, LearnedSecret, ServerSecret};

@@ -95,6 +95,8 @@ impl Session {
         let addr = server.conn.addr.clone();
         let mid_message = server.conn.passthrough > 0;
         let probe = server.conn.commit_probe;
+        let mut server = server;
+        let built = server.conn.built.take();
         if let Some(m) = &self.monitor {
             m.request_finished(&addr);
             if !matches!(cause, Lost::Generation) {
@@ -103,19 +105,20 @@ impl Session {
         }
         drop(server);
         self.info.cancel.unlink();
-        if matches!(cause, Lost::NeverSent(_)) {
-            // Nothing reached the server: the request waits in the gate like new work.
+        let never_sent = matches!(cause, Lost::NeverSent(_));
+        if never_sent || (self.mode() == PoolMode::Session && self.fresh) {
+            // Nothing reached the server: the request waits in the gate like new work. In
+            // session mode nothing was sent on this attachment (pinned at login, or just
+            // rebuilt): the session has built nothing more there, and what a rebuild brought
+            // is rebuilt again.
             tracing::info!(parent: self.span(), server = %addr, %cause, "server gone before the request; retrying via the gate");
             self.relay.reset();
-            self.count_loss(Caught::Retried, generation);
-            return Ok(());
-        }
-        if self.mode() == PoolMode::Session && self.fresh {
-            // Pinned at login, and nothing sent since: the session has built no state on that
-            // server. Its first request attaches via the gate (which applies its startup
-            // settings again), as if it had never been pinned.
-            tracing::info!(parent: self.span(), server = %addr, %cause, "server lost before the session's first request; it attaches again via the gate");
-            self.relay.reset();
+            if never_sent {
+                self.count_loss(Caught::Retried, generation);
+            }
+            if let Some(b) = built.filter(|b| !b.is_empty()) {
+                self.link = Link::Rebuilding(b);
+            }
             return Ok(());
         }
         if let Some(request) = self.replay.take()
@@ -139,8 +142,7 @@ impl Session {
         }
         tracing::warn!(parent: self.span(), server = %addr, cause = %why, outstanding, "server connection lost");
         if self.mode() == PoolMode::Session {
-            self.count_loss(Caught::SessionLost, generation);
-            return Err(SessionError::SessionLost(why));
+            return self.lose_session(built, outstanding, &addr, generation, why);
         }
         let commit = self.relay.commit_in_flight();
         if commit

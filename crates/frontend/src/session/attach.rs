@@ -292,6 +292,10 @@ impl Session {
         self.relay.reset();
         self.fresh = true;
         self.replay = None;
+        if self.mode() == switchyard_config::PoolMode::Session {
+            // A new record of what the session builds (a rebuild puts the old one back).
+            server.conn.built = Some(Box::default());
+        }
         self.link = Link::Attached {
             server,
             generation,

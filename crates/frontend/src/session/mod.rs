@@ -6,6 +6,7 @@ mod abort;
 mod attach;
 pub(crate) mod login;
 pub mod pool_for;
+mod rebuild;
 mod relay;
 mod resolve;
 mod run;

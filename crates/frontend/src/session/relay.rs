@@ -3,6 +3,7 @@
 //! and decides when a transaction has ended so the server connection can go back to its pool.
 
 use crate::params::ClientParams;
+use crate::session_state;
 use crate::sql::{Effect, is_transaction_start, names_search_path};
 use crate::statements::Statements;
 use bytes::{Bytes, BytesMut};
@@ -11,7 +12,7 @@ use switchyard_config::PoolMode;
 use switchyard_proto::backend::{self, ErrorFields, TxStatus, tag as be};
 use switchyard_proto::frontend::{Bind, Parse, Target, TargetKind, tag as fe};
 use switchyard_proto::{Frame, ProtoError, peek_header};
-use switchyard_server::Prepared;
+use switchyard_server::{BuiltState, Prepared};
 
 /// Largest server message the relay accepts (PostgreSQL's own limit is 1 GiB).
 const MAX_SERVER_MESSAGE: usize = (1 << 30) + 1024;
@@ -68,6 +69,8 @@ pub struct ServerSide<'a> {
     /// [`switchyard_server::ServerConn::passthrough`]: what is still to come of a message
     /// passed through in pieces.
     pub passthrough: &'a mut u32,
+    /// Session mode: what the client builds on the connection (see `session_state`).
+    pub built: Option<&'a mut BuiltState>,
 }
 
 /// Relay state for one attachment of a client to a server connection.
@@ -341,6 +344,9 @@ impl Relay {
             if matches!(h.tag, fe::QUERY | fe::PARSE) {
                 self.names_search_path |= names_search_path(&msg[5..]);
             }
+            if let Some(built) = server.built.as_deref_mut() {
+                session_state::note_message(built, h.tag, &msg[5..], self.copy_in);
+            }
             self.note_commit(h.tag, &msg[5..], statements);
             if rewrite {
                 if !copying {
@@ -582,6 +588,9 @@ impl Relay {
                     saw_ready = true;
                     self.answered = self.answered.saturating_add(1);
                     self.on_ready(body)?;
+                    if let Some(built) = server.built.as_deref_mut() {
+                        built.ready(self.status);
+                    }
                     true
                 }
                 be::PARAMETER_STATUS | be::ERROR_RESPONSE => {
@@ -600,7 +609,13 @@ impl Relay {
                         || (body == b"SET\0" && self.names_search_path);
                     true
                 }
-                be::PARSE_COMPLETE => !self.take(|e| matches!(e, Expect::ParseComplete { .. })),
+                be::PARSE_COMPLETE => {
+                    let injected = self.take(|e| matches!(e, Expect::ParseComplete { .. }));
+                    if let Some(built) = server.built.as_deref_mut().filter(|_| !injected) {
+                        built.parse_done();
+                    }
+                    !injected
+                }
                 be::COPY_IN_RESPONSE => {
                     self.on_copy_in();
                     true
@@ -701,9 +716,18 @@ impl Relay {
         }
         // ErrorResponse: the server skips everything up to the next Sync, so do our expectations.
         let mut skipped_parse = false;
+        let mut built = server.built.as_deref_mut();
         while let Some(e) = self.expect.front().filter(|e| !e.is_ready()) {
-            skipped_parse |= matches!(e, Expect::ParseComplete { .. });
+            if let Expect::ParseComplete { injected } = e {
+                skipped_parse = true;
+                if let (false, Some(b)) = (injected, built.as_deref_mut()) {
+                    b.parse_skipped();
+                }
+            }
             self.expect.pop_front();
+        }
+        if let Some(b) = built {
+            b.error();
         }
         if skipped_parse {
             // A Parse the record counted as done was skipped: the record no longer tells what

@@ -58,6 +58,7 @@ impl World {
             prepared: &mut self.prepared,
             max_prepared: self.max_prepared,
             passthrough: &mut self.passthrough,
+            built: None,
         };
         let (step, fwd) = self
             .relay
@@ -80,6 +81,7 @@ impl World {
             prepared: &mut self.prepared,
             max_prepared: self.max_prepared,
             passthrough: &mut self.passthrough,
+            built: None,
         };
         let (ready, fwd) = self
             .relay
@@ -323,6 +325,7 @@ fn unchanged_traffic_goes_straight_from_the_input_and_rewrites_keep_the_order() 
         prepared: &mut w.prepared,
         max_prepared: w.max_prepared,
         passthrough: &mut w.passthrough,
+        built: None,
     };
     // A simple query and its answer: nothing is copied.
     let query = frame(b'Q', b"select 1\0");

@@ -47,6 +47,9 @@ pub(super) enum Link {
     FailedTransaction {
         told: bool,
     },
+    /// Session mode: the server was lost while the session was idle. What it had built is
+    /// replayed on a connection at the next primary before anything else (`rebuild.rs`).
+    Rebuilding(Box<switchyard_server::BuiltState>),
 }
 
 /// Resolves once the cluster's generation is no longer `generation`; never, without a monitor
@@ -312,6 +315,10 @@ impl Session {
                 }
                 continue;
             }
+            if let Link::Rebuilding(_) = self.link {
+                Box::pin(self.rebuild()).await?;
+                continue;
+            }
             let Some(h) = peek_header(&self.client.buf, self.client.max_message())? else {
                 self.client.shed_buffer();
                 if self.out.capacity() > 0 {
@@ -490,6 +497,7 @@ impl Session {
             prepared: &mut conn.prepared,
             max_prepared: self.info.settings.max_prepared_statements,
             passthrough: &mut conn.passthrough,
+            built: conn.built.as_deref_mut(),
         };
         let nothing_outstanding = relay.outstanding_requests() == 0;
         // A COMMIT alone, ending an explicit transaction, may carry the commit probe (if the
@@ -666,6 +674,7 @@ impl Session {
             prepared: &mut conn.prepared,
             max_prepared: self.info.settings.max_prepared_statements,
             passthrough: &mut conn.passthrough,
+            built: conn.built.as_deref_mut(),
         };
         let relayed = relay.server_to_client(
             &conn.read_buf,
@@ -908,6 +917,8 @@ impl Session {
         let Link::Attached { server, .. } = &mut self.link else {
             return;
         };
+        // What this client built goes with it (the reset below undoes it on the server).
+        server.conn.built = None;
         let clean = relay.at_sync_point()
             && !relay.busy()
             && server.conn.read_buf.is_empty()

@@ -1,0 +1,87 @@
+//! Session mode across a failover (`[failover] rebuild_sessions`): a session idle when its
+//! server is lost, holding only state Switchyard recorded and can build again (settings,
+//! prepared statements, LISTENs: `switchyard_server::BuiltState`), is attached to the next
+//! primary at once (not at its next request, so its LISTENs hear on) and that state is
+//! replayed there; the client notices nothing. A session in a transaction or with a request
+//! in flight, or holding state that cannot be rebuilt, ends with 57P01 saying what was lost.
+
+use super::run::{Link, Session};
+use crate::SessionError;
+use switchyard_proto::backend::TxStatus;
+use switchyard_server::BuiltState;
+use switchyard_topology::Caught;
+
+impl Session {
+    /// The session's server was lost (session mode): rebuild it elsewhere if it can be, else
+    /// end it naming what is lost.
+    pub(super) fn lose_session(
+        &mut self,
+        built: Option<Box<BuiltState>>,
+        outstanding: usize,
+        addr: &str,
+        generation: u64,
+        why: String,
+    ) -> Result<(), SessionError> {
+        let idle = outstanding == 0
+            && !self.relay.unsynced()
+            && self.relay.status == TxStatus::Idle
+            && self.owe_ready_at_sync.is_none();
+        let enabled = (self.proxy.live.load().config.failover).rebuild_sessions;
+        let lost = match built {
+            Some(b) if idle && enabled && b.is_settled() && b.is_empty() => {
+                // Nothing to rebuild: the next request attaches via the gate.
+                self.relay.reset();
+                self.count_loss(Caught::Retried, generation);
+                return Ok(());
+            }
+            Some(b) if idle && enabled && b.is_settled() && b.lost().is_none() => {
+                tracing::info!(parent: self.span(), server = %addr, cause = %why, "session-mode server lost while idle; rebuilding the session on the next primary");
+                self.relay.reset();
+                self.count_loss(Caught::Retried, generation);
+                self.link = Link::Rebuilding(b);
+                return Ok(());
+            }
+            Some(b) if idle && enabled && b.is_settled() => b.lost(),
+            _ if !enabled => None,
+            _ if !idle => Some("a transaction or request in progress".to_string()),
+            _ => Some("state whose outcome was not yet known".to_string()),
+        };
+        self.count_loss(Caught::SessionLost, generation);
+        let why = match lost {
+            Some(lost) => format!("{why}; this session held {lost}, which cannot be rebuilt"),
+            None => why,
+        };
+        Err(SessionError::SessionLost(why))
+    }
+
+    /// Attaches to the current primary (waiting in the failover gate) and replays what the
+    /// session had built; any failure ends the session with 57P01.
+    pub(super) async fn rebuild(&mut self) -> Result<(), SessionError> {
+        let Link::Rebuilding(built) = std::mem::replace(&mut self.link, Link::Detached) else {
+            return Ok(());
+        };
+        let lost = |e: &dyn std::fmt::Display| {
+            SessionError::SessionLost(format!("the session could not be rebuilt: {e}"))
+        };
+        self.attach().await.map_err(|e| lost(&e))?;
+        let Link::Attached { server, .. } = &mut self.link else {
+            return Err(lost(&"no server connection"));
+        };
+        let replayed = tokio::time::timeout(
+            super::pool_for::INTERNAL_QUERY_TIMEOUT,
+            server.conn.rebuild(built),
+        )
+        .await;
+        let addr = server.conn.addr.clone();
+        match replayed {
+            Ok(Ok(())) => {
+                // (Nothing of the client's is sent on this attachment yet: `fresh`, so a loss
+                // now is handled like one before its first request.)
+                tracing::info!(parent: self.span(), server = %addr, "session rebuilt on the new primary");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(lost(&e)),
+            Err(_) => Err(lost(&"replaying its state timed out")),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Session mode across a failover: a session idle when the primary fails keeps what it built
+//! (settings, SQL and protocol prepared statements, LISTEN) on the promoted standby, and sees
+//! no error; a rolled-back SET stays undone; a session with a temporary table ends with 57P01
+//! naming it.
+
+mod common;
+
+use common::cluster::{Cluster, ClusterOptions, Fault};
+use common::*;
+use std::time::Duration;
+use switchyard_config::PoolMode;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// How long a first query after the fault may take: detection, promotion, the gate.
+const AFTER_FAULT: Duration = Duration::from_secs(30);
+
+/// What the client's connection task heard besides answers.
+enum Heard {
+    Notification(String),
+    /// The connection ended with this error (code, message).
+    Ended(String, String),
+}
+
+/// A session-mode client whose notifications and final error come on the channel.
+async fn client(c: &Cluster) -> (Client, mpsc::UnboundedReceiver<Heard>) {
+    let (client, mut connection) = within(
+        STEP,
+        "login",
+        tokio_postgres::connect(&c.conninfo(""), NoTls),
+    )
+    .await
+    .expect("login");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let _ = tx.send(Heard::Notification(n.payload().to_string()));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+                    let message = e.as_db_error().map(|d| d.message().to_string());
+                    let _ = tx.send(Heard::Ended(code, message.unwrap_or_else(|| e.to_string())));
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    (client, rx)
+}
+
+async fn start() -> Cluster {
+    Cluster::start(ClusterOptions {
+        mode: PoolMode::Session,
+        ..ClusterOptions::default()
+    })
+    .await
+}
+
+async fn show(client: &Client, sql: &str, limit: Duration) -> String {
+    let rows = within(limit, sql, client.simple_query(sql))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+async fn survives(fault: Fault) {
+    let c = start().await;
+    let (client, mut heard) = client(&c).await;
+    for sql in [
+        "SET work_mem = '7MB'; PREPARE twice(int) AS SELECT $1 * 2; LISTEN jobs",
+        // Rolled back: undone on the server, so not rebuilt either. (A PREPARE is not
+        // transactional: it stays.)
+        "BEGIN; SET statement_timeout = '1234'; PREPARE kept AS SELECT 1; ROLLBACK",
+    ] {
+        within(STEP, sql, client.batch_execute(sql)).await.unwrap();
+    }
+    let plus_one = within(STEP, "prepare", client.prepare("SELECT $1::int + 1"))
+        .await
+        .unwrap();
+    let _fault = c.inject(fault).await;
+    c.promote_standby().await;
+    // The client stays idle through the failover (a request in flight at the fault would be
+    // lost with the session: only an idle session is rebuilt).
+    let standby = c.standby.addr();
+    c.wait_for(AFTER_FAULT, "the promoted standby named", |t| {
+        t.primary.as_deref() == Some(standby.as_str())
+    })
+    .await;
+    assert_eq!(show(&client, "SHOW work_mem", AFTER_FAULT).await, "7MB");
+    assert_eq!(show(&client, "SELECT pg_is_in_recovery()", STEP).await, "f");
+    assert_eq!(show(&client, "EXECUTE twice(21)", STEP).await, "42");
+    assert_eq!(show(&client, "SHOW statement_timeout", STEP).await, "0");
+    assert_eq!(show(&client, "EXECUTE kept", STEP).await, "1");
+    let row = within(
+        STEP,
+        "protocol statement",
+        client.query_one(&plus_one, &[&41i32]),
+    )
+    .await
+    .expect("the statement prepared before the failover");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    Cluster::psql_on(&c.standby, "app", "NOTIFY jobs, 'after'").await;
+    match within(STEP, "the notification", heard.recv()).await {
+        Some(Heard::Notification(payload)) => assert_eq!(payload, "after"),
+        Some(Heard::Ended(code, message)) => panic!("session ended: {code} {message}"),
+        None => panic!("connection task gone"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_keeps_what_it_built_across_a_crash() {
+    survives(Fault::Crash).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_keeps_what_it_built_across_a_freeze() {
+    survives(Fault::Freeze).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_a_temporary_table_ends_naming_it() {
+    let c = start().await;
+    let (client, mut heard) = client(&c).await;
+    within(
+        STEP,
+        "temp table",
+        client.batch_execute("SET work_mem = '7MB'; CREATE TEMP TABLE scratch (a int)"),
+    )
+    .await
+    .unwrap();
+    let _crash = c.inject(Fault::Crash).await;
+    c.promote_standby().await;
+    match within(AFTER_FAULT, "the session's end", heard.recv()).await {
+        Some(Heard::Ended(code, message)) => {
+            assert_eq!(code, "57P01", "{message}");
+            assert!(message.contains("a temporary table"), "{message}");
+        }
+        Some(Heard::Notification(_)) => panic!("a notification"),
+        None => panic!("connection task gone without an error"),
+    }
+}
