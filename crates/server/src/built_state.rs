@@ -212,6 +212,12 @@ impl BuiltState {
         self.pending.is_empty() && self.parses.is_empty() && self.sent == self.answered
     }
 
+    /// A request not yet answered may have changed what is recorded (a change or a Parse
+    /// awaits its outcome).
+    pub fn changes_in_flight(&self) -> bool {
+        !self.pending.is_empty() || !self.parses.is_empty()
+    }
+
     /// Nothing built: nothing to rebuild, nothing lost.
     pub fn is_empty(&self) -> bool {
         self.settings.is_empty()
@@ -242,7 +248,11 @@ impl ServerConn {
     /// Builds `state` again on this (new) connection: one simple query for the settings, SQL
     /// prepared statements and LISTENs, then the protocol-level Parses and a Sync. Any error
     /// fails the rebuild (the caller ends the session). The connection takes the state.
-    pub async fn rebuild(&mut self, state: Box<BuiltState>) -> Result<(), ServerError> {
+    pub async fn rebuild(&mut self, mut state: Box<BuiltState>) -> Result<(), ServerError> {
+        // A request lost in flight with the old connection is no longer awaited.
+        state.sent = 0;
+        state.answered = 0;
+        state.failed_through = None;
         let mut out = BytesMut::new();
         let mut readies = 0;
         if let Some(sql) = state.replay_sql() {

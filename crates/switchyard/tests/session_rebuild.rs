@@ -126,6 +126,34 @@ async fn an_idle_session_keeps_what_it_built_across_a_freeze() {
     survives(Fault::Freeze).await;
 }
 
+/// A request in flight outside a transaction is answered as in transaction mode (08007), and
+/// the session goes on, rebuilt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_gets_08007_and_the_session_goes_on() {
+    let c = start().await;
+    let (client, mut heard) = client(&c).await;
+    within(STEP, "set", client.batch_execute("SET work_mem = '7MB'"))
+        .await
+        .unwrap();
+    let _freeze = c.inject(Fault::Freeze).await;
+    let in_flight = within(
+        AFTER_FAULT,
+        "the request in flight",
+        client.simple_query("SELECT 1"),
+    )
+    .await
+    .expect_err("its server froze");
+    assert_eq!(
+        in_flight.code().map(|c| c.code()),
+        Some("08007"),
+        "{in_flight:?}"
+    );
+    c.promote_standby().await;
+    assert_eq!(show(&client, "SHOW work_mem", AFTER_FAULT).await, "7MB");
+    assert_eq!(show(&client, "SELECT pg_is_in_recovery()", STEP).await, "f");
+    assert!(heard.try_recv().is_err(), "nothing else was heard");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_with_a_temporary_table_ends_naming_it() {
     let c = start().await;

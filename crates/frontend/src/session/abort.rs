@@ -141,8 +141,14 @@ impl Session {
             return Err(SessionError::LostMidMessage(why));
         }
         tracing::warn!(parent: self.span(), server = %addr, cause = %why, outstanding, "server connection lost");
+        // Session mode: rebuilt, or ended; or its request in flight is answered as below and
+        // then it is rebuilt.
+        let mut rebuild_after = None;
         if self.mode() == PoolMode::Session {
-            return self.lose_session(built, outstanding, &addr, generation, why);
+            match self.lose_session(built, outstanding, &addr, generation, why.clone())? {
+                None => return Ok(()),
+                Some(built) => rebuild_after = Some(built),
+            }
         }
         let commit = self.relay.commit_in_flight();
         if commit
@@ -192,6 +198,9 @@ impl Session {
             self.link = Link::FailedTransaction {
                 told: !frames.is_empty(),
             };
+        }
+        if let Some(built) = rebuild_after.filter(|b| !b.is_empty()) {
+            self.link = Link::Rebuilding(built);
         }
         self.relay.reset();
         self.client.send(&frames).await

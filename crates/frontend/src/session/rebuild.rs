@@ -2,8 +2,11 @@
 //! server is lost, holding only state Switchyard recorded and can build again (settings,
 //! prepared statements, LISTENs: `switchyard_server::BuiltState`), is attached to the next
 //! primary at once (not at its next request, so its LISTENs hear on) and that state is
-//! replayed there; the client notices nothing. A session in a transaction or with a request
-//! in flight, or holding state that cannot be rebuilt, ends with 57P01 saying what was lost.
+//! replayed there; the client notices nothing. A request in flight outside a transaction
+//! that changes nothing recorded (a query, an INSERT) is answered as in transaction mode
+//! (08007) and the session is rebuilt the same way. A session inside a transaction, or whose
+//! request in flight changes what it holds, or that holds state that cannot be rebuilt, ends
+//! with 57P01 saying what was lost.
 
 use super::run::{Link, Session};
 use crate::SessionError;
@@ -12,8 +15,9 @@ use switchyard_server::BuiltState;
 use switchyard_topology::Caught;
 
 impl Session {
-    /// The session's server was lost (session mode): rebuild it elsewhere if it can be, else
-    /// end it naming what is lost.
+    /// The session's server was lost (session mode): rebuild it elsewhere if it can be
+    /// (`Ok(None)`: done), or answer its request in flight first (`Ok(Some)`: the caller
+    /// answers, then rebuilds that), else end it naming what is lost.
     pub(super) fn lose_session(
         &mut self,
         built: Option<Box<BuiltState>>,
@@ -21,25 +25,33 @@ impl Session {
         addr: &str,
         generation: u64,
         why: String,
-    ) -> Result<(), SessionError> {
-        let idle = outstanding == 0
-            && !self.relay.unsynced()
-            && self.relay.status == TxStatus::Idle
-            && self.owe_ready_at_sync.is_none();
+    ) -> Result<Option<Box<BuiltState>>, SessionError> {
+        let between_transactions =
+            self.relay.status == TxStatus::Idle && self.owe_ready_at_sync.is_none();
+        let idle = between_transactions && outstanding == 0 && !self.relay.unsynced();
         let enabled = (self.proxy.live.load().config.failover).rebuild_sessions;
         let lost = match built {
             Some(b) if idle && enabled && b.is_settled() && b.is_empty() => {
                 // Nothing to rebuild: the next request attaches via the gate.
                 self.relay.reset();
                 self.count_loss(Caught::Retried, generation);
-                return Ok(());
+                return Ok(None);
             }
             Some(b) if idle && enabled && b.is_settled() && b.lost().is_none() => {
                 tracing::info!(parent: self.span(), server = %addr, cause = %why, "session-mode server lost while idle; rebuilding the session on the next primary");
                 self.relay.reset();
                 self.count_loss(Caught::Retried, generation);
                 self.link = Link::Rebuilding(b);
-                return Ok(());
+                return Ok(None);
+            }
+            Some(b)
+                if between_transactions
+                    && enabled
+                    && !b.changes_in_flight()
+                    && b.lost().is_none() =>
+            {
+                tracing::info!(parent: self.span(), server = %addr, cause = %why, "session-mode server lost with a request in flight; answering it, then rebuilding the session");
+                return Ok(Some(b));
             }
             Some(b) if idle && enabled && b.is_settled() => b.lost(),
             _ if !enabled => None,
