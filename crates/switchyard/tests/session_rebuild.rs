@@ -1,9 +1,16 @@
 //! Session mode across a failover: a session idle when the primary fails keeps what it built
 //! (settings, SQL and protocol prepared statements, LISTEN) on the promoted standby, and sees
-//! no error; a rolled-back SET stays undone; a session with a temporary table ends with 57P01
+//! no error (tokio-postgres and psycopg); a rolled-back SET stays undone; a request in flight
+//! gets 08007 and the session goes on; a session with a temporary table ends with 57P01
 //! naming it.
 
 mod common;
+#[path = "clients/json.rs"]
+#[allow(dead_code)]
+mod json;
+#[path = "clients/programs.rs"]
+#[allow(dead_code)]
+mod programs;
 
 use common::cluster::{Cluster, ClusterOptions, Fault};
 use common::*;
@@ -124,6 +131,55 @@ async fn an_idle_session_keeps_what_it_built_across_a_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_keeps_what_it_built_across_a_freeze() {
     survives(Fault::Freeze).await;
+}
+
+/// The same with psycopg 3, which prepares its own statements (`prepare_threshold=0`): the
+/// script builds its state, the failover happens while it waits, and it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_psycopg_session_goes_on_after_a_failover() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let c = start().await;
+    let mut cmd = programs::clean_command(programs::python());
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1")
+        .arg(programs::clients_dir().join("psycopg_session_rebuild.py"))
+        .arg(c.conninfo(""))
+        .stdin(std::process::Stdio::piped())
+        // (Its traceback, if any, goes to the test's output.)
+        .stderr(std::process::Stdio::inherit());
+    let mut child = cmd.spawn().expect("start python");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = within(STEP, "READY", lines.next_line())
+        .await
+        .expect("read");
+    assert_eq!(ready.as_deref(), Some("READY"), "the script's first line");
+    let _crash = c.inject(Fault::Crash).await;
+    c.promote_standby().await;
+    let standby = c.standby.addr();
+    c.wait_for(AFTER_FAULT, "the promoted standby named", |t| {
+        t.primary.as_deref() == Some(standby.as_str())
+    })
+    .await;
+    within(STEP, "go", stdin.write_all(b"go\n"))
+        .await
+        .expect("write");
+    let result = within(AFTER_FAULT, "the script's result", lines.next_line())
+        .await
+        .expect("read")
+        .unwrap_or_else(|| panic!("no result: see the script's traceback above"));
+    let status = within(STEP, "exit", child.wait()).await.expect("wait");
+    assert!(status.success(), "psycopg script failed: {result}");
+    let r = json::Json::parse(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
+    assert_eq!(r.get("work_mem").as_str(), "7MB", "{r}");
+    assert_eq!(r.get("twice").as_i64(), 42, "{r}");
+    assert_eq!(r.get("plus_one").as_i64(), 42, "{r}");
+    assert_eq!(r.get("in_recovery").to_string(), "false", "{r}");
+    assert_ne!(
+        r.get("pid_before").as_i64(),
+        r.get("pid_after").as_i64(),
+        "{r}"
+    );
+    assert_eq!(r.get("notified").to_string(), "[\"after\"]", "{r}");
 }
 
 /// A request in flight outside a transaction is answered as in transaction mode (08007), and
