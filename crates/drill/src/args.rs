@@ -21,6 +21,11 @@ pub struct DrillArgs {
     /// port, so a blackhole by port would take both).
     #[arg(long, value_enum, default_value_t = TopologyKind::Members)]
     pub topology: TopologyKind,
+    /// Session pooling: each site backend's connection is one server session that builds
+    /// state when it connects (a setting, a prepared statement) and every read uses it, so a
+    /// session that lost it fails. Switchyard must rebuild idle sessions on the new primary.
+    #[arg(long)]
+    pub sessions: bool,
     /// Builtin manager: time from the fault to the promotion.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub promote_after: Duration,

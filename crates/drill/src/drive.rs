@@ -67,6 +67,7 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
         &proxied.members(),
         proxied.name.as_ref(),
         args.sites,
+        args.sessions,
     )
     .await?;
     say(&format!(
@@ -103,6 +104,7 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
             endpoint,
             epoch,
             args.think_time,
+            args.sessions,
         ));
     }
     let progress = Progress::new(epoch, quiet);
@@ -200,6 +202,7 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
         fault: args.fault,
         manager: args.manager,
         topology: args.topology,
+        sessions: args.sessions,
         sites: args.sites,
         fault_unix_ms,
         warmup_s: args.warmup.as_secs_f64(),

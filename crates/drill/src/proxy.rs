@@ -40,6 +40,7 @@ fn config_toml(
     members: &[String],
     name: Option<(&str, String)>,
     pool_size: u16,
+    mode: &str,
 ) -> String {
     let members = members
         .iter()
@@ -57,7 +58,7 @@ fn config_toml(
     format!(
         "# Written by `switchyard drill`: default failover settings.\n\
          [proxy]\nlisten = \"{listen}\"\n\n\
-         [pool]\nmode = \"transaction\"\nsize = {pool_size}\n\n\
+         [pool]\nmode = \"{mode}\"\nsize = {pool_size}\n\n\
          [clusters.drill]\nmembers = [{members}]\n{discovery}\n\
          [[sites]]\ndatabase = \"*\"\ncluster = \"drill\"\n\n\
          [[users]]\nname = \"postgres\"\nauth = \"trust\"\n\n\
@@ -76,6 +77,7 @@ impl Proxy {
         members: &[String],
         name: Option<&crate::cluster::PathName>,
         sites: u16,
+        sessions: bool,
     ) -> Result<Proxy, DrillError> {
         let addr = format!("127.0.0.1:{}", switchyard_localpg::free_port());
         let admin = format!("127.0.0.1:{}", switchyard_localpg::free_port());
@@ -87,7 +89,8 @@ impl Proxy {
             move |source| DrillError::Io { path, source }
         };
         let name = name.map(|n| (n.endpoint.as_str(), n.dns.addr()));
-        let toml = config_toml(&addr, &admin, &incidents, members, name, sites.max(4));
+        let mode = if sessions { "session" } else { "transaction" };
+        let toml = config_toml(&addr, &admin, &incidents, members, name, sites.max(4), mode);
         std::fs::write(&config, toml).map_err(io(&config))?;
         let log = out.join("switchyard.log");
         let log_file = File::create(&log).map_err(io(&log))?;

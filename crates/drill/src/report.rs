@@ -16,6 +16,8 @@ pub struct Report {
     pub manager: ManagerKind,
     /// How Switchyard was told where the members are (both addresses, or one DNS name).
     pub topology: TopologyKind,
+    /// Session pooling, each backend's session holding state its reads use (`--sessions`).
+    pub sessions: bool,
     pub sites: u16,
     /// Wall-clock time of the fault, Unix milliseconds.
     pub fault_unix_ms: u64,
@@ -55,9 +57,16 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{} site backends per path (no client-side timeouts), each on its own database; \
+            "{} site backends per path (no client-side timeouts), each on its own database{}; \
              PostgreSQL 15 primary + synchronous standby per path; drill {:.0} s.\n",
-            self.sites, self.drill_s
+            self.sites,
+            if self.sessions {
+                ", session pooling, each session holding a setting and a prepared statement \
+                 its reads use"
+            } else {
+                ""
+            },
+            self.drill_s
         );
         let (d, s) = (&self.paths[0], &self.paths[1]);
         let _ = writeln!(

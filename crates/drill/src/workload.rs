@@ -93,6 +93,7 @@ impl Workload {
         endpoint: watch::Receiver<String>,
         epoch: Instant,
         think_time: Duration,
+        sessions: bool,
     ) -> Workload {
         let stop = CancellationToken::new();
         let logs: Vec<SharedLog> = (0..sites).map(|_| SharedLog::default()).collect();
@@ -106,6 +107,7 @@ impl Workload {
                     log: log.clone(),
                     epoch,
                     think_time,
+                    sessions,
                 };
                 tokio::spawn(backend.run(stop.clone()))
             })
@@ -136,7 +138,13 @@ struct Backend {
     log: SharedLog,
     epoch: Instant,
     think_time: Duration,
+    /// Builds session state at connect, which every read uses (`--sessions`).
+    sessions: bool,
 }
+
+/// The session state a `--sessions` backend builds when it connects.
+const SESSION_STATE: &str = "SET work_mem = '5MB'; PREPARE read_events AS \
+     SELECT count(*), coalesce(max(seq), -1), current_setting('work_mem') FROM events";
 
 /// A connection and the task driving it (aborted when the connection is dropped).
 struct Connection {
@@ -164,11 +172,11 @@ impl Backend {
             let end = self.epoch.elapsed();
             let outcome = match result {
                 Ok(()) => Outcome::Ok,
-                Err(e) => {
+                Err(failure) => {
                     if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
                         conn = None;
                     }
-                    Outcome::Failed(sqlstate_of(&e))
+                    Outcome::Failed(failure)
                 }
             };
             {
@@ -191,14 +199,29 @@ impl Backend {
         }
     }
 
-    /// One request, connecting first if needed. No timeout anywhere: like the incident's
-    /// backends, it waits as long as the network lets it.
+    /// One request, connecting first if needed; a failure is its SQLSTATE, `connection`, or
+    /// `state` (a `--sessions` read that found its session's setting gone). No timeout
+    /// anywhere: like the incident's backends, it waits as long as the network lets it.
     async fn request(
         &self,
         conn: &mut Option<Connection>,
         kind: Kind,
         seq: i64,
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<(), String> {
+        match self.request_on(conn, kind, seq).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("state".to_owned()),
+            Err(e) => Err(sqlstate_of(&e)),
+        }
+    }
+
+    /// [`Backend::request`]; `Ok(false)`: the session's state was not what it built.
+    async fn request_on(
+        &self,
+        conn: &mut Option<Connection>,
+        kind: Kind,
+        seq: i64,
+    ) -> Result<bool, tokio_postgres::Error> {
         if conn.is_none() {
             *conn = Some(self.connect().await?);
         }
@@ -212,12 +235,22 @@ impl Backend {
                     .await?;
                 tx.execute("UPDATE counters SET writes = writes + 1 WHERE id = 1", &[])
                     .await?;
-                tx.commit().await
+                tx.commit().await.map(|()| true)
+            }
+            Kind::Read if self.sessions => {
+                // Fails (26000) if the prepared statement was lost; a lost setting shows in
+                // the row, counted as a failure `state`.
+                let rows = client.simple_query("EXECUTE read_events").await?;
+                let work_mem = rows.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(2).map(str::to_owned),
+                    _ => None,
+                });
+                Ok(work_mem.as_deref() == Some("5MB"))
             }
             Kind::Read => client
                 .query_one("SELECT count(*), coalesce(max(seq), -1) FROM events", &[])
                 .await
-                .map(drop),
+                .map(|_| true),
         }
     }
 
@@ -232,6 +265,9 @@ impl Backend {
         let driver = AbortOnDropHandle::new(tokio::spawn(async move {
             let _ = connection.await;
         }));
+        if self.sessions {
+            client.batch_execute(SESSION_STATE).await?;
+        }
         Ok(Connection {
             client,
             _driver: driver,

@@ -135,6 +135,40 @@ async fn a_dns_drill_follows_the_name_to_the_promoted_standby() {
     assert!(sy["first_write_after_fault_s"].as_f64().is_some(), "{sy:#}");
 }
 
+/// `--sessions`: session pooling, each backend's session holding a setting and a prepared
+/// statement its reads use. Through Switchyard every session is rebuilt on the promoted
+/// standby: the only errors are those of requests in flight (08007, 40001), none says the
+/// session or its state was lost.
+#[tokio::test]
+async fn a_session_drill_keeps_every_session() {
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = drill(out.path(), "crash");
+    cmd.arg("--sessions");
+    let output = within(DRILL, "the drill", cmd.output())
+        .await
+        .expect("the drill runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "drill failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("session pooling"), "{stdout}");
+    let config = std::fs::read_to_string(out.path().join("switchyard.toml")).unwrap();
+    assert!(config.contains("mode = \"session\""), "{config}");
+    let json = std::fs::read_to_string(out.path().join("report.json")).unwrap();
+    let report: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["sessions"], true);
+    let sy = path(&report, "switchyard");
+    assert_eq!(sy["stuck"], 0, "{sy:#}");
+    assert_eq!(sy["lost_writes"], 0, "{sy:#}");
+    assert_eq!(sy["sites_recovered"], 4, "{sy:#}");
+    let errors = sy["errors_by_sqlstate"].as_object().expect("errors");
+    for code in errors.keys() {
+        assert!(
+            ["08007", "40001"].contains(&code.as_str()),
+            "{code}: a session or its state was lost\n{sy:#}"
+        );
+    }
+}
+
 /// The proxy's and its cluster's ports, from the config the drill wrote.
 fn ports_in(config: &str) -> Vec<u16> {
     config
