@@ -47,8 +47,13 @@ enum Then {
 /// Runs one scene; returns what the client's COMMIT got and whether the row is on the primary
 /// that follows.
 async fn scene(then: Then, held: Held) -> (Result<(), String>, bool) {
+    scene_with(then, held, true).await
+}
+
+/// [`scene`] with synchronous replication or not.
+async fn scene_with(then: Then, held: Held, sync_replication: bool) -> (Result<(), String>, bool) {
     let opts = ClusterOptions {
-        sync_replication: true,
+        sync_replication,
         ..ClusterOptions::default()
     };
     let c = Cluster::start_with(opts, |cfg| cfg.failover.resolve_commits = true).await;
@@ -132,6 +137,24 @@ async fn a_commit_that_reached_the_standby_is_answered_commit_after_a_freeze() {
     let (answer, there) = scene(Then::FailOver(Fault::Freeze), Held::ForApply).await;
     assert!(there, "the row is on the new primary");
     assert_eq!(answer, Ok(()), "the client is told its COMMIT succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_reached_the_standby_is_answered_commit_after_a_blackhole() {
+    let (answer, there) = scene(Then::FailOver(Fault::Blackhole), Held::ForApply).await;
+    assert!(there, "the row is on the new primary");
+    assert_eq!(answer, Ok(()), "the client is told its COMMIT succeeded");
+}
+
+/// With asynchronous replication the standby may lack even the transaction's records: the
+/// answer is still 40001 (its history ends before the commit), never COMMIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_never_written_is_answered_40001_with_asynchronous_replication() {
+    let then = Then::FailOver(Fault::Freeze);
+    let (answer, there) = scene_with(then, Held::BeforeCommitRecord, false).await;
+    assert!(!there, "the row is not on the new primary");
+    let err = answer.expect_err("the COMMIT failed");
+    assert!(err.starts_with("40001"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
