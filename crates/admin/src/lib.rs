@@ -45,11 +45,25 @@ pub async fn start(
     config: &AdminConfig,
     stop: CancellationToken,
 ) -> std::io::Result<Admin> {
+    start_on(proxy, config, stop, None).await
+}
+
+/// [`start`], serving HTTP on `listener` (one already bound, as taken over from a process
+/// being replaced) instead of binding `config.listen`.
+pub async fn start_on(
+    proxy: Arc<Proxy>,
+    config: &AdminConfig,
+    stop: CancellationToken,
+    listener: Option<TcpListener>,
+) -> std::io::Result<Admin> {
     let state = AdminState::new(proxy, config);
     let http = if config.listen.is_empty() {
         None
     } else {
-        let listener = TcpListener::bind(&config.listen).await?;
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(&config.listen).await?,
+        };
         let addr = listener.local_addr()?;
         tokio::spawn(http::serve(listener, state.clone(), stop.clone()));
         tracing::info!(%addr, "admin HTTP listening (status page, /metrics, /api)");

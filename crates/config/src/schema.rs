@@ -46,6 +46,10 @@ pub struct ProxyConfig {
     pub client_write_timeout: Duration,
     /// On SIGTERM, how long open transactions may run before connections are closed.
     pub shutdown_timeout: Duration,
+    /// Online restart: a unix socket path. A `switchyard serve` that finds another serving
+    /// there takes over its listening sockets and its idle clients; then it serves there
+    /// itself, for the next. Empty: off.
+    pub handover_socket: String,
     /// Threads that run client sessions; 0 means one per core. One (like PgBouncer) is the
     /// fastest where the proxy shares a few cores with PostgreSQL and its clients: no
     /// cross-thread wake-ups.
@@ -100,6 +104,7 @@ impl Default for ProxyConfig {
             max_message_size: 256 << 20,
             client_write_timeout: Duration::secs(60),
             shutdown_timeout: Duration::secs(30),
+            handover_socket: String::new(),
             worker_threads: 1,
             tls_cert_file: String::new(),
             tls_key_file: String::new(),

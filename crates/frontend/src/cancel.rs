@@ -136,6 +136,38 @@ impl CancelRegistry {
 
     /// Gives a new client a unique key: `process_id` if given and free (a session-mode client
     /// gets its server's process id), else a random one.
+    /// Registers a client that keeps the key another Switchyard process gave it (an online
+    /// restart). If that process id is taken here, or the secret is not 4 bytes, the client
+    /// gets a new key, which its cancel requests will not carry: they are refused then.
+    pub fn register_key(&self, info: ClientInfo, process_id: i32, secret: &[u8]) -> CancelHandle {
+        let Ok(secret) = <[u8; 4]>::try_from(secret) else {
+            return self.register(info, None);
+        };
+        let mut entries = lock(&self.entries);
+        if process_id <= 0 || entries.contains_key(&process_id) {
+            drop(entries);
+            return self.register(info, None);
+        }
+        let slot = Arc::new(Slot {
+            link: Mutex::default(),
+            info,
+            idle_waker: std::sync::OnceLock::new(),
+        });
+        entries.insert(
+            process_id,
+            Entry {
+                secret,
+                slot: slot.clone(),
+            },
+        );
+        CancelHandle {
+            entries: self.entries.clone(),
+            process_id,
+            secret,
+            slot,
+        }
+    }
+
     pub fn register(&self, info: ClientInfo, process_id: Option<i32>) -> CancelHandle {
         let slot = Arc::new(Slot {
             link: Mutex::default(),
@@ -251,6 +283,11 @@ fn snapshot(process_id: i32, slot: &Slot, now: Instant) -> ClientSnapshot {
 }
 
 impl CancelHandle {
+    /// When the client logged in (Unix seconds).
+    pub fn connected_unix_s(&self) -> u64 {
+        self.slot.info.connected_unix_s
+    }
+
     /// The client now uses this server connection (since `at`).
     pub fn link(&self, target: CancelTarget, at: Instant) {
         let mut link = self.slot.link();

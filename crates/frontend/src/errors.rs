@@ -46,6 +46,9 @@ pub enum SessionError {
     Server(ServerError),
     #[error("shutting down")]
     Shutdown,
+    /// Online restart: the session moved to the process replacing this one, with its socket.
+    #[error("handed over to the new process")]
+    HandedOver,
     #[error(transparent)]
     Route(#[from] switchyard_router::RouteError),
     /// Session mode: the server connection, and whatever state the session had on it, is gone.
@@ -235,6 +238,7 @@ impl SessionError {
             | Self::ClientStalled { .. }
             | Self::DirectTls
             | Self::LostMidMessage(_)
+            | Self::HandedOver
             | Self::EndedByServer => None,
         }
     }

@@ -15,6 +15,7 @@ mod client;
 pub mod console;
 mod encodings;
 mod errors;
+pub mod handover;
 pub mod listener;
 mod logins;
 mod params;

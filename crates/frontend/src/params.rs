@@ -240,6 +240,14 @@ impl ClientParams {
         self.base.contains_key(name)
     }
 
+    /// The client's settings where they differ from the servers', as startup parameters
+    /// ([`ClientParams::from_startup`] makes the same client of them).
+    pub fn overrides(&self) -> Vec<(String, String)> {
+        (self.overrides.iter())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     /// True when the client wants settings the servers do not start with.
     pub fn has_overrides(&self) -> bool {
         !self.overrides.is_empty()

@@ -138,6 +138,8 @@ pub struct Proxy {
     pub(crate) cancels: CancelRegistry,
     /// PAUSE/RESUME state, consulted when a session attaches.
     pub pauses: Pauses,
+    /// Set when this process is being replaced (online restart): where idle sessions go.
+    handover: OnceLock<crate::handover::HandoverTx>,
     /// The admin console, once installed (weak: the console holds the proxy).
     console: OnceLock<Weak<dyn Console>>,
     pub(crate) buffers: Arc<crate::buffers::Buffers>,
@@ -176,6 +178,7 @@ impl Proxy {
             router,
             cancels: CancelRegistry::default(),
             pauses: Pauses::default(),
+            handover: OnceLock::new(),
             console: OnceLock::new(),
             buffers: Arc::default(),
             targets: Default::default(),
@@ -189,6 +192,18 @@ impl Proxy {
         });
         tokio::spawn(wake_idle_sessions_at_shutdown(Arc::downgrade(&proxy)));
         Ok(proxy)
+    }
+
+    /// Online restart: from now on idle sessions that can move go to `to` (the process
+    /// replacing this one) when the shutdown that follows reaches them. False if a handover
+    /// was already under way.
+    pub fn hand_over_to(&self, to: crate::handover::HandoverTx) -> bool {
+        self.handover.set(to).is_ok()
+    }
+
+    /// Where idle sessions go, while this process is being replaced.
+    pub(crate) fn handover(&self) -> Option<&crate::handover::HandoverTx> {
+        self.handover.get()
     }
 
     /// True once shutdown has begun (a plain check).

@@ -67,6 +67,11 @@ impl Statements {
         self.by_name.as_ref()?.get(name)
     }
 
+    /// Every named statement, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &ServerStatement> {
+        self.by_name.iter().flat_map(|m| m.values())
+    }
+
     pub fn close(&mut self, name: &[u8]) -> Option<ServerStatement> {
         self.by_name.as_mut()?.remove(name)
     }

@@ -5,4 +5,5 @@
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod handover;
 pub mod serve;

@@ -156,10 +156,12 @@ async fn run_serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let running = serve::start_with(config, Some(path.clone())).await?;
     tokio::spawn(serve::watch_config(running.proxy.clone(), path, hup));
     let shutdown = running.proxy.shutdown.clone();
+    let handed_over = running.handed_over.clone();
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
         () = shutdown.cancelled() => tracing::info!("SHUTDOWN (admin console): draining"),
+        () = handed_over.cancelled() => tracing::info!("a new process took over: draining"),
     }
     running.drain(shutdown_timeout).await;
     Ok(())

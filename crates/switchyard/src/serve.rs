@@ -7,6 +7,7 @@
 //! modification time every second).
 
 use anyhow::Context;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,6 +17,7 @@ use switchyard_frontend::Proxy;
 use switchyard_frontend::console::Console;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// A running proxy.
 pub struct Running {
@@ -26,6 +28,10 @@ pub struct Running {
     /// The admin console (the proxy holds it weakly: this keeps it serving).
     pub console: Arc<dyn Console>,
     accept: JoinHandle<()>,
+    /// Cancelled when a new process has taken over (online restart): drain then.
+    pub handed_over: CancellationToken,
+    /// The handover socket's task (it sends the moving sessions).
+    offer: Option<JoinHandle<()>>,
 }
 
 /// Binds the listener and starts the proxy's loops, with no config file behind it (the admin
@@ -37,17 +43,70 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// Binds the listener and starts the proxy's loops; `path` is the file `config` came from,
 /// which the admin console's RELOAD reads again.
 pub async fn start_with(config: Config, path: Option<PathBuf>) -> anyhow::Result<Running> {
-    let listener = TcpListener::bind(&config.proxy.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
+    let handover_socket = PathBuf::from(&config.proxy.handover_socket);
+    let taken = if config.proxy.handover_socket.is_empty() {
+        None
+    } else {
+        crate::handover::take_over(&handover_socket).await?
+    };
+    let (listener, admin_listener) = match &taken {
+        Some(t) => {
+            tracing::info!(socket = %handover_socket.display(), "taking over from the running Switchyard");
+            (
+                from_std(t.listener.try_clone()?)?,
+                t.admin.as_ref().map(|a| a.try_clone()).transpose()?,
+            )
+        }
+        None => (
+            TcpListener::bind(&config.proxy.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.proxy.listen))?,
+            None,
+        ),
+    };
+    let admin_listener = match admin_listener {
+        Some(l) => Some(from_std(l)?),
+        None if !config.admin.listen.is_empty() => Some(
+            TcpListener::bind(&config.admin.listen)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {} (admin.listen)", config.admin.listen)
+                })?,
+        ),
+        None => None,
+    };
     let addr = listener.local_addr()?;
+    // Kept for a later handover: the listeners as they are now.
+    let listener_fd = listener.as_fd().try_clone_to_owned()?;
+    let admin_fd = admin_listener
+        .as_ref()
+        .map(|l| l.as_fd().try_clone_to_owned())
+        .transpose()?;
     let admin_config = config.admin.clone();
     let proxy = Proxy::new(config).context("TLS settings")?;
     tokio::spawn(proxy.pools.clone().run_reaper(proxy.background.clone()));
     // The admin surfaces run until the drain is over, so an incident during shutdown is seen.
-    let admin = switchyard_admin::start(proxy.clone(), &admin_config, proxy.background.clone())
-        .await
-        .with_context(|| format!("cannot listen on {} (admin.listen)", admin_config.listen))?;
+    let admin = switchyard_admin::start_on(
+        proxy.clone(),
+        &admin_config,
+        proxy.background.clone(),
+        admin_listener,
+    )
+    .await
+    .with_context(|| format!("cannot listen on {} (admin.listen)", admin_config.listen))?;
+    if let Some(t) = taken {
+        tokio::spawn(t.receive_sessions(proxy.clone()));
+    }
+    let handed_over = CancellationToken::new();
+    let offer = (!handover_socket.as_os_str().is_empty()).then(|| {
+        tokio::spawn(crate::handover::offer(
+            handover_socket,
+            listener_fd,
+            admin_fd,
+            proxy.clone(),
+            handed_over.clone(),
+        ))
+    });
     let hooks = ConsoleHooks {
         reload: path.map(|p| Box::new(move |proxy: &Proxy| reload(proxy, &p)) as ReloadHook),
         listen: Some(addr),
@@ -64,7 +123,14 @@ pub async fn start_with(config: Config, path: Option<PathBuf>) -> anyhow::Result
         admin,
         console,
         accept,
+        handed_over,
+        offer,
     })
+}
+
+fn from_std(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
 }
 
 impl Running {
@@ -85,6 +151,12 @@ impl Running {
             );
         } else {
             tracing::info!("all clients drained");
+        }
+        if self.handed_over.is_cancelled()
+            && let Some(offer) = self.offer
+        {
+            // The last sessions queued for the new process go out before this one exits.
+            let _ = tokio::time::timeout(Duration::from_secs(5), offer).await;
         }
         self.proxy.background.cancel();
     }

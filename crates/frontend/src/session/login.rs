@@ -149,6 +149,32 @@ async fn claim(
     Ok(Claimed::LookedUp(found))
 }
 
+/// The parameters the target's servers report at login (known from its pool, else asked of
+/// the primary, waiting in the failover gate for one).
+pub(crate) async fn welcome_for(
+    proxy: &Proxy,
+    target: &Target,
+    settings: &EffectivePool,
+    failover_timeout: std::time::Duration,
+) -> Result<Arc<BTreeMap<String, String>>, SessionError> {
+    let known = proxy
+        .pools
+        .known_welcome(&target.server_db, target.user.server_user());
+    if let Some(w) = known {
+        return Ok(w);
+    }
+    let (pool, _) = primary_pool(proxy, target, settings, failover_timeout).await?;
+    match pool.welcome_params(settings.query_wait_timeout.get()).await {
+        Ok(w) => Ok(w),
+        Err(e) => {
+            // A database or user the server refuses (likely through a `*` site) leaves no
+            // pool behind.
+            proxy.pools.forget_if_unused(&pool);
+            Err(e.into())
+        }
+    }
+}
+
 /// A client session's login after authentication: its target, its settings, the greeting.
 async fn session_login(
     proxy: &Proxy,
@@ -170,24 +196,7 @@ async fn session_login(
     let settings = live.settings_for(site);
     let failover_timeout = config.failover.failover_timeout.get();
     drop(live);
-    let known = proxy
-        .pools
-        .known_welcome(&target.server_db, target.user.server_user());
-    let welcome = match known {
-        Some(w) => w,
-        None => {
-            let (pool, _) = primary_pool(proxy, &target, &settings, failover_timeout).await?;
-            match pool.welcome_params(settings.query_wait_timeout.get()).await {
-                Ok(w) => w,
-                Err(e) => {
-                    // A database or user the server refuses (likely through a `*` site) leaves
-                    // no pool behind.
-                    proxy.pools.forget_if_unused(&pool);
-                    return Err(e.into());
-                }
-            }
-        }
-    };
+    let welcome = welcome_for(proxy, &target, &settings, failover_timeout).await?;
     let mut params =
         ClientParams::from_startup(startup, &welcome).map_err(SessionError::Unsupported)?;
     let pinned = check_settings(

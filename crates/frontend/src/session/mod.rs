@@ -4,12 +4,15 @@
 
 mod abort;
 mod attach;
+mod handover;
 pub(crate) mod login;
 pub mod pool_for;
 mod rebuild;
 mod relay;
 mod resolve;
 mod run;
+
+pub(crate) use run::Session;
 
 use crate::SessionError;
 use crate::client::ClientConn;

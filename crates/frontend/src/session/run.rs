@@ -225,7 +225,7 @@ pub struct Session {
     pub(super) proxy: Admitted,
     pub(super) client: ClientConn,
     pub(super) info: LoggedIn,
-    pub(super) statements: Statements,
+    pub(crate) statements: Statements,
     pub(super) link: Link,
     /// Relay state of the current attachment; reset (not reallocated) on every attach.
     pub(super) relay: Relay,
@@ -325,7 +325,7 @@ impl Session {
                     self.out.clear();
                     self.client.buffers().give(std::mem::take(&mut self.out));
                 }
-                if !self.wait_idle().await? {
+                if !self.idle().await? {
                     return Ok(());
                 }
                 continue;
@@ -343,7 +343,7 @@ impl Session {
             if self.client.buf.len() < h.wire_len && matches!(self.link, Link::Detached) {
                 // Not a server connection for a message still arriving: it is relayed whole
                 // anyway, and a client that sends a header and stalls would hold a pool slot.
-                if !self.wait_idle().await? {
+                if !self.idle().await? {
                     return Ok(());
                 }
                 continue;
@@ -358,6 +358,15 @@ impl Session {
             } else if let Err(e) = Box::pin(self.attach()).await {
                 Box::pin(self.refuse_request(e)).await?;
             }
+        }
+    }
+
+    /// [`Session::wait_idle`]; a shutdown that is an online restart's moves the session to
+    /// the new process if it can (`SessionError::HandedOver`).
+    async fn idle(&mut self) -> Result<bool, SessionError> {
+        match self.wait_idle().await {
+            Err(SessionError::Shutdown) => Err(self.hand_over()),
+            other => other,
         }
     }
 
@@ -892,6 +901,9 @@ impl Session {
             Ok(()) => tracing::debug!(parent: &span, %who, "client left"),
             Err(SessionError::ClientGone(e)) => {
                 tracing::debug!(parent: &span, %who, error = %e, "client gone")
+            }
+            Err(SessionError::HandedOver) => {
+                tracing::debug!(parent: &span, %who, "handed over to the new process")
             }
             Err(e @ SessionError::ClientStalled { .. }) => {
                 tracing::warn!(parent: &span, %who, error = %e, "session ended")

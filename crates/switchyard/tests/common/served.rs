@@ -27,8 +27,12 @@ pub struct Served {
 impl Served {
     /// Writes `cfg` (listening on a free port) and starts the binary on it, waiting until it
     /// accepts connections.
-    pub async fn start(mut cfg: Config) -> Self {
-        let port = switchyard_localpg::free_port();
+    pub async fn start(cfg: Config) -> Self {
+        Self::start_on(cfg, switchyard_localpg::free_port()).await
+    }
+
+    /// [`Served::start`] on `port` (the port of a process it takes over from, say).
+    pub async fn start_on(mut cfg: Config, port: u16) -> Self {
         cfg.proxy.listen = format!("127.0.0.1:{port}");
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("switchyard.toml");

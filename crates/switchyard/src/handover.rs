@@ -1,0 +1,302 @@
+//! Online restart (`[proxy] handover_socket`): a new `switchyard serve` takes over from the
+//! one running, over a unix socket. The new process says hello; the running one passes it its
+//! listening sockets (the proxy's and the admin listener, SCM_RIGHTS) and stops accepting, so
+//! no connection is refused meanwhile; then each of its transaction-mode clients, at its next
+//! idle moment, follows with its own socket and what its session knows
+//! (`switchyard_frontend::handover`). The old process drains what cannot move and exits.
+//!
+//! Messages are length-prefixed JSON; each carries the descriptors it names. Descriptors
+//! arrive in the order they were sent, so the receiver pairs them with messages in order.
+//! The socket calls are rustix's (safe wrappers of sendmsg/recvmsg): neither std nor tokio
+//! passes descriptors.
+
+use anyhow::{Context, bail};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use std::collections::VecDeque;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_frontend::Proxy;
+use switchyard_frontend::handover::SessionImage;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+/// The protocol's version: a process only hands over to one that speaks the same.
+const VERSION: u32 = 1;
+/// Longest wait for the other side's next message during the exchange of listeners.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message accepted (a session with many statements is the largest).
+const MAX_MESSAGE: usize = 64 << 20;
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Message {
+    Hello {
+        version: u32,
+    },
+    /// Carries the proxy's listener, then the admin listener if `admin`.
+    Listeners {
+        admin: bool,
+    },
+    /// Carries the client's socket.
+    Session(Box<SessionImage>),
+}
+
+/// One end of a handover socket.
+struct Channel {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl Channel {
+    fn new(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+            fds: VecDeque::new(),
+        }
+    }
+
+    async fn send(&mut self, message: &Message, fds: &[&OwnedFd]) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(message)?;
+        let mut frame = u32::try_from(body.len())?.to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        // The descriptors go with the first bytes; the rest follows as plain data.
+        let sent = loop {
+            self.stream.writable().await?;
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !borrowed.is_empty() {
+                control.push(SendAncillaryMessage::ScmRights(&borrowed));
+            }
+            let tried = self.stream.try_io(Interest::WRITABLE, || {
+                rustix::net::sendmsg(
+                    &self.stream,
+                    &[IoSlice::new(&frame)],
+                    &mut control,
+                    SendFlags::empty(),
+                )
+                .map_err(std::io::Error::from)
+            });
+            match tried {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.stream.write_all(&frame[sent..]).await?;
+        Ok(())
+    }
+
+    /// The next message; `None` at the end of the stream.
+    async fn recv(&mut self) -> anyhow::Result<Option<Message>> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                if len > MAX_MESSAGE {
+                    bail!("a handover message of {len} bytes");
+                }
+                if self.buf.len() >= 4 + len {
+                    let message = serde_json::from_slice(&self.buf[4..4 + len])?;
+                    self.buf.drain(..4 + len);
+                    return Ok(Some(message));
+                }
+            }
+            self.stream.readable().await?;
+            let mut chunk = vec![0u8; 64 << 10];
+            let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(16))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let got = self.stream.try_io(Interest::READABLE, || {
+                rustix::net::recvmsg(
+                    &self.stream,
+                    &mut [IoSliceMut::new(&mut chunk)],
+                    &mut control,
+                    RecvFlags::CMSG_CLOEXEC,
+                )
+                .map_err(std::io::Error::from)
+            });
+            let got = match got {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(fds) = message {
+                    self.fds.extend(fds);
+                }
+            }
+            if got.bytes == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..got.bytes]);
+        }
+    }
+
+    fn take_fd(&mut self) -> anyhow::Result<OwnedFd> {
+        self.fds
+            .pop_front()
+            .context("a handover message without its descriptor")
+    }
+}
+
+/// What a new process takes over from the running one.
+pub struct TakenOver {
+    pub listener: std::net::TcpListener,
+    pub admin: Option<std::net::TcpListener>,
+    channel: Channel,
+}
+
+/// Asks a Switchyard serving at `path` to hand over; `None` if none is there.
+pub async fn take_over(path: &Path) -> anyhow::Result<Option<TakenOver>> {
+    let stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("handover socket {}", path.display())),
+    };
+    let mut channel = Channel::new(stream);
+    channel
+        .send(&Message::Hello { version: VERSION }, &[])
+        .await?;
+    let answer = tokio::time::timeout(EXCHANGE_TIMEOUT, channel.recv())
+        .await
+        .context("the running Switchyard did not answer the handover")??;
+    let Some(Message::Listeners { admin }) = answer else {
+        bail!("the running Switchyard refused the handover (another version?)");
+    };
+    let listener = std::net::TcpListener::from(channel.take_fd()?);
+    let admin = if admin {
+        Some(std::net::TcpListener::from(channel.take_fd()?))
+    } else {
+        None
+    };
+    Ok(Some(TakenOver {
+        listener,
+        admin,
+        channel,
+    }))
+}
+
+impl TakenOver {
+    /// Takes in the old process's sessions as they come, until it is done.
+    pub async fn receive_sessions(mut self, proxy: Arc<Proxy>) {
+        let mut taken = 0u64;
+        loop {
+            match self.channel.recv().await {
+                Ok(Some(Message::Session(image))) => match self.channel.take_fd() {
+                    Ok(fd) => {
+                        switchyard_frontend::handover::adopt(&proxy, fd, *image);
+                        taken += 1;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "handover"),
+                },
+                Ok(Some(other)) => tracing::warn!(?other, "unexpected handover message"),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "handover socket failed");
+                    break;
+                }
+            }
+        }
+        tracing::info!(sessions = taken, "handover complete");
+    }
+}
+
+/// Serves the handover socket at `path` until a new process asks: then passes it `listener`
+/// (and `admin`), cancels `handed_over` (the caller drains this process) and sends it every
+/// session that moves, until no client is left here.
+pub async fn offer(
+    path: PathBuf,
+    listener: OwnedFd,
+    admin: Option<OwnedFd>,
+    proxy: Arc<Proxy>,
+    handed_over: CancellationToken,
+) {
+    let _ = std::fs::remove_file(&path);
+    let unix = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot serve the handover socket; online restart is off");
+            return;
+        }
+    };
+    tracing::info!(path = %path.display(), "handover socket ready");
+    let mut channel = loop {
+        let stream = tokio::select! {
+            r = unix.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "handover accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = proxy.shutdown.cancelled() => return,
+        };
+        let mut channel = Channel::new(stream);
+        match tokio::time::timeout(EXCHANGE_TIMEOUT, channel.recv()).await {
+            Ok(Ok(Some(Message::Hello { version }))) if version == VERSION => {}
+            other => {
+                tracing::warn!(?other, "a handover request this process cannot serve");
+                continue;
+            }
+        }
+        let mut fds = vec![&listener];
+        fds.extend(admin.as_ref());
+        let listeners = Message::Listeners {
+            admin: admin.is_some(),
+        };
+        match channel.send(&listeners, &fds).await {
+            Ok(()) => break channel,
+            Err(e) => tracing::warn!(error = %e, "handover failed before the listeners"),
+        }
+    };
+    // The new process accepts from now on; this one's idle sessions go to it.
+    drop(unix);
+    let _ = std::fs::remove_file(&path);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    proxy.hand_over_to(tx);
+    tracing::info!(
+        "a new process took over the listeners; handing over idle sessions and draining"
+    );
+    handed_over.cancel();
+    let mut sent = 0u64;
+    loop {
+        let next = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await;
+        let (fd, image) = match next {
+            Ok(Some(x)) => x,
+            Ok(None) => break,
+            // A session sends its image before it stops counting as a client: once none is
+            // left, what is queued is all there will be.
+            Err(_) if proxy.client_count() == 0 => match rx.try_recv() {
+                Ok(x) => x,
+                Err(_) => break,
+            },
+            Err(_) => continue,
+        };
+        if let Err(e) = channel
+            .send(&Message::Session(Box::new(image)), &[&fd])
+            .await
+        {
+            tracing::warn!(error = %e, "handing over a session failed; its client is disconnected");
+        } else {
+            sent += 1;
+        }
+    }
+    tracing::info!(sessions = sent, "sessions handed over");
+}

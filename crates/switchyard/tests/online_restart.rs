@@ -1,0 +1,145 @@
+//! Online restart (`[proxy] handover_socket`): a second `switchyard serve` on the same config
+//! takes over the running one's listening sockets and idle clients; the old one drains and
+//! exits. pgbench running through it (`-M prepared`: named statements move too) and pgbench
+//! connecting per transaction (`-C`) see no failed transaction and no error.
+
+mod common;
+#[path = "clients/json.rs"]
+#[allow(dead_code)]
+mod json;
+#[path = "clients/programs.rs"]
+#[allow(dead_code)]
+mod programs;
+
+use common::served::Served;
+use common::*;
+use programs::{pg_program, run};
+use std::time::{Duration, Instant};
+use switchyard_config::{Config, PoolMode};
+use switchyard_localpg::PgServer;
+
+/// One pgbench run, in the background.
+const PGBENCH: Duration = Duration::from_secs(90);
+
+fn pgbench(port: u16, extra: &[&str]) -> tokio::process::Command {
+    let mut cmd = pg_program("pgbench");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(extra)
+        .arg("app");
+    cmd
+}
+
+/// Waits until pgbench (`run`) has written `rows` more history rows than `from`; fails with
+/// its output if it ended first.
+async fn wait_history(
+    pg: &PgServer,
+    run: &tokio::task::JoinHandle<programs::Ran>,
+    from: i64,
+    rows: i64,
+) -> i64 {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let n: i64 = pg
+            .psql_db("app", "SELECT count(*) FROM pgbench_history")
+            .expect("count")
+            .parse()
+            .expect("a number");
+        if n >= from + rows {
+            return n;
+        }
+        assert!(
+            !run.is_finished(),
+            "pgbench ended at {n} history rows, before {}",
+            from + rows
+        );
+        assert!(Instant::now() < deadline, "pgbench is not under way");
+        // A poll interval, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts a new process on `cfg` at `port`, which takes over from `old`; the old one exits.
+async fn restart(old: &mut Served, cfg: &Config, port: u16) -> Served {
+    let new = Served::start_on(cfg.clone(), port).await;
+    let status = old.exit_within(Duration::from_secs(30)).await;
+    assert!(
+        status.success(),
+        "the old process exited with {status}:\n{}",
+        old.log()
+    );
+    assert!(old.log().contains("sessions handed over"), "{}", old.log());
+    new
+}
+
+fn assert_clean(ran: &programs::Ran, what: &str) {
+    let out = &ran.stdout;
+    let failed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions:"))
+        .unwrap_or_else(|| panic!("{what}: no failed count:\n{out}\n{}", ran.stderr));
+    assert!(
+        failed.trim().starts_with("0 "),
+        "{what}: failed {failed}\n{}",
+        ran.stderr
+    );
+    assert!(
+        !ran.stderr.contains("error") && !ran.stderr.contains("aborted"),
+        "{what}: {}",
+        ran.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_goes_through_two_online_restarts_without_a_failed_transaction() {
+    let pg = start_pg();
+    let init = run(
+        pgbench(pg.port(), &["-i", "-q"]),
+        None,
+        PGBENCH,
+        "pgbench -i",
+    )
+    .await;
+    init.expect_success("pgbench -i");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_for(&pg, PoolMode::Transaction);
+    cfg.proxy.handover_socket = dir.path().join("handover.sock").display().to_string();
+    let port = switchyard_localpg::free_port();
+    let mut first = Served::start_on(cfg.clone(), port).await;
+
+    // A steady run with named statements: its 4 connections move at the restart.
+    let steady = tokio::spawn(run(
+        pgbench(
+            port,
+            &["-n", "-M", "prepared", "-c", "4", "-j", "4", "-T", "6"],
+        ),
+        None,
+        PGBENCH,
+        "steady pgbench",
+    ));
+    let seen = wait_history(&pg, &steady, 0, 200).await;
+    let mut second = restart(&mut first, &cfg, port).await;
+    wait_history(&pg, &steady, seen, 200).await;
+    let ran = within(PGBENCH, "steady pgbench", steady).await.unwrap();
+    assert_clean(&ran.expect_success("steady pgbench"), "steady pgbench");
+    assert!(
+        second.log().contains("session taken over"),
+        "{}",
+        second.log()
+    );
+
+    // A connection per transaction: the listener moves with no refused connection.
+    let churn = tokio::spawn(run(
+        pgbench(port, &["-n", "-C", "-c", "4", "-j", "2", "-T", "8"]),
+        None,
+        PGBENCH,
+        "pgbench -C",
+    ));
+    // (-n: pgbench leaves the history table alone, so its count only grows.)
+    let seen = wait_history(&pg, &churn, 0, 0).await;
+    let seen = wait_history(&pg, &churn, seen, 50).await;
+    let third = restart(&mut second, &cfg, port).await;
+    wait_history(&pg, &churn, seen, 50).await;
+    let ran = within(PGBENCH, "pgbench -C", churn).await.unwrap();
+    assert_clean(&ran.expect_success("pgbench -C"), "pgbench -C");
+    drop(third);
+}
