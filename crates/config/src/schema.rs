@@ -302,9 +302,10 @@ pub struct FailoverConfig {
     /// primary is asked what became of it, and the client gets the true answer (COMMIT, or
     /// 40001 when it did not commit) instead of 08007.
     pub resolve_commits: bool,
-    /// Session mode: a session idle when its server is lost is attached to the new primary
-    /// and what it built (settings, prepared statements, LISTENs) is replayed there; a
-    /// session holding state that cannot be rebuilt ends with 57P01 naming it.
+    /// Session mode: a session between transactions when its server is lost (idle, or with
+    /// an autocommit request in flight, which gets 08007) is attached to the new primary and
+    /// what it built (settings, prepared statements, LISTENs) is replayed there; a session
+    /// holding state that cannot be rebuilt ends with 57P01 naming it.
     pub rebuild_sessions: bool,
 }
 

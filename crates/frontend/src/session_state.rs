@@ -10,52 +10,78 @@
 
 use crate::sql::{for_each_statement, skip_blanks, until_nul, word};
 use switchyard_proto::frontend::tag as fe;
-use switchyard_server::{BuiltState, Change};
+use switchyard_server::{BuiltState, Change, Effect};
 
 /// Records what one client message (about to be sent) does. `copy_in`: the server is in
 /// copy-in mode, where it answers no Sync.
 pub fn note_message(built: &mut BuiltState, tag: u8, body: &[u8], copy_in: bool) {
     match tag {
         fe::QUERY => {
-            read_sql(built, body);
+            built.run(&read_sql(body));
             built.request_sent();
         }
         fe::FUNCTION_CALL => built.request_sent(),
         fe::SYNC if !copy_in => built.request_sent(),
         fe::PARSE => {
-            let name = body.split(|&b| b == 0).next().unwrap_or_default();
+            let name = cstr(body);
             let text = body.get(name.len() + 1..).unwrap_or_default();
-            read_sql(built, text);
-            let mut msg = Vec::with_capacity(body.len() + 5);
-            msg.push(fe::PARSE);
-            msg.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-            msg.extend_from_slice(body);
-            built.parse_sent(name, &msg);
-        }
-        fe::CLOSE if body.first() == Some(&b'S') => {
-            let name = body[1..].split(|&b| b == 0).next().unwrap_or_default();
-            if !name.is_empty() {
-                built.statement_closed(name);
+            let effects = read_sql(text);
+            if name.is_empty() {
+                built.parse_sent(name, &[], effects);
+            } else {
+                let mut msg = Vec::with_capacity(body.len() + 5);
+                msg.push(fe::PARSE);
+                msg.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+                msg.extend_from_slice(body);
+                built.parse_sent(name, &msg, effects);
             }
         }
+        fe::BIND => {
+            let portal = cstr(body);
+            let statement = cstr(body.get(portal.len() + 1..).unwrap_or_default());
+            built.bound(portal, statement);
+        }
+        fe::EXECUTE => built.executed(cstr(body)),
+        fe::CLOSE => match body.first() {
+            Some(b'S') => built.close_sent(Some(cstr(&body[1..]))),
+            _ => built.close_sent(None),
+        },
         _ => {}
     }
 }
 
-/// Records what the statements of `sql` (a Query or Parse text, NUL-terminated) do.
-fn read_sql(built: &mut BuiltState, sql: &[u8]) {
+/// The NUL-terminated string at the start of `body`.
+fn cstr(body: &[u8]) -> &[u8] {
+    body.split(|&b| b == 0).next().unwrap_or_default()
+}
+
+/// What running the statements of `sql` (a Query or Parse text, NUL-terminated) does.
+fn read_sql(sql: &[u8]) -> Vec<Effect> {
     let sql = until_nul(sql);
-    note_functions(built, sql);
-    let lexed = for_each_statement(sql, |statement| read_statement(built, statement));
+    let mut effects = Vec::new();
+    note_functions(&mut effects, sql);
+    let lexed = for_each_statement(sql, |statement| read_statement(&mut effects, statement));
     if !lexed {
-        built.lose("a statement Switchyard could not read");
+        lose(&mut effects, "a statement Switchyard could not read");
     }
+    effects
+}
+
+fn lose(effects: &mut Vec<Effect>, what: &'static str) {
+    effects.push(Effect::Lost {
+        what,
+        permanent: false,
+    });
+}
+
+fn record(effects: &mut Vec<Effect>, change: Change) {
+    effects.push(Effect::Change(change));
 }
 
 /// Function calls that build state whatever statement they are in: `pg_advisory_lock` and
 /// its shared and try forms (the `_xact_` ones end with the transaction), `set_config`, and
 /// anything in `pg_temp`. Underscores are few in SQL, so this looks only around each one.
-fn note_functions(built: &mut BuiltState, sql: &[u8]) {
+fn note_functions(effects: &mut Vec<Effect>, sql: &[u8]) {
     let around = |i: usize, before: &[u8], after: &[u8]| {
         i >= before.len()
             && sql[i - before.len()..i].eq_ignore_ascii_case(before)
@@ -68,11 +94,11 @@ fn note_functions(built: &mut BuiltState, sql: &[u8]) {
             continue;
         }
         if around(i, b"advisory", b"lock") {
-            built.lose("a session advisory lock");
+            lose(effects, "a session advisory lock");
         } else if around(i, b"set", b"config") {
-            built.lose("a setting made with set_config()");
+            lose(effects, "a setting made with set_config()");
         } else if around(i, b"pg", b"temp") {
-            built.lose("an object in pg_temp");
+            lose(effects, "an object in pg_temp");
         }
     }
 }
@@ -84,30 +110,60 @@ fn next_word(text: &[u8]) -> (String, &[u8]) {
     (String::from_utf8_lossy(w).to_ascii_lowercase(), rest)
 }
 
-/// The next name of `text`: up to a blank, `=`, `(` or `;`, lowercased unless quoted.
+/// The next name of `text`: a quoted identifier as written inside its quotes (a doubled
+/// quote is one), else up to a blank, `=`, `(` or `;`, lowercased, as PostgreSQL folds it.
 fn next_name(text: &[u8]) -> (String, &[u8]) {
     let text = skip_blanks(text).unwrap_or_default();
+    if text.first() == Some(&b'"') {
+        let mut name = Vec::new();
+        let mut i = 1;
+        while i < text.len() {
+            match (text[i], text.get(i + 1)) {
+                (b'"', Some(b'"')) => {
+                    name.push(b'"');
+                    i += 2;
+                }
+                (b'"', _) => {
+                    return (String::from_utf8_lossy(&name).into_owned(), &text[i + 1..]);
+                }
+                (b, _) => {
+                    name.push(b);
+                    i += 1;
+                }
+            }
+        }
+        return (String::from_utf8_lossy(&name).into_owned(), &[]);
+    }
     let end = text
         .iter()
         .position(|&b| b.is_ascii_whitespace() || b == b'=' || b == b'(' || b == b';')
         .unwrap_or(text.len());
-    let name = String::from_utf8_lossy(&text[..end]);
-    let name = if name.starts_with('"') {
-        name.into_owned()
-    } else {
-        name.to_ascii_lowercase()
-    };
+    let name = String::from_utf8_lossy(&text[..end]).to_ascii_lowercase();
     (name, &text[end..])
 }
 
-/// The statement's text, as it will be replayed.
-fn text_of(statement: &[u8]) -> String {
-    String::from_utf8_lossy(statement).trim().to_string()
+/// The statement's text, as it will be replayed; None if it is not UTF-8 (a client in
+/// another encoding: its bytes are not kept by guess).
+fn text_of(statement: &[u8]) -> Option<String> {
+    std::str::from_utf8(statement)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
-fn read_statement(built: &mut BuiltState, statement: &[u8]) {
+/// Records `change`, made from `text` by `make` (None: the text cannot be replayed).
+fn replayable(effects: &mut Vec<Effect>, text: &[u8], make: impl FnOnce(String) -> Change) {
+    match text_of(text) {
+        Some(sql) => record(effects, make(sql)),
+        None => lose(
+            effects,
+            "a setting or statement in an encoding other than UTF-8",
+        ),
+    }
+}
+
+fn read_statement(effects: &mut Vec<Effect>, statement: &[u8]) {
     let Some(text) = skip_blanks(statement) else {
-        built.lose("a statement Switchyard could not read");
+        lose(effects, "a statement Switchyard could not read");
         return;
     };
     let (first, rest) = word(text);
@@ -122,20 +178,20 @@ fn read_statement(built: &mut BuiltState, statement: &[u8]) {
         None => &[],
     };
     match first {
-        b"set" => read_set(built, text, rest),
+        b"set" => read_set(effects, text, rest),
         b"reset" => match next_name(rest).0.as_str() {
-            "all" => built.record(Change::ResetAll),
+            "all" => record(effects, Change::ResetAll),
+            // (A role set before was recorded as lost: resetting it does not bring it back.)
             "role" | "session" => {}
-            name => built.record(Change::Set {
-                key: name.to_string(),
-                sql: text_of(text),
-            }),
+            name => {
+                let key = name.to_string();
+                replayable(effects, text, |sql| Change::Set { key, sql });
+            }
         },
         b"prepare" => {
             let (name, _) = next_name(rest);
             if name != "transaction" {
-                let sql = text_of(text);
-                built.record(Change::Prepare { name, sql });
+                replayable(effects, text, |sql| Change::Prepare { name, sql });
             }
         }
         b"deallocate" => {
@@ -143,66 +199,84 @@ fn read_statement(built: &mut BuiltState, statement: &[u8]) {
             if name == "prepare" {
                 name = next_name(after).0;
             }
-            built.record(Change::Deallocate((name != "all").then_some(name)));
+            record(effects, Change::Deallocate((name != "all").then_some(name)));
         }
         b"listen" => {
             let channel = next_name(rest).0;
-            let sql = text_of(text);
-            built.record(Change::Listen { channel, sql });
+            replayable(effects, text, |sql| Change::Listen { channel, sql });
         }
         b"unlisten" => {
             let channel = next_name(rest).0;
-            built.record(Change::Unlisten((channel != "*").then_some(channel)));
+            record(
+                effects,
+                Change::Unlisten((channel != "*").then_some(channel)),
+            );
         }
-        b"discard" if next_word(rest).0 == "all" => built.record(Change::DiscardAll),
-        b"commit" | b"end" => built.record(Change::End { commit: true }),
-        b"rollback" | b"abort" => match next_word(rest).0.as_str() {
-            // ROLLBACK TO SAVEPOINT undoes settings made after the savepoint, which this
-            // record does not follow.
-            "to" => built.lose("settings around a ROLLBACK TO SAVEPOINT"),
-            "prepared" => {}
-            _ => built.record(Change::End { commit: false }),
-        },
+        b"discard" if next_word(rest).0 == "all" => record(effects, Change::DiscardAll),
+        b"commit" | b"end" => record(effects, Change::End { commit: true }),
+        b"rollback" | b"abort" => {
+            let (mut next, after) = next_word(rest);
+            if next == "work" || next == "transaction" {
+                next = next_word(after).0;
+            }
+            match next.as_str() {
+                // ROLLBACK TO SAVEPOINT undoes settings made after the savepoint, which this
+                // record does not follow.
+                "to" => lose(effects, "settings around a ROLLBACK TO SAVEPOINT"),
+                "prepared" => {}
+                _ => record(effects, Change::End { commit: false }),
+            }
+        }
         b"create" => {
             let mut after = rest;
             for _ in 0..4 {
                 let (w, next) = next_word(after);
                 if w == "temp" || w == "temporary" {
-                    built.lose("a temporary table");
+                    lose(effects, "a temporary table");
                     break;
                 }
                 after = next;
             }
         }
         b"select" | b"with" if contains_words(text, b"into", b"temp") => {
-            built.lose("a temporary table");
+            lose(effects, "a temporary table");
         }
-        b"declare" if contains_words(text, b"with", b"hold") => built.lose("a WITH HOLD cursor"),
-        b"load" => built.lose("a library loaded with LOAD"),
+        b"declare" if contains_words(text, b"with", b"hold") => {
+            lose(effects, "a WITH HOLD cursor");
+        }
+        b"load" => effects.push(Effect::Lost {
+            what: "a library loaded with LOAD",
+            permanent: true,
+        }),
         _ => {}
     }
 }
 
 /// `SET ...`: a setting to replay, or state that cannot be.
-fn read_set(built: &mut BuiltState, text: &[u8], rest: &[u8]) {
-    let (second, after) = next_name(rest);
+fn read_set(effects: &mut Vec<Effect>, text: &[u8], rest: &[u8]) {
+    let (mut second, mut after) = next_name(rest);
+    if second == "session" {
+        (second, after) = next_name(after);
+        match second.as_str() {
+            "authorization" => return lose(effects, "SET SESSION AUTHORIZATION"),
+            // Each characteristic its own: none replaces another.
+            "characteristics" => {
+                let key = String::from_utf8_lossy(text).into_owned();
+                return replayable(effects, text, |sql| Change::Set { key, sql });
+            }
+            _ => {}
+        }
+    }
+    let _ = after;
     let key = match second.as_str() {
         "local" | "transaction" | "constraints" => return,
-        "role" => return built.lose("a role set with SET ROLE"),
-        "session" => match next_name(after).0.as_str() {
-            "authorization" => return built.lose("SET SESSION AUTHORIZATION"),
-            "characteristics" => "session characteristics".to_string(),
-            name => name.to_string(),
-        },
+        "role" | "session_authorization" => return lose(effects, "a role set with SET ROLE"),
         "time" => "timezone".to_string(),
         "schema" => "search_path".to_string(),
         "names" => "client_encoding".to_string(),
         name => name.to_string(),
     };
-    built.record(Change::Set {
-        key,
-        sql: text_of(text),
-    });
+    replayable(effects, text, |sql| Change::Set { key, sql });
 }
 
 /// Whether `text` has the word `a` followed (after blanks) by a word starting with `b`, in

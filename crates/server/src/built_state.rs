@@ -5,31 +5,35 @@
 //! (`frontend::session_state` reads the client's SQL); when a failover takes the session's
 //! server, it is replayed on the new primary's connection ([`ServerConn::rebuild`]).
 //!
-//! A change counts once the server has shown it took effect: a Parse at its ParseComplete;
-//! SET, PREPARE, LISTEN and the like when the transaction they ran in ends without error and
-//! without ROLLBACK. Anything in doubt is recorded as lost, never replayed by guess.
+//! A change counts once the server has shown it took effect: a protocol Parse or Close at its
+//! ParseComplete or CloseComplete; what a statement does when it is run (a Query, or the
+//! Execute of a portal bound to a prepared statement), once the transaction it ran in ends
+//! without error and without ROLLBACK (SQL PREPARE and DEALLOCATE, which no rollback undoes,
+//! once their request is answered without error). Anything in doubt is recorded as lost,
+//! never replayed by guess.
 
 use crate::{ServerConn, ServerError};
 use bytes::{Bytes, BytesMut};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use switchyard_proto::backend::{ErrorFields, TxStatus, tag};
 use switchyard_proto::frontend;
 
 /// One change a statement makes to what its session holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A setting (`key`: its name as written, lowercased) and the statement that made it.
+    /// A setting (`key`: its name, lowercased unless quoted) and the statement that made it.
     Set {
         key: String,
         sql: String,
     },
+    /// RESET ALL: replayed as such (it also undoes settings the client started with).
     ResetAll,
     /// SQL `PREPARE name ...`.
     Prepare {
         name: String,
         sql: String,
     },
-    /// SQL `DEALLOCATE name` (None: ALL).
+    /// SQL `DEALLOCATE name` (None: ALL, protocol-level statements too).
     Deallocate(Option<String>),
     Listen {
         channel: String,
@@ -37,7 +41,7 @@ pub enum Change {
     },
     /// `UNLISTEN channel` (None: `*`).
     Unlisten(Option<String>),
-    /// DISCARD ALL: everything goes, what could not be rebuilt too.
+    /// DISCARD ALL: everything goes, what could not be rebuilt too (but a LOAD).
     DiscardAll,
     /// The transaction block ends: committed (COMMIT, END) or not (ROLLBACK, ABORT).
     End {
@@ -52,8 +56,31 @@ impl Change {
     }
 }
 
+/// What running a statement does here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Change(Change),
+    /// State that cannot be rebuilt; `permanent`: not even DISCARD ALL undoes it (LOAD).
+    Lost {
+        what: &'static str,
+        permanent: bool,
+    },
+}
+
+/// A protocol Parse or Close sent and not yet answered.
+#[derive(Debug)]
+enum ProtocolOp {
+    /// A Parse: the statement's name (None: unnamed) and the message as sent.
+    Parse(Option<(Bytes, Bytes)>),
+    /// A statement's (a portal's: None).
+    Close(Option<Bytes>),
+}
+
 /// Most kinds of lost state named to the client.
 const MAX_LOST: usize = 4;
+/// Most statements and channels kept for a rebuild; beyond, the session counts as holding
+/// what cannot be rebuilt (replaying more would not fit the rebuild's time anyway).
+const MAX_KEPT: usize = 1000;
 
 /// The rebuildable state of one session-mode session's server connection.
 #[derive(Debug, Default)]
@@ -62,63 +89,129 @@ pub struct BuiltState {
     settings: Vec<(String, String)>,
     sql_prepared: Vec<(String, String)>,
     listening: Vec<(String, String)>,
-    /// Protocol-level named statements: (name, the Parse message as the client sent it).
-    parsed: Vec<(Bytes, Bytes)>,
-    /// What cannot be rebuilt, as told to the client.
-    lost: Vec<&'static str>,
+    /// Protocol-level named statements: the Parse message as the client sent it, by name.
+    parsed: HashMap<Bytes, Bytes>,
+    /// What cannot be rebuilt, as told to the client, with the request that made it.
+    lost: Vec<(u64, &'static str, bool)>,
     /// Changes not yet settled, with the number of the request that made them.
-    pending: Vec<(u32, Change)>,
-    /// Parses sent and not yet answered, in order (None: the unnamed statement).
-    parses: VecDeque<Option<(Bytes, Bytes)>>,
-    /// Requests (Query, FunctionCall, Sync) sent and answered (ReadyForQuery).
-    sent: u32,
-    answered: u32,
+    pending: Vec<(u64, Change)>,
+    /// Protocol Parses and Closes awaiting their answers, in order, by request.
+    ops: VecDeque<(u64, ProtocolOp)>,
+    /// What prepared statements do when run (only those that do something here).
+    statement_effects: HashMap<Bytes, Vec<Effect>>,
+    /// The same for bound portals.
+    portal_effects: HashMap<Bytes, Vec<Effect>>,
+    /// Requests (Query, FunctionCall, a Sync the server answers) sent and answered.
+    sent: u64,
+    answered: u64,
     /// An error came while pending changes of requests up to this one were unsettled: their
     /// transaction did not commit.
-    failed_through: Option<u32>,
+    failed_through: Option<u64>,
 }
 
 impl BuiltState {
-    /// Records a change made by the request being sent.
-    pub fn record(&mut self, change: Change) {
-        self.pending.push((self.sent, change));
-    }
-
-    /// Records state that cannot be rebuilt.
-    pub fn lose(&mut self, what: &'static str) {
-        if !self.lost.contains(&what) && self.lost.len() < MAX_LOST {
-            self.lost.push(what);
+    /// Records what a statement run by the request being sent does.
+    pub fn run(&mut self, effects: &[Effect]) {
+        for e in effects {
+            match e {
+                Effect::Change(c) => self.pending.push((self.sent, c.clone())),
+                Effect::Lost { what, permanent } => self.lose(what, *permanent),
+            }
         }
     }
 
-    /// A request (Query, FunctionCall, Sync) was sent: a ReadyForQuery will answer it.
+    fn lose(&mut self, what: &'static str, permanent: bool) {
+        if !self.lost.iter().any(|(_, w, _)| *w == what) && self.lost.len() < MAX_LOST {
+            self.lost.push((self.sent, what, permanent));
+        }
+    }
+
+    /// A request the server will answer with ReadyForQuery was sent.
     pub fn request_sent(&mut self) {
-        self.sent = self.sent.wrapping_add(1);
+        self.sent += 1;
     }
 
-    /// A Parse was sent (`msg`: the whole message; `name` empty for the unnamed statement).
-    pub fn parse_sent(&mut self, name: &[u8], msg: &[u8]) {
-        let named =
-            (!name.is_empty()).then(|| (Bytes::copy_from_slice(name), Bytes::copy_from_slice(msg)));
-        self.parses.push_back(named);
-    }
-
-    /// The oldest Parse sent completed: its statement exists.
-    pub fn parse_done(&mut self) {
-        if let Some(Some((name, msg))) = self.parses.pop_front() {
-            self.parsed.retain(|(n, _)| *n != name);
-            self.parsed.push((name, msg));
+    /// The server entered copy-in mode and will not answer the Sync counted as request
+    /// `number` (libpq sends it right after the Execute): what was counted after it moves up.
+    pub fn sync_ignored(&mut self, number: u64) {
+        self.sent = self.sent.saturating_sub(1);
+        for (req, _) in &mut self.pending {
+            if *req > number {
+                *req -= 1;
+            }
+        }
+        for (req, _) in &mut self.ops {
+            if *req > number {
+                *req -= 1;
+            }
         }
     }
 
-    /// The oldest Parse sent was skipped (an error came before it).
-    pub fn parse_skipped(&mut self) {
-        self.parses.pop_front();
+    /// A Parse was sent (`msg`: the whole message; `name` empty for the unnamed statement)
+    /// of a statement that does `effects` when run.
+    pub fn parse_sent(&mut self, name: &[u8], msg: &[u8], effects: Vec<Effect>) {
+        let name = Bytes::copy_from_slice(name);
+        if effects.is_empty() {
+            self.statement_effects.remove(&name);
+        } else {
+            self.statement_effects.insert(name.clone(), effects);
+        }
+        let named = (!name.is_empty()).then(|| (name, Bytes::copy_from_slice(msg)));
+        self.ops.push_back((self.sent, ProtocolOp::Parse(named)));
     }
 
-    /// A Close of the named statement was sent (closing one that does not exist is no error).
-    pub fn statement_closed(&mut self, name: &[u8]) {
-        self.parsed.retain(|(n, _)| n != name);
+    /// A Bind of `statement` to `portal` was sent.
+    pub fn bound(&mut self, portal: &[u8], statement: &[u8]) {
+        match self.statement_effects.get(statement) {
+            Some(e) => {
+                let e = e.clone();
+                self.portal_effects
+                    .insert(Bytes::copy_from_slice(portal), e);
+            }
+            None => {
+                self.portal_effects.remove(portal);
+            }
+        }
+    }
+
+    /// An Execute of `portal` was sent: what its statement does happens now.
+    pub fn executed(&mut self, portal: &[u8]) {
+        if let Some(effects) = self.portal_effects.get(portal).cloned() {
+            self.run(&effects);
+        }
+    }
+
+    /// A Close of the named statement (None: a portal) was sent.
+    pub fn close_sent(&mut self, statement: Option<&[u8]>) {
+        let name = statement.map(Bytes::copy_from_slice);
+        self.ops.push_back((self.sent, ProtocolOp::Close(name)));
+    }
+
+    /// The oldest Parse or Close sent was answered (ParseComplete, CloseComplete).
+    pub fn op_done(&mut self) {
+        match self.ops.pop_front().map(|(_, op)| op) {
+            Some(ProtocolOp::Parse(Some((name, msg)))) => {
+                // One namespace with SQL PREPARE.
+                let text = String::from_utf8_lossy(&name).into_owned();
+                self.sql_prepared.retain(|(n, _)| *n != text);
+                if self.parsed.len() < MAX_KEPT || self.parsed.contains_key(&name) {
+                    self.parsed.insert(name, msg);
+                } else {
+                    self.lose("more prepared statements than Switchyard keeps", false);
+                }
+            }
+            Some(ProtocolOp::Close(Some(name))) => {
+                self.parsed.remove(&name);
+                let text = String::from_utf8_lossy(&name).into_owned();
+                self.sql_prepared.retain(|(n, _)| *n != text);
+            }
+            Some(ProtocolOp::Parse(None) | ProtocolOp::Close(None)) | None => {}
+        }
+    }
+
+    /// The oldest Parse or Close sent was skipped (an error came before it).
+    pub fn op_skipped(&mut self) {
+        self.ops.pop_front();
     }
 
     /// An ErrorResponse came for the request being answered.
@@ -131,52 +224,63 @@ impl BuiltState {
     /// A ReadyForQuery came: the request it answers and those before it are done, and
     /// changes whose transaction ended are settled.
     pub fn ready(&mut self, status: TxStatus) {
-        self.answered = self.answered.wrapping_add(1);
+        self.answered += 1;
+        let done = self.answered;
+        // A Parse or Close of an answered request that got no answer was skipped.
+        while self.ops.front().is_some_and(|(req, _)| *req < done) {
+            self.ops.pop_front();
+        }
         if status != TxStatus::Idle || self.pending.is_empty() {
             return;
         }
-        let done = self.answered;
         let settled = self
             .pending
             .iter()
             .take_while(|(req, _)| *req < done)
             .count();
-        let changes: Vec<(u32, Change)> = self.pending.drain(..settled).collect();
+        let mut changes: Vec<(u64, Change)> = self.pending.drain(..settled).collect();
         if let Some(failed) = self.failed_through.take() {
-            // The transaction aborted, so its changes did not take (a COMMIT sent after the
-            // error was a rollback), unless a COMMIT went through before the error, in the
-            // same request or an earlier one: then which did is not known.
+            // The failed transaction's changes did not take (a COMMIT sent after the error
+            // was a rollback), unless a COMMIT went through before the error, in the same
+            // request or an earlier one: then which did is not known. A PREPARE is not
+            // undone by a rollback, but whether it ran before the error is not known.
             let commit = Change::End { commit: true };
             if changes
                 .iter()
                 .any(|(req, c)| *req <= failed && *c == commit)
             {
-                self.lose("settings of a request that failed part-way");
+                self.lose("settings of a request that failed part-way", false);
             }
-            // A PREPARE is not undone by a rollback, but whether it ran before the error is
-            // not known.
-            if changes.iter().any(|(_, c)| c.survives_rollback()) {
-                self.lose("a statement prepared in a transaction that failed");
+            if (changes.iter()).any(|(req, c)| *req <= failed && c.survives_rollback()) {
+                self.lose("a statement prepared in a transaction that failed", false);
             }
-            return;
+            // What the failed requests did is gone; their transaction goes on until its end
+            // (a ROLLBACK, or a COMMIT that is one): what came after that ran normally.
+            changes.retain(|(req, _)| *req > failed);
+            let end = (changes.iter())
+                .position(|(_, c)| matches!(c, Change::End { .. }))
+                .map_or(changes.len(), |i| i + 1);
+            changes.drain(..end);
         }
         let mut in_block = Vec::new();
-        for (_, change) in changes {
+        for (req, change) in changes {
             match change {
-                Change::End { commit: true } => in_block.drain(..).for_each(|c| self.apply(c)),
+                Change::End { commit: true } => {
+                    in_block.drain(..).for_each(|(r, c)| self.apply(r, c))
+                }
                 Change::End { commit: false } => in_block.clear(),
-                // Takes effect at once, whatever becomes of the transaction.
-                other if other.survives_rollback() => self.apply(other),
-                other => in_block.push(other),
+                other if other.survives_rollback() => self.apply(req, other),
+                other => in_block.push((req, other)),
             }
         }
-        in_block.into_iter().for_each(|c| self.apply(c));
+        in_block.into_iter().for_each(|(r, c)| self.apply(r, c));
     }
 
-    fn apply(&mut self, change: Change) {
-        fn put(list: &mut Vec<(String, String)>, key: String, sql: String) {
+    fn apply(&mut self, req: u64, change: Change) {
+        fn put(list: &mut Vec<(String, String)>, key: String, sql: String) -> bool {
             list.retain(|(k, _)| *k != key);
             list.push((key, sql));
+            list.len() <= MAX_KEPT
         }
         fn remove(list: &mut Vec<(String, String)>, key: Option<String>) {
             match key {
@@ -184,38 +288,65 @@ impl BuiltState {
                 None => list.clear(),
             }
         }
-        match change {
+        let kept = match change {
             Change::Set { key, sql } => put(&mut self.settings, key, sql),
-            Change::ResetAll => self.settings.clear(),
-            Change::Prepare { name, sql } => put(&mut self.sql_prepared, name, sql),
-            Change::Deallocate(name) => remove(&mut self.sql_prepared, name),
+            Change::ResetAll => {
+                self.settings.clear();
+                put(&mut self.settings, String::new(), "RESET ALL".into())
+            }
+            Change::Prepare { name, sql } => {
+                self.parsed.remove(name.as_bytes());
+                put(&mut self.sql_prepared, name, sql)
+            }
+            Change::Deallocate(name) => {
+                match &name {
+                    Some(n) => drop(self.parsed.remove(n.as_bytes())),
+                    None => self.parsed.clear(),
+                }
+                remove(&mut self.sql_prepared, name);
+                true
+            }
             Change::Listen { channel, sql } => put(&mut self.listening, channel, sql),
-            Change::Unlisten(channel) => remove(&mut self.listening, channel),
+            Change::Unlisten(channel) => {
+                remove(&mut self.listening, channel);
+                true
+            }
             Change::DiscardAll => {
                 self.settings.clear();
                 self.sql_prepared.clear();
                 self.listening.clear();
                 self.parsed.clear();
-                self.lost.clear();
+                self.lost
+                    .retain(|(r, _, permanent)| *permanent || *r >= req);
+                true
             }
-            Change::End { .. } => {}
+            Change::End { .. } => true,
+        };
+        if !kept {
+            self.lose(
+                "more settings, statements or channels than Switchyard keeps",
+                false,
+            );
         }
     }
 
     /// What cannot be rebuilt, for the client's message; None if everything can.
     pub fn lost(&self) -> Option<String> {
-        (!self.lost.is_empty()).then(|| self.lost.join(", "))
+        (!self.lost.is_empty()).then(|| {
+            let names: Vec<&str> = self.lost.iter().map(|(_, w, _)| *w).collect();
+            names.join(", ")
+        })
     }
 
     /// Every request has been answered and every change settled: the state is known.
     pub fn is_settled(&self) -> bool {
-        self.pending.is_empty() && self.parses.is_empty() && self.sent == self.answered
+        self.pending.is_empty() && self.ops.is_empty() && self.sent == self.answered
     }
 
     /// A request not yet answered may have changed what is recorded (a change or a Parse
     /// awaits its outcome).
     pub fn changes_in_flight(&self) -> bool {
-        !self.pending.is_empty() || !self.parses.is_empty()
+        !self.pending.is_empty() || !self.ops.is_empty()
     }
 
     /// Nothing built: nothing to rebuild, nothing lost.
@@ -233,14 +364,15 @@ impl BuiltState {
     }
 
     /// The SQL that rebuilds the settings, SQL prepared statements and LISTENs, in one
-    /// simple query; None if there are none.
+    /// simple query; None if there are none. (A statement may end in a `--` comment: each
+    /// `;` goes on a line of its own.)
     fn replay_sql(&self) -> Option<String> {
         let all: Vec<&str> = (self.settings.iter())
             .chain(&self.sql_prepared)
             .chain(&self.listening)
             .map(|(_, sql)| sql.as_str())
             .collect();
-        (!all.is_empty()).then(|| all.join(";\n"))
+        (!all.is_empty()).then(|| all.join("\n;\n"))
     }
 }
 
@@ -249,10 +381,13 @@ impl ServerConn {
     /// prepared statements and LISTENs, then the protocol-level Parses and a Sync. Any error
     /// fails the rebuild (the caller ends the session). The connection takes the state.
     pub async fn rebuild(&mut self, mut state: Box<BuiltState>) -> Result<(), ServerError> {
-        // A request lost in flight with the old connection is no longer awaited.
+        // Only settled state moves: what was in flight with the old connection is gone.
         state.sent = 0;
         state.answered = 0;
         state.failed_through = None;
+        state.pending.clear();
+        state.ops.clear();
+        state.portal_effects.clear();
         let mut out = BytesMut::new();
         let mut readies = 0;
         if let Some(sql) = state.replay_sql() {
@@ -260,7 +395,7 @@ impl ServerConn {
             readies += 1;
         }
         if !state.parsed.is_empty() {
-            for (_, parse) in &state.parsed {
+            for parse in state.parsed.values() {
                 out.extend_from_slice(parse);
             }
             switchyard_proto::Frame::new(frontend::tag::SYNC, Bytes::new()).encode(&mut out);

@@ -16,7 +16,7 @@ mod prepared;
 mod socket;
 
 pub use auth::AllowedAuth;
-pub use built_state::{BuiltState, Change};
+pub use built_state::{BuiltState, Change, Effect};
 pub use commit_probe::{CommitProbe, PROBE_SQL, Probed, parse_lsn};
 pub use conn::{BackendKey, CancelKey, ConnectParams, ServerConn, send_cancel};
 pub use credential::{Credential, LearnedSecret, ServerSecret};

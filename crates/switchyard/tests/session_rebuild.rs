@@ -93,10 +93,34 @@ async fn survives(fault: Fault) {
     let plus_one = within(STEP, "prepare", client.prepare("SELECT $1::int + 1"))
         .await
         .unwrap();
+    // A COPY FROM STDIN through the extended protocol (its first Sync gets no answer), then
+    // a setting: the record stays in step with the server's answers.
+    within(
+        STEP,
+        "table",
+        client.batch_execute("CREATE TABLE copied (a int)"),
+    )
+    .await
+    .unwrap();
+    let copied = async {
+        use futures_util::SinkExt;
+        let sink = client.copy_in("COPY copied FROM STDIN").await?;
+        let mut sink = std::pin::pin!(sink);
+        sink.send(bytes::Bytes::from_static(b"1\n")).await?;
+        sink.as_mut().finish().await
+    };
+    assert_eq!(within(STEP, "copy", copied).await.unwrap(), 1);
+    within(
+        STEP,
+        "set after copy",
+        client.batch_execute("SET lock_timeout = '4s'"),
+    )
+    .await
+    .unwrap();
     let _fault = c.inject(fault).await;
     c.promote_standby().await;
-    // The client stays idle through the failover (a request in flight at the fault would be
-    // lost with the session: only an idle session is rebuilt).
+    // The client stays idle through the failover (a request in flight at the fault would get
+    // 08007: see the test of that below).
     let standby = c.standby.addr();
     c.wait_for(AFTER_FAULT, "the promoted standby named", |t| {
         t.primary.as_deref() == Some(standby.as_str())
@@ -104,6 +128,7 @@ async fn survives(fault: Fault) {
     .await;
     assert_eq!(show(&client, "SHOW work_mem", AFTER_FAULT).await, "7MB");
     assert_eq!(show(&client, "SELECT pg_is_in_recovery()", STEP).await, "f");
+    assert_eq!(show(&client, "SHOW lock_timeout", STEP).await, "4s");
     assert_eq!(show(&client, "EXECUTE twice(21)", STEP).await, "42");
     assert_eq!(show(&client, "SHOW statement_timeout", STEP).await, "0");
     assert_eq!(show(&client, "EXECUTE kept", STEP).await, "1");

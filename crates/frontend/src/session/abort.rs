@@ -9,7 +9,9 @@
 //!   transaction, and ROLLBACK (or COMMIT, as PostgreSQL does in a failed transaction) itself.
 //! - A COMMIT, or any autocommit request, in flight: 08007 (outcome unknown). A statement
 //!   Switchyard cannot prove read-only counts as a write.
-//! - Session mode: the session's server-side state is gone: FATAL 57P01, connection closed.
+//! - Session mode: the session is rebuilt on the next primary when it can be (`rebuild.rs`:
+//!   idle, or with an autocommit request in flight, answered 08007 as above); else its
+//!   server-side state is gone: FATAL 57P01 naming why, connection closed.
 
 use super::run::{Link, Lost, Session};
 use crate::SessionError;

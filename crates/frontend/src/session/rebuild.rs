@@ -45,7 +45,10 @@ impl Session {
                 return Ok(None);
             }
             Some(b)
+                // (Not mid-batch: what the client sends up to its Sync would run on the new
+                // primary after it was told 08007.)
                 if between_transactions
+                    && !self.relay.unsynced()
                     && enabled
                     && !b.changes_in_flight()
                     && b.lost().is_none() =>
@@ -79,6 +82,8 @@ impl Session {
         let Link::Attached { server, .. } = &mut self.link else {
             return Err(lost(&"no server connection"));
         };
+        // Until the replay is through, the connection's state is not known: never reused.
+        self.relay.discard = true;
         let replayed = tokio::time::timeout(
             super::pool_for::INTERNAL_QUERY_TIMEOUT,
             server.conn.rebuild(built),
@@ -87,6 +92,7 @@ impl Session {
         let addr = server.conn.addr.clone();
         match replayed {
             Ok(Ok(())) => {
+                self.relay.discard = false;
                 // (Nothing of the client's is sent on this attachment yet: `fresh`, so a loss
                 // now is handled like one before its first request.)
                 tracing::info!(parent: self.span(), server = %addr, "session rebuilt on the new primary");

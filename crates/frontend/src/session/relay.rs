@@ -612,15 +612,25 @@ impl Relay {
                 be::PARSE_COMPLETE => {
                     let injected = self.take(|e| matches!(e, Expect::ParseComplete { .. }));
                     if let Some(built) = server.built.as_deref_mut().filter(|_| !injected) {
-                        built.parse_done();
+                        built.op_done();
                     }
                     !injected
                 }
                 be::COPY_IN_RESPONSE => {
-                    self.on_copy_in();
+                    if let Some(number) = self.on_copy_in()
+                        && let Some(built) = server.built.as_deref_mut()
+                    {
+                        built.sync_ignored(number);
+                    }
                     true
                 }
-                be::CLOSE_COMPLETE => !self.take(|e| matches!(e, Expect::CloseComplete { .. })),
+                be::CLOSE_COMPLETE => {
+                    let injected = self.take(|e| matches!(e, Expect::CloseComplete { .. }));
+                    if let Some(built) = server.built.as_deref_mut().filter(|_| !injected) {
+                        built.op_done();
+                    }
+                    !injected
+                }
                 _ => true,
             };
             if !forward && !copying {
@@ -644,15 +654,14 @@ impl Relay {
     /// The server entered copy-in mode, where it ignores Sync: the Sync a driver sends right
     /// after the Execute that started COPY FROM STDIN (libpq and tokio-postgres do) gets no
     /// ReadyForQuery, and neither do Syncs sent until CopyDone or CopyFail.
-    fn on_copy_in(&mut self) {
+    ///
+    /// Returns the number of the request that Sync was (counted from the attachment's first).
+    fn on_copy_in(&mut self) -> Option<u64> {
         self.copy_in = true;
-        if let Some(i) = self
-            .expect
-            .iter()
-            .position(|e| *e == Expect::Ready { sync: true })
-        {
-            self.expect.remove(i);
-        }
+        let i = (self.expect.iter()).position(|e| *e == Expect::Ready { sync: true })?;
+        let before = self.expect.iter().take(i).filter(|e| e.is_ready()).count();
+        self.expect.remove(i);
+        Some(u64::from(self.answered) + before as u64)
     }
 
     /// Pops the expected response if it matches; true if it was one the relay injected.
@@ -718,11 +727,14 @@ impl Relay {
         let mut skipped_parse = false;
         let mut built = server.built.as_deref_mut();
         while let Some(e) = self.expect.front().filter(|e| !e.is_ready()) {
-            if let Expect::ParseComplete { injected } = e {
-                skipped_parse = true;
-                if let (false, Some(b)) = (injected, built.as_deref_mut()) {
-                    b.parse_skipped();
-                }
+            skipped_parse |= matches!(e, Expect::ParseComplete { .. });
+            if let (
+                Expect::ParseComplete { injected: false }
+                | Expect::CloseComplete { injected: false },
+                Some(b),
+            ) = (e, built.as_deref_mut())
+            {
+                b.op_skipped();
             }
             self.expect.pop_front();
         }

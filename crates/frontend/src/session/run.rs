@@ -1,10 +1,12 @@
 //! The relay loop of one logged-in client.
 //!
-//! A session is in one of three states ([`Link`]): `Detached` (no server connection; waiting
+//! A session is in one of four states ([`Link`]): `Detached` (no server connection; waiting
 //! for the client's next request), `Attached` (a pooled connection at the current primary and
-//! the relay state for it), or `FailedTransaction` (the client's transaction died with its
-//! server; Switchyard answers the client itself until it ends the transaction, see `abort.rs`).
-//! `attach`, `detach` and `abort` are the transitions. In transaction mode the session detaches
+//! the relay state for it), `FailedTransaction` (the client's transaction died with its
+//! server; Switchyard answers the client itself until it ends the transaction, see `abort.rs`)
+//! or `Rebuilding` (session mode: its server was lost and what it built goes to the next
+//! primary first, see `rebuild.rs`). `attach`, `detach`, `abort` and `rebuild` are the
+//! transitions. In transaction mode the session detaches
 //! at the end of every transaction; in session mode it stays attached until the client leaves.
 
 use super::login::LoggedIn;
@@ -47,8 +49,9 @@ pub(super) enum Link {
     FailedTransaction {
         told: bool,
     },
-    /// Session mode: the server was lost while the session was idle. What it had built is
-    /// replayed on a connection at the next primary before anything else (`rebuild.rs`).
+    /// Session mode: the server was lost between the session's transactions. What it had
+    /// built is replayed on a connection at the next primary before anything else
+    /// (`rebuild.rs`).
     Rebuilding(Box<switchyard_server::BuiltState>),
 }
 
