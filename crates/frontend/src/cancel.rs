@@ -134,8 +134,6 @@ impl CancelRegistry {
         }
     }
 
-    /// Gives a new client a unique key: `process_id` if given and free (a session-mode client
-    /// gets its server's process id), else a random one.
     /// Registers a client that keeps the key another Switchyard process gave it (an online
     /// restart). If that process id is taken here, or the secret is not 4 bytes, the client
     /// gets a new key, which its cancel requests will not carry: they are refused then.
@@ -168,6 +166,8 @@ impl CancelRegistry {
         }
     }
 
+    /// Gives a new client a unique key: `process_id` if given and free (a session-mode client
+    /// gets its server's process id), else a random one.
     pub fn register(&self, info: ClientInfo, process_id: Option<i32>) -> CancelHandle {
         let slot = Arc::new(Slot {
             link: Mutex::default(),

@@ -20,11 +20,13 @@ use crate::statements::Statements;
 use bytes::Bytes;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use switchyard_proto::Frame;
+use switchyard_proto::backend::ErrorFields;
 use switchyard_proto::frontend::Parse;
+use switchyard_proto::{Frame, sqlstate};
 
-/// What a moving session knows, as the new process needs it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// What a moving session knows, as the new process needs it. (No Debug: it holds the cancel
+/// secret and the client's bytes.)
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct SessionImage {
     pub user: String,
     pub cluster: String,
@@ -41,6 +43,12 @@ pub struct SessionImage {
     /// Bytes of the client's next request already read, hex.
     pub pending: String,
 }
+
+/// Most named statements a moving session may have (more stay and drain: the image must fit
+/// one handover message).
+pub(crate) const MAX_STATEMENTS: usize = 1000;
+/// Most bytes of a next request already read that a moving session may carry.
+pub(crate) const MAX_PENDING: usize = 1 << 20;
 
 /// Where a process being replaced sends its moving sessions.
 pub type HandoverTx = tokio::sync::mpsc::UnboundedSender<(OwnedFd, SessionImage)>;
@@ -72,7 +80,7 @@ impl Statements {
 
 /// Takes in a session another process handed over: its client socket `fd` and its image.
 /// A session this process cannot serve (its user or database no longer configured here) is
-/// closed, as a restart would.
+/// told so (57P01) and closed, as a restart would.
 pub fn adopt(proxy: &Arc<Proxy>, fd: OwnedFd, image: SessionImage) {
     let admitted = Admitted::counted(proxy.clone());
     proxy
@@ -81,28 +89,56 @@ pub fn adopt(proxy: &Arc<Proxy>, fd: OwnedFd, image: SessionImage) {
     let proxy = proxy.clone();
     tokio::spawn(async move {
         let user = image.user.clone();
-        match Box::pin(rebuild(&proxy, admitted, fd, image)).await {
-            Ok(mut session) => {
+        let Some(mut client) = client_of(&proxy, fd) else {
+            return;
+        };
+        match Box::pin(rebuild(&proxy, &mut client, image)).await {
+            Ok(info) => {
                 tracing::info!(%user, "session taken over from the previous process");
+                let (info, statements) = info;
+                let span = tracing::debug_span!("client", peer = ?client.peer_addr());
+                let mut session =
+                    Box::new(crate::session::Session::new(admitted, client, info, span));
+                session.statements = statements;
                 let result = session.run().await;
                 Box::pin(session.close(result)).await;
             }
             Err(why) => {
-                tracing::warn!(%user, %why, "a session handed over could not be taken in; its connection is closed")
+                tracing::warn!(%user, %why, "a session handed over could not be taken in; its connection is closed");
+                let fatal = ErrorFields::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    format!(
+                        "switchyard: restarted, and this session could not be taken over \
+                         ({why}); reconnect"
+                    ),
+                );
+                client.send_error(&fatal).await;
             }
         }
     });
 }
 
+/// The client connection of a socket handed over.
+fn client_of(proxy: &Proxy, fd: OwnedFd) -> Option<ClientConn> {
+    let stream = std::net::TcpStream::from(fd);
+    stream.set_nonblocking(true).ok()?;
+    let stream = tokio::net::TcpStream::from_std(stream).ok()?;
+    let live = proxy.live.load();
+    Some(ClientConn::new(
+        stream,
+        live.config.proxy.max_message_size,
+        live.config.proxy.client_write_timeout.get(),
+        proxy.buffers.clone(),
+    ))
+}
+
+/// The logged-in state and statements of a session from its image (the client's unread
+/// bytes go back into `client`).
 async fn rebuild(
     proxy: &Arc<Proxy>,
-    admitted: Admitted,
-    fd: OwnedFd,
+    client: &mut ClientConn,
     image: SessionImage,
-) -> Result<Box<crate::session::Session>, String> {
-    let stream = std::net::TcpStream::from(fd);
-    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+) -> Result<(LoggedIn, Statements), String> {
     let live = proxy.live.load_full();
     let user = (live.users.get(&image.user).cloned()).ok_or("its user is not configured")?;
     let site = (live.config.site_for(&image.server_db))
@@ -116,24 +152,12 @@ async fn rebuild(
     });
     let settings = live.settings_for(site);
     let failover_timeout = live.config.failover.failover_timeout.get();
-    let mut client = ClientConn::new(
-        stream,
-        live.config.proxy.max_message_size,
-        live.config.proxy.client_write_timeout.get(),
-        proxy.buffers.clone(),
-    );
     drop(live);
     let welcome = crate::session::login::welcome_for(proxy, &target, &settings, failover_timeout)
         .await
         .map_err(|e| e.to_string())?;
     let params = ClientParams::from_startup(&image.settings, &welcome)?;
     let secret = unhex(&image.secret).ok_or("a malformed cancel key")?;
-    let info = ClientInfo {
-        who: Who::Session(target.clone()),
-        peer: image.peer.as_deref().and_then(|p| p.parse().ok()),
-        connected_unix_s: image.connected_unix_s,
-    };
-    let cancel = proxy.cancels.register_key(info, image.process_id, &secret);
     let mut statements = Statements::default();
     for body in &image.statements {
         let body = unhex(body).ok_or("a malformed statement")?;
@@ -141,9 +165,14 @@ async fn rebuild(
             Parse::decode(&Frame::new(b'P', Bytes::from(body))).map_err(|e| e.to_string())?;
         statements.prepare(parse).map_err(|e| e.to_string())?;
     }
-    client
-        .buf
-        .extend_from_slice(&unhex(&image.pending).ok_or("malformed pending bytes")?);
+    let pending = unhex(&image.pending).ok_or("malformed pending bytes")?;
+    let info = ClientInfo {
+        who: Who::Session(target.clone()),
+        peer: image.peer.as_deref().and_then(|p| p.parse().ok()),
+        connected_unix_s: image.connected_unix_s,
+    };
+    let cancel = proxy.cancels.register_key(info, image.process_id, &secret);
+    client.buf.extend_from_slice(&pending);
     let logged_in = LoggedIn {
         target,
         settings,
@@ -151,12 +180,7 @@ async fn rebuild(
         params,
         cancel,
     };
-    let span = tracing::debug_span!("client", peer = %image.peer.unwrap_or_default());
-    let mut session = Box::new(crate::session::Session::new(
-        admitted, client, logged_in, span,
-    ));
-    session.statements = statements;
-    Ok(session)
+    Ok((logged_in, statements))
 }
 
 #[cfg(test)]

@@ -1,14 +1,16 @@
 //! Online restart (`[proxy] handover_socket`): a new `switchyard serve` takes over from the
 //! one running, over a unix socket. The new process says hello; the running one passes it its
-//! listening sockets (the proxy's and the admin listener, SCM_RIGHTS) and stops accepting, so
-//! no connection is refused meanwhile; then each of its transaction-mode clients, at its next
-//! idle moment, follows with its own socket and what its session knows
-//! (`switchyard_frontend::handover`). The old process drains what cannot move and exits.
+//! listening sockets (the proxy's and the admin listener, SCM_RIGHTS) and goes on accepting
+//! until the new one, fully started, says it serves (if it fails or dies first, the old one
+//! simply goes on serving); then the old one stops accepting, so no connection is refused, and
+//! each of its transaction-mode clients, at its next idle moment, follows with its own socket
+//! and what its session knows (`switchyard_frontend::handover`). The old process drains what
+//! cannot move and exits. Only a process of the same user may be on either end.
 //!
 //! Messages are length-prefixed JSON; each carries the descriptors it names. Descriptors
-//! arrive in the order they were sent, so the receiver pairs them with messages in order.
-//! The socket calls are rustix's (safe wrappers of sendmsg/recvmsg): neither std nor tokio
-//! passes descriptors.
+//! arrive in the order they were sent, so the receiver pairs them with messages in order (a
+//! truncated set ends the channel). The socket calls are rustix's (safe wrappers of
+//! sendmsg/recvmsg): neither std nor tokio passes descriptors.
 
 use anyhow::{Context, bail};
 use rustix::net::{
@@ -30,12 +32,15 @@ use tokio_util::sync::CancellationToken;
 
 /// The protocol's version: a process only hands over to one that speaks the same.
 const VERSION: u32 = 1;
-/// Longest wait for the other side's next message during the exchange of listeners.
+/// Longest wait for the other side's next message during the exchange, or for one send.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest message accepted (a session with many statements is the largest).
+/// Longest the old process waits for the new one to start serving.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest message accepted (a session with many statements is the largest; a session that
+/// would need more stays and drains: see `switchyard_frontend::handover`).
 const MAX_MESSAGE: usize = 64 << 20;
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 enum Message {
     Hello {
         version: u32,
@@ -44,8 +49,32 @@ enum Message {
     Listeners {
         admin: bool,
     },
+    /// The new process serves: the old one may stop accepting.
+    Ready,
     /// Carries the client's socket.
     Session(Box<SessionImage>),
+}
+
+impl Message {
+    /// Its kind, for logs (an image holds a cancel secret and client bytes: never logged).
+    fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Listeners { .. } => "listeners",
+            Message::Ready => "ready",
+            Message::Session(_) => "session",
+        }
+    }
+}
+
+/// Only a process of the user running this one may be on the other end.
+fn check_peer(stream: &UnixStream) -> anyhow::Result<()> {
+    let peer = stream.peer_cred()?.uid();
+    let me = rustix::process::getuid().as_raw();
+    if peer != me {
+        bail!("the handover socket's other end runs as uid {peer}, not {me}");
+    }
+    Ok(())
 }
 
 /// One end of a handover socket.
@@ -129,6 +158,11 @@ impl Channel {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e.into()),
             };
+            if got.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+                // Descriptors were dropped (none left here?): they could no longer be paired
+                // with their messages, so the channel is done.
+                bail!("descriptors lost in the handover (MSG_CTRUNC)");
+            }
             for message in control.drain() {
                 if let RecvAncillaryMessage::ScmRights(fds) = message {
                     self.fds.extend(fds);
@@ -152,6 +186,12 @@ impl Channel {
 pub struct TakenOver {
     pub listener: std::net::TcpListener,
     pub admin: Option<std::net::TcpListener>,
+    /// Where its sessions come from.
+    pub sessions: Incoming,
+}
+
+/// The old process's end of the handover, for its sessions.
+pub struct Incoming {
     channel: Channel,
 }
 
@@ -169,6 +209,7 @@ pub async fn take_over(path: &Path) -> anyhow::Result<Option<TakenOver>> {
         }
         Err(e) => return Err(e).with_context(|| format!("handover socket {}", path.display())),
     };
+    check_peer(&stream)?;
     let mut channel = Channel::new(stream);
     channel
         .send(&Message::Hello { version: VERSION }, &[])
@@ -188,13 +229,23 @@ pub async fn take_over(path: &Path) -> anyhow::Result<Option<TakenOver>> {
     Ok(Some(TakenOver {
         listener,
         admin,
-        channel,
+        sessions: Incoming { channel },
     }))
 }
 
-impl TakenOver {
-    /// Takes in the old process's sessions as they come, until it is done.
-    pub async fn receive_sessions(mut self, proxy: Arc<Proxy>) {
+impl Incoming {
+    /// Tells the old process this one serves (call once accepting), then takes in its
+    /// sessions as they come, until it is done; `received` is cancelled then.
+    pub async fn receive(mut self, proxy: Arc<Proxy>, received: CancellationToken) {
+        let _done = received.drop_guard();
+        let ready = self.channel.send(&Message::Ready, &[]);
+        if !matches!(
+            tokio::time::timeout(EXCHANGE_TIMEOUT, ready).await,
+            Ok(Ok(()))
+        ) {
+            tracing::error!("could not tell the old process this one serves; it goes on");
+            return;
+        }
         let mut taken = 0u64;
         loop {
             match self.channel.recv().await {
@@ -203,9 +254,15 @@ impl TakenOver {
                         switchyard_frontend::handover::adopt(&proxy, fd, *image);
                         taken += 1;
                     }
-                    Err(e) => tracing::warn!(error = %e, "handover"),
+                    Err(e) => {
+                        // Unpaired from here on: nothing more can be taken in safely.
+                        tracing::error!(error = %e, "handover channel out of step; closing it");
+                        break;
+                    }
                 },
-                Ok(Some(other)) => tracing::warn!(?other, "unexpected handover message"),
+                Ok(Some(other)) => {
+                    tracing::warn!(kind = other.kind(), "unexpected handover message")
+                }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "handover socket failed");
@@ -217,23 +274,24 @@ impl TakenOver {
     }
 }
 
-/// Serves the handover socket at `path` until a new process asks: then passes it `listener`
-/// (and `admin`), cancels `handed_over` (the caller drains this process) and sends it every
-/// session that moves, until no client is left here.
+/// Serves the handover socket at `path` (once `ready`: this process has taken in all the
+/// sessions of the one it replaced) until a new process asks: then passes it `listener`
+/// (and `admin`); once it says it serves, cancels `handed_over` (the caller drains this
+/// process) and sends it every session that moves, until no client is left here.
 pub async fn offer(
     path: PathBuf,
     listener: OwnedFd,
     admin: Option<OwnedFd>,
     proxy: Arc<Proxy>,
     handed_over: CancellationToken,
+    ready: CancellationToken,
 ) {
-    let _ = std::fs::remove_file(&path);
-    let unix = match UnixListener::bind(&path) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "cannot serve the handover socket; online restart is off");
-            return;
-        }
+    tokio::select! {
+        () = ready.cancelled() => {}
+        () = proxy.shutdown.cancelled() => return,
+    }
+    let Some(unix) = bind(&path) else {
+        return;
     };
     tracing::info!(path = %path.display(), "handover socket ready");
     let mut channel = loop {
@@ -248,11 +306,15 @@ pub async fn offer(
             },
             () = proxy.shutdown.cancelled() => return,
         };
+        if let Err(e) = check_peer(&stream) {
+            tracing::warn!(error = %e, "handover refused");
+            continue;
+        }
         let mut channel = Channel::new(stream);
         match tokio::time::timeout(EXCHANGE_TIMEOUT, channel.recv()).await {
             Ok(Ok(Some(Message::Hello { version }))) if version == VERSION => {}
-            other => {
-                tracing::warn!(?other, "a handover request this process cannot serve");
+            _ => {
+                tracing::warn!("a handover request this process cannot serve (another version?)");
                 continue;
             }
         }
@@ -261,21 +323,26 @@ pub async fn offer(
         let listeners = Message::Listeners {
             admin: admin.is_some(),
         };
-        match channel.send(&listeners, &fds).await {
-            Ok(()) => break channel,
-            Err(e) => tracing::warn!(error = %e, "handover failed before the listeners"),
+        if let Err(e) = channel.send(&listeners, &fds).await {
+            tracing::warn!(error = %e, "handover failed before the listeners");
+            continue;
+        }
+        // This process goes on serving until the new one says it does too.
+        match tokio::time::timeout(READY_TIMEOUT, channel.recv()).await {
+            Ok(Ok(Some(Message::Ready))) => break channel,
+            _ => tracing::warn!("the new process did not start; this one goes on serving"),
         }
     };
-    // The new process accepts from now on; this one's idle sessions go to it.
+    // The new process accepts from now on; this one's idle sessions go to it. (The socket
+    // file is the new process's now: left alone.)
     drop(unix);
-    let _ = std::fs::remove_file(&path);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     proxy.hand_over_to(tx);
     tracing::info!(
         "a new process took over the listeners; handing over idle sessions and draining"
     );
     handed_over.cancel();
-    let mut sent = 0u64;
+    let (mut sent, mut failed) = (0u64, 0u64);
     loop {
         let next = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await;
         let (fd, image) = match next {
@@ -289,14 +356,39 @@ pub async fn offer(
             },
             Err(_) => continue,
         };
-        if let Err(e) = channel
-            .send(&Message::Session(Box::new(image)), &[&fd])
-            .await
-        {
-            tracing::warn!(error = %e, "handing over a session failed; its client is disconnected");
-        } else {
-            sent += 1;
+        let message = Message::Session(Box::new(image));
+        let fds = [&fd];
+        match tokio::time::timeout(EXCHANGE_TIMEOUT, channel.send(&message, &fds)).await {
+            Ok(Ok(())) => sent += 1,
+            _ => {
+                failed += 1;
+                tracing::warn!("handing over a session failed; its client is disconnected");
+            }
         }
     }
-    tracing::info!(sessions = sent, "sessions handed over");
+    tracing::info!(sessions = sent, failed, "sessions handed over");
+}
+
+/// Binds the handover socket at `path` (replacing a stale socket there, never anything
+/// else), readable and writable by this user only.
+fn bind(path: &Path) -> Option<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => drop(std::fs::remove_file(path)),
+        Ok(_) => {
+            tracing::error!(path = %path.display(), "handover_socket names something that is not a socket; online restart is off");
+            return None;
+        }
+        Err(_) => {}
+    }
+    match UnixListener::bind(path) {
+        Ok(l) => {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+            Some(l)
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot serve the handover socket; online restart is off");
+            None
+        }
+    }
 }

@@ -49,18 +49,16 @@ pub async fn start_with(config: Config, path: Option<PathBuf>) -> anyhow::Result
     } else {
         crate::handover::take_over(&handover_socket).await?
     };
-    let (listener, admin_listener) = match &taken {
+    let (listener, admin_listener, incoming) = match taken {
         Some(t) => {
             tracing::info!(socket = %handover_socket.display(), "taking over from the running Switchyard");
-            (
-                from_std(t.listener.try_clone()?)?,
-                t.admin.as_ref().map(|a| a.try_clone()).transpose()?,
-            )
+            (from_std(t.listener)?, t.admin, Some(t.sessions))
         }
         None => (
             TcpListener::bind(&config.proxy.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.proxy.listen))?,
+            None,
             None,
         ),
     };
@@ -94,10 +92,12 @@ pub async fn start_with(config: Config, path: Option<PathBuf>) -> anyhow::Result
     )
     .await
     .with_context(|| format!("cannot listen on {} (admin.listen)", admin_config.listen))?;
-    if let Some(t) = taken {
-        tokio::spawn(t.receive_sessions(proxy.clone()));
-    }
     let handed_over = CancellationToken::new();
+    // This process offers to be replaced once it has taken in everything it replaced.
+    let received = CancellationToken::new();
+    if incoming.is_none() {
+        received.cancel();
+    }
     let offer = (!handover_socket.as_os_str().is_empty()).then(|| {
         tokio::spawn(crate::handover::offer(
             handover_socket,
@@ -105,6 +105,7 @@ pub async fn start_with(config: Config, path: Option<PathBuf>) -> anyhow::Result
             admin_fd,
             proxy.clone(),
             handed_over.clone(),
+            received.clone(),
         ))
     });
     let hooks = ConsoleHooks {
@@ -116,6 +117,10 @@ pub async fn start_with(config: Config, path: Option<PathBuf>) -> anyhow::Result
         proxy.clone(),
         listener,
     ));
+    if let Some(incoming) = incoming {
+        // Accepting now: the old process may stop.
+        tokio::spawn(incoming.receive(proxy.clone(), received));
+    }
     tracing::info!(%addr, "switchyard listening");
     Ok(Running {
         addr,

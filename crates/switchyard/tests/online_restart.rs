@@ -110,7 +110,7 @@ async fn pgbench_goes_through_two_online_restarts_without_a_failed_transaction()
     let steady = tokio::spawn(run(
         pgbench(
             port,
-            &["-n", "-M", "prepared", "-c", "4", "-j", "4", "-T", "6"],
+            &["-n", "-M", "prepared", "-c", "4", "-j", "4", "-T", "12"],
         ),
         None,
         PGBENCH,
@@ -121,15 +121,27 @@ async fn pgbench_goes_through_two_online_restarts_without_a_failed_transaction()
     wait_history(&pg, &steady, seen, 200).await;
     let ran = within(PGBENCH, "steady pgbench", steady).await.unwrap();
     assert_clean(&ran.expect_success("steady pgbench"), "steady pgbench");
+    // All four of its connections moved (none was closed: pgbench would have aborted).
     assert!(
-        second.log().contains("session taken over"),
+        first.log().contains("sessions=4 failed=0"),
+        "{}",
+        first.log()
+    );
+    assert!(
+        second
+            .log()
+            .contains("taking over from the running Switchyard")
+    );
+    assert_eq!(
+        second.log().matches("session taken over").count(),
+        4,
         "{}",
         second.log()
     );
 
     // A connection per transaction: the listener moves with no refused connection.
     let churn = tokio::spawn(run(
-        pgbench(port, &["-n", "-C", "-c", "4", "-j", "2", "-T", "8"]),
+        pgbench(port, &["-n", "-C", "-c", "4", "-j", "2", "-T", "12"]),
         None,
         PGBENCH,
         "pgbench -C",

@@ -5,7 +5,7 @@
 use super::pool_for::server_db;
 use super::run::{Link, Session};
 use crate::SessionError;
-use crate::handover::{SessionImage, hex};
+use crate::handover::{MAX_PENDING, MAX_STATEMENTS, SessionImage, hex};
 use std::os::fd::AsFd;
 use switchyard_config::PoolMode;
 use switchyard_server::Credential;
@@ -39,7 +39,9 @@ impl Session {
         let movable = self.mode() == PoolMode::Transaction
             && matches!(self.link, Link::Detached)
             && self.owe_ready_at_sync.is_none()
-            && matches!(self.client.stream, Stream::Plain(_));
+            && matches!(self.client.stream, Stream::Plain(_))
+            && self.client.buf.len() <= MAX_PENDING
+            && self.statements.iter().count() <= MAX_STATEMENTS;
         let target = &self.info.target;
         if !movable || matches!(target.credential, Credential::Learned(_)) {
             return None;
