@@ -56,6 +56,30 @@ fn path<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} path in {report:#}"))
 }
 
+/// What a finished drill left: its text report, the proxy's config and the JSON report.
+struct Ran {
+    stdout: String,
+    config: String,
+    report: Value,
+}
+
+/// Runs a drill to its end (it must succeed) and reads what it wrote into `out`.
+async fn run_drill(mut cmd: Command, out: &Path) -> Ran {
+    let output = within(DRILL, "the drill", cmd.output())
+        .await
+        .expect("the drill runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "drill failed:\n{stdout}\n{stderr}");
+    let config = std::fs::read_to_string(out.join("switchyard.toml")).unwrap();
+    let json = std::fs::read_to_string(out.join("report.json")).unwrap();
+    Ran {
+        stdout,
+        config,
+        report: serde_json::from_str(&json).unwrap(),
+    }
+}
+
 #[tokio::test]
 async fn a_short_freeze_drill_shows_nothing_stuck_through_switchyard() {
     let out = tempfile::tempdir().unwrap();
@@ -112,21 +136,17 @@ async fn a_dns_drill_follows_the_name_to_the_promoted_standby() {
     let out = tempfile::tempdir().unwrap();
     let mut cmd = drill(out.path(), "crash");
     cmd.args(["--topology", "dns"]);
-    let output = within(DRILL, "the drill", cmd.output())
-        .await
-        .expect("the drill runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "drill failed:\n{stdout}\n{stderr}");
+    let Ran {
+        stdout,
+        config,
+        report,
+    } = run_drill(cmd, out.path()).await;
     assert!(stdout.contains("one DNS name"), "{stdout}");
-    let config = std::fs::read_to_string(out.path().join("switchyard.toml")).unwrap();
     assert!(
         config.contains("endpoint = \"db.drill-switchyard.test:"),
         "{config}"
     );
     assert!(config.contains("members = []"), "{config}");
-    let json = std::fs::read_to_string(out.path().join("report.json")).unwrap();
-    let report: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(report["topology"], "dns");
     let sy = path(&report, "switchyard");
     assert_eq!(sy["stuck"], 0, "{sy:#}");
@@ -144,17 +164,13 @@ async fn a_session_drill_keeps_every_session() {
     let out = tempfile::tempdir().unwrap();
     let mut cmd = drill(out.path(), "crash");
     cmd.arg("--sessions");
-    let output = within(DRILL, "the drill", cmd.output())
-        .await
-        .expect("the drill runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "drill failed:\n{stdout}\n{stderr}");
+    let Ran {
+        stdout,
+        config,
+        report,
+    } = run_drill(cmd, out.path()).await;
     assert!(stdout.contains("session pooling"), "{stdout}");
-    let config = std::fs::read_to_string(out.path().join("switchyard.toml")).unwrap();
     assert!(config.contains("mode = \"session\""), "{config}");
-    let json = std::fs::read_to_string(out.path().join("report.json")).unwrap();
-    let report: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(report["sessions"], true);
     let sy = path(&report, "switchyard");
     assert_eq!(sy["stuck"], 0, "{sy:#}");

@@ -195,6 +195,8 @@ struct Cluster {
     primary: PgServer,
     standby: Option<PgServer>,
     proxy: Running,
+    /// The proxy's config (a second instance may start on it).
+    config: Config,
 }
 
 impl Cluster {
@@ -214,7 +216,7 @@ impl Cluster {
             .map(PgServer::addr)
             .collect();
         tweak(&mut config);
-        let proxy = within(STEP, "proxy start", serve::start(config))
+        let proxy = within(STEP, "proxy start", serve::start(config.clone()))
             .await
             .expect("proxy starts");
         let addr = primary.addr();
@@ -226,6 +228,7 @@ impl Cluster {
             primary,
             standby,
             proxy,
+            config,
         }
     }
 
@@ -302,6 +305,11 @@ async fn old_primary_comes_back(fault: Fault) {
     let _serial = SERIAL.lock().await;
     let cl = Cluster::start(true, |_| {}).await;
     let (old, new) = (&cl.primary, cl.standby());
+    // A second instance on the same config, sharing nothing with the first: it must come to
+    // the same decisions from its own evidence.
+    let second = within(STEP, "second proxy", serve::start(cl.config.clone()))
+        .await
+        .expect("second proxy starts");
     let c = cl.client().await;
     let port = within(STEP, "first write", write(&c, "before")).await;
     assert_eq!(port.expect("first write"), old.port());
@@ -369,6 +377,33 @@ async fn old_primary_comes_back(fault: Fault) {
     }
     assert_eq!(rows_on(old, "after"), 0, "writes reached the old primary");
     assert_eq!(rows_on(new, "after"), 50);
+    // The second instance agrees: the old primary stays fenced for it too.
+    let seen = wait_for(
+        &second,
+        STEP,
+        "the second instance names the promoted standby",
+        |s| s.primary.as_deref() == Some(new.addr().as_str()) && s.members[0].health == "Up",
+    )
+    .await;
+    assert_eq!(seen.members[0].writable, Some(true), "{seen:?}");
+    let info = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app",
+        second.addr.port()
+    );
+    let c2 = connect(&info)
+        .await
+        .expect("connect through the second proxy");
+    for i in 0..10 {
+        let port = within(STEP, "write through the second", write(&c2, "second"))
+            .await
+            .unwrap_or_else(|e| panic!("write {i} failed: {} {e}", sqlstate(&e)));
+        assert_eq!(port, new.port(), "write {i} landed on port {port}");
+    }
+    assert_eq!(
+        rows_on(old, "second"),
+        0,
+        "the second instance wrote to the old primary"
+    );
     eprintln!(
         "fencing[{fault:?}]: transition rows on the old primary (in flight at the fault): {}",
         rows_on(old, "transition")
