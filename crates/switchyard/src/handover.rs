@@ -211,9 +211,10 @@ pub async fn take_over(path: &Path) -> anyhow::Result<Option<TakenOver>> {
     };
     check_peer(&stream)?;
     let mut channel = Channel::new(stream);
-    channel
-        .send(&Message::Hello { version: VERSION }, &[])
-        .await?;
+    let hello = channel.send(&Message::Hello { version: VERSION }, &[]);
+    tokio::time::timeout(EXCHANGE_TIMEOUT, hello)
+        .await
+        .context("the running Switchyard did not take the handover request")??;
     let answer = tokio::time::timeout(EXCHANGE_TIMEOUT, channel.recv())
         .await
         .context("the running Switchyard did not answer the handover")??;
@@ -235,8 +236,15 @@ pub async fn take_over(path: &Path) -> anyhow::Result<Option<TakenOver>> {
 
 impl Incoming {
     /// Tells the old process this one serves (call once accepting), then takes in its
-    /// sessions as they come, until it is done; `received` is cancelled then.
-    pub async fn receive(mut self, proxy: Arc<Proxy>, received: CancellationToken) {
+    /// sessions as they come, until it is done or `limit` has passed (its drain is bounded by
+    /// its `shutdown_timeout`); `received` is cancelled then.
+    pub async fn receive(
+        mut self,
+        proxy: Arc<Proxy>,
+        received: CancellationToken,
+        limit: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
         let _done = received.drop_guard();
         let ready = self.channel.send(&Message::Ready, &[]);
         if !matches!(
@@ -248,7 +256,11 @@ impl Incoming {
         }
         let mut taken = 0u64;
         loop {
-            match self.channel.recv().await {
+            let Ok(next) = tokio::time::timeout_at(deadline, self.channel.recv()).await else {
+                tracing::warn!("the old process is still handing over; no longer waiting for it");
+                break;
+            };
+            match next {
                 Ok(Some(Message::Session(image))) => match self.channel.take_fd() {
                     Ok(fd) => {
                         switchyard_frontend::handover::adopt(&proxy, fd, *image);
@@ -323,9 +335,12 @@ pub async fn offer(
         let listeners = Message::Listeners {
             admin: admin.is_some(),
         };
-        if let Err(e) = channel.send(&listeners, &fds).await {
-            tracing::warn!(error = %e, "handover failed before the listeners");
-            continue;
+        match tokio::time::timeout(EXCHANGE_TIMEOUT, channel.send(&listeners, &fds)).await {
+            Ok(Ok(())) => {}
+            _ => {
+                tracing::warn!("handover failed before the listeners");
+                continue;
+            }
         }
         // This process goes on serving until the new one says it does too.
         match tokio::time::timeout(READY_TIMEOUT, channel.recv()).await {

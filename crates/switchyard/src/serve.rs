@@ -81,6 +81,7 @@ pub async fn start_with(config: Config, path: Option<PathBuf>) -> anyhow::Result
         .map(|l| l.as_fd().try_clone_to_owned())
         .transpose()?;
     let admin_config = config.admin.clone();
+    let shutdown_timeout = config.proxy.shutdown_timeout.get();
     let proxy = Proxy::new(config).context("TLS settings")?;
     tokio::spawn(proxy.pools.clone().run_reaper(proxy.background.clone()));
     // The admin surfaces run until the drain is over, so an incident during shutdown is seen.
@@ -119,7 +120,10 @@ pub async fn start_with(config: Config, path: Option<PathBuf>) -> anyhow::Result
     ));
     if let Some(incoming) = incoming {
         // Accepting now: the old process may stop.
-        tokio::spawn(incoming.receive(proxy.clone(), received));
+        // The old process drains for its shutdown_timeout (likely this one's), then sends
+        // what is left.
+        let limit = shutdown_timeout + Duration::from_secs(30);
+        tokio::spawn(incoming.receive(proxy.clone(), received, limit));
     }
     tracing::info!(%addr, "switchyard listening");
     Ok(Running {
