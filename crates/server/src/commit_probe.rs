@@ -18,6 +18,37 @@ pub const PROBE_SQL: &str = "SELECT pg_catalog.txid_current_if_assigned(), \
      pg_catalog.pg_current_wal_insert_lsn(), ('x' || substr(pg_catalog.pg_walfile_name(\
      pg_catalog.pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int";
 
+/// The probe prepared on the connection once (at login), so each COMMIT's probe is a Bind and
+/// an Execute, neither parsed nor planned again. While the connection's record of prepared
+/// statements lacks it (a client's DISCARD ALL or DEALLOCATE ALL, an eviction, an error that
+/// made the record uncertain), the probe goes as a simple query instead.
+pub const PROBE_STATEMENT: &[u8] = b"sy_commit_probe";
+
+/// The probe's messages: Bind, Execute and Sync of [`PROBE_STATEMENT`] if `prepared`, else a
+/// Query. (A Sync inside the client's transaction block ends nothing.)
+pub fn probe_messages(prepared: bool) -> BytesMut {
+    let mut out = BytesMut::new();
+    if !prepared {
+        switchyard_proto::frontend::query(PROBE_SQL).encode(&mut out);
+        return out;
+    }
+    use switchyard_proto::frontend::tag as fe;
+    let mut bind = BytesMut::new();
+    bind.put_u8(0); // unnamed portal
+    bind.put_slice(PROBE_STATEMENT);
+    bind.put_u8(0);
+    bind.put_i16(0); // no parameter formats
+    bind.put_i16(0); // no parameters
+    bind.put_i16(0); // result formats: all text
+    switchyard_proto::Frame::new(fe::BIND, bind.freeze()).encode(&mut out);
+    let mut execute = BytesMut::new();
+    execute.put_u8(0);
+    execute.put_i32(0);
+    switchyard_proto::Frame::new(fe::EXECUTE, execute.freeze()).encode(&mut out);
+    switchyard_proto::Frame::new(fe::SYNC, bytes::Bytes::new()).encode(&mut out);
+    out
+}
+
 /// Whether the connection's user may run [`PROBE_SQL`] (asked once per connection, at login):
 /// a probe refused inside a transaction would abort it, turning its COMMIT into a rollback.
 pub(crate) const PRIVILEGE_SQL: &str = "SELECT pg_catalog.has_function_privilege(\
@@ -260,5 +291,23 @@ mod tests {
         let fields = ErrorFields::decode(&e).unwrap();
         assert_eq!(fields.code, "40001");
         assert_eq!(&rest[..], &[msg(b'Z', b"I"), next].concat()[..]);
+    }
+
+    #[test]
+    fn a_prepared_probe_is_a_bind_an_execute_and_a_sync() {
+        let mut out = probe_messages(true);
+        let tags: Vec<u8> = std::iter::from_fn(|| {
+            switchyard_proto::decode_frame(&mut out, 1 << 20)
+                .unwrap()
+                .map(|f| f.tag)
+        })
+        .collect();
+        assert_eq!(tags, b"BES");
+        let mut out = probe_messages(false);
+        let query = switchyard_proto::decode_frame(&mut out, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(query.tag, b'Q');
+        assert!(out.is_empty());
     }
 }

@@ -179,6 +179,9 @@ impl ServerConn {
             // Outside any transaction, so a refusal here harms nothing.
             let row = conn.query_row(crate::commit_probe::PRIVILEGE_SQL).await;
             conn.can_probe_commits = matches!(row.as_deref(), Ok([Some(t)]) if t == "t");
+            if conn.can_probe_commits {
+                conn.prepare_probe().await?;
+            }
         }
         Ok(conn)
     }
@@ -283,6 +286,30 @@ impl ServerConn {
         }
         self.write_out(&out).await?;
         self.first_row().await
+    }
+
+    /// Prepares the commit probe ([`crate::commit_probe::PROBE_STATEMENT`]); if the server
+    /// refuses, the probe goes as a simple query.
+    async fn prepare_probe(&mut self) -> Result<(), ServerError> {
+        use crate::commit_probe::{PROBE_SQL, PROBE_STATEMENT};
+        let mut parse = BytesMut::new();
+        parse.extend_from_slice(PROBE_STATEMENT);
+        parse.extend_from_slice(&[0]);
+        parse.extend_from_slice(PROBE_SQL.as_bytes());
+        parse.extend_from_slice(&[0, 0, 0]); // no parameter types
+        let mut out = BytesMut::new();
+        Frame::new(frontend::tag::PARSE, parse.freeze()).encode(&mut out);
+        Frame::new(frontend::tag::SYNC, bytes::Bytes::new()).encode(&mut out);
+        self.write_out(&out).await?;
+        match self.first_row().await {
+            Ok(_) => {
+                let name = bytes::Bytes::from_static(PROBE_STATEMENT);
+                self.prepared.insert(name, usize::MAX);
+                Ok(())
+            }
+            Err(ServerError::Query(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads a query's answers up to ReadyForQuery; returns its first row.

@@ -29,8 +29,8 @@ use super::run::{Session, generation_moved_past};
 use bytes::BytesMut;
 use std::time::Duration;
 use switchyard_proto::backend::{self, TxStatus};
-use switchyard_proto::frontend::{self, tag as fe};
-use switchyard_server::{PROBE_SQL, Probed, parse_lsn};
+use switchyard_proto::frontend::tag as fe;
+use switchyard_server::{Probed, parse_lsn};
 use switchyard_topology::Caught;
 use tokio::time::Instant;
 
@@ -68,11 +68,10 @@ pub(super) fn is_lone_commit(sent: &[u8]) -> bool {
     )
 }
 
-/// The probe followed by the client's COMMIT, for one write.
-pub(super) fn with_probe(request: &[u8]) -> BytesMut {
-    let probe = frontend::query(PROBE_SQL).to_bytes();
-    let mut out = BytesMut::with_capacity(probe.len() + request.len());
-    out.extend_from_slice(&probe);
+/// The probe followed by the client's COMMIT, for one write; `prepared`: the connection has
+/// the probe prepared (see [`switchyard_server::PROBE_STATEMENT`]).
+pub(super) fn with_probe(request: &[u8], prepared: bool) -> BytesMut {
+    let mut out = switchyard_server::probe_messages(prepared);
     out.extend_from_slice(request);
     out
 }
@@ -262,7 +261,7 @@ mod tests {
 
     #[test]
     fn only_a_lone_commit_is_probed() {
-        let q = |sql: &str| frontend::query(sql).to_bytes().to_vec();
+        let q = |sql: &str| switchyard_proto::frontend::query(sql).to_bytes().to_vec();
         for yes in [
             "COMMIT",
             "commit;",

@@ -535,7 +535,12 @@ impl Session {
             && super::resolve::is_lone_commit(&self.client.buf[..used])
         {
             // Rare (once per COMMIT, when enabled): the probe goes first in the same write.
-            probed = super::resolve::with_probe(request);
+            let prepared = !conn.prepared.is_uncertain()
+                && conn.prepared.contains(switchyard_server::PROBE_STATEMENT);
+            if prepared {
+                conn.prepared.touch(switchyard_server::PROBE_STATEMENT);
+            }
+            probed = super::resolve::with_probe(request, prepared);
             conn.commit_probe = CommitProbe::Sent(std::time::Instant::now());
             &probed[..]
         } else {
