@@ -81,6 +81,8 @@ fn check_peer(stream: &UnixStream) -> anyhow::Result<()> {
 struct Channel {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// One read's room, kept: a read is at most this much.
+    chunk: Vec<u8>,
     fds: VecDeque<OwnedFd>,
 }
 
@@ -89,6 +91,7 @@ impl Channel {
         Self {
             stream,
             buf: Vec::new(),
+            chunk: vec![0u8; 64 << 10],
             fds: VecDeque::new(),
         }
     }
@@ -141,13 +144,12 @@ impl Channel {
                 }
             }
             self.stream.readable().await?;
-            let mut chunk = vec![0u8; 64 << 10];
             let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(16))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
             let got = self.stream.try_io(Interest::READABLE, || {
                 rustix::net::recvmsg(
                     &self.stream,
-                    &mut [IoSliceMut::new(&mut chunk)],
+                    &mut [IoSliceMut::new(&mut self.chunk)],
                     &mut control,
                     RecvFlags::CMSG_CLOEXEC,
                 )
@@ -171,7 +173,7 @@ impl Channel {
             if got.bytes == 0 {
                 return Ok(None);
             }
-            self.buf.extend_from_slice(&chunk[..got.bytes]);
+            self.buf.extend_from_slice(&self.chunk[..got.bytes]);
         }
     }
 
