@@ -92,6 +92,8 @@ struct Slot {
     /// The session task's waker, kept from its first idle wait on: a shutdown wakes every idle
     /// session through it, so an idle wait registers nothing anywhere (see `wake_all`).
     idle_waker: std::sync::OnceLock<std::task::Waker>,
+    /// Notifications waiting for the client (transaction-mode LISTEN), once it listens.
+    inbox: std::sync::OnceLock<Arc<crate::listen::Inbox>>,
 }
 
 impl Slot {
@@ -150,6 +152,7 @@ impl CancelRegistry {
             link: Mutex::default(),
             info,
             idle_waker: std::sync::OnceLock::new(),
+            inbox: std::sync::OnceLock::new(),
         });
         entries.insert(
             process_id,
@@ -173,6 +176,7 @@ impl CancelRegistry {
             link: Mutex::default(),
             info,
             idle_waker: std::sync::OnceLock::new(),
+            inbox: std::sync::OnceLock::new(),
         });
         let mut entries = lock(&self.entries);
         let mut wanted = process_id;
@@ -301,6 +305,19 @@ impl CancelHandle {
     /// Keeps `waker` (the session task's: it never changes) for [`CancelRegistry::wake_all`].
     pub fn wake_on_shutdown(&self, waker: &std::task::Waker) {
         self.slot.idle_waker.get_or_init(|| waker.clone());
+    }
+
+    /// The client's inbox of notifications, if it has listened.
+    pub fn inbox(&self) -> Option<&Arc<crate::listen::Inbox>> {
+        self.slot.inbox.get()
+    }
+
+    /// The client's inbox, made by `make` the first time.
+    pub fn inbox_or_init(
+        &self,
+        make: impl FnOnce() -> Arc<crate::listen::Inbox>,
+    ) -> &Arc<crate::listen::Inbox> {
+        self.slot.inbox.get_or_init(make)
     }
 
     /// The client gave its server connection back (or lost it).

@@ -91,6 +91,14 @@ pub enum SessionError {
     /// nothing about whether the user exists.
     #[error("could not look up user {user:?} with auth_query: {why}")]
     AuthLookup { user: String, why: String },
+    /// Transaction mode: no server listened for the client's LISTEN in time (no primary
+    /// within failover_timeout, or the listening connection failed).
+    #[error("LISTEN not in effect in time")]
+    ListenTimeout,
+    /// Transaction mode: a LISTEN Switchyard cannot follow (in a transaction, with other
+    /// statements, or in a named prepared statement).
+    #[error("LISTEN in a form transaction pooling cannot follow")]
+    ListenUnsupported,
     /// One client address already has `max_pending_logins_per_address` logins under way.
     #[error("too many connections logging in from {address}")]
     TooManyLogins { address: String, max: usize },
@@ -168,6 +176,16 @@ impl SessionError {
                 })
             }
             Self::Server(e) => error(CANNOT_CONNECT_NOW, format!("server unavailable: {e}")),
+            Self::ListenTimeout => error(
+                CANNOT_CONNECT_NOW,
+                "no server listened for this LISTEN within failover_timeout; retry later".into(),
+            ),
+            Self::ListenUnsupported => error(
+                FEATURE_NOT_SUPPORTED,
+                "in transaction pooling, LISTEN must be sent on its own outside a transaction \
+                 (a simple query of LISTEN/UNLISTEN statements, or one unnamed statement)"
+                    .into(),
+            ),
             Self::PrimaryChanged => error(
                 CANNOT_CONNECT_NOW,
                 "the cluster's primary changed while this request waited; retry".into(),

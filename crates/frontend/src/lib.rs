@@ -16,6 +16,7 @@ pub mod console;
 mod encodings;
 mod errors;
 pub mod handover;
+pub mod listen;
 pub mod listener;
 mod logins;
 mod params;

@@ -160,6 +160,8 @@ pub struct Proxy {
     pub(crate) mock_nonce: [u8; 32],
     /// Users looked up with `auth_query`, and the secrets their logins proved.
     pub(crate) auth_query: crate::auth_query::AuthQueryUsers,
+    /// Transaction-mode LISTEN: one listening connection per (cluster, database, user).
+    pub(crate) listen_hubs: crate::listen::Hubs,
 }
 
 impl Proxy {
@@ -189,6 +191,7 @@ impl Proxy {
             pending_logins: Default::default(),
             mock_nonce: rand::random(),
             auth_query: Default::default(),
+            listen_hubs: Default::default(),
         });
         tokio::spawn(wake_idle_sessions_at_shutdown(Arc::downgrade(&proxy)));
         Ok(proxy)

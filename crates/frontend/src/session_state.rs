@@ -112,7 +112,7 @@ fn next_word(text: &[u8]) -> (String, &[u8]) {
 
 /// The next name of `text`: a quoted identifier as written inside its quotes (a doubled
 /// quote is one), else up to a blank, `=`, `(` or `;`, lowercased, as PostgreSQL folds it.
-fn next_name(text: &[u8]) -> (String, &[u8]) {
+pub(crate) fn next_name(text: &[u8]) -> (String, &[u8]) {
     let text = skip_blanks(text).unwrap_or_default();
     if text.first() == Some(&b'"') {
         let mut name = Vec::new();

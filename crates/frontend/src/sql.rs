@@ -265,17 +265,40 @@ fn dollar_quote(sql: &[u8], at: usize) -> Option<Option<usize>> {
     Some(end.map(|e| delim.len() * 2 + e))
 }
 
-/// Whether SQL text names search_path, in any letter case (`SET SEARCH_PATH ...`). Underscores
-/// are few in SQL, so this looks only around each one.
-pub fn names_search_path(sql: &[u8]) -> bool {
-    sql.iter().enumerate().any(|(i, &b)| {
-        b == b'_'
-            && i >= 6
-            && sql[i - 6..i].eq_ignore_ascii_case(b"search")
-            && sql
-                .get(i + 1..i + 5)
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"path"))
-    })
+/// What the relay notes of a request's SQL text, in one pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mentions {
+    /// It names search_path, in any letter case (`SET SEARCH_PATH ...`).
+    pub search_path: bool,
+    /// It has the word LISTEN (not UNLISTEN), in any case: it may make its server connection
+    /// hear notifications. A false yes only costs that connection (transaction mode).
+    pub listen: bool,
+}
+
+/// [`Mentions`] of `sql`. Underscores and `n`s are few enough in SQL that this looks only
+/// around each.
+pub fn mentions(sql: &[u8]) -> Mentions {
+    let mut m = Mentions::default();
+    for (i, &b) in sql.iter().enumerate() {
+        match b {
+            b'_' => {
+                m.search_path |= i >= 6
+                    && sql[i - 6..i].eq_ignore_ascii_case(b"search")
+                    && sql
+                        .get(i + 1..i + 5)
+                        .is_some_and(|p| p.eq_ignore_ascii_case(b"path"));
+            }
+            b'n' | b'N' if i >= 5 => {
+                let start = i - 5;
+                let before = start.checked_sub(1).map(|j| sql[j]);
+                m.listen |= sql[start..=i].eq_ignore_ascii_case(b"listen")
+                    && !before.is_some_and(continues_identifier)
+                    && !sql.get(i + 1).is_some_and(|&c| continues_identifier(c));
+            }
+            _ => {}
+        }
+    }
+    m
 }
 
 /// True for the text of one statement that only starts a transaction. On the data path for

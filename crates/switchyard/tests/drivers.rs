@@ -1,9 +1,8 @@
 //! The driver matrix (tests/clients/drivers/README.md): psycopg 3 (sync; asyncio with
 //! psycopg_pool), asyncpg, node-postgres, pgjdbc and tokio-postgres run the same scenarios
-//! through Switchyard in session and transaction mode. Every scenario passes in session mode
-//! unless the driver itself has no such feature; transaction mode differs only where session
-//! state is needed. The README's table is rendered from this run and must match it
-//! (`SWITCHYARD_UPDATE_README=1` rewrites it).
+//! through Switchyard in session and transaction mode. Every scenario passes in both modes
+//! unless the driver itself has no such feature. The README's table is rendered from this run
+//! and must match it (`SWITCHYARD_UPDATE_README=1` rewrites it).
 
 mod common;
 #[allow(dead_code)]
@@ -101,10 +100,9 @@ async fn run_driver(h: &Harness, driver: Driver, mode: PoolMode) -> Row {
 
 /// Whether an outcome is what the matrix promises; `Err` says why not.
 fn check(row: &Row, scenario: &str, o: &Outcome) -> Result<(), String> {
-    let session_state = scenario == "listen_notify" && row.mode != PoolMode::Session;
     match o {
-        Outcome::Ok(_) if !(row.driver.lacks(scenario) || session_state) => Ok(()),
-        Outcome::Skipped(_) if row.driver.lacks(scenario) || session_state => Ok(()),
+        Outcome::Ok(_) if !row.driver.lacks(scenario) => Ok(()),
+        Outcome::Skipped(_) if row.driver.lacks(scenario) => Ok(()),
         Outcome::Ok(d) => Err(format!("ran, but is expected to be skipped: {d}")),
         Outcome::Skipped(why) => Err(format!("skipped: {why}")),
         Outcome::Failed(why) => Err(format!("failed: {why}")),

@@ -34,11 +34,13 @@ impl Session {
     }
 
     /// What the new process needs, if this session can move: transaction mode, between
-    /// transactions, a configured user, a database the same config maps the same way.
+    /// transactions, not listening, a configured user, a database the same config maps the same way.
     fn image(&self) -> Option<SessionImage> {
         let movable = self.mode() == PoolMode::Transaction
             && matches!(self.link, Link::Detached)
             && self.owe_ready_at_sync.is_none()
+            // Its LISTENs live in this process's hub.
+            && self.info.cancel.inbox().is_none()
             && matches!(self.client.stream, Stream::Plain(_))
             && self.client.buf.len() <= MAX_PENDING
             && self.statements.iter().count() <= MAX_STATEMENTS;

@@ -5,6 +5,7 @@
 mod abort;
 mod attach;
 mod handover;
+mod listen;
 pub(crate) mod login;
 pub mod pool_for;
 mod rebuild;

@@ -4,7 +4,7 @@
 
 use crate::params::ClientParams;
 use crate::session_state;
-use crate::sql::{Effect, is_transaction_start, names_search_path};
+use crate::sql::{Effect, is_transaction_start, mentions};
 use crate::statements::Statements;
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, VecDeque};
@@ -108,8 +108,12 @@ pub struct Relay {
     /// search_path may have changed on this attachment (a SET naming it, a RESET or DISCARD
     /// ALL completed): read it back before the connection goes back to the pool.
     pub read_back_search_path: bool,
-    /// The connection's state is not known (a read-back failed): close it, never reuse it.
+    /// The connection's state is not known (a read-back failed), or it may hear notifications
+    /// (a LISTEN in transaction mode): close it, never reuse it.
     pub discard: bool,
+    /// Transaction mode: a LISTEN went to the server on this attachment (the client is warned
+    /// that nobody listens for it; see `session/listen.rs`).
+    pub listened: bool,
     /// Requests answered (ReadyForQuery) on this attachment.
     pub answered: u32,
     /// The request being answered ran past `query_timeout` and a cancel was sent for it.
@@ -256,6 +260,7 @@ impl Relay {
             names_search_path: false,
             read_back_search_path: false,
             discard: false,
+            listened: false,
             answered: 0,
             query_cancelled: false,
             request_started_us: 0,
@@ -278,6 +283,7 @@ impl Relay {
         self.names_search_path = false;
         self.read_back_search_path = false;
         self.discard = false;
+        self.listened = false;
         self.answered = 0;
         self.query_cancelled = false;
         self.request_started_us = 0;
@@ -342,7 +348,13 @@ impl Relay {
             let rewrite = self.mode == PoolMode::Transaction
                 && matches!(h.tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE);
             if matches!(h.tag, fe::QUERY | fe::PARSE) {
-                self.names_search_path |= names_search_path(&msg[5..]);
+                let m = mentions(&msg[5..]);
+                self.names_search_path |= m.search_path;
+                if m.listen && self.mode == PoolMode::Transaction {
+                    // Its server connection would hear for the next client: closed, not pooled.
+                    self.listened = true;
+                    self.discard = true;
+                }
             }
             if let Some(built) = server.built.as_deref_mut() {
                 session_state::note_message(built, h.tag, &msg[5..], self.copy_in);

@@ -382,10 +382,22 @@ fn unchanged_traffic_goes_straight_from_the_input_and_rewrites_keep_the_order() 
 
 #[test]
 fn search_path_is_read_back_only_when_it_may_have_changed() {
-    assert!(names_search_path(b"SET search_path TO a"));
-    assert!(names_search_path(b"set SEARCH_Path = a"));
-    assert!(!names_search_path(b"select * from pgbench_accounts"));
-    assert!(!names_search_path(b"_path search_ search"));
+    let names = |sql: &[u8]| crate::sql::mentions(sql).search_path;
+    assert!(names(b"SET search_path TO a"));
+    assert!(names(b"set SEARCH_Path = a"));
+    assert!(!names(b"select * from pgbench_accounts"));
+    assert!(!names(b"_path search_ search"));
+    let listens = |sql: &[u8]| crate::sql::mentions(sql).listen;
+    assert!(listens(b"BEGIN; LISTEN jobs"));
+    assert!(listens(b"listen x"));
+    for no in [
+        &b"UNLISTEN x"[..],
+        b"select listen_port",
+        b"relisten",
+        b"SELECT 1",
+    ] {
+        assert!(!listens(no), "{}", String::from_utf8_lossy(no));
+    }
     let done = |w: &mut World, tag: &[u8]| {
         let mut body = tag.to_vec();
         body.push(0);

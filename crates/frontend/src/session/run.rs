@@ -9,6 +9,7 @@
 //! transitions. In transaction mode the session detaches
 //! at the end of every transaction; in session mode it stays attached until the client leaves.
 
+use super::listen::Listened;
 use super::login::LoggedIn;
 use super::pool_for::INTERNAL_QUERY_TIMEOUT;
 use super::relay::{
@@ -328,6 +329,11 @@ impl Session {
                     self.out.clear();
                     self.client.buffers().give(std::mem::take(&mut self.out));
                 }
+                if self.info.cancel.inbox().is_some() {
+                    // Between transactions: notifications reach the client now, as from
+                    // PostgreSQL.
+                    Box::pin(self.deliver_notifications()).await?;
+                }
                 if !self.idle().await? {
                     return Ok(());
                 }
@@ -350,6 +356,19 @@ impl Session {
                     return Ok(());
                 }
                 continue;
+            }
+            if self.mode() == PoolMode::Transaction
+                && matches!(self.link, Link::Detached)
+                && self.owe_ready_at_sync.is_none()
+                && (matches!(h.tag, fe::QUERY | fe::PARSE)
+                    || (matches!(h.tag, fe::BIND | fe::DESCRIBE | fe::CLOSE)
+                        && self.info.cancel.inbox().is_some_and(|i| i.has_prepared())))
+            {
+                match Box::pin(self.try_listen()).await? {
+                    Listened::No => {}
+                    Listened::Done => continue,
+                    Listened::ClientLeft => return Ok(()),
+                }
             }
             // Each of these is boxed so that its state does not live in every idle session's task.
             if self.owe_ready_at_sync.is_some() {
@@ -400,6 +419,12 @@ impl Session {
         std::future::poll_fn(|cx| {
             if proxy.poll_stopping(cancel, cx).is_ready() {
                 return Poll::Ready(Err(SessionError::Shutdown));
+            }
+            if let Some(inbox) = cancel.inbox()
+                && inbox.poll_mail(cx).is_ready()
+            {
+                // Notifications to deliver: the caller's loop does.
+                return Poll::Ready(Ok(true));
             }
             client.poll_fill(cx)
         })
@@ -832,6 +857,9 @@ impl Session {
             m.counters()
                 .transaction(now - since, u64::from(self.relay.answered));
         }
+        if transaction_mode && self.relay.listened {
+            self.warn_listen_in_transaction();
+        }
         if transaction_mode {
             // Every ParameterStatus went to both maps: they still match.
             server.conn.settings_fingerprint = self.info.params.fingerprint();
@@ -849,7 +877,7 @@ impl Session {
 
     /// A request that could not get a server: its messages up to the next Sync (or the Query)
     /// are dropped and the client gets the error and ReadyForQuery; the connection stays usable.
-    async fn refuse_request(&mut self, e: SessionError) -> Result<(), SessionError> {
+    pub(super) async fn refuse_request(&mut self, e: SessionError) -> Result<(), SessionError> {
         let Some(fields) = e.to_client() else {
             return Err(e);
         };

@@ -33,6 +33,15 @@ impl ErrorFields {
         }
     }
 
+    /// A notice (NoticeResponse) at WARNING severity: something the client should know that
+    /// is not an error of its request.
+    pub fn warning(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            severity: "WARNING".into(),
+            ..Self::error(code, message)
+        }
+    }
+
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self
@@ -71,6 +80,11 @@ impl ErrorFields {
     /// Encodes as an ErrorResponse.
     pub fn to_frame(&self) -> Frame {
         self.encode_as(super::tag::ERROR_RESPONSE)
+    }
+
+    /// Encodes as a NoticeResponse.
+    pub fn to_notice_frame(&self) -> Frame {
+        self.encode_as(super::tag::NOTICE_RESPONSE)
     }
 
     fn encode_as(&self, tag: u8) -> Frame {

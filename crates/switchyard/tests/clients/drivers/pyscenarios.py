@@ -18,10 +18,9 @@ ENV = {k: os.environ[k] for k in
        ["SY_HOST", "SY_PORT", "SY_DB", "SY_USER", "SY_PASSWORD", "SY_ADMIN_USER", "SY_MODE",
         "SY_TABLE"]}
 SESSION = ENV["SY_MODE"] == "session"
-TRANSACTION_ONLY_SKIP = (
-    "needs session state: LISTEN lives on one server connection, which transaction mode "
-    "gives back after each transaction"
-)
+# In transaction mode a notification comes through the listener's hub: its sender pid is the
+# pooled server process the NOTIFY ran on, not the process id of the sender's key.
+TRANSACTION_NOTIFY = "delivered through the hub (transaction mode: the sender pid is its server's)"
 
 
 def conninfo(user=None, password=None, **extra) -> str:
