@@ -72,6 +72,59 @@ pub struct Probed {
     pub sent_at: Instant,
 }
 
+/// How the client's COMMIT is answered: the tags of the server's messages, in order, which
+/// Switchyard sends itself when it learns after a failover that the transaction committed. A
+/// simple query's is CommandComplete and ReadyForQuery; an extended flight's has ParseComplete,
+/// ParameterDescription, NoData and BindComplete before them, as its messages asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitReply {
+    tags: [u8; 8],
+    len: u8,
+}
+
+impl CommitReply {
+    /// A simple query's COMMIT.
+    pub const SIMPLE: CommitReply = CommitReply {
+        tags: [
+            tag::COMMAND_COMPLETE,
+            tag::READY_FOR_QUERY,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ],
+        len: 2,
+    };
+
+    /// From the answers' tags (at most 8).
+    pub fn of(tags: &[u8]) -> Option<CommitReply> {
+        let mut reply = CommitReply {
+            tags: [0; 8],
+            len: u8::try_from(tags.len()).ok()?,
+        };
+        reply.tags.get_mut(..tags.len())?.copy_from_slice(tags);
+        Some(reply)
+    }
+
+    /// The answer of a COMMIT that committed.
+    pub fn frames(&self) -> Vec<switchyard_proto::Frame> {
+        use switchyard_proto::Frame;
+        use switchyard_proto::backend::{self, TxStatus};
+        self.tags[..usize::from(self.len)]
+            .iter()
+            .map(|&t| match t {
+                tag::COMMAND_COMPLETE => backend::command_complete("COMMIT"),
+                tag::READY_FOR_QUERY => backend::ready_for_query(TxStatus::Idle),
+                // ParameterDescription: no parameters.
+                b't' => Frame::new(t, bytes::Bytes::from_static(&[0, 0])),
+                _ => Frame::new(t, bytes::Bytes::new()),
+            })
+            .collect()
+    }
+}
+
 /// Where the probe of the connection's current COMMIT stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CommitProbe {
@@ -79,28 +132,44 @@ pub enum CommitProbe {
     #[default]
     None,
     /// Sent with the COMMIT at that instant; its answers are the first to come.
-    Sent(Instant),
-    /// Answered.
-    Answered(Probed),
+    Sent(Instant, CommitReply),
+    /// Answered; the COMMIT's own answer is held until all of it has come, so that if the
+    /// server is lost before, the client has had none of it and is sent the whole.
+    Answered(Probed, CommitReply),
     /// The probe failed (cancelled, a privilege taken away since login): its error aborted
     /// the transaction, so the COMMIT's answer was turned into a 40001 error; the outcome is
     /// known (rolled back).
     Failed,
 }
 
+/// Largest message of a COMMIT's own answer held back (a notice a deferred trigger raised can
+/// be long; a larger one loses the server connection as a protocol error would).
+const MAX_HELD_MESSAGE: usize = 1 << 20;
+
 impl CommitProbe {
     /// While `Sent`: takes the probe's answers off the front of `buf` once all have arrived
-    /// (through its ReadyForQuery) and records what they said. `Ok(false)`: not all here yet.
+    /// (through its ReadyForQuery) and records what they said; then, while `Answered`, holds
+    /// the COMMIT's answer until it is all in `buf`. `Ok(true)`: `buf` may be relayed.
     ///
     /// If the probe failed, its error aborted the client's transaction and the COMMIT ends it
-    /// as a ROLLBACK: that answer is awaited too and replaced by an error saying so, as the
-    /// client must not read a rollback as success.
+    /// as a ROLLBACK: that answer is awaited too and its CommandComplete replaced by an error
+    /// saying so, as the client must not read a rollback as success.
     pub fn take_answer(&mut self, buf: &mut BytesMut) -> Result<bool, ProtoError> {
-        let Self::Sent(sent_at) = *self else {
-            return Ok(true);
-        };
+        match *self {
+            Self::Sent(sent_at, reply) => self.take_probe(buf, sent_at, reply),
+            Self::Answered(..) => Ok(scan_to_ready(buf, 0, MAX_HELD_MESSAGE)?.is_some()),
+            Self::None | Self::Failed => Ok(true),
+        }
+    }
+
+    fn take_probe(
+        &mut self,
+        buf: &mut BytesMut,
+        sent_at: Instant,
+        reply: CommitReply,
+    ) -> Result<bool, ProtoError> {
         // Find the end of the answer first: nothing is consumed until it is all here.
-        let Some(answer) = scan_to_ready(buf, 0)? else {
+        let Some(answer) = scan_to_ready(buf, 0, MAX_PROBE_MESSAGE)? else {
             return Ok(false);
         };
         let row = answer
@@ -111,15 +180,16 @@ impl CommitProbe {
         let end = answer.last().map_or(0, |m| m.body.end);
         if let (Some((xid, lsn, timeline)), false) = (row, failed) {
             buf.advance(end);
-            *self = Self::Answered(Probed {
+            let probed = Probed {
                 xid,
                 lsn,
                 timeline,
                 sent_at,
-            });
-            return Ok(true);
+            };
+            *self = Self::Answered(probed, reply);
+            return self.take_answer(buf);
         }
-        let Some(commit) = scan_to_ready(buf, end)? else {
+        let Some(commit) = scan_to_ready(buf, end, MAX_HELD_MESSAGE)? else {
             return Ok(false);
         };
         let mut rewritten = BytesMut::with_capacity(buf.len());
@@ -149,11 +219,12 @@ struct Found {
     body: std::ops::Range<usize>,
 }
 
-/// The messages from `at` through the next ReadyForQuery, once all have arrived.
-fn scan_to_ready(buf: &[u8], mut at: usize) -> Result<Option<Vec<Found>>, ProtoError> {
+/// The messages from `at` through the next ReadyForQuery, once all have arrived (none larger
+/// than `max`).
+fn scan_to_ready(buf: &[u8], mut at: usize, max: usize) -> Result<Option<Vec<Found>>, ProtoError> {
     let mut found = Vec::new();
     loop {
-        let Some(h) = peek_header(&buf[at..], MAX_PROBE_MESSAGE)? else {
+        let Some(h) = peek_header(&buf[at..], max)? else {
             return Ok(None);
         };
         if buf.len() < at + h.wire_len {
@@ -236,21 +307,28 @@ mod tests {
         let commit = msg(b'C', b"COMMIT\0");
         let mut buf = BytesMut::new();
         let at = Instant::now();
-        let mut probe = CommitProbe::Sent(at);
+        let mut probe = CommitProbe::Sent(at, CommitReply::SIMPLE);
         for (i, byte) in answer.iter().enumerate() {
             buf.put_u8(*byte);
-            let done = probe.take_answer(&mut buf).unwrap();
-            assert_eq!(done, i == answer.len() - 1, "at byte {i}");
+            assert!(!probe.take_answer(&mut buf).unwrap(), "at byte {i}");
         }
-        buf.extend_from_slice(&commit);
         let expected = Probed {
             xid: Some(742),
             lsn: 0x3000148,
             timeline: 2,
             sent_at: at,
         };
-        assert_eq!(probe, CommitProbe::Answered(expected));
-        assert_eq!(&buf[..], &commit[..], "only the probe's answer was taken");
+        assert_eq!(probe, CommitProbe::Answered(expected, CommitReply::SIMPLE));
+        assert!(buf.is_empty(), "the probe's answer was taken");
+        // The COMMIT's answer is held until it is all there.
+        let ready = msg(b'Z', b"I");
+        let whole = [commit.clone(), ready].concat();
+        for (i, byte) in whole.iter().enumerate() {
+            buf.put_u8(*byte);
+            let done = probe.take_answer(&mut buf).unwrap();
+            assert_eq!(done, i == whole.len() - 1, "at byte {i}");
+        }
+        assert_eq!(&buf[..], &whole[..], "the COMMIT's answer is left to relay");
     }
 
     #[test]
@@ -258,9 +336,11 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.extend(row(&[None, Some("1/0"), Some("1")]));
         buf.extend(msg(b'Z', b"T"));
-        let mut probe = CommitProbe::Sent(Instant::now());
-        assert!(probe.take_answer(&mut buf).unwrap());
-        assert!(matches!(probe, CommitProbe::Answered(p) if p.xid.is_none() && p.lsn == 1 << 32));
+        let mut probe = CommitProbe::Sent(Instant::now(), CommitReply::SIMPLE);
+        assert!(!probe.take_answer(&mut buf).unwrap());
+        assert!(
+            matches!(probe, CommitProbe::Answered(p, _) if p.xid.is_none() && p.lsn == 1 << 32)
+        );
         assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
     }
 
@@ -269,7 +349,7 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.extend(msg(b'E', b"SERROR\0C57014\0\0"));
         buf.extend(msg(b'Z', b"E"));
-        let mut probe = CommitProbe::Sent(Instant::now());
+        let mut probe = CommitProbe::Sent(Instant::now(), CommitReply::SIMPLE);
         assert!(
             !probe.take_answer(&mut buf).unwrap(),
             "waits for the COMMIT's answer"
@@ -291,6 +371,15 @@ mod tests {
         let fields = ErrorFields::decode(&e).unwrap();
         assert_eq!(fields.code, "40001");
         assert_eq!(&rest[..], &[msg(b'Z', b"I"), next].concat()[..]);
+    }
+
+    #[test]
+    fn a_committed_reply_has_the_shape_the_client_asked_for() {
+        let tags = |r: CommitReply| r.frames().iter().map(|f| f.tag).collect::<Vec<u8>>();
+        assert_eq!(tags(CommitReply::SIMPLE), b"CZ");
+        let extended = CommitReply::of(b"1tn2nCZ").unwrap();
+        assert_eq!(tags(extended), b"1tn2nCZ");
+        assert!(CommitReply::of(b"123456789").is_none());
     }
 
     #[test]

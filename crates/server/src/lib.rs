@@ -18,7 +18,7 @@ mod socket;
 pub use auth::AllowedAuth;
 pub use built_state::{BuiltState, Change, Effect};
 pub use commit_probe::{
-    CommitProbe, PROBE_SQL, PROBE_STATEMENT, Probed, parse_lsn, probe_messages,
+    CommitProbe, CommitReply, PROBE_SQL, PROBE_STATEMENT, Probed, parse_lsn, probe_messages,
 };
 pub use conn::{BackendKey, CancelKey, ConnectParams, ServerConn, send_cancel};
 pub use credential::{Credential, LearnedSecret, ServerSecret};

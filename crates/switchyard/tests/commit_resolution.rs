@@ -44,14 +44,30 @@ enum Then {
     BackendEnded,
 }
 
+/// How the client sends its COMMIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// A simple query.
+    Simple,
+    /// A statement prepared by name, then bound and executed (tokio-postgres's `execute`).
+    Named,
+    /// An unnamed Parse, Bind, Execute and Sync in one flight (pgjdbc's, psycopg's way).
+    Unnamed,
+}
+
 /// Runs one scene; returns what the client's COMMIT got and whether the row is on the primary
 /// that follows.
 async fn scene(then: Then, held: Held) -> (Result<(), String>, bool) {
-    scene_with(then, held, true).await
+    scene_with(then, held, true, Sent::Simple).await
 }
 
-/// [`scene`] with synchronous replication or not.
-async fn scene_with(then: Then, held: Held, sync_replication: bool) -> (Result<(), String>, bool) {
+/// [`scene`] with synchronous replication or not, and the COMMIT sent as `sent`.
+async fn scene_with(
+    then: Then,
+    held: Held,
+    sync_replication: bool,
+    sent: Sent,
+) -> (Result<(), String>, bool) {
     let opts = ClusterOptions {
         sync_replication,
         ..ClusterOptions::default()
@@ -79,7 +95,13 @@ async fn scene_with(then: Then, held: Held, sync_replication: bool) -> (Result<(
         Held::BeforeCommitRecord => "PgSleep",
     };
     let committing = client.clone();
-    let commit = tokio::spawn(async move { committing.batch_execute("COMMIT").await });
+    let commit = tokio::spawn(async move {
+        match sent {
+            Sent::Simple => committing.batch_execute("COMMIT").await,
+            Sent::Named => committing.execute("COMMIT", &[]).await.map(drop),
+            Sent::Unnamed => committing.execute_typed("COMMIT", &[]).await.map(drop),
+        }
+    });
     // The COMMIT is in flight once the primary shows it waiting.
     let sql = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE query = 'COMMIT' AND wait_event = \
@@ -146,12 +168,39 @@ async fn a_commit_that_reached_the_standby_is_answered_commit_after_a_blackhole(
     assert_eq!(answer, Ok(()), "the client is told its COMMIT succeeded");
 }
 
+/// A COMMIT prepared by name (tokio-postgres) or sent as one unnamed extended flight (pgjdbc,
+/// psycopg) gets its true answer too, in the shape its messages asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_protocol_commit_gets_its_true_answer_after_a_crash() {
+    let then = Then::FailOver(Fault::Crash);
+    for sent in [Sent::Named, Sent::Unnamed] {
+        let (answer, there) = scene_with(then, Held::ForApply, true, sent).await;
+        assert!(there, "{sent:?}: the row is on the new primary");
+        assert_eq!(
+            answer,
+            Ok(()),
+            "{sent:?}: the client is told its COMMIT succeeded"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_protocol_commit_that_never_wrote_its_record_gets_40001() {
+    let then = Then::FailOver(Fault::Freeze);
+    for sent in [Sent::Named, Sent::Unnamed] {
+        let (answer, there) = scene_with(then, Held::BeforeCommitRecord, true, sent).await;
+        assert!(!there, "{sent:?}: the row is not on the new primary");
+        let err = answer.expect_err("the COMMIT failed");
+        assert!(err.starts_with("40001"), "{sent:?}: {err}");
+    }
+}
+
 /// With asynchronous replication the standby may lack even the transaction's records: the
 /// answer is still 40001 (its history ends before the commit), never COMMIT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_never_written_is_answered_40001_with_asynchronous_replication() {
     let then = Then::FailOver(Fault::Freeze);
-    let (answer, there) = scene_with(then, Held::BeforeCommitRecord, false).await;
+    let (answer, there) = scene_with(then, Held::BeforeCommitRecord, false, Sent::Simple).await;
     assert!(!there, "the row is not on the new primary");
     let err = answer.expect_err("the COMMIT failed");
     assert!(err.starts_with("40001"), "{err}");

@@ -156,11 +156,11 @@ impl Session {
         if commit
             && outstanding == 1
             && !self.relay.unsynced()
-            && let CommitProbe::Answered(probed) = probe
+            && let CommitProbe::Answered(probed, reply) = probe
         {
             // A lone COMMIT that carried the probe: ask what became of it.
             let lost = (&*addr, generation);
-            return Box::pin(self.answer_resolved(probed, lost, &why)).await;
+            return Box::pin(self.answer_resolved((probed, reply), lost, &why)).await;
         }
         let in_tx = self.relay.status != TxStatus::Idle && !commit;
         if in_tx {

@@ -26,11 +26,12 @@ use super::abort::{outcome_unknown, rolled_back};
 use super::login::primary_pool;
 use super::pool_for::INTERNAL_QUERY_TIMEOUT;
 use super::run::{Session, generation_moved_past};
+use crate::statements::Statements;
 use bytes::BytesMut;
 use std::time::Duration;
 use switchyard_proto::backend::{self, TxStatus};
 use switchyard_proto::frontend::tag as fe;
-use switchyard_server::{Probed, parse_lsn};
+use switchyard_server::{CommitReply, Probed, parse_lsn};
 use switchyard_topology::Caught;
 use tokio::time::Instant;
 
@@ -44,19 +45,9 @@ pub(super) enum Resolved {
     Unknown(String),
 }
 
-/// True if `sent` is one simple Query whose only statement is COMMIT or END.
-pub(super) fn is_lone_commit(sent: &[u8]) -> bool {
-    let Some((&fe::QUERY, rest)) = sent.split_first() else {
-        return false;
-    };
-    let Some(len) = rest.get(..4) else {
-        return false;
-    };
-    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    if sent.len() != len + 1 || len < 5 {
-        return false;
-    }
-    let text = String::from_utf8_lossy(&sent[5..sent.len() - 1]).to_ascii_lowercase();
+/// Whether `text` (NUL-terminated or not) is one COMMIT or END statement and nothing else.
+fn is_commit_text(text: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(crate::sql::until_nul(text)).to_ascii_lowercase();
     let words: Vec<&str> = text
         .trim()
         .trim_end_matches(';')
@@ -66,6 +57,66 @@ pub(super) fn is_lone_commit(sent: &[u8]) -> bool {
         words.as_slice(),
         ["commit"] | ["commit", "work" | "transaction"] | ["end"] | ["end", "work" | "transaction"]
     )
+}
+
+/// If `sent` (one flight of the client's, whole messages) is a lone COMMIT (or END), how a
+/// server answers it: one simple Query of it; or extended-protocol messages that run only it
+/// (an unnamed Parse of it or a Bind of a named statement of it, Describes, one Execute) and
+/// end with a Sync. Anything else in the flight, or a doubt: `None` (no probe; 08007 if lost).
+pub(super) fn commit_reply(sent: &[u8], statements: &Statements) -> Option<CommitReply> {
+    let mut at = 0;
+    let mut answers = Vec::new();
+    let mut parsed_commit = false;
+    let mut bound_portal: Option<&[u8]> = None;
+    let mut executed = false;
+    while at < sent.len() {
+        let h = switchyard_proto::peek_header(&sent[at..], usize::MAX).ok()??;
+        let body = sent.get(at + 5..at + h.wire_len)?;
+        at += h.wire_len;
+        let first = crate::sql::until_nul(body);
+        let second = || crate::sql::until_nul(body.get(first.len() + 1..).unwrap_or_default());
+        match h.tag {
+            fe::QUERY if at == h.wire_len && at == sent.len() => {
+                return is_commit_text(body).then_some(CommitReply::SIMPLE);
+            }
+            fe::PARSE if first.is_empty() && is_commit_text(second()) && !parsed_commit => {
+                parsed_commit = true;
+                answers.push(b'1');
+            }
+            fe::BIND if bound_portal.is_none() => {
+                let commits = match second() {
+                    [] => parsed_commit,
+                    name => statements
+                        .get(name)
+                        .is_some_and(|s| is_commit_text(&s.parse.tail)),
+                };
+                if !commits {
+                    return None;
+                }
+                bound_portal = Some(first);
+                answers.push(b'2');
+            }
+            fe::DESCRIBE => match body.split_first()? {
+                (b'S', name) if crate::sql::until_nul(name).is_empty() && parsed_commit => {
+                    answers.extend_from_slice(b"tn");
+                }
+                (b'P', name) if Some(crate::sql::until_nul(name)) == bound_portal => {
+                    answers.push(b'n');
+                }
+                _ => return None,
+            },
+            fe::EXECUTE if !executed && bound_portal == Some(first) => {
+                executed = true;
+                answers.push(b'C');
+            }
+            fe::SYNC if executed && at == sent.len() => {
+                answers.push(b'Z');
+                return CommitReply::of(&answers);
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// The probe followed by the client's COMMIT, for one write; `prepared`: the connection has
@@ -232,26 +283,31 @@ impl Session {
     /// the transaction.
     pub(super) async fn answer_resolved(
         &mut self,
-        probed: Probed,
+        (probed, reply): (Probed, CommitReply),
         lost: (&str, u64),
         cause: &str,
     ) -> Result<(), crate::SessionError> {
         let (addr, generation) = lost;
         let resolved = self.resolve_commit(probed).await;
         tracing::info!(parent: self.span(), server = %addr, xid = ?probed.xid, ?resolved, "COMMIT in flight when its server was lost: resolved");
+        let ready = || backend::ready_for_query(TxStatus::Idle);
         let (answer, caught) = match &resolved {
-            Resolved::Committed => (backend::command_complete("COMMIT"), Caught::Committed),
-            Resolved::RolledBack(how) => (rolled_back(Some(how)).to_frame(), Caught::RolledBack),
+            Resolved::Committed => (reply.frames(), Caught::Committed),
+            Resolved::RolledBack(how) => (
+                vec![rolled_back(Some(how)).to_frame(), ready()],
+                Caught::RolledBack,
+            ),
             Resolved::Unknown(why) => (
-                outcome_unknown(true, &format!("{cause} ({why})")).to_frame(),
+                vec![
+                    outcome_unknown(true, &format!("{cause} ({why})")).to_frame(),
+                    ready(),
+                ],
                 Caught::Unknown,
             ),
         };
         self.count_loss(caught, generation);
         self.relay.reset();
-        self.client
-            .send(&[answer, backend::ready_for_query(TxStatus::Idle)])
-            .await
+        self.client.send(&answer).await
     }
 }
 
@@ -259,8 +315,16 @@ impl Session {
 mod tests {
     use super::*;
 
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
     #[test]
     fn only_a_lone_commit_is_probed() {
+        let st = Statements::default();
         let q = |sql: &str| switchyard_proto::frontend::query(sql).to_bytes().to_vec();
         for yes in [
             "COMMIT",
@@ -269,7 +333,11 @@ mod tests {
             "commit work",
             "End Transaction;",
         ] {
-            assert!(is_lone_commit(&q(yes)), "{yes}");
+            assert_eq!(
+                commit_reply(&q(yes), &st),
+                Some(CommitReply::SIMPLE),
+                "{yes}"
+            );
         }
         for no in [
             "COMMIT PREPARED 'x'",
@@ -278,11 +346,58 @@ mod tests {
             "ROLLBACK",
             "PREPARE TRANSACTION 'x'",
         ] {
-            assert!(!is_lone_commit(&q(no)), "{no}");
+            assert_eq!(commit_reply(&q(no), &st), None, "{no}");
         }
         let mut two = q("COMMIT");
         two.extend(q("SELECT 1"));
-        assert!(!is_lone_commit(&two), "two messages");
+        assert_eq!(commit_reply(&two, &st), None, "two messages");
+    }
+
+    #[test]
+    fn an_extended_commit_is_probed_with_its_reply_shape() {
+        let mut st = Statements::default();
+        let parse =
+            |name: &str, sql: &str| msg(fe::PARSE, format!("{name}\0{sql}\0\0\0").as_bytes());
+        let named = switchyard_proto::frontend::Parse::decode(&switchyard_proto::Frame::new(
+            fe::PARSE,
+            bytes::Bytes::from_static(b"c1\0COMMIT\0\0\0"),
+        ))
+        .unwrap();
+        st.prepare(named).unwrap();
+        let bind = |stmt: &str| msg(fe::BIND, format!("\0{stmt}\0\0\0\0\0\0\0").as_bytes());
+        let execute = msg(fe::EXECUTE, b"\0\0\0\0\0");
+        let sync = msg(fe::SYNC, b"");
+        let describe_p = msg(fe::DESCRIBE, b"P\0");
+        let describe_s = msg(fe::DESCRIBE, b"S\0");
+        let shape = |parts: &[&[u8]]| {
+            commit_reply(&parts.concat(), &st)
+                .map(|r| r.frames().iter().map(|f| f.tag).collect::<Vec<u8>>())
+        };
+        // pgjdbc: unnamed Parse, Bind, Describe portal, Execute, Sync.
+        let p = parse("", "COMMIT");
+        assert_eq!(
+            shape(&[&p, &bind(""), &describe_p, &execute, &sync]).unwrap(),
+            b"12nCZ"
+        );
+        assert_eq!(
+            shape(&[&p, &describe_s, &bind(""), &execute, &sync]).unwrap(),
+            b"1tn2CZ"
+        );
+        // A named statement of COMMIT.
+        assert_eq!(shape(&[&bind("c1"), &execute, &sync]).unwrap(), b"2CZ");
+        // Not a lone COMMIT.
+        let other = parse("", "UPDATE t SET a = 1");
+        assert_eq!(
+            shape(&[&other, &bind(""), &execute, &p, &bind(""), &execute, &sync]),
+            None
+        );
+        assert_eq!(shape(&[&bind("unknown"), &execute, &sync]), None);
+        assert_eq!(shape(&[&p, &bind(""), &execute]), None, "no Sync");
+        assert_eq!(
+            shape(&[&bind(""), &execute, &sync]),
+            None,
+            "an unnamed statement parsed before"
+        );
     }
 
     fn probed(timeline: u32, lsn: u64) -> Probed {

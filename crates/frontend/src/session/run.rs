@@ -554,11 +554,10 @@ impl Session {
         let used = fwd.used;
         let request = fwd.bytes(&self.client.buf, &self.out);
         let probed;
-        let request = if may_probe
-            && conn.can_probe_commits
-            && relay.commit_in_flight()
-            && super::resolve::is_lone_commit(&self.client.buf[..used])
-        {
+        let reply = (may_probe && conn.can_probe_commits && relay.commit_in_flight())
+            .then(|| super::resolve::commit_reply(&self.client.buf[..used], &self.statements))
+            .flatten();
+        let request = if let Some(reply) = reply {
             // Rare (once per COMMIT, when enabled): the probe goes first in the same write.
             let prepared = !conn.prepared.is_uncertain()
                 && conn.prepared.contains(switchyard_server::PROBE_STATEMENT);
@@ -566,7 +565,7 @@ impl Session {
                 conn.prepared.touch(switchyard_server::PROBE_STATEMENT);
             }
             probed = super::resolve::with_probe(request, prepared);
-            conn.commit_probe = CommitProbe::Sent(std::time::Instant::now());
+            conn.commit_probe = CommitProbe::Sent(std::time::Instant::now(), reply);
             &probed[..]
         } else {
             request
@@ -702,8 +701,12 @@ impl Session {
         };
         let (since, generation) = (*since, *generation);
         let conn = &mut server.conn;
-        if matches!(conn.commit_probe, CommitProbe::Sent(_)) {
-            // The commit probe's answers come first; the client never sees them.
+        if matches!(
+            conn.commit_probe,
+            CommitProbe::Sent(..) | CommitProbe::Answered(..)
+        ) {
+            // The commit probe's answers come first; the client never sees them. Then the
+            // COMMIT's own answer is held until it is whole.
             match conn.commit_probe.take_answer(&mut conn.read_buf) {
                 Ok(true) => {}
                 Ok(false) => return Ok(Flow::Continue),
