@@ -3,8 +3,11 @@
 //! is lost before the COMMIT's answer the outcome can be asked of the new primary
 //! (`frontend::session::resolve`).
 //!
-//! The probe is one simple Query sent just before the client's COMMIT; its answers come first
-//! and are taken off the stream here, so the client never sees them.
+//! The probe is a prepared statement run just before the client's COMMIT, in the same write;
+//! its answers come first and are taken off the stream here, so the client never sees them.
+//! An autocommit write (one INSERT, UPDATE, DELETE or MERGE sent over the extended protocol)
+//! gets a write probe instead, in the same implicit transaction (no Sync between): it assigns
+//! the transaction its id before the statement runs.
 
 use bytes::{Buf, BufMut, BytesMut};
 use std::time::Instant;
@@ -12,10 +15,20 @@ use switchyard_proto::backend::{ErrorFields, tag};
 use switchyard_proto::{ProtoError, peek_header};
 
 /// The probe: the transaction's id if it has one (a transaction that wrote nothing has none),
-/// the WAL insert position, which is before the commit record that follows, and the timeline
-/// the transaction runs on (from the WAL file name: PostgreSQL has no plainer way to ask).
+/// a WAL position before the commit record that follows, and the timeline the transaction
+/// runs on (from the WAL file name: PostgreSQL has no plainer way to ask).
+///
+/// With an id, the position is the end of a small transactional WAL message written now
+/// (`pg_logical_emit_message`, which needs no logical decoding): a record that carries the
+/// id. A promoted standby whose history reaches that position has seen the id, so it can never
+/// hand the same id to another transaction, and `pg_xact_status` there speaks of this one. (A
+/// transaction that only wrote to temporary or unlogged tables has no record of its id before
+/// its commit record; without this one, a standby that missed the commit could reuse the id.)
 pub const PROBE_SQL: &str = "SELECT pg_catalog.txid_current_if_assigned(), \
-     pg_catalog.pg_current_wal_insert_lsn(), ('x' || substr(pg_catalog.pg_walfile_name(\
+     CASE WHEN pg_catalog.txid_current_if_assigned() IS NULL \
+     THEN pg_catalog.pg_current_wal_insert_lsn() \
+     ELSE pg_catalog.pg_logical_emit_message(true, 'switchyard', '') END, \
+     ('x' || substr(pg_catalog.pg_walfile_name(\
      pg_catalog.pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int";
 
 /// The probe prepared on the connection once (at login), so each COMMIT's probe is a Bind and
@@ -32,10 +45,16 @@ pub fn probe_messages(prepared: bool) -> BytesMut {
         switchyard_proto::frontend::query(PROBE_SQL).encode(&mut out);
         return out;
     }
+    probe_messages_of(PROBE_STATEMENT)
+}
+
+/// Bind, Execute and Sync of the prepared statement `name`.
+fn probe_messages_of(name: &[u8]) -> BytesMut {
     use switchyard_proto::frontend::tag as fe;
+    let mut out = BytesMut::new();
     let mut bind = BytesMut::new();
     bind.put_u8(0); // unnamed portal
-    bind.put_slice(PROBE_STATEMENT);
+    bind.put_slice(name);
     bind.put_u8(0);
     bind.put_i16(0); // no parameter formats
     bind.put_i16(0); // no parameters
@@ -49,10 +68,36 @@ pub fn probe_messages(prepared: bool) -> BytesMut {
     out
 }
 
+/// The write probe: as [`PROBE_SQL`], but it runs before the write, in the same implicit
+/// transaction, and gives it its id at once (the WAL message assigns it and records it).
+pub const WRITE_PROBE_SQL: &str = "SELECT pg_catalog.txid_current(), \
+     pg_catalog.pg_logical_emit_message(true, 'switchyard', ''), \
+     ('x' || substr(pg_catalog.pg_walfile_name(\
+     pg_catalog.pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int";
+
+/// [`WRITE_PROBE_SQL`] prepared on the connection once (at login); without it, writes are
+/// not probed.
+pub const WRITE_PROBE_STATEMENT: &[u8] = b"sy_write_probe";
+
+/// The write probe's messages: Bind and Execute of [`WRITE_PROBE_STATEMENT`] and a Flush (so
+/// that its answer comes out before the client's statement runs), no Sync: the client's
+/// statement and Sync follow in the same implicit transaction.
+pub fn write_probe_messages() -> BytesMut {
+    let mut out = probe_messages_of(WRITE_PROBE_STATEMENT);
+    // The Sync (5 bytes at the end) becomes a Flush.
+    out.truncate(out.len() - 5);
+    out.extend_from_slice(&[switchyard_proto::frontend::tag::FLUSH, 0, 0, 0, 4]);
+    out
+}
+
 /// Whether the connection's user may run [`PROBE_SQL`] (asked once per connection, at login):
 /// a probe refused inside a transaction would abort it, turning its COMMIT into a rollback.
 pub(crate) const PRIVILEGE_SQL: &str = "SELECT pg_catalog.has_function_privilege(\
      'pg_catalog.txid_current_if_assigned()', 'EXECUTE') AND \
+     pg_catalog.has_function_privilege('pg_catalog.txid_current()', 'EXECUTE') AND \
+     (SELECT coalesce(bool_and(pg_catalog.has_function_privilege(p.oid, 'EXECUTE')), false) \
+      FROM pg_catalog.pg_proc p WHERE p.proname = 'pg_logical_emit_message' \
+      AND p.pronamespace = 'pg_catalog'::regnamespace) AND \
      pg_catalog.has_function_privilege('pg_catalog.pg_current_wal_insert_lsn()', 'EXECUTE') AND \
      pg_catalog.has_function_privilege('pg_catalog.pg_walfile_name(pg_lsn)', 'EXECUTE')";
 
@@ -125,17 +170,32 @@ impl CommitReply {
     }
 }
 
+/// What the probed request is, and so how its answer is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probing {
+    /// A COMMIT, answered this way if it committed.
+    Commit(CommitReply),
+    /// An autocommit write behind a write probe: its own answer (rows, CommandComplete) is
+    /// held until its ReadyForQuery, so that if the server is lost the client has had none of
+    /// it and gets either all of it (the transaction committed) or an error.
+    Write,
+}
+
+/// Most bytes of a write's own answer held back; past this (a long RETURNING) it is relayed
+/// as it comes and the write, if its server is lost, gets 08007 as without a probe.
+const MAX_HELD_BYTES: usize = 1 << 20;
+
 /// Where the probe of the connection's current COMMIT stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CommitProbe {
     /// No COMMIT probed on this request.
     #[default]
     None,
-    /// Sent with the COMMIT at that instant; its answers are the first to come.
-    Sent(Instant, CommitReply),
-    /// Answered; the COMMIT's own answer is held until all of it has come, so that if the
-    /// server is lost before, the client has had none of it and is sent the whole.
-    Answered(Probed, CommitReply),
+    /// Sent with the request at that instant; its answers are the first to come.
+    Sent(Instant, Probing),
+    /// Answered; the request's own answer is held until all of it has come, so that if the
+    /// server is lost before, the client has had none of it.
+    Answered(Probed, Probing),
     /// The probe failed (cancelled, a privilege taken away since login): its error aborted
     /// the transaction, so the COMMIT's answer was turned into a 40001 error; the outcome is
     /// known (rolled back).
@@ -157,6 +217,11 @@ impl CommitProbe {
     pub fn take_answer(&mut self, buf: &mut BytesMut) -> Result<bool, ProtoError> {
         match *self {
             Self::Sent(sent_at, reply) => self.take_probe(buf, sent_at, reply),
+            Self::Answered(_, Probing::Write) if buf.len() > MAX_HELD_BYTES => {
+                // Too long to hold: relayed as it comes, and not resolved if lost.
+                *self = Self::None;
+                Ok(true)
+            }
             Self::Answered(..) => Ok(scan_to_ready(buf, 0, MAX_HELD_MESSAGE)?.is_some()),
             Self::None | Self::Failed => Ok(true),
         }
@@ -166,10 +231,15 @@ impl CommitProbe {
         &mut self,
         buf: &mut BytesMut,
         sent_at: Instant,
-        reply: CommitReply,
+        reply: Probing,
     ) -> Result<bool, ProtoError> {
-        // Find the end of the answer first: nothing is consumed until it is all here.
-        let Some(answer) = scan_to_ready(buf, 0, MAX_PROBE_MESSAGE)? else {
+        // Find the end of the answer first: nothing is consumed until it is all here. A write
+        // probe has no Sync of its own: its answer ends with its CommandComplete (or error).
+        let answer = match reply {
+            Probing::Commit(_) => scan_to_ready(buf, 0, MAX_PROBE_MESSAGE)?,
+            Probing::Write => scan_to_end_of_statement(buf, MAX_PROBE_MESSAGE)?,
+        };
+        let Some(answer) = answer else {
             return Ok(false);
         };
         let row = answer
@@ -188,6 +258,21 @@ impl CommitProbe {
             };
             *self = Self::Answered(probed, reply);
             return self.take_answer(buf);
+        }
+        if reply == Probing::Write {
+            // The probe's error made the server skip the client's statement through its Sync:
+            // the client is told it did not run, and gets the ReadyForQuery that follows.
+            let mut rewritten = BytesMut::with_capacity(buf.len());
+            let e = ErrorFields::error(
+                switchyard_proto::sqlstate::SERIALIZATION_FAILURE,
+                "switchyard: the commit outcome probe sent with this statement failed, so the \
+                 statement did not run; it is safe to retry",
+            );
+            e.to_frame().encode(&mut rewritten);
+            rewritten.put_slice(&buf[end..]);
+            *buf = rewritten;
+            *self = Self::Failed;
+            return Ok(true);
         }
         let Some(commit) = scan_to_ready(buf, end, MAX_HELD_MESSAGE)? else {
             return Ok(false);
@@ -239,6 +324,48 @@ fn scan_to_ready(buf: &[u8], mut at: usize, max: usize) -> Result<Option<Vec<Fou
             return Ok(Some(found));
         }
     }
+}
+
+/// A write probe's messages, through its CommandComplete or ErrorResponse, once all have
+/// arrived.
+fn scan_to_end_of_statement(buf: &[u8], max: usize) -> Result<Option<Vec<Found>>, ProtoError> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(h) = peek_header(&buf[at..], max)? else {
+            return Ok(None);
+        };
+        if buf.len() < at + h.wire_len {
+            return Ok(None);
+        }
+        found.push(Found {
+            tag: h.tag,
+            body: at + 5..at + h.wire_len,
+        });
+        at += h.wire_len;
+        if matches!(h.tag, tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE) {
+            return Ok(Some(found));
+        }
+    }
+}
+
+/// The complete messages of `held` (a write's own answer, held when its server was lost)
+/// through its CommandComplete or its error: what the client is sent if its transaction's
+/// outcome is known; `None` if neither had come.
+pub fn held_through_end(held: &[u8]) -> Option<(&[u8], bool)> {
+    let mut at = 0;
+    while let Ok(Some(h)) = peek_header(&held[at..], usize::MAX) {
+        if held.len() < at + h.wire_len {
+            return None;
+        }
+        at += h.wire_len;
+        match h.tag {
+            tag::COMMAND_COMPLETE => return Some((&held[..at], true)),
+            tag::ERROR_RESPONSE => return Some((&held[..at], false)),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The probe's row: (xid or NULL, LSN, timeline).
@@ -307,7 +434,7 @@ mod tests {
         let commit = msg(b'C', b"COMMIT\0");
         let mut buf = BytesMut::new();
         let at = Instant::now();
-        let mut probe = CommitProbe::Sent(at, CommitReply::SIMPLE);
+        let mut probe = CommitProbe::Sent(at, Probing::Commit(CommitReply::SIMPLE));
         for (i, byte) in answer.iter().enumerate() {
             buf.put_u8(*byte);
             assert!(!probe.take_answer(&mut buf).unwrap(), "at byte {i}");
@@ -318,7 +445,10 @@ mod tests {
             timeline: 2,
             sent_at: at,
         };
-        assert_eq!(probe, CommitProbe::Answered(expected, CommitReply::SIMPLE));
+        assert_eq!(
+            probe,
+            CommitProbe::Answered(expected, Probing::Commit(CommitReply::SIMPLE))
+        );
         assert!(buf.is_empty(), "the probe's answer was taken");
         // The COMMIT's answer is held until it is all there.
         let ready = msg(b'Z', b"I");
@@ -336,7 +466,7 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.extend(row(&[None, Some("1/0"), Some("1")]));
         buf.extend(msg(b'Z', b"T"));
-        let mut probe = CommitProbe::Sent(Instant::now(), CommitReply::SIMPLE);
+        let mut probe = CommitProbe::Sent(Instant::now(), Probing::Commit(CommitReply::SIMPLE));
         assert!(!probe.take_answer(&mut buf).unwrap());
         assert!(
             matches!(probe, CommitProbe::Answered(p, _) if p.xid.is_none() && p.lsn == 1 << 32)
@@ -349,7 +479,7 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.extend(msg(b'E', b"SERROR\0C57014\0\0"));
         buf.extend(msg(b'Z', b"E"));
-        let mut probe = CommitProbe::Sent(Instant::now(), CommitReply::SIMPLE);
+        let mut probe = CommitProbe::Sent(Instant::now(), Probing::Commit(CommitReply::SIMPLE));
         assert!(
             !probe.take_answer(&mut buf).unwrap(),
             "waits for the COMMIT's answer"
@@ -380,6 +510,42 @@ mod tests {
         let extended = CommitReply::of(b"1tn2nCZ").unwrap();
         assert_eq!(tags(extended), b"1tn2nCZ");
         assert!(CommitReply::of(b"123456789").is_none());
+    }
+
+    #[test]
+    fn a_write_probes_answer_ends_at_its_command_complete_and_the_write_is_held() {
+        let mut buf = BytesMut::new();
+        buf.extend(msg(b'2', b""));
+        buf.extend(row(&[Some("900"), Some("0/3000148"), Some("1")]));
+        buf.extend(msg(b'C', b"SELECT 1\0"));
+        let write = [msg(b'1', b""), msg(b'2', b""), msg(b'C', b"INSERT 0 1\0")].concat();
+        buf.extend(&write);
+        let mut probe = CommitProbe::Sent(Instant::now(), Probing::Write);
+        assert!(
+            !probe.take_answer(&mut buf).unwrap(),
+            "held until its ReadyForQuery"
+        );
+        assert!(matches!(probe, CommitProbe::Answered(p, Probing::Write) if p.xid == Some(900)));
+        assert_eq!(&buf[..], &write[..]);
+        assert_eq!(held_through_end(&buf), Some((&write[..], true)));
+        buf.extend(msg(b'Z', b"I"));
+        assert!(probe.take_answer(&mut buf).unwrap());
+        // A failed write probe: the statement was skipped; the client is told it did not run.
+        let mut buf = BytesMut::new();
+        buf.extend(msg(b'E', b"SERROR\0C25006\0\0"));
+        buf.extend(msg(b'Z', b"I"));
+        let mut probe = CommitProbe::Sent(Instant::now(), Probing::Write);
+        assert!(probe.take_answer(&mut buf).unwrap());
+        assert_eq!(probe, CommitProbe::Failed);
+        let e = switchyard_proto::decode_frame(&mut buf, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ErrorFields::decode(&e).unwrap().code, "40001");
+        assert_eq!(&buf[..], &msg(b'Z', b"I")[..]);
+        assert!(
+            write_probe_messages().ends_with(b"H\0\0\0\x04"),
+            "a Flush, no Sync"
+        );
     }
 
     #[test]

@@ -180,7 +180,11 @@ impl ServerConn {
             let row = conn.query_row(crate::commit_probe::PRIVILEGE_SQL).await;
             conn.can_probe_commits = matches!(row.as_deref(), Ok([Some(t)]) if t == "t");
             if conn.can_probe_commits {
-                conn.prepare_probe().await?;
+                use crate::commit_probe::{PROBE_SQL, PROBE_STATEMENT};
+                use crate::commit_probe::{WRITE_PROBE_SQL, WRITE_PROBE_STATEMENT};
+                conn.prepare_probe(PROBE_STATEMENT, PROBE_SQL).await?;
+                conn.prepare_probe(WRITE_PROBE_STATEMENT, WRITE_PROBE_SQL)
+                    .await?;
             }
         }
         Ok(conn)
@@ -288,14 +292,14 @@ impl ServerConn {
         self.first_row().await
     }
 
-    /// Prepares the commit probe ([`crate::commit_probe::PROBE_STATEMENT`]); if the server
-    /// refuses, the probe goes as a simple query.
-    async fn prepare_probe(&mut self) -> Result<(), ServerError> {
-        use crate::commit_probe::{PROBE_SQL, PROBE_STATEMENT};
+    /// Prepares a probe (the commit probe, [`crate::commit_probe::PROBE_STATEMENT`], or the
+    /// write probe); if the server refuses, the commit probe goes as a simple query, and
+    /// writes are not probed.
+    async fn prepare_probe(&mut self, name: &'static [u8], sql: &str) -> Result<(), ServerError> {
         let mut parse = BytesMut::new();
-        parse.extend_from_slice(PROBE_STATEMENT);
+        parse.extend_from_slice(name);
         parse.extend_from_slice(&[0]);
-        parse.extend_from_slice(PROBE_SQL.as_bytes());
+        parse.extend_from_slice(sql.as_bytes());
         parse.extend_from_slice(&[0, 0, 0]); // no parameter types
         let mut out = BytesMut::new();
         Frame::new(frontend::tag::PARSE, parse.freeze()).encode(&mut out);
@@ -303,8 +307,8 @@ impl ServerConn {
         self.write_out(&out).await?;
         match self.first_row().await {
             Ok(_) => {
-                let name = bytes::Bytes::from_static(PROBE_STATEMENT);
-                self.prepared.insert(name, usize::MAX);
+                self.prepared
+                    .insert(bytes::Bytes::from_static(name), usize::MAX);
                 Ok(())
             }
             Err(ServerError::Query(_)) => Ok(()),

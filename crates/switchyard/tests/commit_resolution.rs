@@ -24,6 +24,10 @@ CREATE FUNCTION sleep_at_commit() RETURNS trigger LANGUAGE plpgsql AS
 CREATE CONSTRAINT TRIGGER sleep_at_commit AFTER INSERT ON t
   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.v = 'slow')
   EXECUTE FUNCTION sleep_at_commit();
+CREATE FUNCTION apply_at_commit() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM set_config('synchronous_commit', 'remote_apply', true); RETURN NEW; END $$;
+CREATE TRIGGER apply_at_commit BEFORE INSERT ON t FOR EACH ROW WHEN (NEW.v = 'applied')
+  EXECUTE FUNCTION apply_at_commit();
 GRANT ALL ON t TO PUBLIC;";
 
 /// How the COMMIT is held on the primary.
@@ -53,6 +57,9 @@ enum Sent {
     Named,
     /// An unnamed Parse, Bind, Execute and Sync in one flight (pgjdbc's, psycopg's way).
     Unnamed,
+    /// No COMMIT: the INSERT itself, outside a transaction (autocommit), over the extended
+    /// protocol; its commit waits at its Sync (the row's triggers hold it there).
+    AutocommitInsert,
 }
 
 /// Runs one scene; returns what the client's COMMIT got and whether the row is on the primary
@@ -79,16 +86,15 @@ async fn scene_with(
         Held::ForApply => "applied",
         Held::BeforeCommitRecord => "slow",
     };
-    let begin = format!("BEGIN; INSERT INTO t VALUES ('{value}')");
-    within(STEP, "begin", client.batch_execute(&begin))
-        .await
-        .unwrap();
+    let insert = "INSERT INTO t VALUES ($1)";
+    if sent != Sent::AutocommitInsert {
+        let begin = format!("BEGIN; INSERT INTO t VALUES ('{value}')");
+        within(STEP, "begin", client.batch_execute(&begin))
+            .await
+            .unwrap();
+    }
     let wait_event = match held {
         Held::ForApply => {
-            let sql = "SET LOCAL synchronous_commit = remote_apply";
-            within(STEP, "remote_apply", client.batch_execute(sql))
-                .await
-                .unwrap();
             Cluster::psql_on(&c.standby, "postgres", "SELECT pg_wal_replay_pause()").await;
             "SyncRep"
         }
@@ -100,11 +106,19 @@ async fn scene_with(
             Sent::Simple => committing.batch_execute("COMMIT").await,
             Sent::Named => committing.execute("COMMIT", &[]).await.map(drop),
             Sent::Unnamed => committing.execute_typed("COMMIT", &[]).await.map(drop),
+            Sent::AutocommitInsert => committing.execute(insert, &[&value]).await.map(|n| {
+                assert_eq!(n, 1, "the INSERT's own answer");
+            }),
         }
     });
     // The COMMIT is in flight once the primary shows it waiting.
+    let query = if sent == Sent::AutocommitInsert {
+        insert
+    } else {
+        "COMMIT"
+    };
     let sql = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE query = 'COMMIT' AND wait_event = \
+        "SELECT count(*) FROM pg_stat_activity WHERE query = '{query}' AND wait_event = \
          '{wait_event}'"
     );
     within(
@@ -125,9 +139,11 @@ async fn scene_with(
             (Some(injected), &c.standby)
         }
         Then::BackendEnded => {
-            let end = "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
-                       WHERE query = 'COMMIT'";
-            assert_eq!(Cluster::psql_on(&c.primary, "postgres", end).await, "t");
+            let end = format!(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+                 WHERE query = '{query}'"
+            );
+            assert_eq!(Cluster::psql_on(&c.primary, "postgres", &end).await, "t");
             (None, &c.primary)
         }
     };
@@ -193,6 +209,22 @@ async fn an_extended_protocol_commit_that_never_wrote_its_record_gets_40001() {
         let err = answer.expect_err("the COMMIT failed");
         assert!(err.starts_with("40001"), "{sent:?}: {err}");
     }
+}
+
+/// An autocommit INSERT over the extended protocol whose commit reached the standby gets its
+/// own answer (INSERT 0 1); one whose commit record was never written gets 40001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autocommit_write_gets_its_true_answer_after_a_crash_and_a_freeze() {
+    let sent = Sent::AutocommitInsert;
+    let then = Then::FailOver(Fault::Crash);
+    let (answer, there) = scene_with(then, Held::ForApply, true, sent).await;
+    assert!(there, "the row is on the new primary");
+    assert_eq!(answer, Ok(()), "the client gets the INSERT's answer");
+    let then = Then::FailOver(Fault::Freeze);
+    let (answer, there) = scene_with(then, Held::BeforeCommitRecord, true, sent).await;
+    assert!(!there, "the row is not on the new primary");
+    let err = answer.expect_err("the INSERT failed");
+    assert!(err.starts_with("40001"), "{err}");
 }
 
 /// With asynchronous replication the standby may lack even the transaction's records: the

@@ -21,7 +21,7 @@ use switchyard_config::PoolMode;
 use switchyard_proto::backend::{self, ErrorFields, TxStatus};
 use switchyard_proto::frontend::{Bind, Parse, Target, TargetKind, tag as fe};
 use switchyard_proto::{Frame, sqlstate};
-use switchyard_server::CommitProbe;
+use switchyard_server::{CommitProbe, Probing};
 use switchyard_topology::Caught;
 
 /// 40001: the transaction died with its server connection; `cause` says how, when known.
@@ -98,6 +98,9 @@ impl Session {
         let mid_message = server.conn.passthrough > 0;
         let probe = server.conn.commit_probe;
         let mut server = server;
+        // A probed write's own answer, held back: what of it the client may still be sent.
+        let held = matches!(probe, CommitProbe::Answered(_, Probing::Write))
+            .then(|| server.conn.read_buf.split().freeze());
         let built = server.conn.built.take();
         if let Some(m) = &self.monitor {
             m.request_finished(&addr);
@@ -153,14 +156,19 @@ impl Session {
             }
         }
         let commit = self.relay.commit_in_flight();
-        if commit
+        if let CommitProbe::Answered(probed, kind) = probe
             && outstanding == 1
             && !self.relay.unsynced()
-            && let CommitProbe::Answered(probed, reply) = probe
+            && match kind {
+                Probing::Commit(_) => commit,
+                Probing::Write => !commit && self.relay.status == TxStatus::Idle,
+            }
         {
-            // A lone COMMIT that carried the probe: ask what became of it.
+            // A lone COMMIT or an autocommit write that carried the probe: ask what became
+            // of its transaction.
             let lost = (&*addr, generation);
-            return Box::pin(self.answer_resolved((probed, reply), lost, &why)).await;
+            let asked = self.answer_resolved((probed, kind, held), lost, &why);
+            return Box::pin(asked).await;
         }
         let in_tx = self.relay.status != TxStatus::Idle && !commit;
         if in_tx {

@@ -1,6 +1,7 @@
 //! Commit outcome resolution (`[failover] resolve_commits`): a COMMIT that ends an explicit
-//! transaction carries, in the same write, a probe of the transaction's id, the WAL position
-//! before its commit record and its timeline ([`switchyard_server::CommitProbe`]). If the
+//! transaction (or an autocommit write over the extended protocol) carries, in the same write,
+//! a probe of the transaction's id, the WAL position before its commit record and its
+//! timeline ([`switchyard_server::CommitProbe`]). If the
 //! server is lost before the COMMIT's answer, the primary that follows is asked what became of
 //! the transaction, and the client gets the true answer:
 //!
@@ -14,9 +15,10 @@
 //!   whose backend was ended, or one that came back after a blip): `pg_xact_status` there;
 //! - one so running that was promoted from the transaction's timeline (the next one): if its
 //!   history ends before the probe's position (`pg_last_wal_replay_lsn`, the end of the WAL it
-//!   replayed before promotion), the commit record cannot be in it: 40001. Otherwise every
-//!   record of the transaction before its commit is, so its id is below any the new primary
-//!   hands out, and `pg_xact_status` is the truth: COMMIT, or 40001;
+//!   replayed before promotion), the commit record cannot be in it: 40001. Otherwise the
+//!   probe's own WAL message, which carries the transaction's id, is in it, so the new
+//!   primary never hands that id to another transaction, and `pg_xact_status` is the truth:
+//!   COMMIT, or 40001;
 //! - anything else (no primary in time, one that restarted since the COMMIT was sent, a
 //!   timeline further on, an error): 08007 as without resolution, with the reason.
 //!
@@ -31,7 +33,10 @@ use bytes::BytesMut;
 use std::time::Duration;
 use switchyard_proto::backend::{self, TxStatus};
 use switchyard_proto::frontend::tag as fe;
-use switchyard_server::{CommitReply, Probed, parse_lsn};
+use switchyard_server::{
+    CommitProbe, CommitReply, PROBE_STATEMENT, Probed, Probing, ServerConn, WRITE_PROBE_STATEMENT,
+    parse_lsn,
+};
 use switchyard_topology::Caught;
 use tokio::time::Instant;
 
@@ -119,12 +124,125 @@ pub(super) fn commit_reply(sent: &[u8], statements: &Statements) -> Option<Commi
     None
 }
 
-/// The probe followed by the client's COMMIT, for one write; `prepared`: the connection has
-/// the probe prepared (see [`switchyard_server::PROBE_STATEMENT`]).
-pub(super) fn with_probe(request: &[u8], prepared: bool) -> BytesMut {
-    let mut out = switchyard_server::probe_messages(prepared);
+/// Whether (and how) the request just sent is probed: a lone COMMIT ending an explicit
+/// transaction, or an autocommit write. Only for a request sent with nothing outstanding.
+pub(super) fn probing(
+    status_before: TxStatus,
+    committing: bool,
+    sent: &[u8],
+    statements: &Statements,
+) -> Option<Probing> {
+    match status_before {
+        TxStatus::InTransaction if committing => {
+            commit_reply(sent, statements).map(Probing::Commit)
+        }
+        TxStatus::Idle if !committing && is_autocommit_write(sent, statements) => {
+            Some(Probing::Write)
+        }
+        _ => None,
+    }
+}
+
+/// The probe followed by the client's `request`, for one write; records it on the connection.
+/// A write is probed only where the write probe is prepared; a COMMIT's probe goes as a simple
+/// query where its statement is not.
+pub(super) fn with_probe(conn: &mut ServerConn, kind: Probing, request: &[u8]) -> Option<BytesMut> {
+    let usable = |conn: &ServerConn, name: &[u8]| {
+        !conn.prepared.is_uncertain() && conn.prepared.contains(name)
+    };
+    let mut out = match kind {
+        Probing::Commit(_) => {
+            let prepared = usable(conn, PROBE_STATEMENT);
+            if prepared {
+                conn.prepared.touch(PROBE_STATEMENT);
+            }
+            switchyard_server::probe_messages(prepared)
+        }
+        Probing::Write => {
+            if !usable(conn, WRITE_PROBE_STATEMENT) {
+                return None;
+            }
+            // PostgreSQL sends nothing before a Sync or a Flush: a Flush after the statement,
+            // before the Sync that commits, brings its answer out before the commit.
+            const SYNC: [u8; 5] = [fe::SYNC, 0, 0, 0, 4];
+            let statement = request.strip_suffix(&SYNC)?;
+            conn.prepared.touch(WRITE_PROBE_STATEMENT);
+            let mut out = switchyard_server::write_probe_messages();
+            out.extend_from_slice(statement);
+            out.extend_from_slice(&[fe::FLUSH, 0, 0, 0, 4]);
+            out.extend_from_slice(&SYNC);
+            conn.commit_probe = CommitProbe::Sent(std::time::Instant::now(), kind);
+            return Some(out);
+        }
+    };
     out.extend_from_slice(request);
-    out
+    conn.commit_probe = CommitProbe::Sent(std::time::Instant::now(), kind);
+    Some(out)
+}
+
+/// Whether `sent` is one autocommit write over the extended protocol: Bind (of an unnamed
+/// statement parsed in the same flight, or a named one), maybe Describes, one Execute of all
+/// its rows, a Sync; the statement one INSERT, UPDATE, DELETE or MERGE. (A simple query is
+/// not probed: a probe in front of it could not share its transaction without changing how
+/// it runs.)
+fn is_autocommit_write(sent: &[u8], statements: &Statements) -> bool {
+    let mut at = 0;
+    let mut parsed_write = false;
+    let mut bound: Option<&[u8]> = None;
+    let mut executed = false;
+    while at < sent.len() {
+        let Ok(Some(h)) = switchyard_proto::peek_header(&sent[at..], usize::MAX) else {
+            return false;
+        };
+        let Some(body) = sent.get(at + 5..at + h.wire_len) else {
+            return false;
+        };
+        at += h.wire_len;
+        let first = crate::sql::until_nul(body);
+        let second = || crate::sql::until_nul(body.get(first.len() + 1..).unwrap_or_default());
+        let ok = match h.tag {
+            fe::PARSE if first.is_empty() && bound.is_none() => {
+                parsed_write = is_write_text(second());
+                parsed_write
+            }
+            fe::BIND if bound.is_none() => {
+                let writes = match second() {
+                    [] => parsed_write,
+                    name => statements
+                        .get(name)
+                        .is_some_and(|s| is_write_text(&s.parse.tail)),
+                };
+                bound = Some(first);
+                writes
+            }
+            fe::DESCRIBE => bound.is_some() || parsed_write,
+            // All rows: a portal left suspended would outlive the probe's transaction view.
+            fe::EXECUTE => {
+                let all = body.get(first.len() + 1..) == Some(&[0, 0, 0, 0][..]);
+                let ok = !executed && bound == Some(first) && all;
+                executed = true;
+                ok
+            }
+            fe::SYNC => executed && at == sent.len(),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    executed && sent.last_chunk::<5>() == Some(&[fe::SYNC, 0, 0, 0, 4])
+}
+
+/// One INSERT, UPDATE, DELETE or MERGE statement (after comments).
+fn is_write_text(text: &[u8]) -> bool {
+    let text = crate::sql::until_nul(text);
+    let Some(start) = crate::sql::skip_blanks(text) else {
+        return false;
+    };
+    let first = crate::sql::word(start).0;
+    ["insert", "update", "delete", "merge"]
+        .iter()
+        .any(|w| first.eq_ignore_ascii_case(w.as_bytes()))
 }
 
 /// How long one question to a server may take (a frozen one never answers).
@@ -279,35 +397,62 @@ async fn ask(
 }
 
 impl Session {
-    /// Answers the client's COMMIT, in flight when its server was lost, with what became of
-    /// the transaction.
+    /// Answers the client's COMMIT or autocommit write, in flight when its server was lost,
+    /// with what became of the transaction. A write's `held` answer (all of it that came) is
+    /// sent if it is complete: through its CommandComplete if it committed, through its error
+    /// if that ended it.
     pub(super) async fn answer_resolved(
         &mut self,
-        (probed, reply): (Probed, CommitReply),
+        (probed, kind, held): (Probed, Probing, Option<bytes::Bytes>),
         lost: (&str, u64),
         cause: &str,
     ) -> Result<(), crate::SessionError> {
         let (addr, generation) = lost;
         let resolved = self.resolve_commit(probed).await;
-        tracing::info!(parent: self.span(), server = %addr, xid = ?probed.xid, ?resolved, "COMMIT in flight when its server was lost: resolved");
-        let ready = || backend::ready_for_query(TxStatus::Idle);
-        let (answer, caught) = match &resolved {
-            Resolved::Committed => (reply.frames(), Caught::Committed),
-            Resolved::RolledBack(how) => (
-                vec![rolled_back(Some(how)).to_frame(), ready()],
-                Caught::RolledBack,
-            ),
-            Resolved::Unknown(why) => (
-                vec![
-                    outcome_unknown(true, &format!("{cause} ({why})")).to_frame(),
-                    ready(),
-                ],
-                Caught::Unknown,
-            ),
+        tracing::info!(parent: self.span(), server = %addr, xid = ?probed.xid, ?resolved, ?kind, "request in flight when its server was lost: resolved");
+        let commit = matches!(kind, Probing::Commit(_));
+        let held = held
+            .as_deref()
+            .and_then(switchyard_server::held_through_end);
+        let ready = backend::ready_for_query(TxStatus::Idle);
+        let mut out = BytesMut::new();
+        let unknown = |why: &str| outcome_unknown(commit, &format!("{cause} ({why})")).to_frame();
+        let caught = match (&resolved, kind, held) {
+            (Resolved::Committed, Probing::Commit(reply), _) => {
+                reply.frames().iter().for_each(|f| f.encode(&mut out));
+                Caught::Committed
+            }
+            (Resolved::Committed, Probing::Write, Some((answer, true))) => {
+                out.extend_from_slice(answer);
+                ready.encode(&mut out);
+                Caught::Committed
+            }
+            (Resolved::Committed, Probing::Write, _) => {
+                let why = "it committed on the primary that followed, but its result was lost";
+                unknown(why).encode(&mut out);
+                ready.encode(&mut out);
+                Caught::Committed
+            }
+            (Resolved::RolledBack(_), Probing::Write, Some((answer, false))) => {
+                // Its own error ended it: the server's answer, whole.
+                out.extend_from_slice(answer);
+                ready.encode(&mut out);
+                Caught::RolledBack
+            }
+            (Resolved::RolledBack(how), ..) => {
+                rolled_back(Some(how)).to_frame().encode(&mut out);
+                ready.encode(&mut out);
+                Caught::RolledBack
+            }
+            (Resolved::Unknown(why), ..) => {
+                unknown(why).encode(&mut out);
+                ready.encode(&mut out);
+                Caught::Unknown
+            }
         };
         self.count_loss(caught, generation);
         self.relay.reset();
-        self.client.send(&answer).await
+        self.client.write(&out).await
     }
 }
 
@@ -397,6 +542,57 @@ mod tests {
             shape(&[&bind(""), &execute, &sync]),
             None,
             "an unnamed statement parsed before"
+        );
+    }
+
+    #[test]
+    fn only_a_lone_extended_write_is_probed_outside_a_transaction() {
+        let parse = |sql: &str| msg(fe::PARSE, format!("\0{sql}\0\0\0").as_bytes());
+        let bind = |stmt: &str| msg(fe::BIND, format!("\0{stmt}\0\0\0\0\0\0\0").as_bytes());
+        let execute = msg(fe::EXECUTE, b"\0\0\0\0\0");
+        let some_rows = msg(fe::EXECUTE, b"\0\0\0\0\x0a");
+        let sync = msg(fe::SYNC, b"");
+        let describe = msg(fe::DESCRIBE, b"P\0");
+        let st = Statements::default();
+        let write = |parts: &[&[u8]]| is_autocommit_write(&parts.concat(), &st);
+        let insert = parse("/* c */ INSERT INTO t VALUES ($1)");
+        assert!(write(&[&insert, &bind(""), &describe, &execute, &sync]));
+        assert!(write(&[
+            &parse("update t set a = 1"),
+            &bind(""),
+            &execute,
+            &sync
+        ]));
+        assert!(!write(&[&parse("SELECT 1"), &bind(""), &execute, &sync]));
+        assert!(
+            !write(&[&insert, &bind(""), &some_rows, &sync]),
+            "part of its rows"
+        );
+        assert!(!write(&[&insert, &bind(""), &execute]), "no Sync");
+        assert!(!write(&[
+            &insert,
+            &bind(""),
+            &execute,
+            &insert,
+            &bind(""),
+            &execute,
+            &sync
+        ]));
+        assert!(
+            !write(&[&bind(""), &execute, &sync]),
+            "an unnamed statement of before"
+        );
+        let q = switchyard_proto::frontend::query("INSERT INTO t VALUES (1)").to_bytes();
+        assert!(!write(&[&q]), "a simple query is not probed");
+        assert_eq!(
+            probing(
+                TxStatus::InTransaction,
+                false,
+                &[&insert[..], &bind(""), &execute, &sync].concat(),
+                &st
+            ),
+            None,
+            "inside a transaction, a write commits nothing"
         );
     }
 

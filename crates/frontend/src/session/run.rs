@@ -536,14 +536,15 @@ impl Session {
             passthrough: &mut conn.passthrough,
             built: conn.built.as_deref_mut(),
         };
-        let nothing_outstanding = relay.outstanding_requests() == 0;
-        // A COMMIT alone, ending an explicit transaction, may carry the commit probe (if the
+        // A lone COMMIT or autocommit write may carry a probe of its transaction (if the
         // connection was opened with resolve_commits on, and its user may run it).
-        let may_probe = nothing_outstanding
+        let nothing_outstanding = relay.outstanding_requests() == 0;
+        let may_probe = conn.can_probe_commits
+            && nothing_outstanding
             && self.info.settings.mode == PoolMode::Transaction
-            && relay.status == TxStatus::InTransaction
             && !relay.unsynced()
             && !relay.commit_in_flight();
+        let status_before = relay.status;
         let (step, fwd) = relay.client_to_server(
             &self.client.buf,
             self.client.max_message(),
@@ -553,23 +554,15 @@ impl Session {
         )?;
         let used = fwd.used;
         let request = fwd.bytes(&self.client.buf, &self.out);
-        let probed;
-        let reply = (may_probe && conn.can_probe_commits && relay.commit_in_flight())
-            .then(|| super::resolve::commit_reply(&self.client.buf[..used], &self.statements))
-            .flatten();
-        let request = if let Some(reply) = reply {
-            // Rare (once per COMMIT, when enabled): the probe goes first in the same write.
-            let prepared = !conn.prepared.is_uncertain()
-                && conn.prepared.contains(switchyard_server::PROBE_STATEMENT);
-            if prepared {
-                conn.prepared.touch(switchyard_server::PROBE_STATEMENT);
-            }
-            probed = super::resolve::with_probe(request, prepared);
-            conn.commit_probe = CommitProbe::Sent(std::time::Instant::now(), reply);
-            &probed[..]
-        } else {
-            request
-        };
+        let mut probed = None;
+        if may_probe {
+            let sent = &self.client.buf[..used];
+            let committing = relay.commit_in_flight();
+            let kind = super::resolve::probing(status_before, committing, sent, &self.statements);
+            // Rare (once per COMMIT or write, when enabled): the probe goes first, same write.
+            probed = kind.and_then(|kind| super::resolve::with_probe(conn, kind, request));
+        }
+        let request = probed.as_deref().unwrap_or(request);
         // What the server's socket does not take at once (rare: the server is busy writing).
         let mut unsent = None;
         if !request.is_empty() {
