@@ -79,14 +79,13 @@ pub const WRITE_PROBE_SQL: &str = "SELECT pg_catalog.txid_current(), \
 /// not probed.
 pub const WRITE_PROBE_STATEMENT: &[u8] = b"sy_write_probe";
 
-/// The write probe's messages: Bind and Execute of [`WRITE_PROBE_STATEMENT`] and a Flush (so
-/// that its answer comes out before the client's statement runs), no Sync: the client's
-/// statement and Sync follow in the same implicit transaction.
+/// The write probe's messages: Bind and Execute of [`WRITE_PROBE_STATEMENT`], no Sync: the
+/// client's statement and Sync follow in the same implicit transaction (the caller puts a
+/// Flush before that Sync, which brings the probe's answer out with the statement's).
 pub fn write_probe_messages() -> BytesMut {
     let mut out = probe_messages_of(WRITE_PROBE_STATEMENT);
-    // The Sync (5 bytes at the end) becomes a Flush.
+    // Without the Sync (5 bytes at the end).
     out.truncate(out.len() - 5);
-    out.extend_from_slice(&[switchyard_proto::frontend::tag::FLUSH, 0, 0, 0, 4]);
     out
 }
 
@@ -179,10 +178,47 @@ pub enum Probing {
     /// held until its ReadyForQuery, so that if the server is lost the client has had none of
     /// it and gets either all of it (the transaction committed) or an error.
     Write,
+    /// The same, for a write the client sent as a simple query: it runs as the extended
+    /// protocol's unnamed statement (a probe cannot share a simple query's transaction), and
+    /// what that adds to its answer (ParseComplete, BindComplete, NoData) is taken off, so the
+    /// client sees a simple query's answer.
+    SimpleWrite,
 }
 
-/// Most bytes of a write's own answer held back; past this (a long RETURNING) it is relayed
-/// as it comes and the write, if its server is lost, gets 08007 as without a probe.
+impl Probing {
+    /// An autocommit write's (whose own answer is held).
+    pub fn is_write(self) -> bool {
+        matches!(self, Probing::Write | Probing::SimpleWrite)
+    }
+}
+
+/// Takes off the front of `buf` what running a simple query as the extended protocol added
+/// to its answer: ParseComplete, BindComplete and NoData (complete messages only; notices
+/// among them stay, in order).
+pub fn strip_extended_preamble(buf: &mut BytesMut) {
+    let mut at = 0;
+    let mut kept = BytesMut::new();
+    let mut stripped = false;
+    while let Ok(Some(h)) = peek_header(&buf[at..], usize::MAX) {
+        if buf.len() < at + h.wire_len {
+            break;
+        }
+        match h.tag {
+            tag::PARSE_COMPLETE | tag::BIND_COMPLETE | b'n' => stripped = true,
+            tag::NOTICE_RESPONSE => kept.extend_from_slice(&buf[at..at + h.wire_len]),
+            _ => break,
+        }
+        at += h.wire_len;
+    }
+    if stripped {
+        kept.extend_from_slice(&buf[at..]);
+        *buf = kept;
+    }
+}
+
+/// Most bytes of a probed request's own answer held back; past this (a long RETURNING, a long
+/// notice) it is relayed as it comes and the request, if its server is lost, gets 08007 as
+/// without a probe.
 const MAX_HELD_BYTES: usize = 1 << 20;
 
 /// Where the probe of the connection's current COMMIT stands.
@@ -202,10 +238,6 @@ pub enum CommitProbe {
     Failed,
 }
 
-/// Largest message of a COMMIT's own answer held back (a notice a deferred trigger raised can
-/// be long; a larger one loses the server connection as a protocol error would).
-const MAX_HELD_MESSAGE: usize = 1 << 20;
-
 impl CommitProbe {
     /// While `Sent`: takes the probe's answers off the front of `buf` once all have arrived
     /// (through its ReadyForQuery) and records what they said; then, while `Answered`, holds
@@ -217,12 +249,17 @@ impl CommitProbe {
     pub fn take_answer(&mut self, buf: &mut BytesMut) -> Result<bool, ProtoError> {
         match *self {
             Self::Sent(sent_at, reply) => self.take_probe(buf, sent_at, reply),
-            Self::Answered(_, Probing::Write) if buf.len() > MAX_HELD_BYTES => {
-                // Too long to hold: relayed as it comes, and not resolved if lost.
-                *self = Self::None;
-                Ok(true)
+            Self::Answered(_, kind) => {
+                if kind == Probing::SimpleWrite {
+                    strip_extended_preamble(buf);
+                }
+                let whole = held_whole(buf)?;
+                if whole.is_none() {
+                    // Too long to hold: relayed as it comes, and not resolved if lost.
+                    *self = Self::None;
+                }
+                Ok(whole != Some(false))
             }
-            Self::Answered(..) => Ok(scan_to_ready(buf, 0, MAX_HELD_MESSAGE)?.is_some()),
             Self::None | Self::Failed => Ok(true),
         }
     }
@@ -237,7 +274,9 @@ impl CommitProbe {
         // probe has no Sync of its own: its answer ends with its CommandComplete (or error).
         let answer = match reply {
             Probing::Commit(_) => scan_to_ready(buf, 0, MAX_PROBE_MESSAGE)?,
-            Probing::Write => scan_to_end_of_statement(buf, MAX_PROBE_MESSAGE)?,
+            Probing::Write | Probing::SimpleWrite => {
+                scan_to_end_of_statement(buf, MAX_PROBE_MESSAGE)?
+            }
         };
         let Some(answer) = answer else {
             return Ok(false);
@@ -259,7 +298,7 @@ impl CommitProbe {
             *self = Self::Answered(probed, reply);
             return self.take_answer(buf);
         }
-        if reply == Probing::Write {
+        if reply.is_write() {
             // The probe's error made the server skip the client's statement through its Sync:
             // the client is told it did not run, and gets the ReadyForQuery that follows.
             let mut rewritten = BytesMut::with_capacity(buf.len());
@@ -274,7 +313,7 @@ impl CommitProbe {
             *self = Self::Failed;
             return Ok(true);
         }
-        let Some(commit) = scan_to_ready(buf, end, MAX_HELD_MESSAGE)? else {
+        let Some(commit) = scan_to_ready(buf, end, usize::MAX)? else {
             return Ok(false);
         };
         let mut rewritten = BytesMut::with_capacity(buf.len());
@@ -323,6 +362,28 @@ fn scan_to_ready(buf: &[u8], mut at: usize, max: usize) -> Result<Option<Vec<Fou
         if h.tag == tag::READY_FOR_QUERY {
             return Ok(Some(found));
         }
+    }
+}
+
+/// Whether the request's own answer, held at the front of `buf`, is all there (through its
+/// ReadyForQuery); `None` once it is longer than [`MAX_HELD_BYTES`] (no message size limit
+/// applies here: the relay checks what it passes on).
+fn held_whole(buf: &[u8]) -> Result<Option<bool>, ProtoError> {
+    let mut at = 0;
+    loop {
+        let Some(h) = peek_header(&buf[at..], usize::MAX)? else {
+            return Ok(Some(false));
+        };
+        if at + h.wire_len > MAX_HELD_BYTES {
+            return Ok(None);
+        }
+        if buf.len() < at + h.wire_len {
+            return Ok(Some(false));
+        }
+        if h.tag == tag::READY_FOR_QUERY {
+            return Ok(Some(true));
+        }
+        at += h.wire_len;
     }
 }
 
@@ -542,10 +603,28 @@ mod tests {
             .unwrap();
         assert_eq!(ErrorFields::decode(&e).unwrap().code, "40001");
         assert_eq!(&buf[..], &msg(b'Z', b"I")[..]);
-        assert!(
-            write_probe_messages().ends_with(b"H\0\0\0\x04"),
-            "a Flush, no Sync"
-        );
+        assert!(!write_probe_messages().ends_with(b"S\0\0\0\x04"), "no Sync");
+    }
+
+    #[test]
+    fn a_simple_writes_extended_preamble_is_taken_off_notices_kept() {
+        let notice = msg(b'N', b"SNOTICE\0\0");
+        let rest = [msg(b'C', b"INSERT 0 1\0"), msg(b'Z', b"I")].concat();
+        let mut buf = BytesMut::new();
+        for m in [
+            msg(b'1', b""),
+            notice.clone(),
+            msg(b'2', b""),
+            msg(b'n', b""),
+            rest.clone(),
+        ] {
+            buf.extend_from_slice(&m);
+        }
+        strip_extended_preamble(&mut buf);
+        assert_eq!(&buf[..], &[notice, rest.clone()].concat()[..]);
+        let mut untouched = BytesMut::from(&rest[..]);
+        strip_extended_preamble(&mut untouched);
+        assert_eq!(&untouched[..], &rest[..]);
     }
 
     #[test]

@@ -60,6 +60,8 @@ enum Sent {
     /// No COMMIT: the INSERT itself, outside a transaction (autocommit), over the extended
     /// protocol; its commit waits at its Sync (the row's triggers hold it there).
     AutocommitInsert,
+    /// The same INSERT as a simple query (run behind the probe as the extended protocol).
+    AutocommitSimpleInsert,
 }
 
 /// Runs one scene; returns what the client's COMMIT got and whether the row is on the primary
@@ -87,7 +89,9 @@ async fn scene_with(
         Held::BeforeCommitRecord => "slow",
     };
     let insert = "INSERT INTO t VALUES ($1)";
-    if sent != Sent::AutocommitInsert {
+    let simple_insert = format!("INSERT INTO t VALUES ('{value}')");
+    let autocommit = matches!(sent, Sent::AutocommitInsert | Sent::AutocommitSimpleInsert);
+    if !autocommit {
         let begin = format!("BEGIN; INSERT INTO t VALUES ('{value}')");
         within(STEP, "begin", client.batch_execute(&begin))
             .await
@@ -101,6 +105,7 @@ async fn scene_with(
         Held::BeforeCommitRecord => "PgSleep",
     };
     let committing = client.clone();
+    let simple = simple_insert.clone();
     let commit = tokio::spawn(async move {
         match sent {
             Sent::Simple => committing.batch_execute("COMMIT").await,
@@ -109,13 +114,20 @@ async fn scene_with(
             Sent::AutocommitInsert => committing.execute(insert, &[&value]).await.map(|n| {
                 assert_eq!(n, 1, "the INSERT's own answer");
             }),
+            Sent::AutocommitSimpleInsert => committing.simple_query(&simple).await.map(|answer| {
+                let done = answer.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                    _ => None,
+                });
+                assert_eq!(done, Some(1), "the INSERT's own answer");
+            }),
         }
     });
     // The COMMIT is in flight once the primary shows it waiting.
-    let query = if sent == Sent::AutocommitInsert {
-        insert
-    } else {
-        "COMMIT"
+    let query = match sent {
+        Sent::AutocommitInsert => insert.to_string(),
+        Sent::AutocommitSimpleInsert => simple_insert.replace('\'', "''"),
+        _ => "COMMIT".to_string(),
     };
     let sql = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE query = '{query}' AND wait_event = \
@@ -215,7 +227,16 @@ async fn an_extended_protocol_commit_that_never_wrote_its_record_gets_40001() {
 /// own answer (INSERT 0 1); one whose commit record was never written gets 40001.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_autocommit_write_gets_its_true_answer_after_a_crash_and_a_freeze() {
-    let sent = Sent::AutocommitInsert;
+    autocommit_write_scenes(Sent::AutocommitInsert).await;
+}
+
+/// The same for an INSERT sent as a simple query (psql, node-postgres without parameters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simple_query_autocommit_write_gets_its_true_answer_after_a_crash_and_a_freeze() {
+    autocommit_write_scenes(Sent::AutocommitSimpleInsert).await;
+}
+
+async fn autocommit_write_scenes(sent: Sent) {
     let then = Then::FailOver(Fault::Crash);
     let (answer, there) = scene_with(then, Held::ForApply, true, sent).await;
     assert!(there, "the row is on the new primary");
@@ -349,4 +370,76 @@ async fn a_failed_probe_makes_the_commit_an_error_not_a_silent_rollback() {
         .await
         .unwrap();
     assert!(!rows.is_empty());
+}
+
+/// With no failover, a probed autocommit write is answered exactly as without a probe: its rows
+/// (RETURNING), its count, its error (the connection goes on), whether sent as a simple query
+/// (run behind the probe as the extended protocol) or over the extended protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probed_writes_are_answered_as_without_a_probe() {
+    let pg = start_pg();
+    pg.psql_db(
+        "app",
+        "CREATE TABLE u (v text PRIMARY KEY); GRANT ALL ON u TO PUBLIC",
+    )
+    .unwrap();
+    let mut config = config_for(&pg, switchyard_config::PoolMode::Transaction);
+    config.failover.resolve_commits = true;
+    let h = Harness::from_parts(pg, config).await;
+    let c = h.client().await;
+    let simple = |sql: &'static str| {
+        let c = &c;
+        async move { within(STEP, sql, c.simple_query(sql)).await }
+    };
+    // The write probe is there to be used.
+    let sql = "SELECT count(*) FROM pg_prepared_statements WHERE name = 'sy_write_probe'";
+    assert_eq!(first_column(&c, sql).await, "1");
+    let rows = simple("INSERT INTO u VALUES ('a') RETURNING v, 'x' AS w")
+        .await
+        .unwrap();
+    let values: Vec<(String, String)> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((r.get(0)?.to_string(), r.get("w")?.to_string()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values, vec![("a".to_string(), "x".to_string())]);
+    assert!(matches!(
+        rows.last(),
+        Some(tokio_postgres::SimpleQueryMessage::CommandComplete(1))
+    ));
+    let dup = simple("INSERT INTO u VALUES ('a')")
+        .await
+        .expect_err("duplicate");
+    assert_eq!(sqlstate(&dup), "23505", "{dup:?}");
+    let missing = simple("UPDATE nowhere SET v = 1")
+        .await
+        .expect_err("no table");
+    assert_eq!(sqlstate(&missing), "42P01", "{missing:?}");
+    let n = within(STEP, "update", c.execute("UPDATE u SET v = $1", &[&"b"]))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let row = within(
+        STEP,
+        "returning",
+        c.query_one("DELETE FROM u WHERE v = $1 RETURNING v", &[&"b"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(row.get::<_, String>(0), "b");
+    let e = within(
+        STEP,
+        "dup",
+        c.execute("INSERT INTO u VALUES ($1), ($1)", &[&"c"]),
+    )
+    .await
+    .expect_err("duplicate");
+    assert_eq!(sqlstate(&e), "23505");
+    // Each of those committed or failed on its own.
+    assert_eq!(h.pg.psql_db("app", "SELECT count(*) FROM u").unwrap(), "0");
+    assert_eq!(simple("SELECT 1").await.unwrap().len(), 3);
 }

@@ -99,8 +99,16 @@ impl Session {
         let probe = server.conn.commit_probe;
         let mut server = server;
         // A probed write's own answer, held back: what of it the client may still be sent.
-        let held = matches!(probe, CommitProbe::Answered(_, Probing::Write))
-            .then(|| server.conn.read_buf.split().freeze());
+        let held = match probe {
+            CommitProbe::Answered(_, kind) if kind.is_write() => {
+                let mut held = server.conn.read_buf.split();
+                if kind == Probing::SimpleWrite {
+                    switchyard_server::strip_extended_preamble(&mut held);
+                }
+                Some(held.freeze())
+            }
+            _ => None,
+        };
         let built = server.conn.built.take();
         if let Some(m) = &self.monitor {
             m.request_finished(&addr);
@@ -161,7 +169,9 @@ impl Session {
             && !self.relay.unsynced()
             && match kind {
                 Probing::Commit(_) => commit,
-                Probing::Write => !commit && self.relay.status == TxStatus::Idle,
+                Probing::Write | Probing::SimpleWrite => {
+                    !commit && self.relay.status == TxStatus::Idle
+                }
             }
         {
             // A lone COMMIT or an autocommit write that carried the probe: ask what became

@@ -139,6 +139,7 @@ pub(super) fn probing(
         TxStatus::Idle if !committing && is_autocommit_write(sent, statements) => {
             Some(Probing::Write)
         }
+        TxStatus::Idle if !committing && is_simple_write(sent) => Some(Probing::SimpleWrite),
         _ => None,
     }
 }
@@ -158,19 +159,22 @@ pub(super) fn with_probe(conn: &mut ServerConn, kind: Probing, request: &[u8]) -
             }
             switchyard_server::probe_messages(prepared)
         }
-        Probing::Write => {
+        Probing::Write | Probing::SimpleWrite => {
             if !usable(conn, WRITE_PROBE_STATEMENT) {
                 return None;
             }
             // PostgreSQL sends nothing before a Sync or a Flush: a Flush after the statement,
             // before the Sync that commits, brings its answer out before the commit.
             const SYNC: [u8; 5] = [fe::SYNC, 0, 0, 0, 4];
-            let statement = request.strip_suffix(&SYNC)?;
-            conn.prepared.touch(WRITE_PROBE_STATEMENT);
             let mut out = switchyard_server::write_probe_messages();
-            out.extend_from_slice(statement);
+            if kind == Probing::SimpleWrite {
+                as_extended(request, &mut out)?;
+            } else {
+                out.extend_from_slice(request.strip_suffix(&SYNC)?);
+            }
             out.extend_from_slice(&[fe::FLUSH, 0, 0, 0, 4]);
             out.extend_from_slice(&SYNC);
+            conn.prepared.touch(WRITE_PROBE_STATEMENT);
             conn.commit_probe = CommitProbe::Sent(std::time::Instant::now(), kind);
             return Some(out);
         }
@@ -182,9 +186,8 @@ pub(super) fn with_probe(conn: &mut ServerConn, kind: Probing, request: &[u8]) -
 
 /// Whether `sent` is one autocommit write over the extended protocol: Bind (of an unnamed
 /// statement parsed in the same flight, or a named one), maybe Describes, one Execute of all
-/// its rows, a Sync; the statement one INSERT, UPDATE, DELETE or MERGE. (A simple query is
-/// not probed: a probe in front of it could not share its transaction without changing how
-/// it runs.)
+/// its rows, a Sync; the statement one INSERT, UPDATE, DELETE or MERGE. (A simple query of one
+/// is [`is_simple_write`].)
 fn is_autocommit_write(sent: &[u8], statements: &Statements) -> bool {
     let mut at = 0;
     let mut parsed_write = false;
@@ -231,6 +234,48 @@ fn is_autocommit_write(sent: &[u8], statements: &Statements) -> bool {
         }
     }
     executed && sent.last_chunk::<5>() == Some(&[fe::SYNC, 0, 0, 0, 4])
+}
+
+/// Whether `sent` is one simple query of one INSERT, UPDATE, DELETE or MERGE.
+fn is_simple_write(sent: &[u8]) -> bool {
+    let Some((&fe::QUERY, rest)) = sent.split_first() else {
+        return false;
+    };
+    let Some(&[a, b, c, d]) = rest.first_chunk::<4>() else {
+        return false;
+    };
+    if u32::from_be_bytes([a, b, c, d]) as usize + 1 != sent.len() {
+        return false; // more than one message
+    }
+    let text = crate::sql::until_nul(&rest[4..]);
+    let mut statements = 0;
+    let mut writes = false;
+    let lexed = crate::sql::for_each_statement(text, |s| {
+        if !crate::sql::skip_blanks(s).is_some_and(<[u8]>::is_empty) {
+            statements += 1;
+            writes = is_write_text(s);
+        }
+    });
+    lexed && statements == 1 && writes
+}
+
+/// A simple query's statement (`query`, the whole Query message) as the extended protocol's
+/// unnamed statement: Parse, Bind (text results), Describe of the portal (for the
+/// RowDescription a simple query's answer has), Execute of all rows; no Sync.
+fn as_extended(query: &[u8], out: &mut BytesMut) -> Option<()> {
+    use bytes::BufMut;
+    let text = query.get(5..)?.strip_suffix(&[0])?;
+    let mut message = |tag: u8, body: &[&[u8]]| {
+        let len: usize = body.iter().map(|b| b.len()).sum();
+        out.put_u8(tag);
+        out.put_u32(u32::try_from(len + 4).unwrap_or(u32::MAX));
+        body.iter().for_each(|b| out.put_slice(b));
+    };
+    message(fe::PARSE, &[b"\0", text, b"\0\0\0"]);
+    message(fe::BIND, &[b"\0\0\0\0\0\0\0\0"]);
+    message(fe::DESCRIBE, &[b"P\0"]);
+    message(fe::EXECUTE, &[b"\0\0\0\0\0"]);
+    Some(())
 }
 
 /// One INSERT, UPDATE, DELETE or MERGE statement (after comments).
@@ -422,18 +467,22 @@ impl Session {
                 reply.frames().iter().for_each(|f| f.encode(&mut out));
                 Caught::Committed
             }
-            (Resolved::Committed, Probing::Write, Some((answer, true))) => {
+            (Resolved::Committed, Probing::Write | Probing::SimpleWrite, Some((answer, true))) => {
                 out.extend_from_slice(answer);
                 ready.encode(&mut out);
                 Caught::Committed
             }
-            (Resolved::Committed, Probing::Write, _) => {
+            (Resolved::Committed, Probing::Write | Probing::SimpleWrite, _) => {
                 let why = "it committed on the primary that followed, but its result was lost";
                 unknown(why).encode(&mut out);
                 ready.encode(&mut out);
                 Caught::Committed
             }
-            (Resolved::RolledBack(_), Probing::Write, Some((answer, false))) => {
+            (
+                Resolved::RolledBack(_),
+                Probing::Write | Probing::SimpleWrite,
+                Some((answer, false)),
+            ) => {
                 // Its own error ended it: the server's answer, whole.
                 out.extend_from_slice(answer);
                 ready.encode(&mut out);
@@ -582,8 +631,30 @@ mod tests {
             !write(&[&bind(""), &execute, &sync]),
             "an unnamed statement of before"
         );
-        let q = switchyard_proto::frontend::query("INSERT INTO t VALUES (1)").to_bytes();
-        assert!(!write(&[&q]), "a simple query is not probed");
+        let q = |sql: &str| switchyard_proto::frontend::query(sql).to_bytes().to_vec();
+        assert!(
+            !write(&[&q("INSERT INTO t VALUES (1)")]),
+            "a simple query is a SimpleWrite"
+        );
+        assert!(is_simple_write(&q("insert into t values (1);")));
+        assert!(is_simple_write(&q("-- c\nDELETE FROM t WHERE a = ';'")));
+        for no in [
+            "SELECT 1",
+            "INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)",
+            "BEGIN",
+        ] {
+            assert!(!is_simple_write(&q(no)), "{no}");
+        }
+        assert!(!is_simple_write(
+            &[q("INSERT INTO t VALUES (1)"), q("SELECT 1")].concat()
+        ));
+        // Run as the unnamed statement: Parse, Bind, Describe, Execute of the same text.
+        let mut out = BytesMut::new();
+        as_extended(&q("INSERT INTO t VALUES (1)"), &mut out).unwrap();
+        assert!(
+            write(&[&out[..], &sync]),
+            "the same as a driver's extended write"
+        );
         assert_eq!(
             probing(
                 TxStatus::InTransaction,
