@@ -302,6 +302,10 @@ pub struct FailoverConfig {
     /// primary is asked what became of it, and the client gets the true answer (COMMIT, or
     /// 40001 when it did not commit) instead of 08007.
     pub resolve_commits: bool,
+    /// With `resolve_commits`: a lone autocommit INSERT, UPDATE, DELETE or MERGE carries a
+    /// probe too (it runs one more statement before each: a cost on write-heavy autocommit
+    /// traffic that COMMITs of explicit transactions do not pay).
+    pub resolve_autocommit_writes: bool,
     /// Session mode: a session between transactions when its server is lost (idle, or with
     /// an autocommit request in flight, which gets 08007) is attached to the new primary and
     /// what it built (settings, prepared statements, LISTENs) is replayed there; a session
@@ -322,6 +326,7 @@ impl Default for FailoverConfig {
             dns_max_ttl: Duration::secs(30),
             dns_max_ttl_unhealthy: Duration::secs(1),
             resolve_commits: false,
+            resolve_autocommit_writes: true,
             rebuild_sessions: true,
         }
     }

@@ -39,6 +39,7 @@ fn pool(pg: &PgServer, size: usize) -> Arc<Pool> {
             allowed_auth: switchyard_server::AllowedAuth::any(),
             tls: std::sync::Arc::new(switchyard_tls::ToServer::disabled()),
             probe_commits: false,
+            probe_writes: false,
         },
         settings(size),
     )

@@ -163,6 +163,7 @@ fn probe_template(config: &Config, cluster: &ClusterConfig, tls: &Arc<ToServer>)
         allowed_auth: allowed_auth(s),
         tls: tls.clone(),
         probe_commits: false,
+        probe_writes: false,
     }
 }
 

@@ -32,6 +32,9 @@ pub struct ConnectParams {
     /// Check at login whether this user may run the commit probe (`[failover]
     /// resolve_commits`): a probe that failed inside a transaction would abort it.
     pub probe_commits: bool,
+    /// With `probe_commits`: prepare the write probe too (`[failover]
+    /// resolve_autocommit_writes`); without it on a connection, writes are not probed.
+    pub probe_writes: bool,
 }
 
 impl std::fmt::Debug for ConnectParams {
@@ -183,8 +186,10 @@ impl ServerConn {
                 use crate::commit_probe::{PROBE_SQL, PROBE_STATEMENT};
                 use crate::commit_probe::{WRITE_PROBE_SQL, WRITE_PROBE_STATEMENT};
                 conn.prepare_probe(PROBE_STATEMENT, PROBE_SQL).await?;
-                conn.prepare_probe(WRITE_PROBE_STATEMENT, WRITE_PROBE_SQL)
-                    .await?;
+                if p.probe_writes {
+                    conn.prepare_probe(WRITE_PROBE_STATEMENT, WRITE_PROBE_SQL)
+                        .await?;
+                }
             }
         }
         Ok(conn)

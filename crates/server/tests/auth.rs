@@ -25,6 +25,7 @@ fn params(addr: String, user: &str, password: &str, allowed: AllowedAuth) -> Con
         allowed_auth: allowed,
         tls: std::sync::Arc::new(switchyard_tls::ToServer::disabled()),
         probe_commits: false,
+        probe_writes: false,
     }
 }
 

@@ -44,6 +44,7 @@ fn params(addr: String, mode: ServerTlsMode, ca: Option<&Path>) -> ConnectParams
         allowed_auth: AllowedAuth::any(),
         tls: Arc::new(ToServer::new(mode, ca).expect("TLS settings")),
         probe_commits: false,
+        probe_writes: false,
     }
 }
 

@@ -443,3 +443,18 @@ async fn probed_writes_are_answered_as_without_a_probe() {
     assert_eq!(h.pg.psql_db("app", "SELECT count(*) FROM u").unwrap(), "0");
     assert_eq!(simple("SELECT 1").await.unwrap().len(), 3);
 }
+
+/// `resolve_autocommit_writes = false`: COMMITs are still probed, writes are not (the write
+/// probe is not even prepared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autocommit_writes_can_be_left_unprobed() {
+    let pg = start_pg();
+    let mut config = config_for(&pg, switchyard_config::PoolMode::Transaction);
+    config.failover.resolve_commits = true;
+    config.failover.resolve_autocommit_writes = false;
+    let h = Harness::from_parts(pg, config).await;
+    let c = h.client().await;
+    let sql = "SELECT string_agg(name, ',' ORDER BY name) FROM pg_prepared_statements \
+               WHERE name LIKE 'sy\\_%'";
+    assert_eq!(first_column(&c, sql).await, "sy_commit_probe");
+}

@@ -22,6 +22,7 @@ fn params(pg: &PgServer) -> ConnectParams {
         allowed_auth: switchyard_server::AllowedAuth::any(),
         tls: std::sync::Arc::new(switchyard_tls::ToServer::disabled()),
         probe_commits: false,
+        probe_writes: false,
     }
 }
 

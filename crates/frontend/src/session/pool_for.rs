@@ -118,6 +118,7 @@ fn connect_params(
         allowed_auth: allowed_auth(s),
         tls: live.server_tls.clone(),
         probe_commits: live.config.failover.resolve_commits,
+        probe_writes: live.config.failover.resolve_autocommit_writes,
     }
 }
 
