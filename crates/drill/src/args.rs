@@ -26,6 +26,10 @@ pub struct DrillArgs {
     /// session that lost it fails. Switchyard must rebuild idle sessions on the new primary.
     #[arg(long)]
     pub sessions: bool,
+    /// Switchyard with `[failover] resolve_commits = true`: a COMMIT or autocommit write in
+    /// flight at the fault gets its true answer instead of 08007.
+    #[arg(long)]
+    pub resolve_commits: bool,
     /// Builtin manager: time from the fault to the promotion.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub promote_after: Duration,

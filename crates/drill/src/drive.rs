@@ -67,7 +67,7 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
         &proxied.members(),
         proxied.name.as_ref(),
         args.sites,
-        args.sessions,
+        (args.sessions, args.resolve_commits),
     )
     .await?;
     say(&format!(
@@ -203,6 +203,7 @@ pub async fn drive(args: &DrillArgs, exe: PathBuf) -> Result<Report, DrillError>
         manager: args.manager,
         topology: args.topology,
         sessions: args.sessions,
+        resolve_commits: args.resolve_commits,
         sites: args.sites,
         fault_unix_ms,
         warmup_s: args.warmup.as_secs_f64(),

@@ -40,7 +40,7 @@ fn config_toml(
     members: &[String],
     name: Option<(&str, String)>,
     pool_size: u16,
-    mode: &str,
+    (mode, resolve_commits): (&str, bool),
 ) -> String {
     let members = members
         .iter()
@@ -54,6 +54,11 @@ fn config_toml(
             format!("endpoint = \"{endpoint}\"\n\n[failover]\ndns_servers = [\"{dns}\"]\n"),
         ),
         None => (members, String::new()),
+    };
+    let discovery = match (resolve_commits, discovery.is_empty()) {
+        (false, _) => discovery,
+        (true, true) => "\n[failover]\nresolve_commits = true\n".to_string(),
+        (true, false) => format!("{discovery}resolve_commits = true\n"),
     };
     format!(
         "# Written by `switchyard drill`: default failover settings.\n\
@@ -77,7 +82,7 @@ impl Proxy {
         members: &[String],
         name: Option<&crate::cluster::PathName>,
         sites: u16,
-        sessions: bool,
+        (sessions, resolve_commits): (bool, bool),
     ) -> Result<Proxy, DrillError> {
         let addr = format!("127.0.0.1:{}", switchyard_localpg::free_port());
         let admin = format!("127.0.0.1:{}", switchyard_localpg::free_port());
@@ -90,7 +95,16 @@ impl Proxy {
         };
         let name = name.map(|n| (n.endpoint.as_str(), n.dns.addr()));
         let mode = if sessions { "session" } else { "transaction" };
-        let toml = config_toml(&addr, &admin, &incidents, members, name, sites.max(4), mode);
+        let pooling = (mode, resolve_commits);
+        let toml = config_toml(
+            &addr,
+            &admin,
+            &incidents,
+            members,
+            name,
+            sites.max(4),
+            pooling,
+        );
         std::fs::write(&config, toml).map_err(io(&config))?;
         let log = out.join("switchyard.log");
         let log_file = File::create(&log).map_err(io(&log))?;
@@ -204,4 +218,31 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
         .await
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_commits_lands_in_the_one_failover_table() {
+        let members = ["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
+        let incidents = Path::new("/tmp/incidents.json");
+        for name in [None, Some(("db.example:5432", "127.0.0.1:53".to_string()))] {
+            for resolve in [false, true] {
+                let toml = config_toml(
+                    "127.0.0.1:6432",
+                    "127.0.0.1:9930",
+                    incidents,
+                    &members,
+                    name.clone(),
+                    4,
+                    ("transaction", resolve),
+                );
+                let config = switchyard_config::Config::from_toml(&toml)
+                    .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+                assert_eq!(config.failover.resolve_commits, resolve, "{toml}");
+            }
+        }
+    }
 }

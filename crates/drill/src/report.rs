@@ -18,6 +18,8 @@ pub struct Report {
     pub topology: TopologyKind,
     /// Session pooling, each backend's session holding state its reads use (`--sessions`).
     pub sessions: bool,
+    /// `[failover] resolve_commits = true` (`--resolve-commits`).
+    pub resolve_commits: bool,
     pub sites: u16,
     /// Wall-clock time of the fault, Unix milliseconds.
     pub fault_unix_ms: u64,
@@ -60,11 +62,12 @@ impl Report {
             "{} site backends per path (no client-side timeouts), each on its own database{}; \
              PostgreSQL 15 primary + synchronous standby per path; drill {:.0} s.\n",
             self.sites,
-            if self.sessions {
-                ", session pooling, each session holding a setting and a prepared statement \
-                 its reads use"
-            } else {
-                ""
+            match (self.sessions, self.resolve_commits) {
+                (true, _) =>
+                    ", session pooling, each session holding a setting and a \
+                               prepared statement its reads use",
+                (false, true) => ", commit outcome resolution on",
+                (false, false) => "",
             },
             self.drill_s
         );
