@@ -175,6 +175,7 @@ enum Command {
     Unlisten {
         id: u64,
         channel: Option<String>,
+        reply: oneshot::Sender<Result<(), SessionError>>,
     },
 }
 
@@ -213,24 +214,27 @@ impl Hubs {
         deadline: Instant,
     ) -> Result<(), SessionError> {
         let key = HubKey::of(target);
-        let channel = match op {
-            ListenOp::Unlisten(channel) => {
-                if let Some(hub) = self.running().get(&key) {
-                    let _ = hub.send(Command::Unlisten {
-                        id: inbox.id,
-                        channel,
-                    });
-                }
-                return Ok(());
-            }
-            ListenOp::Listen(channel) => channel,
-        };
         let (reply, answer) = oneshot::channel();
-        let command = Command::Listen {
-            inbox: Arc::downgrade(inbox),
-            channel,
-            deadline,
-            reply,
+        let command = match op {
+            // Waited for too (briefly: the hub only forgets the client), so that a client
+            // cannot pile up commands while its hub waits for a primary.
+            ListenOp::Unlisten(channel) => {
+                let Some(hub) = self.running().get(&key).cloned() else {
+                    return Ok(()); // no hub: nobody listens for it
+                };
+                let id = inbox.id;
+                let _ = hub.send(Command::Unlisten { id, channel, reply });
+                return match tokio::time::timeout_at(deadline, answer).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) | Err(_) => Err(SessionError::ListenTimeout),
+                };
+            }
+            ListenOp::Listen(channel) => Command::Listen {
+                inbox: Arc::downgrade(inbox),
+                channel,
+                deadline,
+                reply,
+            },
         };
         {
             let mut running = self.running();
@@ -367,10 +371,22 @@ impl Hub {
                 if Instant::now() >= deadline || reply.is_closed() {
                     return;
                 }
-                let result = self.listen(inbox, channel, deadline).await;
-                let _ = reply.send(result);
+                let id = inbox.upgrade().map(|i| i.id);
+                let result = self.listen(inbox, channel.clone(), deadline).await;
+                let listened = result.is_ok();
+                if reply.send(result).is_err()
+                    && listened
+                    && let Some(id) = id
+                {
+                    // The client stopped waiting (its deadline passed): it was told the
+                    // LISTEN failed, so it must not hear on that channel.
+                    if let Some((_, channels)) = self.inboxes.get_mut(&id) {
+                        channels.remove(&channel);
+                    }
+                    self.leave(id, vec![channel]).await;
+                }
             }
-            Command::Unlisten { id, channel } => {
+            Command::Unlisten { id, channel, reply } => {
                 let dropped = match (self.inboxes.get_mut(&id), channel) {
                     (None, _) => Vec::new(),
                     (Some((_, channels)), Some(c)) => {
@@ -383,6 +399,7 @@ impl Hub {
                     (Some((_, channels)), None) => std::mem::take(channels).into_iter().collect(),
                 };
                 self.leave(id, dropped).await;
+                let _ = reply.send(Ok(()));
             }
         }
     }
@@ -399,10 +416,8 @@ impl Hub {
         if self.server.is_none() {
             self.connect(deadline).await?;
         }
-        if !self.by_channel.contains_key(&channel) {
-            let sql = format!("LISTEN {}", quote(&channel));
-            self.execute(&sql).await?;
-        }
+        let new = !self.by_channel.contains_key(&channel);
+        // Registered first: a notification that comes with the LISTEN's answer is passed on.
         self.by_channel
             .entry(channel.clone())
             .or_default()
@@ -411,7 +426,17 @@ impl Hub {
             .entry(id)
             .or_insert_with(|| (inbox, BTreeSet::new()))
             .1
-            .insert(channel);
+            .insert(channel.clone());
+        if new {
+            let sql = format!("LISTEN {}", quote(&channel));
+            if let Err(e) = self.execute(&sql).await {
+                if let Some((_, channels)) = self.inboxes.get_mut(&id) {
+                    channels.remove(&channel);
+                }
+                self.leave(id, vec![channel]).await;
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -488,7 +513,11 @@ impl Hub {
                 .keys()
                 .map(|c| format!("LISTEN {}", quote(c)))
                 .collect();
-            self.execute(&sql.join("; ")).await?;
+            if let Err(e) = self.execute(&sql.join("; ")).await {
+                // (A server that refuses, say one in recovery: not listening, so deaf.)
+                self.lost(format!("LISTEN again failed: {e}"));
+                return Err(e);
+            }
         }
         tracing::info!(cluster = %self.key.cluster, database = %self.key.server_db, user = %self.key.user, server = %pool.addr(), channels = self.by_channel.len(), "listening for transaction-mode clients");
         if let Some((since, why)) = self.deaf_since.take() {

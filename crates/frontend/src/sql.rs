@@ -270,8 +270,9 @@ fn dollar_quote(sql: &[u8], at: usize) -> Option<Option<usize>> {
 pub struct Mentions {
     /// It names search_path, in any letter case (`SET SEARCH_PATH ...`).
     pub search_path: bool,
-    /// It has the word LISTEN (not UNLISTEN), in any case: it may make its server connection
-    /// hear notifications. A false yes only costs that connection (transaction mode).
+    /// It has the word LISTEN or UNLISTEN, in any case: a LISTEN Switchyard does not follow
+    /// (it may make its server connection hear notifications, and the client is told). A false
+    /// yes only costs that connection (transaction mode).
     pub listen: bool,
 }
 
@@ -290,8 +291,13 @@ pub fn mentions(sql: &[u8]) -> Mentions {
             }
             b'n' | b'N' if i >= 5 => {
                 let start = i - 5;
+                // (UNLISTEN too: "un" before it is not an identifier's middle.)
+                let start = match start.checked_sub(2) {
+                    Some(un) if sql[un..start].eq_ignore_ascii_case(b"un") => un,
+                    _ => start,
+                };
                 let before = start.checked_sub(1).map(|j| sql[j]);
-                m.listen |= sql[start..=i].eq_ignore_ascii_case(b"listen")
+                m.listen |= sql[i - 5..=i].eq_ignore_ascii_case(b"listen")
                     && !before.is_some_and(continues_identifier)
                     && !sql.get(i + 1).is_some_and(|&c| continues_identifier(c));
             }

@@ -285,8 +285,35 @@ impl CommitProbe {
             .iter()
             .find(|m| m.tag == tag::DATA_ROW)
             .and_then(|m| parse_row(&buf[m.body.clone()]));
-        let failed = answer.iter().any(|m| m.tag == tag::ERROR_RESPONSE);
+        let error = answer.iter().find(|m| m.tag == tag::ERROR_RESPONSE);
+        let failed = error.is_some();
         let end = answer.last().map_or(0, |m| m.body.end);
+        let fatal = error.is_some_and(|m| {
+            let frame = switchyard_proto::Frame::new(
+                tag::ERROR_RESPONSE,
+                bytes::Bytes::copy_from_slice(&buf[m.body.clone()]),
+            );
+            ErrorFields::decode(&frame).map_or(true, |e| e.is_fatal())
+        });
+        if fatal {
+            // The server is ending the connection (a shutdown, a terminated backend): its
+            // FATAL is left for the relay, which knows what that means; the probe's other
+            // answers go. Nothing is resolved.
+            let m = error.expect("fatal implies an error");
+            let mut rest = BytesMut::with_capacity(buf.len() - end + m.body.len() + 5);
+            rest.put_slice(&buf[m.body.start - 5..m.body.end]);
+            rest.put_slice(&buf[end..]);
+            *buf = rest;
+            *self = Self::None;
+            return Ok(true);
+        }
+        if row.is_none() && !failed {
+            // An answer without its row (cannot happen with the probe's own statement): the
+            // request runs on, unresolved; never answered as if it had failed.
+            buf.advance(end);
+            *self = Self::None;
+            return Ok(true);
+        }
         if let (Some((xid, lsn, timeline)), false) = (row, failed) {
             buf.advance(end);
             let probed = Probed {

@@ -177,10 +177,18 @@ async fn a_session_drill_keeps_every_session() {
     assert_eq!(sy["lost_writes"], 0, "{sy:#}");
     assert_eq!(sy["sites_recovered"], 4, "{sy:#}");
     let errors = sy["errors_by_sqlstate"].as_object().expect("errors");
+    // What the proxy said of sessions, for a failure's message (a `connection` error has no
+    // SQLSTATE to say more).
+    let log = std::fs::read_to_string(out.path().join("switchyard.log")).unwrap_or_default();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("session"))
+        .collect();
     for code in errors.keys() {
         assert!(
             ["08007", "40001"].contains(&code.as_str()),
-            "{code}: a session or its state was lost\n{sy:#}"
+            "{code}: a session or its state was lost\n{sy:#}\nproxy log:\n{}",
+            said.join("\n")
         );
     }
 }

@@ -242,3 +242,70 @@ async fn a_listener_hears_on_after_a_crash() {
 async fn a_listener_hears_on_after_a_freeze() {
     listens_across(Fault::Freeze).await;
 }
+
+/// A raw client logged in through the proxy, its greeting read.
+async fn raw_client(h: &Harness) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut raw = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+    raw.write_all(&startup_packet("postgres", &[]))
+        .await
+        .unwrap();
+    read_until(&mut raw, &mut Vec::new(), b"Z\0\0\0\x05I").await;
+    raw
+}
+
+/// Notifications waiting while the client's next request arrives in pieces reach it, and the
+/// request is answered once whole (the idle wait once spun on the waiting mail instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_waiting_while_a_request_arrives_in_pieces_is_delivered() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(PoolMode::Transaction).await;
+    let (notifier, _) = listener(&h.conninfo("postgres", "", "app")).await;
+    let mut raw = raw_client(&h).await;
+    raw.write_all(&query_message("LISTEN jobs")).await.unwrap();
+    read_until(&mut raw, &mut Vec::new(), b"Z\0\0\0\x05I").await;
+    let request = query_message("SELECT 'whole'");
+    let (head, tail) = request.split_at(9);
+    raw.write_all(head).await.unwrap();
+    // The first piece goes before the NOTIFY, so the proxy holds it when the mail comes.
+    run(&notifier, "NOTIFY jobs, 'mail'").await;
+    read_until(&mut raw, &mut Vec::new(), b"mail\0").await;
+    raw.write_all(tail).await.unwrap();
+    let mut got = Vec::new();
+    read_until(&mut raw, &mut got, b"Z\0\0\0\x05I").await;
+    assert!(got.windows(5).any(|w| w == b"whole"), "{got:?}");
+}
+
+/// A refused LISTEN in an extended flight ended by a Flush gets its error at once (the client
+/// waits for it, with no Sync sent), and its ReadyForQuery at the Sync that follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_listen_before_a_flush_is_answered_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(PoolMode::Transaction).await;
+    let mut raw = raw_client(&h).await;
+    let msg = |tag: u8, body: &[u8]| {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    let flight = [
+        msg(b'P', b"\0LISTEN jobs\0\0\0"),
+        msg(b'P', b"s2\0SELECT 1\0\0\0"),
+        msg(b'D', b"Ss2\0"),
+        msg(b'H', b""),
+    ]
+    .concat();
+    raw.write_all(&flight).await.unwrap();
+    let mut got = Vec::new();
+    read_until(&mut raw, &mut got, b"0A000").await;
+    assert_eq!(frames(&got).first().map(|f| f.0), Some(b'E'), "{got:?}");
+    raw.write_all(&msg(b'S', b"")).await.unwrap();
+    read_until(&mut raw, &mut got, b"Z\0\0\0\x05I").await;
+    raw.write_all(&query_message("SELECT 'next'"))
+        .await
+        .unwrap();
+    let mut next = Vec::new();
+    read_until(&mut raw, &mut next, b"Z\0\0\0\x05I").await;
+    assert!(next.windows(4).any(|w| w == b"next"), "{next:?}");
+}

@@ -33,6 +33,10 @@ enum Flight {
     Extended(Extended),
 }
 
+/// Most messages of an extended flight about LISTEN statements (Parse, Describe, Bind,
+/// Execute, Close of a few, and its Sync or Flush).
+const MAX_FLIGHT: usize = 64;
+
 /// How [`Session::try_listen`] went.
 pub(super) enum Listened {
     /// Not a LISTEN: relay it.
@@ -106,7 +110,10 @@ fn listen_op(statement: &[u8]) -> Option<ListenOp> {
             (Some(truncate_identifier(name)), after)
         }
     };
-    if !skip_blanks(after).is_some_and(<[u8]>::is_empty) {
+    // Nothing after it but blanks and, as in a Parse's text, one `;`.
+    let after = skip_blanks(after)?;
+    let after = after.strip_prefix(b";").map_or(Some(after), skip_blanks)?;
+    if !after.is_empty() {
         return None;
     }
     Some(match (listen, name) {
@@ -138,7 +145,7 @@ fn starts_with_listen(sql: &[u8]) -> bool {
 }
 
 /// The statements of a simple query, if every one is a LISTEN or UNLISTEN (empty ones are
-/// skipped, as PostgreSQL does); `Err(())` if one LISTENs among others.
+/// skipped, as PostgreSQL does); `Err(())` if one is among other statements.
 fn simple_ops(text: &[u8]) -> Result<Vec<ListenOp>, ()> {
     let mut ops = Vec::new();
     let mut other = false;
@@ -155,13 +162,10 @@ fn simple_ops(text: &[u8]) -> Result<Vec<ListenOp>, ()> {
             }
         }
     });
-    let listens = ops.iter().any(|o| matches!(o, ListenOp::Listen(_)));
-    if !lexed || mixed_listen || (other && listens) {
+    // With other statements, neither is followed: the hub would keep hearing for an UNLISTEN
+    // sent to a pooled connection.
+    if !lexed || mixed_listen || (other && !ops.is_empty()) {
         return Err(());
-    }
-    if other {
-        // Only UNLISTENs among other statements: harmless on a pooled connection.
-        return Ok(Vec::new());
     }
     Ok(ops)
 }
@@ -200,7 +204,7 @@ fn read_flight(
     };
     let mut flight = Extended::default();
     let mut at = 0;
-    loop {
+    for _ in 0..MAX_FLIGHT {
         let Some(h) = peek_header(&buf[at..], max)? else {
             return Ok(if at == 0 {
                 Flight::Other
@@ -219,20 +223,24 @@ fn read_flight(
             return Ok(Flight::Other);
         }
         let about_listen = answer(&mut known, &mut flight, h.tag, body);
+        let only_closes = flight.answers.iter().all(|a| *a == Answer::Message(b'3'));
         match about_listen {
             Some(true) => {}
-            // The first message decides whether this is a LISTEN flight at all.
-            _ if at == 0 => return Ok(Flight::Other),
+            // The first message decides whether this is a LISTEN flight at all; a flight that
+            // only closes LISTEN statements before other work is relayed (the server closes
+            // what it does not have without a word), and the names forgotten.
+            _ if at == 0 || only_closes => return Ok(Flight::Other),
             // A LISTEN flight with something else in it: not followed.
             _ => return Ok(Flight::Refused),
         }
         at += h.wire_len;
         if matches!(h.tag, fe::SYNC | fe::FLUSH) {
-            break;
+            flight.len = at;
+            return Ok(Flight::Extended(flight));
         }
     }
-    flight.len = at;
-    Ok(Flight::Extended(flight))
+    // No LISTEN flight is this long: a client that never ends one is not buffered for.
+    Ok(Flight::Refused)
 }
 
 /// Answers one message of an extended flight if it is about a LISTEN statement (`Some(true)`),
@@ -250,6 +258,7 @@ fn answer(known: &mut Known<'_>, flight: &mut Extended, tag: u8, body: &[u8]) ->
             let name = Bytes::copy_from_slice(first);
             known.statements.push((name.clone(), op.clone()));
             if !name.is_empty() {
+                flight.closed.retain(|n| n != &name);
                 flight.prepared.push((name, op));
             }
             flight.answers.push(Answer::Message(b'1'));
@@ -285,9 +294,11 @@ fn answer(known: &mut Known<'_>, flight: &mut Extended, tag: u8, body: &[u8]) ->
                 b'S' => {
                     known.statement(name)?;
                     flight.closed.push(Bytes::copy_from_slice(name));
+                    known.statements.retain(|(n, _)| n != name);
                 }
                 b'P' => {
                     known.portal(name)?;
+                    known.portals.retain(|(n, _)| n != name);
                 }
                 _ => return None,
             }
@@ -310,15 +321,18 @@ impl Session {
             let earlier = |name: &[u8]| inbox.and_then(|i| i.prepared_listen(name));
             let flight = read_flight(&self.client.buf, self.client.max_message(), &earlier)?;
             return match flight {
-                Flight::Other => Ok(Listened::No),
+                Flight::Other => {
+                    self.forget_replaced_statements();
+                    Ok(Listened::No)
+                }
                 Flight::Incomplete => {
-                    if !self.client.fill().await? {
+                    if !self.idle().await? {
                         return Ok(Listened::ClientLeft);
                     }
                     continue;
                 }
                 Flight::Refused => {
-                    self.refuse_request(SessionError::ListenUnsupported).await?;
+                    self.refuse_listen().await?;
                     Ok(Listened::Done)
                 }
                 Flight::Simple { ops, len } => {
@@ -344,12 +358,62 @@ impl Session {
         }
     }
 
+    /// Refuses the client's next request (a LISTEN that cannot be followed) at once, as a
+    /// server reports an error: a simple query with its ReadyForQuery; extended messages with
+    /// the error now and the ReadyForQuery at their Sync, whatever comes before it (a client
+    /// that sent a Flush is waiting for the error).
+    async fn refuse_listen(&mut self) -> Result<(), SessionError> {
+        let e = SessionError::ListenUnsupported;
+        tracing::info!(parent: self.span(), error = %e, "LISTEN refused");
+        let error = e.to_client().ok_or(e)?.to_frame();
+        if self.client.buf.first() == Some(&fe::QUERY) {
+            let max = self.client.max_message();
+            let _ = switchyard_proto::decode_frame(&mut self.client.buf, max)?;
+            let ready = backend::ready_for_query(TxStatus::Idle);
+            return self.client.send(&[error, ready]).await;
+        }
+        self.owe_ready_at_sync = Some(TxStatus::Idle);
+        self.client.send(&[error]).await
+    }
+
+    /// A flight relayed as usual may prepare or close, by the name of a LISTEN statement the
+    /// client prepared before, something else: that name is forgotten here.
+    fn forget_replaced_statements(&self) {
+        let Some(inbox) = self.info.cancel.inbox().filter(|i| i.has_prepared()) else {
+            return;
+        };
+        let max = self.client.max_message();
+        let mut at = 0;
+        let mut names = Vec::new();
+        while let Ok(Some(h)) = peek_header(&self.client.buf[at..], max) {
+            let Some(body) = self.client.buf.get(at + 5..at + h.wire_len) else {
+                break;
+            };
+            match (h.tag, body.split_first()) {
+                (fe::PARSE, _) => names.push(Bytes::copy_from_slice(until_nul(body))),
+                (fe::CLOSE, Some((b'S', name))) => {
+                    names.push(Bytes::copy_from_slice(until_nul(name)));
+                }
+                _ => {}
+            }
+            at += h.wire_len;
+            if matches!(h.tag, fe::SYNC | fe::QUERY) {
+                break;
+            }
+        }
+        if !names.is_empty() {
+            inbox.note_prepared(Vec::new(), &names);
+        }
+    }
+
     /// Answers an extended flight about LISTEN statements, carrying out its Executes. After an
     /// error the rest is skipped through the Sync, as a server does.
     async fn answer_extended(&mut self, flight: Extended) -> Result<(), SessionError> {
         let _ = self.client.buf.split_to(flight.len);
-        self.listen_inbox()
-            .note_prepared(flight.prepared, &flight.closed);
+        if !flight.prepared.is_empty() || self.info.cancel.inbox().is_some() {
+            self.listen_inbox()
+                .note_prepared(flight.prepared, &flight.closed);
+        }
         let mut frames = Vec::new();
         let mut failed = false;
         for a in flight.answers {
@@ -393,6 +457,9 @@ impl Session {
     /// Carries out one LISTEN or UNLISTEN through the client's hub, waiting at most
     /// `failover_timeout` (a LISTEN during a failover waits for the next primary).
     async fn apply_listen(&mut self, op: ListenOp) -> Result<(), SessionError> {
+        if matches!(op, ListenOp::Unlisten(_)) && self.info.cancel.inbox().is_none() {
+            return Ok(()); // it never listened
+        }
         let deadline = Instant::now() + self.failover_timeout();
         let inbox = self.listen_inbox();
         let hubs = &self.proxy.listen_hubs;
@@ -430,8 +497,9 @@ impl Session {
     pub(super) fn warn_listen_in_transaction(&mut self) {
         let notice = ErrorFields::warning(
             "01000",
-            "switchyard: a LISTEN inside a transaction is not followed in transaction pooling \
-             (its server connection was closed); send LISTEN on its own, outside a transaction",
+            "switchyard: a LISTEN or UNLISTEN inside a transaction or among other statements is \
+             not followed in transaction pooling (its server connection was closed); send it \
+             on its own, outside a transaction",
         );
         self.listen_inbox()
             .push(notice.to_notice_frame().to_bytes());
@@ -486,11 +554,13 @@ mod tests {
         assert!(
             matches!(read(&query("  /* c */ unlisten a")), Flight::Simple { ops, .. } if ops == vec![ListenOp::Unlisten(Some("a".into()))])
         );
+        // (A LISTEN or UNLISTEN after the first statement reaches the relay, which closes
+        // its connection and warns the client.)
         for other in [
             "SELECT 1",
             "NOTIFY jobs",
-            "SELECT 1; UNLISTEN a",
             "listener",
+            "SELECT 1; UNLISTEN a",
         ] {
             assert_eq!(read(&query(other)), Flight::Other, "{other}");
         }
@@ -499,6 +569,8 @@ mod tests {
             "LISTEN",
             "LISTEN a b",
             "UNLISTEN a; LISTEN b; SELECT 1",
+            // The hub would keep hearing for an UNLISTEN sent to a pooled connection.
+            "UNLISTEN a; SELECT 1",
         ] {
             assert_eq!(read(&query(refused)), Flight::Refused, "{refused}");
         }
@@ -561,5 +633,21 @@ mod tests {
         let other = msg(fe::PARSE, b"\0SELECT 1\0\0\0");
         let mixed = [&parse("")[..], &bind(""), &execute, &other, &sync].concat();
         assert_eq!(read(&mixed), Flight::Refused);
+        // A Parse's text may end with a `;` (psycopg's do).
+        let semicolon = msg(fe::PARSE, b"\0LISTEN jobs;\0\0\0");
+        let (a, _) = answers(read(&[&semicolon[..], &bind(""), &execute, &sync].concat()));
+        assert_eq!(
+            a,
+            vec![Message(b'1'), Message(b'2'), Run(listen("jobs")), Ready]
+        );
+        // Closing a LISTEN statement before other work: relayed, not refused.
+        let close = msg(fe::CLOSE, b"Sold\0");
+        assert_eq!(read(&[&close[..], &other, &sync].concat()), Flight::Other);
+        let (a, _) = answers(read(&[&close[..], &sync].concat()));
+        assert_eq!(a, vec![Message(b'3'), Ready]);
+        // A flight that never ends is not buffered for.
+        let describe_unnamed = msg(fe::DESCRIBE, b"S\0");
+        let endless = [&parse("")[..], &describe_unnamed.repeat(100)].concat();
+        assert_eq!(read(&endless), Flight::Refused);
     }
 }

@@ -299,6 +299,18 @@ impl Relay {
         self.unsynced
     }
 
+    /// Messages of Switchyard's own (a Parse of a statement the connection lacked, a Close of
+    /// an evicted one) went to the server with the client's: their answers are not the
+    /// client's, and are taken off only here.
+    pub fn injected(&self) -> bool {
+        self.expect.iter().any(|e| {
+            matches!(
+                e,
+                Expect::ParseComplete { injected: true } | Expect::CloseComplete { injected: true }
+            )
+        })
+    }
+
     pub fn commit_in_flight(&self) -> bool {
         self.commit_in_flight
     }

@@ -390,11 +390,12 @@ fn search_path_is_read_back_only_when_it_may_have_changed() {
     let listens = |sql: &[u8]| crate::sql::mentions(sql).listen;
     assert!(listens(b"BEGIN; LISTEN jobs"));
     assert!(listens(b"listen x"));
+    assert!(listens(b"SELECT 1; UNLISTEN x"));
     for no in [
-        &b"UNLISTEN x"[..],
-        b"select listen_port",
+        &b"select listen_port"[..],
         b"relisten",
         b"SELECT 1",
+        b"unlistening",
     ] {
         assert!(!listens(no), "{}", String::from_utf8_lossy(no));
     }

@@ -329,11 +329,6 @@ impl Session {
                     self.out.clear();
                     self.client.buffers().give(std::mem::take(&mut self.out));
                 }
-                if self.info.cancel.inbox().is_some() {
-                    // Between transactions: notifications reach the client now, as from
-                    // PostgreSQL.
-                    Box::pin(self.deliver_notifications()).await?;
-                }
                 if !self.idle().await? {
                     return Ok(());
                 }
@@ -385,7 +380,14 @@ impl Session {
 
     /// [`Session::wait_idle`]; a shutdown that is an online restart's moves the session to
     /// the new process if it can (`SessionError::HandedOver`).
-    async fn idle(&mut self) -> Result<bool, SessionError> {
+    ///
+    /// Notifications waiting for the client go out first (it is between transactions, when
+    /// PostgreSQL delivers them); mail that arrives during the wait ends it, so the caller's
+    /// next idle wait delivers it.
+    pub(super) async fn idle(&mut self) -> Result<bool, SessionError> {
+        if self.info.cancel.inbox().is_some() {
+            Box::pin(self.deliver_notifications()).await?;
+        }
         match self.wait_idle().await {
             Err(SessionError::Shutdown) => Err(self.hand_over()),
             other => other,
@@ -558,7 +560,10 @@ impl Session {
         if may_probe {
             let sent = &self.client.buf[..used];
             let committing = relay.commit_in_flight();
-            let kind = super::resolve::probing(status_before, committing, sent, &self.statements);
+            let kind = super::resolve::probing(status_before, committing, sent, &self.statements)
+                // A write's held answer goes to the client as it is if resolved: not with
+                // answers to messages the relay added.
+                .filter(|k| !k.is_write() || !relay.injected());
             // Rare (once per COMMIT or write, when enabled): the probe goes first, same write.
             probed = kind.and_then(|kind| super::resolve::with_probe(conn, kind, request));
         }
