@@ -339,13 +339,7 @@ impl Hub {
     }
 
     fn failover_timeout(&self) -> Duration {
-        self.proxy
-            .live
-            .load()
-            .config
-            .failover
-            .failover_timeout
-            .get()
+        self.proxy.failover_timeout()
     }
 
     /// With no channel left to listen on: leaves the registry, unless a command came

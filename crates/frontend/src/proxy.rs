@@ -235,6 +235,12 @@ impl Proxy {
         }
     }
 
+    /// The longest new work waits in the failover gate (read live: a reload applies to the
+    /// next wait).
+    pub fn failover_timeout(&self) -> std::time::Duration {
+        self.live.load().config.failover.failover_timeout.get()
+    }
+
     /// Installs a new (already validated) config and applies it to existing pools; refused,
     /// with the running config kept, if its TLS files cannot be loaded.
     pub fn reload(&self, config: Config) -> Result<(), switchyard_tls::TlsError> {

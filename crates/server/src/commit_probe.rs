@@ -275,7 +275,9 @@ impl CommitProbe {
         let answer = match reply {
             Probing::Commit(_) => scan_to_ready(buf, 0, MAX_PROBE_MESSAGE)?,
             Probing::Write | Probing::SimpleWrite => {
-                scan_to_end_of_statement(buf, MAX_PROBE_MESSAGE)?
+                // (No Sync of its own: its answer ends with its CommandComplete or error.)
+                let ends = |t| matches!(t, tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE);
+                scan_through(buf, 0, MAX_PROBE_MESSAGE, ends)?
             }
         };
         let Some(answer) = answer else {
@@ -372,7 +374,18 @@ struct Found {
 
 /// The messages from `at` through the next ReadyForQuery, once all have arrived (none larger
 /// than `max`).
-fn scan_to_ready(buf: &[u8], mut at: usize, max: usize) -> Result<Option<Vec<Found>>, ProtoError> {
+fn scan_to_ready(buf: &[u8], at: usize, max: usize) -> Result<Option<Vec<Found>>, ProtoError> {
+    scan_through(buf, at, max, |t| t == tag::READY_FOR_QUERY)
+}
+
+/// The messages from `at` through the first whose tag `ends` says ends them, once all have
+/// arrived (none larger than `max`).
+fn scan_through(
+    buf: &[u8],
+    mut at: usize,
+    max: usize,
+    ends: impl Fn(u8) -> bool,
+) -> Result<Option<Vec<Found>>, ProtoError> {
     let mut found = Vec::new();
     loop {
         let Some(h) = peek_header(&buf[at..], max)? else {
@@ -386,7 +399,7 @@ fn scan_to_ready(buf: &[u8], mut at: usize, max: usize) -> Result<Option<Vec<Fou
             body: at + 5..at + h.wire_len,
         });
         at += h.wire_len;
-        if h.tag == tag::READY_FOR_QUERY {
+        if ends(h.tag) {
             return Ok(Some(found));
         }
     }
@@ -411,29 +424,6 @@ fn held_whole(buf: &[u8]) -> Result<Option<bool>, ProtoError> {
             return Ok(Some(true));
         }
         at += h.wire_len;
-    }
-}
-
-/// A write probe's messages, through its CommandComplete or ErrorResponse, once all have
-/// arrived.
-fn scan_to_end_of_statement(buf: &[u8], max: usize) -> Result<Option<Vec<Found>>, ProtoError> {
-    let mut found = Vec::new();
-    let mut at = 0;
-    loop {
-        let Some(h) = peek_header(&buf[at..], max)? else {
-            return Ok(None);
-        };
-        if buf.len() < at + h.wire_len {
-            return Ok(None);
-        }
-        found.push(Found {
-            tag: h.tag,
-            body: at + 5..at + h.wire_len,
-        });
-        at += h.wire_len;
-        if matches!(h.tag, tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE) {
-            return Ok(Some(found));
-        }
     }
 }
 

@@ -124,19 +124,9 @@ async fn an_extended_protocol_listen_is_followed() {
     let h = Harness::start(PoolMode::Transaction).await;
     let info = h.conninfo("postgres", "", "app");
     let (notifier, _) = listener(&info).await;
-    let mut raw = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
     use tokio::io::AsyncWriteExt;
-    raw.write_all(&startup_packet("postgres", &[]))
-        .await
-        .unwrap();
+    let mut raw = raw_client(&h).await;
     let mut got = Vec::new();
-    read_until(&mut raw, &mut got, b"Z\0\0\0\x05I").await;
-    let msg = |tag: u8, body: &[u8]| {
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    };
     let flight = [
         msg(b'P', b"\0LISTEN jobs\0\0\0"),
         msg(b'B', b"\0\0\0\0\0\0\0\0"),
@@ -156,6 +146,14 @@ async fn an_extended_protocol_listen_is_followed() {
     let (tag, body) = frames(&got).into_iter().next().unwrap();
     assert_eq!(tag, b'A');
     assert!(body.ends_with(b"jobs\0raw\0"), "{body:?}");
+}
+
+/// One protocol message: tag, length, body.
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
 }
 
 /// Reads from `raw` into `got` until `end` is in it.
@@ -283,12 +281,6 @@ async fn a_refused_listen_before_a_flush_is_answered_at_once() {
     use tokio::io::AsyncWriteExt;
     let h = Harness::start(PoolMode::Transaction).await;
     let mut raw = raw_client(&h).await;
-    let msg = |tag: u8, body: &[u8]| {
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    };
     let flight = [
         msg(b'P', b"\0LISTEN jobs\0\0\0"),
         msg(b'P', b"s2\0SELECT 1\0\0\0"),

@@ -289,13 +289,7 @@ impl Session {
     /// The longest new work waits in the failover gate (read live: a reload applies to every
     /// client's next request).
     pub(super) fn failover_timeout(&self) -> std::time::Duration {
-        self.proxy
-            .live
-            .load()
-            .config
-            .failover
-            .failover_timeout
-            .get()
+        self.proxy.failover_timeout()
     }
 
     /// A watch of the cluster's generation (a fresh receiver: sessions keep none while idle).
