@@ -50,20 +50,10 @@ pub fn probe_messages(prepared: bool) -> BytesMut {
 
 /// Bind, Execute and Sync of the prepared statement `name`.
 fn probe_messages_of(name: &[u8]) -> BytesMut {
-    use switchyard_proto::frontend::tag as fe;
+    use switchyard_proto::frontend::{bind_unnamed_portal, execute_all, tag as fe};
     let mut out = BytesMut::new();
-    let mut bind = BytesMut::new();
-    bind.put_u8(0); // unnamed portal
-    bind.put_slice(name);
-    bind.put_u8(0);
-    bind.put_i16(0); // no parameter formats
-    bind.put_i16(0); // no parameters
-    bind.put_i16(0); // result formats: all text
-    switchyard_proto::Frame::new(fe::BIND, bind.freeze()).encode(&mut out);
-    let mut execute = BytesMut::new();
-    execute.put_u8(0);
-    execute.put_i32(0);
-    switchyard_proto::Frame::new(fe::EXECUTE, execute.freeze()).encode(&mut out);
+    bind_unnamed_portal(name, &[]).encode(&mut out);
+    execute_all().encode(&mut out);
     switchyard_proto::Frame::new(fe::SYNC, bytes::Bytes::new()).encode(&mut out);
     out
 }
@@ -482,10 +472,9 @@ mod tests {
     use bytes::BufMut;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        m.extend_from_slice(body);
-        m
+        switchyard_proto::Frame::new(tag, bytes::Bytes::copy_from_slice(body))
+            .to_bytes()
+            .to_vec()
     }
 
     fn row(values: &[Option<&str>]) -> Vec<u8> {

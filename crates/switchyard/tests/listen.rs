@@ -150,10 +150,9 @@ async fn an_extended_protocol_listen_is_followed() {
 
 /// One protocol message: tag, length, body.
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
+    switchyard_proto::Frame::new(tag, bytes::Bytes::copy_from_slice(body))
+        .to_bytes()
+        .to_vec()
 }
 
 /// Reads from `raw` into `got` until `end` is in it.

@@ -263,18 +263,14 @@ fn is_simple_write(sent: &[u8]) -> bool {
 /// unnamed statement: Parse, Bind (text results), Describe of the portal (for the
 /// RowDescription a simple query's answer has), Execute of all rows; no Sync.
 fn as_extended(query: &[u8], out: &mut BytesMut) -> Option<()> {
-    use bytes::BufMut;
-    let text = query.get(5..)?.strip_suffix(&[0])?;
-    let mut message = |tag: u8, body: &[&[u8]]| {
-        let len: usize = body.iter().map(|b| b.len()).sum();
-        out.put_u8(tag);
-        out.put_u32(u32::try_from(len + 4).unwrap_or(u32::MAX));
-        body.iter().for_each(|b| out.put_slice(b));
+    use switchyard_proto::frontend::{
+        Target, TargetKind, bind_unnamed_portal, execute_all, parse_unnamed,
     };
-    message(fe::PARSE, &[b"\0", text, b"\0\0\0"]);
-    message(fe::BIND, &[b"\0\0\0\0\0\0\0\0"]);
-    message(fe::DESCRIBE, &[b"P\0"]);
-    message(fe::EXECUTE, &[b"\0\0\0\0\0"]);
+    let text = query.get(5..)?.strip_suffix(&[0])?;
+    parse_unnamed(text).encode(out);
+    bind_unnamed_portal(b"", &[]).encode(out);
+    Target::encode(fe::DESCRIBE, TargetKind::Portal, b"").encode(out);
+    execute_all().encode(out);
     Some(())
 }
 
@@ -510,10 +506,9 @@ mod tests {
     use super::*;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        m.extend_from_slice(body);
-        m
+        switchyard_proto::Frame::new(tag, bytes::Bytes::copy_from_slice(body))
+            .to_bytes()
+            .to_vec()
     }
 
     #[test]

@@ -42,14 +42,33 @@ pub fn query(sql: &str) -> crate::Frame {
 /// and portal, ending in Sync: Parse, Bind, Execute, Sync. For the proxy's own lookups, where a
 /// value must never be spliced into SQL text.
 pub fn extended_query(sql: &str, params: &[&str]) -> Vec<crate::Frame> {
+    vec![
+        parse_unnamed(sql.as_bytes()),
+        bind_unnamed_portal(b"", params),
+        execute_all(),
+        crate::Frame::new(tag::SYNC, bytes::Bytes::new()),
+    ]
+}
+
+/// A Parse of `sql` as the unnamed statement, parameter types inferred.
+pub fn parse_unnamed(sql: &[u8]) -> crate::Frame {
     use bytes::BufMut;
     let mut parse = bytes::BytesMut::with_capacity(sql.len() + 4);
     parse.put_u8(0); // unnamed statement
-    parse.put_slice(sql.as_bytes());
+    parse.put_slice(sql);
     parse.put_u8(0);
     parse.put_i16(0); // parameter types: inferred
+    crate::Frame::new(tag::PARSE, parse.freeze())
+}
+
+/// A Bind of `statement` (empty: the unnamed one) to the unnamed portal, with text
+/// parameters and text results.
+pub fn bind_unnamed_portal(statement: &[u8], params: &[&str]) -> crate::Frame {
+    use bytes::BufMut;
     let mut bind = bytes::BytesMut::new();
-    bind.put_slice(&[0, 0]); // unnamed portal, unnamed statement
+    bind.put_u8(0); // unnamed portal
+    bind.put_slice(statement);
+    bind.put_u8(0);
     bind.put_i16(0); // parameter formats: all text
     bind.put_i16(params.len() as i16);
     for p in params {
@@ -57,13 +76,10 @@ pub fn extended_query(sql: &str, params: &[&str]) -> Vec<crate::Frame> {
         bind.put_slice(p.as_bytes());
     }
     bind.put_i16(0); // result formats: all text
-    let mut execute = bytes::BytesMut::new();
-    execute.put_u8(0); // unnamed portal
-    execute.put_i32(0); // every row
-    vec![
-        crate::Frame::new(tag::PARSE, parse.freeze()),
-        crate::Frame::new(tag::BIND, bind.freeze()),
-        crate::Frame::new(tag::EXECUTE, execute.freeze()),
-        crate::Frame::new(tag::SYNC, bytes::Bytes::new()),
-    ]
+    crate::Frame::new(tag::BIND, bind.freeze())
+}
+
+/// An Execute of every row of the unnamed portal.
+pub fn execute_all() -> crate::Frame {
+    crate::Frame::new(tag::EXECUTE, bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))
 }
