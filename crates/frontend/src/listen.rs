@@ -218,17 +218,11 @@ impl Hubs {
         let command = match op {
             // Waited for too (briefly: the hub only forgets the client), so that a client
             // cannot pile up commands while its hub waits for a primary.
-            ListenOp::Unlisten(channel) => {
-                let Some(hub) = self.running().get(&key).cloned() else {
-                    return Ok(()); // no hub: nobody listens for it
-                };
-                let id = inbox.id;
-                let _ = hub.send(Command::Unlisten { id, channel, reply });
-                return match tokio::time::timeout_at(deadline, answer).await {
-                    Ok(Ok(result)) => result,
-                    Ok(Err(_)) | Err(_) => Err(SessionError::ListenTimeout),
-                };
-            }
+            ListenOp::Unlisten(channel) => Command::Unlisten {
+                id: inbox.id,
+                channel,
+                reply,
+            },
             ListenOp::Listen(channel) => Command::Listen {
                 inbox: Arc::downgrade(inbox),
                 channel,
@@ -238,14 +232,17 @@ impl Hubs {
         };
         {
             let mut running = self.running();
+            if matches!(command, Command::Unlisten { .. }) && !running.contains_key(&key) {
+                return Ok(()); // no hub: nobody listens for it
+            }
             let hub = running.entry(key.clone()).or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let hub = Hub::new(proxy.clone(), key, target.clone(), settings.clone(), rx);
                 tokio::spawn(hub.run());
                 tx
             });
-            // A hub that has just retired has removed itself under this lock first: a sender
-            // found here is one whose hub reads its commands.
+            // Sent under the lock: a hub retires under it too, once it has no command left,
+            // so a sender found here is one whose hub reads this command.
             let _ = hub.send(command);
         }
         match tokio::time::timeout_at(deadline, answer).await {
