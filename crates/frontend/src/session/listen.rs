@@ -144,6 +144,28 @@ fn starts_with_listen(sql: &[u8]) -> bool {
     })
 }
 
+/// Whether the client's next request (a whole first message at the front of `buf`) may be a
+/// LISTEN flight, without allocating: a Query or Parse whose text starts with LISTEN or
+/// UNLISTEN, or, when the client prepared LISTEN statements, anything that may use them. On
+/// the data path for every request of a transaction-mode client between transactions: only
+/// a yes pays for [`Session::try_listen`].
+pub(super) fn may_be_listen_flight(buf: &[u8], has_prepared_listen: bool) -> bool {
+    if has_prepared_listen {
+        return true;
+    }
+    let (Some(&tag), Some(body)) = (buf.first(), buf.get(5..)) else {
+        return false;
+    };
+    match tag {
+        fe::QUERY => starts_with_listen(until_nul(body)),
+        fe::PARSE => {
+            let name = until_nul(body);
+            starts_with_listen(until_nul(&body[(name.len() + 1).min(body.len())..]))
+        }
+        _ => false,
+    }
+}
+
 /// The statements of a simple query, if every one is a LISTEN or UNLISTEN (empty ones are
 /// skipped, as PostgreSQL does); `Err(())` if one is among other statements.
 fn simple_ops(text: &[u8]) -> Result<Vec<ListenOp>, ()> {

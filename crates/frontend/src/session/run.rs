@@ -349,9 +349,14 @@ impl Session {
             if self.mode() == PoolMode::Transaction
                 && matches!(self.link, Link::Detached)
                 && self.owe_ready_at_sync.is_none()
-                && (matches!(h.tag, fe::QUERY | fe::PARSE)
-                    || (matches!(h.tag, fe::BIND | fe::DESCRIBE | fe::CLOSE)
-                        && self.info.cancel.inbox().is_some_and(|i| i.has_prepared())))
+                && matches!(
+                    h.tag,
+                    fe::QUERY | fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE
+                )
+                && super::listen::may_be_listen_flight(
+                    &self.client.buf,
+                    self.info.cancel.inbox().is_some_and(|i| i.has_prepared()),
+                )
             {
                 match Box::pin(self.try_listen()).await? {
                     Listened::No => {}
