@@ -9,7 +9,9 @@ attempt is over it prints one line on stdout:
 
 and then holds the connections open until stdin reaches EOF, SIGTERM/SIGINT arrives, or
 --max-hold seconds pass (or, with --hold SECONDS, exactly that long, ignoring stdin). While
-holding, a line "status" on stdin is answered with "ALIVE <connections still open>". On the way
+holding, a line "status" on stdin is answered with "ALIVE <connections still open> queries=<n>
+failed=<n>"; with --query-every S each connection runs `SELECT 1` every S seconds meanwhile
+(steady traffic through every client), else it stays idle. On the way
 out each connection gets a Terminate and is closed; the last line is
 "DONE alive=<n> closed_by_server=<n>". Exit status: 0 if all N logged in, 2 otherwise.
 Progress and errors go to stderr.
@@ -19,6 +21,7 @@ Example:  python3 bench/idle_clients.py --port 6432 --count 10000 --hold 60
 
 import argparse
 import asyncio
+import random
 import resource
 import signal
 import struct
@@ -103,6 +106,37 @@ async def watch(reader):
         pass
 
 
+QUERY_SELECT_1 = b"Q\x00\x00\x00\x0dSELECT 1\x00"
+STATS = {"queries": 0, "query_failures": 0}
+
+
+async def chatter(reader, writer, every):
+    """--query-every: sends `SELECT 1` every `every` seconds (the first after a random part of
+    it, so the clients spread out) and reads to its ReadyForQuery; returns when the connection
+    closes. A query without its answer within 30 s counts as failed and ends the connection."""
+    await asyncio.sleep(random.uniform(0, every))
+    try:
+        while True:
+            writer.write(QUERY_SELECT_1)
+            await writer.drain()
+
+            async def answer():
+                while True:
+                    header = await reader.readexactly(5)
+                    length = struct.unpack("!i", header[1:])[0]
+                    body = await reader.readexactly(length - 4)
+                    if header[:1] == b"E":
+                        raise LoginError(error_text(body))
+                    if header[:1] == b"Z":
+                        return
+
+            await asyncio.wait_for(answer(), 30)
+            STATS["queries"] += 1
+            await asyncio.sleep(every)
+    except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, LoginError):
+        STATS["query_failures"] += 1
+
+
 def start_stdin_thread(loop, queue):
     def pump():
         try:
@@ -148,7 +182,10 @@ async def main(args):
         print(f"idle_clients: {n} failed: {text}", file=sys.stderr, flush=True)
     print(f"READY up={len(conns)} failed={nfailed} seconds={time.monotonic() - started:.1f}", flush=True)
 
-    watchers = [asyncio.create_task(watch(r)) for r, _ in conns]
+    if args.query_every:
+        watchers = [asyncio.create_task(chatter(r, w, args.query_every)) for r, w in conns]
+    else:
+        watchers = [asyncio.create_task(watch(r)) for r, _ in conns]
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
@@ -174,7 +211,7 @@ async def main(args):
             break
         if line == "status":
             alive = sum(1 for w in watchers if not w.done())
-            print(f"ALIVE {alive}", flush=True)
+            print(f"ALIVE {alive} queries={STATS['queries']} failed={STATS['query_failures']}", flush=True)
     stop_wait.cancel()
 
     alive = sum(1 for w in watchers if not w.done())
@@ -186,7 +223,8 @@ async def main(args):
             pass
     if watchers:
         await asyncio.wait(watchers, timeout=5)
-    print(f"DONE alive={alive} closed_by_server={len(conns) - alive}", flush=True)
+    print(f"DONE alive={alive} closed_by_server={len(conns) - alive} queries={STATS['queries']} "
+          f"query_failures={STATS['query_failures']}", flush=True)
     return 0 if len(conns) == args.count else 2
 
 
@@ -203,6 +241,8 @@ def parse_args():
                    help="seconds for all logins (default 60 + count/50)")
     p.add_argument("--hold", type=float, default=None, help="hold exactly this many seconds, ignoring stdin")
     p.add_argument("--max-hold", type=float, default=3600, help="longest hold waiting for stdin EOF (default 3600)")
+    p.add_argument("--query-every", type=float, default=0,
+                   help="while holding, each connection runs SELECT 1 every this many seconds (0: stays idle)")
     p.add_argument("--progress", type=int, default=0, help="print progress to stderr every N attempts")
     args = p.parse_args()
     if args.overall_timeout is None:
