@@ -268,7 +268,7 @@ fn snapshot(process_id: i32, slot: &Slot, now: Instant) -> ClientSnapshot {
         Who::Console(u) => (
             u.name.clone(),
             u.name.clone(),
-            crate::console::CONSOLE_DATABASE.to_owned(),
+            switchyard_config::CONSOLE_DATABASE.to_owned(),
             None,
         ),
     };

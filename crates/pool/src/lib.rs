@@ -15,6 +15,7 @@
 
 mod pool;
 mod registry;
+mod slots;
 mod wait;
 
 pub use pool::{IdleServer, Pool, PoolError, PoolSettings, PoolStats, Pooled};

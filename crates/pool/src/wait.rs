@@ -1,15 +1,15 @@
-//! Waiting in a pool's queue: the waiter record, its outcome, the future a request awaits, and
-//! the task that ends waits at their deadline.
+//! Waiting in a pool's queue: the future a request awaits, and the task that ends waits at
+//! their deadline.
 //!
 //! A request's deadline is enforced by one sweeper task per pool (started when the first request
 //! queues, gone when the queue empties) rather than by a timer per request: under load every
 //! request may queue, and a timer armed and disarmed each time costs more than the rest of the
 //! wait.
 
-use crate::pool::Pool;
+use crate::slots::{Handoff, Inner};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use switchyard_server::ServerConn;
@@ -18,50 +18,34 @@ use switchyard_server::ServerConn;
 /// a reload) ends at most this late.
 const SWEEP_AT_LEAST_EVERY: Duration = Duration::from_millis(100);
 
-/// How a wait ended.
-pub(crate) enum Handoff {
-    /// A connection released by another request, already registered as checked out (the key).
-    Conn(Box<ServerConn>, usize),
-    /// A free slot: take an idle connection or open one.
-    Slot,
-    Expired,
-    /// The generation waited for is over, or the pool was removed.
-    Retired,
-}
-
-pub(crate) struct Waiter {
-    pub(crate) waker: Waker,
-    pub(crate) deadline: Instant,
-    pub(crate) generation: u64,
-    /// Set (under the pool's lock) by whoever ends the wait.
-    pub(crate) outcome: Option<Handoff>,
-}
-
-impl Waiter {
-    pub(crate) fn new(deadline: Instant, generation: u64, waker: Waker) -> Self {
-        Self {
-            waker,
-            deadline,
-            generation,
-            outcome: None,
-        }
-    }
+/// What waiting needs of a pool: its lock, and the way back for a connection handed to a wait
+/// that was dropped before collecting it. (A trait so that waiting knows the queue, not the
+/// pool that owns it.)
+pub(crate) trait Queue: Send + Sync + 'static {
+    fn lock(&self) -> MutexGuard<'_, Inner>;
+    /// See `Pool::reuse_or_close`.
+    fn reuse_or_close(
+        &self,
+        inner: &mut Inner,
+        conn: Box<ServerConn>,
+        now: Instant,
+    ) -> (Option<Waker>, Option<Box<ServerConn>>);
 }
 
 /// A queued request's wait for its outcome.
 ///
 /// Cancel safety: dropping it leaves the queue; whatever was handed to it meanwhile is given
 /// back (to the next request in line, or the idle list).
-pub(crate) struct Wait<'a> {
-    pool: &'a Arc<Pool>,
+pub(crate) struct Wait<'a, Q: Queue> {
+    pool: &'a Arc<Q>,
     /// The waiter's key in the pool (only this future removes it, so it cannot be reused
     /// meanwhile).
     key: usize,
     done: bool,
 }
 
-impl<'a> Wait<'a> {
-    pub(crate) fn new(pool: &'a Arc<Pool>, key: usize) -> Self {
+impl<'a, Q: Queue> Wait<'a, Q> {
+    pub(crate) fn new(pool: &'a Arc<Q>, key: usize) -> Self {
         Self {
             pool,
             key,
@@ -70,7 +54,7 @@ impl<'a> Wait<'a> {
     }
 }
 
-impl Future for Wait<'_> {
+impl<Q: Queue> Future for Wait<'_, Q> {
     type Output = Handoff;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Handoff> {
@@ -93,7 +77,7 @@ impl Future for Wait<'_> {
     }
 }
 
-impl Drop for Wait<'_> {
+impl<Q: Queue> Drop for Wait<'_, Q> {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -124,7 +108,7 @@ impl Drop for Wait<'_> {
 }
 
 /// Ends waits at their deadlines while any request is queued in `pool`.
-pub(crate) async fn sweep(pool: Weak<Pool>) {
+pub(crate) async fn sweep<Q: Queue>(pool: Weak<Q>) {
     loop {
         let next = {
             let Some(pool) = pool.upgrade() else {

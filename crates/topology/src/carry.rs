@@ -1,53 +1,19 @@
-//! [`Carried`]: what a monitor that replaces another one of the same cluster (a reload changed
-//! its members or probe settings) takes over, so that the reload changes nothing the data path
-//! can see: the primary stays the primary under the same generation (in-flight transactions
+//! The first view of a monitor that replaces another one of the same cluster (a reload changed
+//! its members or probe settings; see `Carried` in `monitor`): what it takes over, so that
+//! the reload changes nothing the data path can see: the primary stays the primary under the same generation (in-flight transactions
 //! and idle connections carry on), fences stay, and what the old monitor learned (member
 //! health and facts, the system identifier, the highest timeline) is not forgotten.
 
-use crate::counters::ProbeCounters;
 use crate::health::Health;
-use crate::monitor::{ClusterMonitor, ClusterState, MemberStatus, TopologyView};
-use std::sync::Arc;
+use crate::view::{ClusterState, MemberStatus, TopologyView};
 use std::time::Instant;
-
-/// What a new monitor continues from.
-#[derive(Clone, Default)]
-pub struct Carried {
-    /// Where generations continue when the primary cannot be kept: after every generation in
-    /// use, so pools that retired the old monitor's generations never see a number twice.
-    pub after_generation: u64,
-    /// The monitor being replaced, if any.
-    pub previous: Option<ClusterMonitor>,
-}
-
-impl Carried {
-    /// The new monitor's first view, for members `addrs` (see [`first_view`]).
-    pub(crate) fn first_view(&self, addrs: &[String]) -> TopologyView {
-        let previous = self.previous.as_ref().map(|m| m.view());
-        let fenced = self
-            .previous
-            .as_ref()
-            .map(ClusterMonitor::fenced_members)
-            .unwrap_or_default();
-        first_view(previous.as_deref(), &fenced, self.after_generation, addrs)
-    }
-
-    /// A member's probe counters: the replaced monitor's if it probed that member (counters
-    /// never go down while the process runs).
-    pub(crate) fn probe_counters(&self, addr: &str) -> Arc<ProbeCounters> {
-        self.previous
-            .as_ref()
-            .and_then(|m| m.probe_counters(addr))
-            .unwrap_or_default()
-    }
-}
 
 /// Members the old monitor knew keep their health and facts, and fenced members stay fenced.
 /// Its primary stays the primary, under the same generation, if it is still a member and not
 /// fenced. Otherwise there is no primary until the probes find one: a change if the old
 /// monitor had one (or a conflict), so the generation moves past every number in use (and the
 /// router retires connections of the old ones); else it goes on at the highest in use.
-fn first_view(
+pub(crate) fn first_view(
     previous: Option<&TopologyView>,
     fenced: &[String],
     after_generation: u64,

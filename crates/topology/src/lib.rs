@@ -5,7 +5,8 @@
 //! - [`probe`]: one probe of one member on its own dedicated connection.
 //! - [`counters`]: what the data path and the probes count per cluster (metrics, incidents).
 //! - [`monitor`]: the probe and decider loops, publishing a [`TopologyView`] per cluster.
-//! - [`carry`]: what a monitor that replaces another (after a reload) takes over from it.
+//! - [`view`]: the published [`TopologyView`] and what can be read from it.
+//! - [`carry`]: the first view of a monitor that replaces another (after a reload).
 #![forbid(unsafe_code)]
 
 pub mod carry;
@@ -14,10 +15,11 @@ pub mod decide;
 pub mod health;
 pub mod monitor;
 pub mod probe;
+pub mod view;
 
-pub use carry::Carried;
 pub use counters::{Caught, CaughtTotals, ClusterCounters, Outcome, ProbeCounters};
 pub use decide::{Decision, MemberView, decide};
 pub use health::{Health, Thresholds};
-pub use monitor::{ClusterMonitor, ClusterState, MemberStatus, MonitorSettings, TopologyView};
+pub use monitor::{Carried, ClusterMonitor, MonitorSettings};
 pub use probe::{NodeFacts, ProbeError};
+pub use view::{ClusterState, MemberStatus, TopologyView};

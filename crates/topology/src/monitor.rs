@@ -8,11 +8,12 @@
 //!
 //! Both stop when the shutdown token fires.
 
-use crate::carry::Carried;
+use crate::carry::first_view;
 use crate::counters::{Caught, ClusterCounters, ProbeCounters};
 use crate::decide::{Decision, MemberView, decide};
 use crate::health::{Health, Thresholds};
 use crate::probe::{NodeFacts, ProbeError, probe};
+use crate::view::{ClusterState, MemberStatus, TopologyView};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,79 +27,6 @@ pub struct MonitorSettings {
     pub fast_interval: Duration,
     pub probe_timeout: Duration,
     pub thresholds: Thresholds,
-}
-
-/// Which member carries writes now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClusterState {
-    Primary { id: usize, addr: String },
-    NoPrimary,
-    Conflict(Vec<usize>),
-}
-
-/// One member as the monitor sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberStatus {
-    pub addr: String,
-    pub health: Health,
-    pub facts: Option<NodeFacts>,
-    pub fenced: bool,
-}
-
-/// A published answer. `generation` bumps on every change of `state`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopologyView {
-    pub generation: u64,
-    pub state: ClusterState,
-    pub members: Vec<MemberStatus>,
-    /// When `state` last changed.
-    pub since: Instant,
-    /// The cluster's system identifier, learned from the first primary seen.
-    pub system_id: Option<u64>,
-    /// The highest primary timeline ever seen: no primary below it is accepted.
-    pub max_timeline: u32,
-}
-
-impl TopologyView {
-    /// The primary's address, if the cluster has one.
-    pub fn primary_addr(&self) -> Option<&str> {
-        match &self.state {
-            ClusterState::Primary { addr, .. } => Some(addr),
-            _ => None,
-        }
-    }
-
-    /// A member's role as the probes see it: `primary`, `standby`, `writable_not_primary`
-    /// (fenced, or an old primary) or `unknown` (never probed successfully).
-    pub fn role_of(&self, member: &MemberStatus) -> &'static str {
-        match (
-            self.primary_addr() == Some(member.addr.as_str()),
-            &member.facts,
-        ) {
-            (true, _) => "primary",
-            (false, Some(f)) if f.in_recovery => "standby",
-            (false, Some(_)) => "writable_not_primary",
-            (false, None) => "unknown",
-        }
-    }
-
-    /// How many bytes of WAL a standby is behind the primary; `None` for anything else.
-    pub fn lag_of(&self, member: &MemberStatus) -> Option<u64> {
-        let primary = self.primary_addr()?;
-        let head = self
-            .members
-            .iter()
-            .find(|m| m.addr == primary)?
-            .facts
-            .as_ref()?;
-        let standby = member.facts.as_ref().filter(|f| f.in_recovery)?;
-        Some(head.wal_lsn.saturating_sub(standby.wal_lsn))
-    }
-
-    /// The lag of the most advanced standby (the one a promotion would pick up).
-    pub fn standby_lag(&self) -> Option<u64> {
-        self.members.iter().filter_map(|m| self.lag_of(m)).min()
-    }
 }
 
 /// What the data path tells the monitor about one member.
@@ -160,6 +88,38 @@ impl ClusterGeneration {
         self.changes
             .send_if_modified(|g| std::mem::replace(g, generation) != generation);
         (view, mark)
+    }
+}
+
+/// What a new monitor continues from.
+#[derive(Clone, Default)]
+pub struct Carried {
+    /// Where generations continue when the primary cannot be kept: after every generation in
+    /// use, so pools that retired the old monitor's generations never see a number twice.
+    pub after_generation: u64,
+    /// The monitor being replaced, if any.
+    pub previous: Option<ClusterMonitor>,
+}
+
+impl Carried {
+    /// The new monitor's first view, for members `addrs` (see [`first_view`]).
+    pub(crate) fn first_view(&self, addrs: &[String]) -> TopologyView {
+        let previous = self.previous.as_ref().map(|m| m.view());
+        let fenced = self
+            .previous
+            .as_ref()
+            .map(ClusterMonitor::fenced_members)
+            .unwrap_or_default();
+        first_view(previous.as_deref(), &fenced, self.after_generation, addrs)
+    }
+
+    /// A member's probe counters: the replaced monitor's if it probed that member (counters
+    /// never go down while the process runs).
+    pub(crate) fn probe_counters(&self, addr: &str) -> Arc<ProbeCounters> {
+        self.previous
+            .as_ref()
+            .and_then(|m| m.probe_counters(addr))
+            .unwrap_or_default()
     }
 }
 

@@ -12,6 +12,7 @@ mod rebuild;
 mod relay;
 mod resolve;
 mod run;
+mod step;
 
 pub(crate) use run::Session;
 
