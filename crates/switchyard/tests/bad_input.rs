@@ -426,19 +426,37 @@ async fn message_over_max_message_size_is_fatal_08p01() {
 }
 
 /// 7. A Parse whose parameter count says 2 but carries no type OIDs (transaction mode, where the
-///    proxy decodes Parse to rename statements).
+///    proxy decodes a named Parse to rename its statement: FATAL from the proxy). An unnamed
+///    Parse is not renamed, so not decoded: the server's own ERROR reaches the client, whose
+///    session goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_parse_is_fatal_08p01() {
     let (h, other) = setup(PoolMode::Transaction, |_| {}).await;
-    for name in ["", "s1"] {
-        let mut r = Raw::login(&h).await;
+    let malformed = |name: &str| {
         let mut body = format!("{name}\0select $1, $2\0").into_bytes();
         body.extend_from_slice(&2i16.to_be_bytes());
         let mut bytes = msg(b'P', &body);
         bytes.extend_from_slice(&msg(b'S', &[]));
-        r.send(&bytes).await;
-        r.expect_fatal_then_close("08P01").await;
-    }
+        bytes
+    };
+    let mut r = Raw::login(&h).await;
+    r.send(&malformed("s1")).await;
+    r.expect_fatal_then_close("08P01").await;
+    let mut r = Raw::login(&h).await;
+    r.send(&malformed("")).await;
+    let (tag, body) = r.msg().await;
+    assert_eq!(
+        tag as char, 'E',
+        "expected the server's ErrorResponse: {body:?}"
+    );
+    let e = PgError::parse(&body);
+    assert_eq!(
+        (e.severity.as_str(), e.code.as_str()),
+        ("ERROR", "08P01"),
+        "{e:?}"
+    );
+    assert_eq!(r.msg().await.0 as char, 'Z');
+    assert_eq!(r.query_one("select 8").await, "8");
     assert_alive(&other).await;
     // The pool was not poisoned: a fresh client gets a clean server connection.
     let mut r = Raw::login(&h).await;

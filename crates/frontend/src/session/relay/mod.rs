@@ -139,6 +139,20 @@ fn cstr_after_first(body: &[u8]) -> Option<&[u8]> {
     rest.iter().position(|&b| b == 0).map(|end| &rest[..end])
 }
 
+/// Whether an extended-protocol message names a prepared statement (which transaction mode
+/// renames per server connection). The unnamed statement and portals are the server
+/// connection's own for the length of one attachment: those messages pass unchanged, as most
+/// drivers' unnamed flights do. A malformed one counts as naming one, so that its decoding
+/// reports it.
+fn names_a_statement(tag: u8, body: &[u8]) -> bool {
+    match tag {
+        fe::PARSE => body.first() != Some(&0),
+        fe::BIND => cstr_after_first(body) != Some(&[]),
+        fe::DESCRIBE | fe::CLOSE => body.first() != Some(&b'P') && body.get(1) != Some(&0),
+        _ => false,
+    }
+}
+
 /// What a relay step consumed and where the bytes to send are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forwarded {

@@ -38,7 +38,8 @@ impl Relay {
             };
             pos += h.wire_len;
             let rewrite = self.mode == PoolMode::Transaction
-                && matches!(h.tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE);
+                && matches!(h.tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE)
+                && names_a_statement(h.tag, &msg[5..]);
             if matches!(h.tag, fe::QUERY | fe::PARSE) {
                 let m = mentions(&msg[5..]);
                 self.names_search_path |= m.search_path;
