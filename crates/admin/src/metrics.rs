@@ -170,8 +170,8 @@ fn clusters(f: &mut Family<'_, '_>, state: &AdminState) -> std::fmt::Result {
             cl(name),
             f64::from(u8::from(matches!(view.state, ClusterState::Primary { .. }))),
         ));
-        transactions.push((cl(name), c.transactions.load(Ordering::Relaxed)));
-        queries.push((cl(name), c.queries.load(Ordering::Relaxed)));
+        transactions.push((cl(name), c.transactions()));
+        queries.push((cl(name), c.queries.get()));
         latency.push((cl(name), &c.transaction_latency));
         query_latency.push((cl(name), &c.query_latency));
         for o in c.caught_totals().outcomes() {

@@ -88,7 +88,7 @@ pub fn clusters(state: &AdminState) -> Vec<ClusterSnapshot> {
                 generation: view.generation,
                 state_age_s: view.since.elapsed().as_secs_f64(),
                 members,
-                transactions: m.counters().transactions.load(Ordering::Relaxed),
+                transactions: m.counters().transactions(),
                 open_incident: incidents
                     .iter()
                     .find(|i| i.cluster == m.name() && i.stage != Stage::Resolved)

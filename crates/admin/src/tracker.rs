@@ -108,9 +108,7 @@ fn sample(m: &ClusterMonitor, view: &TopologyView, last_primary: Option<&str>) -
     Sample {
         now_ms: unix_ms(),
         conflict: matches!(view.state, ClusterState::Conflict(_)),
-        transactions: counters
-            .transactions
-            .load(std::sync::atomic::Ordering::Relaxed),
+        transactions: counters.transactions(),
         caught: counters.caught_totals(),
         sites: counters.touched().into_iter().collect(),
         old_primary_last_ok_ms,

@@ -2,7 +2,8 @@
 //! outcomes of requests caught by a failover (held in the gate, rolled back, outcome unknown,
 //! gate timeouts, re-sent), probe results, and which sites (databases) a failover touched.
 //!
-//! Plain atomics, written on the data path without locks (the set of touched sites takes a lock,
+//! Plain atomics (striped where every transaction writes them: [`STRIPES`]), written on the
+//! data path without locks (the set of touched sites takes a lock,
 //! but only when a failover touches a request) and read at scrape time by the metrics, the admin
 //! console and the incident tracker.
 
@@ -28,24 +29,105 @@ const LATENCY_BUCKETS_US: [u64; LATENCY_BUCKETS.len()] = {
     us
 };
 
-/// A latency histogram over [`LATENCY_BUCKETS`] (cumulative only when read).
+/// How many stripes the counters every transaction updates are split into. With one atomic
+/// per counter, every worker thread's every transaction would write the same few cache lines,
+/// which then move between cores on each update: the first thing that stops a multi-threaded
+/// proxy from scaling with cores. An update touches one stripe; a read (a scrape) sums them.
+pub const STRIPES: usize = 8;
+
+/// Which stripe an update goes to. Taken from the server connection's backend process id: two
+/// transactions running at once never share a server connection, and backends' ids differ, so
+/// updates made at the same moment spread over the stripes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stripe(usize);
+
+impl Stripe {
+    pub fn of(id: i32) -> Stripe {
+        Stripe(id.unsigned_abs() as usize % STRIPES)
+    }
+}
+
+/// A value on cache lines of its own (128 bytes: adjacent-line prefetching pairs 64-byte lines).
 #[derive(Debug, Default)]
-pub struct LatencyHistogram {
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// A counter in [`STRIPES`] stripes.
+#[derive(Debug, Default)]
+pub struct StripedCounter([Padded<AtomicU64>; STRIPES]);
+
+impl StripedCounter {
+    pub fn add(&self, stripe: Stripe, n: u64) {
+        self.0[stripe.0].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// A count that goes up and down (requests outstanding), in [`STRIPES`] stripes. An up and its
+/// down must name the same stripe.
+#[derive(Debug, Default)]
+pub struct StripedGauge([Padded<AtomicU64>; STRIPES]);
+
+impl StripedGauge {
+    /// One more; true if its stripe was at zero (the whole may have been).
+    pub fn up(&self, stripe: Stripe) -> bool {
+        self.0[stripe.0].0.fetch_add(1, Ordering::Relaxed) == 0
+    }
+
+    /// One fewer (never below zero).
+    pub fn down(&self, stripe: Stripe) {
+        let _ = self.0[stripe.0]
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|c| c.0.load(Ordering::Relaxed) == 0)
+    }
+}
+
+/// One stripe of a [`LatencyHistogram`].
+#[derive(Debug, Default)]
+struct HistogramStripe {
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     count: AtomicU64,
     sum_us: AtomicU64,
 }
 
+/// A latency histogram over [`LATENCY_BUCKETS`] (cumulative only when read), in [`STRIPES`]
+/// stripes.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    stripes: [Padded<HistogramStripe>; STRIPES],
+}
+
 impl LatencyHistogram {
+    /// Off the data path (probes): the first stripe.
     pub fn observe(&self, d: Duration) {
+        self.observe_in(d, Stripe::default());
+    }
+
+    pub fn observe_in(&self, d: Duration, stripe: Stripe) {
+        let s = &self.stripes[stripe.0].0;
         let us = d.as_micros() as u64;
         // The first bucket whose bound is at least `us` (none: only the +Inf bucket, the count).
         let i = LATENCY_BUCKETS_US.partition_point(|&b| b < us);
-        if let Some(bucket) = self.buckets.get(i) {
+        if let Some(bucket) = s.buckets.get(i) {
             bucket.fetch_add(1, Ordering::Relaxed);
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        s.count.fetch_add(1, Ordering::Relaxed);
+        s.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// How many were observed.
+    pub fn count(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.count.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// `(sum in seconds, count, cumulative (upper bound, count) buckets)`, as Prometheus wants.
@@ -53,14 +135,22 @@ impl LatencyHistogram {
         let mut running = 0;
         let buckets = LATENCY_BUCKETS
             .iter()
-            .zip(&self.buckets)
-            .map(|(&b, n)| {
-                running += n.load(Ordering::Relaxed);
+            .enumerate()
+            .map(|(i, &b)| {
+                running += self
+                    .stripes
+                    .iter()
+                    .map(|s| s.0.buckets[i].load(Ordering::Relaxed))
+                    .sum::<u64>();
                 (b, running)
             })
             .collect();
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        (sum, self.count.load(Ordering::Relaxed), buckets)
+        let sum_us: u64 = self
+            .stripes
+            .iter()
+            .map(|s| s.0.sum_us.load(Ordering::Relaxed))
+            .sum();
+        (sum_us as f64 / 1e6, self.count(), buckets)
     }
 }
 
@@ -87,8 +177,8 @@ pub enum Caught {
 /// Per-cluster counters (see the module doc).
 #[derive(Debug, Default)]
 pub struct ClusterCounters {
-    pub transactions: AtomicU64,
-    pub queries: AtomicU64,
+    pub queries: StripedCounter,
+    /// Its count is the number of transactions ([`ClusterCounters::transactions`]).
     pub transaction_latency: LatencyHistogram,
     /// From a request's (or pipelined batch's) last byte sent to its ReadyForQuery.
     pub query_latency: LatencyHistogram,
@@ -199,10 +289,14 @@ impl CaughtTotals {
 
 impl ClusterCounters {
     /// One transaction (transaction mode) or session attachment ended, with its requests.
-    pub fn transaction(&self, took: Duration, queries: u64) {
-        self.transactions.fetch_add(1, Ordering::Relaxed);
-        self.queries.fetch_add(queries, Ordering::Relaxed);
-        self.transaction_latency.observe(took);
+    pub fn transaction(&self, took: Duration, queries: u64, stripe: Stripe) {
+        self.queries.add(stripe, queries);
+        self.transaction_latency.observe_in(took, stripe);
+    }
+
+    /// Transactions (transaction mode) and session attachments ended so far.
+    pub fn transactions(&self) -> u64 {
+        self.transaction_latency.count()
     }
 
     /// A request of a client of `database` was caught by a failover.
@@ -317,6 +411,28 @@ mod tests {
         );
         assert_eq!(LATENCY_BUCKETS_US[0], 500);
         assert_eq!(LATENCY_BUCKETS_US[13], 60_000_000);
+    }
+
+    #[test]
+    fn stripes_add_up() {
+        let h = LatencyHistogram::default();
+        let c = StripedCounter::default();
+        let g = StripedGauge::default();
+        for pid in [1, 2, 9, -3, 100_007] {
+            h.observe_in(Duration::from_micros(400), Stripe::of(pid));
+            c.add(Stripe::of(pid), 2);
+            assert!(g.up(Stripe::of(pid)) || pid == 9, "1 and 9 share a stripe");
+        }
+        assert_eq!(Stripe::of(1), Stripe::of(9));
+        assert_eq!((h.count(), c.get()), (5, 10));
+        assert_eq!(h.snapshot().2[0], (0.0005, 5));
+        assert!((h.snapshot().0 - 0.002).abs() < 1e-9);
+        assert!(!g.is_zero());
+        for pid in [1, 2, 9, -3, 100_007, 2] {
+            g.down(Stripe::of(pid)); // the extra down stays at zero
+        }
+        assert!(g.is_zero());
+        assert!(g.up(Stripe::of(2)), "not below zero");
     }
 
     #[test]

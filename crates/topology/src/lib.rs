@@ -17,7 +17,7 @@ pub mod monitor;
 pub mod probe;
 pub mod view;
 
-pub use counters::{Caught, CaughtTotals, ClusterCounters, Outcome, ProbeCounters};
+pub use counters::{Caught, CaughtTotals, ClusterCounters, Outcome, ProbeCounters, Stripe};
 pub use decide::{Decision, MemberView, decide};
 pub use health::{Health, Thresholds};
 pub use monitor::{Carried, ClusterMonitor, MonitorSettings};

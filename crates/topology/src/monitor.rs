@@ -9,13 +9,13 @@
 //! Both stop when the shutdown token fires.
 
 use crate::carry::first_view;
-use crate::counters::{Caught, ClusterCounters, ProbeCounters};
+use crate::counters::{Caught, ClusterCounters, ProbeCounters, Stripe, StripedGauge};
 use crate::decide::{Decision, MemberView, decide};
 use crate::health::{Health, Thresholds};
 use crate::probe::{NodeFacts, ProbeError, probe};
 use crate::view::{ClusterState, MemberStatus, TopologyView};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use switchyard_server::{ConnectParams, ServerConn};
 use tokio::sync::{Notify, mpsc, watch};
@@ -36,7 +36,7 @@ struct MemberSignals {
     kick: Notify,
     /// Set with a kick: probe now.
     urgent: AtomicBool,
-    outstanding: AtomicUsize,
+    outstanding: StripedGauge,
     /// The member is not Up: probe it at the fast pace.
     fast: AtomicBool,
     /// The cluster has no primary: every member is probed at the fast pace, so a promotion is
@@ -317,9 +317,12 @@ impl ClusterMonitor {
     }
 
     /// Requests outstanding on a member speed up its probing.
-    pub fn request_started(&self, addr: &str) {
+    pub fn request_started(&self, addr: &str, stripe: Stripe) {
         if let Some(m) = self.member(addr)
-            && m.outstanding.fetch_add(1, Ordering::Relaxed) == 0
+            && m.outstanding.up(stripe)
+            // Read before written: under load the flag stays false, and its cache line is
+            // then only read, not bounced between cores.
+            && m.sleeping_slow.load(Ordering::Relaxed)
             && m.sleeping_slow.swap(false, Ordering::Relaxed)
         {
             // From quiet to busy: the probe loop shortens its wait to the fast pace.
@@ -327,11 +330,9 @@ impl ClusterMonitor {
         }
     }
 
-    pub fn request_finished(&self, addr: &str) {
+    pub fn request_finished(&self, addr: &str, stripe: Stripe) {
         if let Some(m) = self.member(addr) {
-            let _ = m
-                .outstanding
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            m.outstanding.down(stripe);
         }
     }
 
@@ -384,7 +385,7 @@ impl ProbeLoop {
                 let fast = failed
                     || sig.fast.load(Ordering::Relaxed)
                     || sig.no_primary.load(Ordering::Relaxed)
-                    || sig.outstanding.load(Ordering::Relaxed) > 0;
+                    || !sig.outstanding.is_zero();
                 let interval = if fast {
                     self.settings.fast_interval
                 } else {

@@ -35,8 +35,8 @@ pub fn table(ctx: &Ctx<'_>) -> Table {
             .collect();
         t.row(vec![
             text(sites.join(",")),
-            int(c.transactions.load(Ordering::Relaxed)),
-            int(c.queries.load(Ordering::Relaxed)),
+            int(c.transactions()),
+            int(c.queries.get()),
             int(xact_us),
             int(c.held_us.load(Ordering::Relaxed)),
             int(xact_us.checked_div(count).unwrap_or(0)),

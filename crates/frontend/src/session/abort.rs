@@ -13,7 +13,7 @@
 //!   idle, or with an autocommit request in flight, answered 08007 as above); else its
 //!   server-side state is gone: FATAL 57P01 naming why, connection closed.
 
-use super::run::{Link, Lost, Session};
+use super::run::{Link, Lost, Session, stripe_of};
 use crate::SessionError;
 use crate::sql::first_statement_commits;
 use bytes::Bytes;
@@ -111,7 +111,7 @@ impl Session {
         };
         let built = server.conn.built.take();
         if let Some(m) = &self.monitor {
-            m.request_finished(&addr);
+            m.request_finished(&addr, stripe_of(&server.conn));
             if !matches!(cause, Lost::Generation) {
                 m.suspect(&addr);
             }

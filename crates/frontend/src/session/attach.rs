@@ -12,7 +12,7 @@
 
 use super::login::primary_pool;
 use super::pool_for::sync_settings;
-use super::run::{Link, Session, generation_moved_past};
+use super::run::{Link, Session, generation_moved_past, stripe_of};
 use crate::SessionError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -287,7 +287,7 @@ impl Session {
             .cancel
             .link(server.conn.cancel_key.clone(), now.into_std());
         if let Some(m) = &self.monitor {
-            m.request_started(&server.conn.addr);
+            m.request_started(&server.conn.addr, stripe_of(&server.conn));
         }
         self.relay.reset();
         self.fresh = true;

@@ -26,8 +26,8 @@ use switchyard_pool::{Pool, Pooled};
 use switchyard_proto::backend::{self, TxStatus};
 use switchyard_proto::frontend::tag as fe;
 use switchyard_proto::{ProtoError, decode_frame, peek_header};
-use switchyard_server::ServerError;
-use switchyard_topology::ClusterMonitor;
+use switchyard_server::{ServerConn, ServerError};
+use switchyard_topology::{ClusterMonitor, Stripe};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -67,6 +67,11 @@ pub(super) async fn generation_moved_past(rx: &mut Option<watch::Receiver<u64>>,
             return std::future::pending().await;
         }
     }
+}
+
+/// Where the counters this server connection's transactions update go (see [`Stripe`]).
+pub(super) fn stripe_of(conn: &ServerConn) -> Stripe {
+    Stripe::of(conn.key().process_id)
 }
 
 /// Why an attached server connection is gone.
@@ -319,9 +324,10 @@ impl Session {
             return;
         };
         if let Some(m) = &self.monitor {
-            m.request_finished(&server.conn.addr);
+            let stripe = stripe_of(&server.conn);
+            m.request_finished(&server.conn.addr, stripe);
             m.counters()
-                .transaction(now - since, u64::from(self.relay.answered));
+                .transaction(now - since, u64::from(self.relay.answered), stripe);
         }
         if transaction_mode && self.relay.listened {
             self.warn_listen_in_transaction();

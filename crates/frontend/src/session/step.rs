@@ -5,7 +5,7 @@
 
 use super::pool_for::INTERNAL_QUERY_TIMEOUT;
 use super::relay::{ClientStep, Fatal, Relay, ServerSide, changes_nothing, reserve_for_partial};
-use super::run::{Link, Lost, Session};
+use super::run::{Link, Lost, Session, stripe_of};
 use crate::SessionError;
 use crate::params::ClientParams;
 use bytes::{Buf, BytesMut};
@@ -505,7 +505,7 @@ impl Session {
             let started = Duration::from_micros(relay.request_started_us.into());
             m.counters()
                 .query_latency
-                .observe((now - since).saturating_sub(started));
+                .observe_in((now - since).saturating_sub(started), stripe_of(conn));
         }
         if relay.busy() {
             // A pipeline: the next request's answer starts now (for its latency and its
