@@ -215,6 +215,12 @@ async def main(args):
     stop_wait.cancel()
 
     alive = sum(1 for w in watchers if not w.done())
+    if args.query_every:
+        # The hold is over: queries stop before the connections close (a query cut off by our
+        # own close is not a failure).
+        for w in watchers:
+            w.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
     for _, writer in conns:
         try:
             writer.write(TERMINATE)
