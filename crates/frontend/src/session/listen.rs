@@ -144,16 +144,17 @@ fn starts_with_listen(sql: &[u8]) -> bool {
     })
 }
 
-/// Whether the client's next request (a whole first message at the front of `buf`) may be a
-/// LISTEN flight, without allocating: a Query or Parse whose text starts with LISTEN or
-/// UNLISTEN, or, when the client prepared LISTEN statements, anything that may use them. On
+/// Whether the client's next request (a whole first message of `wire_len` bytes at the front
+/// of `buf`) may be a LISTEN flight, without allocating: a Query or Parse whose text starts
+/// with LISTEN or UNLISTEN, or, when the client prepared LISTEN statements, anything that may
+/// use them. On
 /// the data path for every request of a transaction-mode client between transactions: only
 /// a yes pays for [`Session::try_listen`].
-pub(super) fn may_be_listen_flight(buf: &[u8], has_prepared_listen: bool) -> bool {
+pub(super) fn may_be_listen_flight(buf: &[u8], wire_len: usize, has_prepared_listen: bool) -> bool {
     if has_prepared_listen {
         return true;
     }
-    let (Some(&tag), Some(body)) = (buf.first(), buf.get(5..)) else {
+    let (Some(&tag), Some(body)) = (buf.first(), buf.get(5..wire_len)) else {
         return false;
     };
     match tag {

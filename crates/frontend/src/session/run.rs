@@ -231,6 +231,7 @@ impl Session {
                 )
                 && super::listen::may_be_listen_flight(
                     &self.client.buf,
+                    h.wire_len,
                     self.info.cancel.inbox().is_some_and(|i| i.has_prepared()),
                 )
             {

@@ -148,7 +148,7 @@ fn names_a_statement(tag: u8, body: &[u8]) -> bool {
     match tag {
         fe::PARSE => body.first() != Some(&0),
         fe::BIND => cstr_after_first(body) != Some(&[]),
-        fe::DESCRIBE | fe::CLOSE => body.first() != Some(&b'P') && body.get(1) != Some(&0),
+        fe::DESCRIBE | fe::CLOSE => !matches!(body, [b'S', 0] | [b'P', .., 0]),
         _ => false,
     }
 }

@@ -517,3 +517,21 @@ fn a_large_row_goes_through_in_pieces_and_a_small_one_whole() {
     assert_eq!(w.server_bytes(&input), (true, input.len(), input.clone()));
     assert_eq!(w.passthrough, 0);
 }
+
+#[test]
+fn only_messages_naming_a_statement_are_rewritten() {
+    let n = names_a_statement;
+    assert!(!n(b'P', b"\0select 1\0\0\0"));
+    assert!(n(b'P', b"s1\0select 1\0\0\0"));
+    assert!(!n(b'B', b"\0\0\0\0\0\0\0\0"));
+    assert!(!n(b'B', b"portal\0\0\0\0\0\0\0\0"));
+    assert!(n(b'B', b"\0s1\0\0\0\0\0\0\0"));
+    for tag in [b'D', b'C'] {
+        assert!(!n(tag, b"S\0"), "the unnamed statement");
+        assert!(!n(tag, b"P\0") && !n(tag, b"Pcursor\0"), "portals");
+        assert!(n(tag, b"Ss1\0"));
+        // Malformed: left to the decoder, which refuses them.
+        assert!(n(tag, b"P") && n(tag, b"X\0") && n(tag, b""));
+    }
+    assert!(n(b'P', b"") && n(b'B', b"\0"), "malformed Parse and Bind");
+}
