@@ -51,6 +51,20 @@ pub(super) enum Link {
     Rebuilding(Box<switchyard_server::BuiltState>),
 }
 
+impl Link {
+    /// While attached: the server connection, its generation and when the attachment began.
+    pub(super) fn attached_mut(&mut self) -> Option<(&mut Pooled, u64, Instant)> {
+        match self {
+            Link::Attached {
+                server,
+                generation,
+                since,
+            } => Some((server, *generation, *since)),
+            _ => None,
+        }
+    }
+}
+
 /// Resolves once the cluster's generation is no longer `generation`; never, without a monitor
 /// or once the monitor has stopped (process exit).
 ///

@@ -172,16 +172,9 @@ impl Session {
             return Ok(flow);
         }
         let relay = &mut self.relay;
-        let Link::Attached {
-            server,
-            generation,
-            since,
-            ..
-        } = &mut self.link
-        else {
+        let Some((server, generation, since)) = self.link.attached_mut() else {
             return Ok(Flow::Continue);
         };
-        let (generation, since) = (*generation, *since);
         let conn = &mut server.conn;
         let monitor = &self.monitor;
         let (limit, waiting) = wait_limit(relay, &self.info.settings, since);
@@ -221,16 +214,9 @@ impl Session {
     /// the relay (the client left, or the server is gone).
     async fn forward_request(&mut self) -> Result<Option<Flow>, SessionError> {
         let relay = &mut self.relay;
-        let Link::Attached {
-            server,
-            generation,
-            since,
-            ..
-        } = &mut self.link
-        else {
+        let Some((server, generation, since)) = self.link.attached_mut() else {
             return Ok(Some(Flow::Continue));
         };
-        let (generation, since) = (*generation, *since);
         let monitor = &self.monitor;
         if monitor
             .as_ref()
@@ -345,13 +331,9 @@ impl Session {
         }
         let mut flushed = false;
         while !unsent.is_empty() || !flushed {
-            let Link::Attached {
-                server, generation, ..
-            } = &mut self.link
-            else {
+            let Some((server, generation, _)) = self.link.attached_mut() else {
                 return Ok(Some(Flow::Continue));
             };
-            let generation = *generation;
             let conn = &mut server.conn;
             conn.read_buf.reserve(READ_WHILE_WRITING);
             // One poll function over both directions of the one stream (plain or TLS), so each
@@ -401,15 +383,9 @@ impl Session {
     /// large row), and handles the end of a request: latency, read-back, release.
     async fn forward_answers(&mut self) -> Result<Flow, SessionError> {
         let relay = &mut self.relay;
-        let Link::Attached {
-            server,
-            since,
-            generation,
-        } = &mut self.link
-        else {
+        let Some((server, generation, since)) = self.link.attached_mut() else {
             return Ok(Flow::Continue);
         };
-        let (since, generation) = (*since, *generation);
         let conn = &mut server.conn;
         if matches!(
             conn.commit_probe,
