@@ -91,6 +91,10 @@ pub struct ServerConn {
     pub can_probe_commits: bool,
     /// What a session-mode client has built on this connection (None in transaction mode).
     pub built: Option<Box<crate::BuiltState>>,
+    /// Session mode: the FATAL (57P0x) the server ended the connection with, not yet passed
+    /// to the client: passed on if the primary stays (a terminated backend), not if it is
+    /// going away (the session is rebuilt elsewhere).
+    pub held_fatal: Option<switchyard_proto::Frame>,
     /// Topology generation this connection was opened under; retired when it is over.
     pub generation: u64,
     /// Cuts the socket off from another task (the pool, when the topology moves on).
@@ -163,6 +167,7 @@ impl ServerConn {
             settings_fingerprint: 0,
             passthrough: 0,
             commit_probe: crate::CommitProbe::None,
+            held_fatal: None,
             can_probe_commits: false,
             built: None,
             generation: 0,

@@ -1,8 +1,10 @@
-//! Session mode across a failover: a session idle when the primary fails keeps what it built
-//! (settings, SQL and protocol prepared statements, LISTEN) on the promoted standby, and sees
-//! no error (tokio-postgres and psycopg); a rolled-back SET stays undone; a request in flight
-//! gets 08007 and the session goes on; a session with a temporary table ends with 57P01
-//! naming it.
+//! Session mode across a failover: a session idle when the primary fails (or is shut down
+//! cleanly for a switchover, which ends its backend with the server's own 57P01) keeps what it
+//! built (settings, SQL and protocol prepared statements, LISTEN) on the promoted standby, and
+//! sees no error (tokio-postgres and psycopg); a rolled-back SET stays undone; a request in
+//! flight gets 08007 and the session goes on; a session with a temporary table ends with 57P01
+//! naming it. (A backend an operator terminates while the primary stays ends the session with
+//! the server's own FATAL: `server_faults`.)
 
 mod common;
 #[path = "clients/json.rs"]
@@ -12,7 +14,7 @@ mod json;
 #[allow(dead_code)]
 mod programs;
 
-use common::cluster::{Cluster, ClusterOptions, Fault};
+use common::cluster::{Cluster, ClusterOptions, Fault, blocking};
 use common::*;
 use std::time::Duration;
 use switchyard_config::PoolMode;
@@ -79,7 +81,29 @@ async fn show(client: &Client, sql: &str, limit: Duration) -> String {
         .unwrap_or_default()
 }
 
-async fn survives(fault: Fault) {
+/// How the primary goes away.
+#[derive(Clone, Copy)]
+enum Ending {
+    Fault(Fault),
+    /// `pg_ctl stop -m fast`, as a switchover does it: every backend gets FATAL 57P01 and the
+    /// server refuses new connections while it writes its shutdown checkpoint, which reaches
+    /// the standby before the promotion.
+    Switchover,
+}
+
+impl Cluster {
+    async fn end_primary(&self, ending: Ending) {
+        match ending {
+            Ending::Fault(fault) => drop(self.inject(fault).await),
+            Ending::Switchover => {
+                let primary = self.primary.clone();
+                blocking("stop the primary", move || primary.stop()).await;
+            }
+        }
+    }
+}
+
+async fn survives(ending: Ending) {
     let c = start().await;
     let (client, mut heard) = client(&c).await;
     for sql in [
@@ -117,7 +141,7 @@ async fn survives(fault: Fault) {
     )
     .await
     .unwrap();
-    let _fault = c.inject(fault).await;
+    c.end_primary(ending).await;
     c.promote_standby().await;
     // The client stays idle through the failover (a request in flight at the fault would get
     // 08007: see the test of that below).
@@ -150,12 +174,17 @@ async fn survives(fault: Fault) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_keeps_what_it_built_across_a_crash() {
-    survives(Fault::Crash).await;
+    survives(Ending::Fault(Fault::Crash)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_keeps_what_it_built_across_a_clean_switchover() {
+    survives(Ending::Switchover).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_keeps_what_it_built_across_a_freeze() {
-    survives(Fault::Freeze).await;
+    survives(Ending::Fault(Fault::Freeze)).await;
 }
 
 /// The same with psycopg 3, which prepares its own statements (`prepare_threshold=0`): the
@@ -237,6 +266,16 @@ async fn a_request_in_flight_gets_08007_and_the_session_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_with_a_temporary_table_ends_naming_it() {
+    ends_naming_its_temporary_table(Ending::Fault(Fault::Crash)).await;
+}
+
+/// At a switchover too: not the server's own 57P01, which would not say what was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_switchover_a_session_with_a_temporary_table_ends_naming_it() {
+    ends_naming_its_temporary_table(Ending::Switchover).await;
+}
+
+async fn ends_naming_its_temporary_table(ending: Ending) {
     let c = start().await;
     let (client, mut heard) = client(&c).await;
     within(
@@ -246,7 +285,7 @@ async fn a_session_with_a_temporary_table_ends_naming_it() {
     )
     .await
     .unwrap();
-    let _crash = c.inject(Fault::Crash).await;
+    c.end_primary(ending).await;
     c.promote_standby().await;
     match within(AFTER_FAULT, "the session's end", heard.recv()).await {
         Some(Heard::Ended(code, message)) => {

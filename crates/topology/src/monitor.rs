@@ -47,6 +47,13 @@ struct MemberSignals {
     sleeping_slow: AtomicBool,
     /// Carried over to a monitor that replaces this one (see [`Carried`]).
     probes: Arc<ProbeCounters>,
+    /// Probes begun, counted from 1 (see [`ClusterMonitor::moving_on_from`]).
+    probes_begun: AtomicU64,
+    /// The number of the last probe answered, and whether it found the member a writable
+    /// primary; waiters are woken by `answered`.
+    last_answered: AtomicU64,
+    last_was_writable: AtomicBool,
+    answered: Notify,
 }
 
 impl MemberSignals {
@@ -316,6 +323,48 @@ impl ClusterMonitor {
         }
     }
 
+    /// After `addr` ended a connection of `generation` on its own (FATAL 57P0x): whether the
+    /// cluster is moving on from it (a shutdown for a switchover, a crash: `true` once the
+    /// generation moves) or it stays the writable primary (`false` as soon as a probe begun
+    /// after this call finds it so: the connection's backend was terminated, not the server).
+    /// A shutting-down server refuses new work at once, so that probe fails. Waits at most
+    /// `detect_within`, then answers `false` (the primary stayed).
+    ///
+    /// Cancel safety: cancel-safe.
+    pub async fn moving_on_from(&self, addr: &str, generation: u64) -> bool {
+        let Some(m) = self.member(addr) else {
+            return self.generation() != generation;
+        };
+        let asked_after = m.probes_begun.load(Ordering::Acquire);
+        m.fast.store(true, Ordering::Relaxed);
+        m.probe_now();
+        let mut changes = self.generations();
+        let deadline = tokio::time::Instant::now() + self.detect_within;
+        loop {
+            let answered = m.answered.notified();
+            let mut answered = std::pin::pin!(answered);
+            answered.as_mut().enable();
+            if self.generation() != generation {
+                return true;
+            }
+            if m.last_answered.load(Ordering::Acquire) > asked_after
+                && m.last_was_writable.load(Ordering::Relaxed)
+            {
+                return false;
+            }
+            tokio::select! {
+                () = answered => {}
+                r = changes.changed() => {
+                    if r.is_err() {
+                        // The monitor stopped (process exit): nothing will move.
+                        return false;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+    }
+
     /// Requests outstanding on a member speed up its probing.
     pub fn request_started(&self, addr: &str, stripe: Stripe) {
         if let Some(m) = self.member(addr)
@@ -373,9 +422,14 @@ impl ProbeLoop {
         };
         loop {
             let started = tokio::time::Instant::now();
+            let number = sig.probes_begun.fetch_add(1, Ordering::AcqRel) + 1;
             let result = probe(&mut conn, &self.params, self.settings.probe_timeout).await;
             let failed = result.is_err();
             sig.probes.record(started.elapsed(), !failed);
+            let writable = result.as_ref().is_ok_and(|f| !f.in_recovery);
+            sig.last_was_writable.store(writable, Ordering::Relaxed);
+            sig.last_answered.store(number, Ordering::Release);
+            sig.answered.notify_waiters();
             if self.results.send((self.id, result)).await.is_err() {
                 return;
             }

@@ -11,7 +11,9 @@
 //!   Switchyard cannot prove read-only counts as a write.
 //! - Session mode: the session is rebuilt on the next primary when it can be (`rebuild.rs`:
 //!   idle, or with an autocommit request in flight, answered 08007 as above); else its
-//!   server-side state is gone: FATAL 57P01 naming why, connection closed.
+//!   server-side state is gone: FATAL 57P01 naming why, connection closed. The server's own
+//!   57P0x counts as such a loss when the primary is going away (a switchover shuts it down);
+//!   when the primary stays (the backend was terminated), the server's FATAL is relayed.
 
 use super::run::{Link, Lost, Session, stripe_of};
 use crate::SessionError;
@@ -110,6 +112,7 @@ impl Session {
             _ => None,
         };
         let built = server.conn.built.take();
+        let held_fatal = server.conn.held_fatal.take();
         if let Some(m) = &self.monitor {
             m.request_finished(&addr, stripe_of(&server.conn));
             if !matches!(cause, Lost::Generation) {
@@ -118,6 +121,18 @@ impl Session {
         }
         drop(server);
         self.info.cancel.unlink();
+        if let Lost::SessionEnded = cause
+            && !self.server_is_leaving(&addr, generation).await
+        {
+            // The primary stays: its backend was terminated (an operator's
+            // pg_terminate_backend). The server's own FATAL ends the session, as it would
+            // end a direct connection.
+            if let Some(fatal) = held_fatal {
+                self.client.send(&[fatal]).await?;
+            }
+            self.count_loss(Caught::SessionLost, generation);
+            return Err(SessionError::EndedByServer);
+        }
         let never_sent = matches!(cause, Lost::NeverSent(_));
         if never_sent || (self.mode() == PoolMode::Session && self.fresh) {
             // Nothing reached the server: the request waits in the gate like new work. In
@@ -224,6 +239,17 @@ impl Session {
         }
         self.relay.reset();
         self.client.send(&frames).await
+    }
+
+    /// Session mode, the server ended the session's backend (57P0x): whether that is the
+    /// primary going away (a switchover's shutdown, a crash restart), to be handled as a
+    /// failover, rather than a termination of this backend alone. Waits for the monitor's
+    /// answer (at most its detection time); without a monitor, a termination.
+    async fn server_is_leaving(&self, addr: &str, generation: u64) -> bool {
+        match &self.monitor {
+            Some(m) => m.moving_on_from(addr, generation).await,
+            None => false,
+        }
     }
 
     /// Puts `frames` back in front of whatever the client has sent since.

@@ -99,6 +99,8 @@ pub(super) enum Lost {
     NeverSent(ServerError),
     /// The server ended the connection (FATAL 57P0x: a shutdown, or the backend terminated).
     GoingAway,
+    /// The same in session mode, with the server's FATAL held (`Relay::held_fatal`).
+    SessionEnded,
 }
 
 impl std::fmt::Display for Lost {
@@ -107,7 +109,7 @@ impl std::fmt::Display for Lost {
             Lost::Generation => f.write_str("the cluster's primary changed"),
             Lost::Socket(e) => write!(f, "{e}"),
             Lost::NeverSent(e) => write!(f, "{e} (before the request was sent)"),
-            Lost::GoingAway => {
+            Lost::GoingAway | Lost::SessionEnded => {
                 f.write_str("the server ended the connection (shutdown or termination)")
             }
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use switchyard_config::PoolMode;
 use switchyard_proto::backend::TxStatus;
 use switchyard_server::{CommitProbe, ServerConn, ServerError};
-use switchyard_topology::{Caught, ClusterMonitor};
+use switchyard_topology::ClusterMonitor;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
@@ -235,6 +235,7 @@ impl Session {
             max_prepared: self.info.settings.max_prepared_statements,
             passthrough: &mut conn.passthrough,
             built: conn.built.as_deref_mut(),
+            held_fatal: &mut conn.held_fatal,
         };
         // A lone COMMIT or autocommit write may carry a probe of its transaction (if the
         // connection was opened with resolve_commits on, and its user may run it).
@@ -383,7 +384,7 @@ impl Session {
     /// large row), and handles the end of a request: latency, read-back, release.
     async fn forward_answers(&mut self) -> Result<Flow, SessionError> {
         let relay = &mut self.relay;
-        let Some((server, generation, since)) = self.link.attached_mut() else {
+        let Some((server, _, since)) = self.link.attached_mut() else {
             return Ok(Flow::Continue);
         };
         let conn = &mut server.conn;
@@ -406,6 +407,7 @@ impl Session {
             max_prepared: self.info.settings.max_prepared_statements,
             passthrough: &mut conn.passthrough,
             built: conn.built.as_deref_mut(),
+            held_fatal: &mut conn.held_fatal,
         };
         let relayed = relay.server_to_client(
             &conn.read_buf,
@@ -460,12 +462,8 @@ impl Session {
         }
         match relay.server_fatal {
             Some(Fatal::ServerGoingAway) => return Ok(Flow::Lost(Lost::GoingAway)),
-            Some(Fatal::SessionEnded) => {
-                // A failover's if the topology moves on; else (an operator's
-                // pg_terminate_backend) a loss outside one.
-                self.count_loss(Caught::SessionLost, generation);
-                return Err(SessionError::EndedByServer);
-            }
+            // A termination or a shutdown: `abort` tells which.
+            Some(Fatal::SessionEnded) => return Ok(Flow::Lost(Lost::SessionEnded)),
             Some(Fatal::Other) => return Err(SessionError::EndedByServer),
             None => {}
         }

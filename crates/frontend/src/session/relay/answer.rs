@@ -211,6 +211,9 @@ impl Relay {
             (false, _) => Fatal::Other,
         };
         self.server_fatal = Some(fatal);
-        Ok(fatal != Fatal::ServerGoingAway)
+        if fatal == Fatal::SessionEnded {
+            *server.held_fatal = Some(f.clone());
+        }
+        Ok(fatal == Fatal::Other)
     }
 }

@@ -74,6 +74,9 @@ pub struct ServerSide<'a> {
     pub passthrough: &'a mut u32,
     /// Session mode: what the client builds on the connection (see `session_state`).
     pub built: Option<&'a mut BuiltState>,
+    /// [`switchyard_server::ServerConn::held_fatal`]: [`Fatal::SessionEnded`]'s FATAL, not
+    /// relayed.
+    pub held_fatal: &'a mut Option<Frame>,
 }
 
 /// Relay state for one attachment of a client to a server connection.
@@ -201,8 +204,11 @@ pub enum Fatal {
     /// away. Not relayed: the session handles it like any lost server, and the client keeps
     /// its connection.
     ServerGoingAway,
-    /// The same in session mode: the client's backend is gone with its session state, so the
-    /// server's own FATAL is relayed and the session ends, as on a direct connection.
+    /// The same in session mode: the client's backend is gone with its session state. Held
+    /// (`ServerSide::held_fatal`) until the session knows why: a primary that stays terminated the
+    /// backend, and the server's own FATAL is relayed and the session ends, as on a direct
+    /// connection; a primary going away (a switchover's shutdown) is a failover, and the
+    /// session is rebuilt on the next primary if it can be.
     SessionEnded,
     /// Anything else (often the client's own doing): relayed, and the session ends.
     Other,

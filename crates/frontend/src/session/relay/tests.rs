@@ -35,6 +35,7 @@ struct World {
     prepared: Prepared,
     max_prepared: usize,
     passthrough: u32,
+    held_fatal: Option<Frame>,
 }
 
 impl World {
@@ -47,6 +48,7 @@ impl World {
             prepared: Prepared::default(),
             max_prepared: 200,
             passthrough: 0,
+            held_fatal: None,
         }
     }
 
@@ -59,6 +61,7 @@ impl World {
             max_prepared: self.max_prepared,
             passthrough: &mut self.passthrough,
             built: None,
+            held_fatal: &mut self.held_fatal,
         };
         let (step, fwd) = self
             .relay
@@ -82,6 +85,7 @@ impl World {
             max_prepared: self.max_prepared,
             passthrough: &mut self.passthrough,
             built: None,
+            held_fatal: &mut self.held_fatal,
         };
         let (ready, fwd) = self
             .relay
@@ -326,6 +330,7 @@ fn unchanged_traffic_goes_straight_from_the_input_and_rewrites_keep_the_order() 
         max_prepared: w.max_prepared,
         passthrough: &mut w.passthrough,
         built: None,
+        held_fatal: &mut w.held_fatal,
     };
     // A simple query and its answer: nothing is copied.
     let query = frame(b'Q', b"select 1\0");
