@@ -206,25 +206,27 @@ impl CancelRegistry {
     }
 
     /// Forwards a cancel if the key matches a client that is using a server right now.
-    pub async fn cancel(&self, process_id: i32, secret: &[u8]) {
+    /// Returns whether the key is a client's of this process.
+    pub async fn cancel(&self, process_id: i32, secret: &[u8]) -> bool {
         let target = {
             let entries = lock(&self.entries);
             match entries.get(&process_id) {
                 Some(e) if switchyard_proto::secrets_equal(&e.secret, secret) => {
                     e.slot.link().server.clone()
                 }
-                _ => None,
+                _ => return false,
             }
         };
         let Some(t) = target else {
             tracing::debug!(process_id, "cancel request for no active query");
-            return;
+            return true;
         };
         if let Err(e) =
             switchyard_server::send_cancel(&t.addr, &t.key, Duration::from_secs(5)).await
         {
             tracing::warn!(process_id, error = %e, "forwarding cancel request failed");
         }
+        true
     }
 
     /// Every registered client, by process id.

@@ -32,4 +32,4 @@ mod targets;
 pub use cancel::{ClientSnapshot, ClientState};
 pub use client::ClientConn;
 pub use errors::SessionError;
-pub use proxy::{Live, Proxy, UserAuth};
+pub use proxy::{ForwardCancels, ForwardedCancel, Live, Proxy, UserAuth};

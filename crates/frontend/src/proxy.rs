@@ -131,6 +131,16 @@ impl Live {
     }
 }
 
+/// A cancel request for a client of another process (online restart).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ForwardedCancel {
+    pub process_id: i32,
+    pub secret: Vec<u8>,
+}
+
+/// See [`Proxy::forward_unknown_cancels`].
+pub type ForwardCancels = tokio::sync::mpsc::Sender<ForwardedCancel>;
+
 pub struct Proxy {
     pub live: ArcSwap<Live>,
     pub pools: Arc<Pools>,
@@ -140,6 +150,10 @@ pub struct Proxy {
     pub pauses: Pauses,
     /// Set when this process is being replaced (online restart): where idle sessions go.
     handover: OnceLock<crate::handover::HandoverTx>,
+    /// Set while the process this one replaced drains (online restart): where cancel requests
+    /// for keys this process does not know go, since its clients' drivers send them to the
+    /// listener this process now owns.
+    predecessor: std::sync::Mutex<Option<ForwardCancels>>,
     /// The admin console, once installed (weak: the console holds the proxy).
     console: OnceLock<Weak<dyn Console>>,
     pub(crate) buffers: Arc<crate::buffers::Buffers>,
@@ -181,6 +195,7 @@ impl Proxy {
             cancels: CancelRegistry::default(),
             pauses: Pauses::default(),
             handover: OnceLock::new(),
+            predecessor: Default::default(),
             console: OnceLock::new(),
             buffers: Arc::default(),
             targets: Default::default(),
@@ -202,6 +217,40 @@ impl Proxy {
     /// was already under way.
     pub fn hand_over_to(&self, to: crate::handover::HandoverTx) -> bool {
         self.handover.set(to).is_ok()
+    }
+
+    /// Online restart, in the new process: cancel requests for keys it does not know go to
+    /// `to` (the old process, draining) until this is called again with `None`.
+    pub fn forward_unknown_cancels(&self, to: Option<ForwardCancels>) {
+        *self.predecessor.lock().unwrap_or_else(|p| p.into_inner()) = to;
+    }
+
+    /// Online restart, in the old process: a cancel request the new one passed on (see
+    /// [`Proxy::forward_unknown_cancels`]), for one of the clients still draining here.
+    pub async fn cancel_forwarded(&self, request: ForwardedCancel) {
+        if !self
+            .cancels
+            .cancel(request.process_id, &request.secret)
+            .await
+        {
+            tracing::debug!(
+                process_id = request.process_id,
+                "forwarded cancel request for an unknown key"
+            );
+        }
+    }
+
+    /// Passes a cancel request on to the process this one replaced, if it is still draining.
+    /// Never waits: when the queue is full (a flood of unknown keys), the request is dropped,
+    /// as PostgreSQL drops a cancel with an unknown key.
+    pub(crate) fn forward_to_predecessor(&self, process_id: i32, secret: Vec<u8>) {
+        let to = self.predecessor.lock().unwrap_or_else(|p| p.into_inner());
+        match to.as_ref() {
+            Some(tx) if tx.try_send(ForwardedCancel { process_id, secret }).is_ok() => {
+                tracing::debug!(process_id, "cancel request passed to the previous process");
+            }
+            _ => tracing::debug!(process_id, "cancel request for an unknown key"),
+        }
     }
 
     /// Where idle sessions go, while this process is being replaced.

@@ -5,7 +5,9 @@
 //! simply goes on serving); then the old one stops accepting, so no connection is refused, and
 //! each of its transaction-mode clients, at its next idle moment, follows with its own socket
 //! and what its session knows (`switchyard_frontend::handover`). The old process drains what
-//! cannot move and exits. Only a process of the same user may be on either end.
+//! cannot move and exits. Meanwhile the new process passes it the cancel requests for keys it
+//! does not know: its clients' drivers send them to the listener the new one owns now. Only
+//! a process of the same user may be on either end.
 //!
 //! Messages are length-prefixed JSON; each carries the descriptors it names. Descriptors
 //! arrive in the order they were sent, so the receiver pairs them with messages in order (a
@@ -24,8 +26,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_frontend::Proxy;
 use switchyard_frontend::handover::SessionImage;
+use switchyard_frontend::{ForwardedCancel, Proxy};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,9 @@ const VERSION: u32 = 1;
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the old process waits for the new one to start serving.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Cancel requests queued for the old process; more are dropped (see
+/// `Proxy::forward_unknown_cancels`).
+const CANCELS_QUEUED: usize = 256;
 /// Largest message accepted (a session with many statements is the largest; a session that
 /// would need more stays and drains: see `switchyard_frontend::handover`).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -53,6 +58,9 @@ enum Message {
     Ready,
     /// Carries the client's socket.
     Session(Box<SessionImage>),
+    /// From the new process to the old: a cancel request for a key the new one does not
+    /// know, maybe of a client still draining in the old one.
+    Cancel(ForwardedCancel),
 }
 
 impl Message {
@@ -63,6 +71,7 @@ impl Message {
             Message::Listeners { .. } => "listeners",
             Message::Ready => "ready",
             Message::Session(_) => "session",
+            Message::Cancel(_) => "cancel",
         }
     }
 }
@@ -257,8 +266,22 @@ impl Incoming {
             return;
         }
         let mut taken = 0u64;
+        // Cancel requests for the old process's clients, while it drains.
+        let (cancels, mut to_forward) = tokio::sync::mpsc::channel(CANCELS_QUEUED);
+        proxy.forward_unknown_cancels(Some(cancels));
         loop {
-            let Ok(next) = tokio::time::timeout_at(deadline, self.channel.recv()).await else {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, self.channel.recv()) => next,
+                Some(cancel) = to_forward.recv() => {
+                    let message = Message::Cancel(cancel);
+                    let sent = self.channel.send(&message, &[]);
+                    if !matches!(tokio::time::timeout(EXCHANGE_TIMEOUT, sent).await, Ok(Ok(()))) {
+                        tracing::warn!("could not pass a cancel request to the old process");
+                    }
+                    continue;
+                }
+            };
+            let Ok(next) = next else {
                 tracing::warn!("the old process is still handing over; no longer waiting for it");
                 break;
             };
@@ -284,6 +307,8 @@ impl Incoming {
                 }
             }
         }
+        // The old process is done (or no longer waited for): nowhere to pass cancels to.
+        proxy.forward_unknown_cancels(None);
         tracing::info!(sessions = taken, "handover complete");
     }
 }
@@ -360,8 +385,27 @@ pub async fn offer(
     );
     handed_over.cancel();
     let (mut sent, mut failed) = (0u64, 0u64);
+    // The new process passes on cancel requests for this one's clients until the channel ends.
+    let mut hearing = true;
     loop {
-        let next = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await;
+        let next = tokio::select! {
+            next = tokio::time::timeout(Duration::from_millis(50), rx.recv()) => next,
+            heard = channel.recv(), if hearing => {
+                match heard {
+                    Ok(Some(Message::Cancel(request))) => {
+                        tokio::spawn({
+                            let proxy = proxy.clone();
+                            async move { proxy.cancel_forwarded(request).await }
+                        });
+                    }
+                    Ok(Some(other)) => {
+                        tracing::warn!(kind = other.kind(), "unexpected handover message");
+                    }
+                    Ok(None) | Err(_) => hearing = false,
+                }
+                continue;
+            }
+        };
         let (fd, image) = match next {
             Ok(Some(x)) => x,
             Ok(None) => break,

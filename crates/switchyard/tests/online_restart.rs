@@ -17,6 +17,7 @@ use programs::{pg_program, run};
 use std::time::{Duration, Instant};
 use switchyard_config::{Config, PoolMode};
 use switchyard_localpg::PgServer;
+use tokio_postgres::NoTls;
 
 /// One pgbench run, in the background.
 const PGBENCH: Duration = Duration::from_secs(90);
@@ -154,4 +155,66 @@ async fn pgbench_goes_through_two_online_restarts_without_a_failed_transaction()
     let ran = within(PGBENCH, "pgbench -C", churn).await.unwrap();
     assert_clean(&ran.expect_success("pgbench -C"), "pgbench -C");
     drop(third);
+}
+
+/// A client whose request is running when the new process takes over stays in the old one
+/// until it is answered. Its driver sends a cancel request to the address it knows, where the
+/// new process now accepts: the new one passes the key it does not know to the old one, which
+/// cancels the request (57014). The client then moves like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_a_client_still_in_the_old_process() {
+    let pg = start_pg();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_for(&pg, PoolMode::Transaction);
+    cfg.proxy.handover_socket = dir.path().join("handover.sock").display().to_string();
+    let port = switchyard_localpg::free_port();
+    let mut first = Served::start_on(cfg.clone(), port).await;
+    let conninfo = format!("host=127.0.0.1 port={port} user=postgres dbname=app");
+    let client = connect(&conninfo).await.expect("connect");
+    let token = client.cancel_token();
+    let sleeping = tokio::spawn(async move {
+        let r = client.simple_query("SELECT pg_sleep(60)").await;
+        (client, r)
+    });
+    let deadline = Instant::now() + STEP;
+    while pg
+        .psql_db(
+            "app",
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'",
+        )
+        .expect("count")
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "the request never ran");
+        // A poll interval, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = Served::start_on(cfg.clone(), port).await;
+    first
+        .wait_log("a new process took over the listeners", 1, STEP)
+        .await;
+    within(STEP, "the cancel request", token.cancel_query(NoTls))
+        .await
+        .expect("cancel request sent");
+    let (client, answer) = within(STEP, "the cancelled request", sleeping)
+        .await
+        .expect("task");
+    let e = answer.expect_err("the request was cancelled");
+    assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{e:?}");
+    let rows = within(STEP, "after", client.simple_query("SELECT 1"))
+        .await
+        .expect("the client goes on");
+    let one = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(one.as_deref(), Some("1"));
+    let status = first.exit_within(Duration::from_secs(30)).await;
+    assert!(status.success(), "{}", first.log());
+    assert!(
+        first.log().contains("sessions=1 failed=0"),
+        "{}",
+        first.log()
+    );
+    drop(second);
 }

@@ -59,7 +59,10 @@ pub async fn login(
     let tls = proxy.live.load().client_tls.clone();
     let startup = match negotiate(client, &tls).await? {
         Hello::Cancel { process_id, secret } => {
-            proxy.cancels.cancel(process_id, &secret).await;
+            if !proxy.cancels.cancel(process_id, &secret).await {
+                // Maybe a client of the process this one replaced, still draining there.
+                proxy.forward_to_predecessor(process_id, secret);
+            }
             return Ok(Login::Cancel);
         }
         Hello::Startup { params } => params,
