@@ -168,40 +168,58 @@ pub enum Probing {
     /// held until its ReadyForQuery, so that if the server is lost the client has had none of
     /// it and gets either all of it (the transaction committed) or an error.
     Write,
-    /// The same, for a write the client sent as a simple query: it runs as the extended
-    /// protocol's unnamed statement (a probe cannot share a simple query's transaction), and
-    /// what that adds to its answer (ParseComplete, BindComplete, NoData) is taken off, so the
-    /// client sees a simple query's answer.
-    SimpleWrite,
+    /// The same, for writes the client sent as a simple query: each of its statements runs
+    /// as the extended protocol's unnamed statement, all in the probe's implicit transaction
+    /// (a probe's error would leave a simple query behind it skipped, waiting for a Sync that
+    /// never comes), and what that adds to its answer (ParseComplete, BindComplete, NoData) is
+    /// taken out, so the client sees a simple query's answer.
+    SimpleWrite {
+        /// How many (a whole answer has a CommandComplete for each, or an error).
+        statements: u8,
+    },
 }
 
 impl Probing {
     /// An autocommit write's (whose own answer is held).
     pub fn is_write(self) -> bool {
-        matches!(self, Probing::Write | Probing::SimpleWrite)
+        matches!(self, Probing::Write | Probing::SimpleWrite { .. })
+    }
+
+    /// How many statements the probed request runs.
+    pub fn statements(self) -> usize {
+        match self {
+            Probing::SimpleWrite { statements } => usize::from(statements),
+            _ => 1,
+        }
     }
 }
 
-/// Takes off the front of `buf` what running a simple query as the extended protocol added
-/// to its answer: ParseComplete, BindComplete and NoData (complete messages only; notices
-/// among them stay, in order).
-pub fn strip_extended_preamble(buf: &mut BytesMut) {
-    let mut at = 0;
-    let mut kept = BytesMut::new();
-    let mut stripped = false;
+/// Takes out of `buf`, from `from` (where a message begins) through the first ReadyForQuery,
+/// what running a simple query as the extended protocol added to its answer: ParseComplete,
+/// BindComplete and NoData, before each of its statements' answers (complete messages only;
+/// a simple query's answer has none of these, so nothing of the client's is taken).
+pub fn strip_extended_answers(buf: &mut BytesMut, from: usize) {
+    let mut at = from.min(buf.len());
+    // Built only if something is taken out.
+    let mut kept: Option<BytesMut> = None;
+    let mut copied_to = 0;
     while let Ok(Some(h)) = peek_header(&buf[at..], usize::MAX) {
         if buf.len() < at + h.wire_len {
             break;
         }
         match h.tag {
-            tag::PARSE_COMPLETE | tag::BIND_COMPLETE | b'n' => stripped = true,
-            tag::NOTICE_RESPONSE => kept.extend_from_slice(&buf[at..at + h.wire_len]),
-            _ => break,
+            tag::PARSE_COMPLETE | tag::BIND_COMPLETE | tag::NO_DATA => {
+                let k = kept.get_or_insert_with(|| BytesMut::with_capacity(buf.len()));
+                k.extend_from_slice(&buf[copied_to..at]);
+                copied_to = at + h.wire_len;
+            }
+            tag::READY_FOR_QUERY => break,
+            _ => {}
         }
         at += h.wire_len;
     }
-    if stripped {
-        kept.extend_from_slice(&buf[at..]);
+    if let Some(mut kept) = kept {
+        kept.extend_from_slice(&buf[copied_to..]);
         *buf = kept;
     }
 }
@@ -222,6 +240,9 @@ pub enum CommitProbe {
     /// Answered; the request's own answer is held until all of it has come, so that if the
     /// server is lost before, the client has had none of it.
     Answered(Probed, Probing),
+    /// A simple write's answer too long to hold: relayed as it comes, still without what the
+    /// extended protocol adds (see [`strip_extended_answers`]), and not resolved if lost.
+    Relayed,
     /// The probe failed (cancelled, a privilege taken away since login): its error aborted
     /// the transaction, so the COMMIT's answer was turned into a 40001 error; the outcome is
     /// known (rolled back).
@@ -236,19 +257,29 @@ impl CommitProbe {
     /// If the probe failed, its error aborted the client's transaction and the COMMIT ends it
     /// as a ROLLBACK: that answer is awaited too and its CommandComplete replaced by an error
     /// saying so, as the client must not read a rollback as success.
-    pub fn take_answer(&mut self, buf: &mut BytesMut) -> Result<bool, ProtoError> {
+    ///
+    /// `relaying`: how much at the front of `buf` is the rest of a message the relay is
+    /// passing on in pieces (only once the answer is [`CommitProbe::Relayed`]).
+    pub fn take_answer(&mut self, buf: &mut BytesMut, relaying: usize) -> Result<bool, ProtoError> {
         match *self {
             Self::Sent(sent_at, reply) => self.take_probe(buf, sent_at, reply),
             Self::Answered(_, kind) => {
-                if kind == Probing::SimpleWrite {
-                    strip_extended_preamble(buf);
+                if let Probing::SimpleWrite { .. } = kind {
+                    strip_extended_answers(buf, 0);
                 }
                 let whole = held_whole(buf)?;
                 if whole.is_none() {
                     // Too long to hold: relayed as it comes, and not resolved if lost.
-                    *self = Self::None;
+                    *self = match kind {
+                        Probing::SimpleWrite { .. } => Self::Relayed,
+                        _ => Self::None,
+                    };
                 }
                 Ok(whole != Some(false))
+            }
+            Self::Relayed => {
+                strip_extended_answers(buf, relaying);
+                Ok(true)
             }
             Self::None | Self::Failed => Ok(true),
         }
@@ -264,7 +295,7 @@ impl CommitProbe {
         // probe has no Sync of its own: its answer ends with its CommandComplete (or error).
         let answer = match reply {
             Probing::Commit(_) => scan_to_ready(buf, 0, MAX_PROBE_MESSAGE)?,
-            Probing::Write | Probing::SimpleWrite => {
+            Probing::Write | Probing::SimpleWrite { .. } => {
                 // (No Sync of its own: its answer ends with its CommandComplete or error.)
                 let ends = |t| matches!(t, tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE);
                 scan_through(buf, 0, MAX_PROBE_MESSAGE, ends)?
@@ -315,7 +346,7 @@ impl CommitProbe {
                 sent_at,
             };
             *self = Self::Answered(probed, reply);
-            return self.take_answer(buf);
+            return self.take_answer(buf, 0);
         }
         if reply.is_write() {
             // The probe's error made the server skip the client's statement through its Sync:
@@ -417,18 +448,24 @@ fn held_whole(buf: &[u8]) -> Result<Option<bool>, ProtoError> {
     }
 }
 
-/// The complete messages of `held` (a write's own answer, held when its server was lost)
-/// through its CommandComplete or its error: what the client is sent if its transaction's
-/// outcome is known; `None` if neither had come.
-pub fn held_through_end(held: &[u8]) -> Option<(&[u8], bool)> {
+/// The complete messages of `held` (the own answer of a write of `statements` statements,
+/// held when its server was lost) through its last CommandComplete or its error: what the
+/// client is sent if its transaction's outcome is known; `None` if neither had come.
+pub fn held_through_end(held: &[u8], statements: usize) -> Option<(&[u8], bool)> {
     let mut at = 0;
+    let mut completed = 0;
     while let Ok(Some(h)) = peek_header(&held[at..], usize::MAX) {
         if held.len() < at + h.wire_len {
             return None;
         }
         at += h.wire_len;
         match h.tag {
-            tag::COMMAND_COMPLETE => return Some((&held[..at], true)),
+            tag::COMMAND_COMPLETE => {
+                completed += 1;
+                if completed >= statements {
+                    return Some((&held[..at], true));
+                }
+            }
             tag::ERROR_RESPONSE => return Some((&held[..at], false)),
             _ => {}
         }
@@ -504,7 +541,7 @@ mod tests {
         let mut probe = CommitProbe::Sent(at, Probing::Commit(CommitReply::SIMPLE));
         for (i, byte) in answer.iter().enumerate() {
             buf.put_u8(*byte);
-            assert!(!probe.take_answer(&mut buf).unwrap(), "at byte {i}");
+            assert!(!probe.take_answer(&mut buf, 0).unwrap(), "at byte {i}");
         }
         let expected = Probed {
             xid: Some(742),
@@ -522,7 +559,7 @@ mod tests {
         let whole = [commit.clone(), ready].concat();
         for (i, byte) in whole.iter().enumerate() {
             buf.put_u8(*byte);
-            let done = probe.take_answer(&mut buf).unwrap();
+            let done = probe.take_answer(&mut buf, 0).unwrap();
             assert_eq!(done, i == whole.len() - 1, "at byte {i}");
         }
         assert_eq!(&buf[..], &whole[..], "the COMMIT's answer is left to relay");
@@ -534,7 +571,7 @@ mod tests {
         buf.extend(row(&[None, Some("1/0"), Some("1")]));
         buf.extend(msg(b'Z', b"T"));
         let mut probe = CommitProbe::Sent(Instant::now(), Probing::Commit(CommitReply::SIMPLE));
-        assert!(!probe.take_answer(&mut buf).unwrap());
+        assert!(!probe.take_answer(&mut buf, 0).unwrap());
         assert!(
             matches!(probe, CommitProbe::Answered(p, _) if p.xid.is_none() && p.lsn == 1 << 32)
         );
@@ -548,7 +585,7 @@ mod tests {
         buf.extend(msg(b'Z', b"E"));
         let mut probe = CommitProbe::Sent(Instant::now(), Probing::Commit(CommitReply::SIMPLE));
         assert!(
-            !probe.take_answer(&mut buf).unwrap(),
+            !probe.take_answer(&mut buf, 0).unwrap(),
             "waits for the COMMIT's answer"
         );
         let notice = msg(b'N', b"SWARNING\0\0");
@@ -557,7 +594,7 @@ mod tests {
         buf.extend(msg(b'Z', b"I"));
         let next = msg(b'S', b"x\0y\0");
         buf.extend(&next);
-        assert!(probe.take_answer(&mut buf).unwrap());
+        assert!(probe.take_answer(&mut buf, 0).unwrap());
         assert_eq!(probe, CommitProbe::Failed);
         assert_eq!(&buf[..notice.len()], &notice[..], "other messages stay");
         let mut rest = BytesMut::from(&buf[notice.len()..]);
@@ -589,20 +626,32 @@ mod tests {
         buf.extend(&write);
         let mut probe = CommitProbe::Sent(Instant::now(), Probing::Write);
         assert!(
-            !probe.take_answer(&mut buf).unwrap(),
+            !probe.take_answer(&mut buf, 0).unwrap(),
             "held until its ReadyForQuery"
         );
         assert!(matches!(probe, CommitProbe::Answered(p, Probing::Write) if p.xid == Some(900)));
         assert_eq!(&buf[..], &write[..]);
-        assert_eq!(held_through_end(&buf), Some((&write[..], true)));
+        assert_eq!(held_through_end(&buf, 1), Some((&write[..], true)));
+        // Several statements: whole once each has its CommandComplete, or one failed.
+        let two = [
+            msg(b'C', b"INSERT 0 1\0"),
+            msg(b'T', b"\0\0"),
+            msg(b'D', b"\0\0"),
+        ]
+        .concat();
+        assert_eq!(held_through_end(&two, 2), None);
+        let done = [&two[..], &msg(b'C', b"SELECT 1\0")].concat();
+        assert_eq!(held_through_end(&done, 2), Some((&done[..], true)));
+        let failed = [&two[..], &msg(b'E', b"SERROR\0\0")].concat();
+        assert_eq!(held_through_end(&failed, 3), Some((&failed[..], false)));
         buf.extend(msg(b'Z', b"I"));
-        assert!(probe.take_answer(&mut buf).unwrap());
+        assert!(probe.take_answer(&mut buf, 0).unwrap());
         // A failed write probe: the statement was skipped; the client is told it did not run.
         let mut buf = BytesMut::new();
         buf.extend(msg(b'E', b"SERROR\0C25006\0\0"));
         buf.extend(msg(b'Z', b"I"));
         let mut probe = CommitProbe::Sent(Instant::now(), Probing::Write);
-        assert!(probe.take_answer(&mut buf).unwrap());
+        assert!(probe.take_answer(&mut buf, 0).unwrap());
         assert_eq!(probe, CommitProbe::Failed);
         let e = switchyard_proto::decode_frame(&mut buf, 1 << 20)
             .unwrap()
@@ -626,11 +675,53 @@ mod tests {
         ] {
             buf.extend_from_slice(&m);
         }
-        strip_extended_preamble(&mut buf);
+        strip_extended_answers(&mut buf, 0);
         assert_eq!(&buf[..], &[notice, rest.clone()].concat()[..]);
         let mut untouched = BytesMut::from(&rest[..]);
-        strip_extended_preamble(&mut untouched);
+        strip_extended_answers(&mut untouched, 0);
         assert_eq!(&untouched[..], &rest[..]);
+    }
+
+    #[test]
+    fn every_statements_extended_answers_are_taken_out_up_to_the_ready_for_query() {
+        let row = [msg(b'T', b"\0\0"), msg(b'D', b"\0\0")].concat();
+        let next = [msg(b'1', b""), msg(b'2', b""), msg(b'Z', b"I")].concat();
+        let answer = [
+            msg(b'1', b""),
+            msg(b'2', b""),
+            msg(b'n', b""),
+            msg(b'C', b"INSERT 0 1\0"),
+            msg(b'1', b""),
+            msg(b'2', b""),
+            row.clone(),
+            msg(b'C', b"SELECT 1\0"),
+            msg(b'1', b""),
+        ]
+        .concat();
+        // The last ParseComplete is still arriving; a later answer's are not ours.
+        let mut buf = BytesMut::from(&[&answer[..], &msg(b'Z', b"I")[..2]].concat()[..]);
+        strip_extended_answers(&mut buf, 0);
+        let expected = [
+            msg(b'C', b"INSERT 0 1\0"),
+            row.clone(),
+            msg(b'C', b"SELECT 1\0"),
+        ]
+        .concat();
+        assert_eq!(
+            &buf[..],
+            &[&expected[..], &msg(b'Z', b"I")[..2]].concat()[..]
+        );
+        let mut buf = BytesMut::from(&[&answer[..], &msg(b'Z', b"I"), &next].concat()[..]);
+        strip_extended_answers(&mut buf, 0);
+        assert_eq!(
+            &buf[..],
+            &[&expected[..], &msg(b'Z', b"I"), &next].concat()[..]
+        );
+        // From `from` on only: the bytes before are the rest of a message being relayed.
+        let mut buf =
+            BytesMut::from(&[&b"\x01\x02"[..], &msg(b'2', b""), &msg(b'Z', b"I")].concat()[..]);
+        strip_extended_answers(&mut buf, 2);
+        assert_eq!(&buf[..], &[&b"\x01\x02"[..], &msg(b'Z', b"I")].concat()[..]);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub use auth::AllowedAuth;
 pub use built_state::{BuiltState, Change, Effect};
 pub use commit_probe::{
     CommitProbe, CommitReply, PROBE_SQL, PROBE_STATEMENT, Probed, Probing, WRITE_PROBE_SQL,
-    WRITE_PROBE_STATEMENT, held_through_end, parse_lsn, probe_messages, strip_extended_preamble,
+    WRITE_PROBE_STATEMENT, held_through_end, parse_lsn, probe_messages, strip_extended_answers,
     write_probe_messages,
 };
 pub use conn::{BackendKey, CancelKey, ConnectParams, ServerConn, send_cancel};

@@ -62,6 +62,8 @@ enum Sent {
     AutocommitInsert,
     /// The same INSERT as a simple query (run behind the probe as the extended protocol).
     AutocommitSimpleInsert,
+    /// A simple query of several statements, the INSERT last: one implicit transaction.
+    AutocommitSimpleBatch,
 }
 
 /// Runs one scene; returns what the client's COMMIT got and whether the row is on the primary
@@ -90,7 +92,10 @@ async fn scene_with(
     };
     let insert = "INSERT INTO t VALUES ($1)";
     let simple_insert = format!("INSERT INTO t VALUES ('{value}')");
-    let autocommit = matches!(sent, Sent::AutocommitInsert | Sent::AutocommitSimpleInsert);
+    let autocommit = matches!(
+        sent,
+        Sent::AutocommitInsert | Sent::AutocommitSimpleInsert | Sent::AutocommitSimpleBatch
+    );
     if !autocommit {
         let begin = format!("BEGIN; INSERT INTO t VALUES ('{value}')");
         within(STEP, "begin", client.batch_execute(&begin))
@@ -121,12 +126,35 @@ async fn scene_with(
                 });
                 assert_eq!(done, Some(1), "the INSERT's own answer");
             }),
+            Sent::AutocommitSimpleBatch => {
+                let batch = format!("INSERT INTO t VALUES ('batch'); SELECT 'row' AS r; {simple}");
+                committing.simple_query(&batch).await.map(|answer| {
+                    use tokio_postgres::SimpleQueryMessage as M;
+                    let seen: Vec<String> = answer
+                        .iter()
+                        .filter_map(|m| match m {
+                            M::CommandComplete(n) => Some(format!("C{n}")),
+                            M::Row(r) => Some(format!("D{}", r.get(0).unwrap_or_default())),
+                            M::RowDescription(_) => Some("T".to_string()),
+                            _ => None,
+                        })
+                        .collect();
+                    assert_eq!(
+                        seen,
+                        ["C1", "T", "Drow", "C1", "C1"],
+                        "the batch's own answer"
+                    );
+                })
+            }
         }
     });
     // The COMMIT is in flight once the primary shows it waiting.
     let query = match sent {
         Sent::AutocommitInsert => insert.to_string(),
-        Sent::AutocommitSimpleInsert => simple_insert.replace('\'', "''"),
+        // (A batch's statement running now is its last, the INSERT.)
+        Sent::AutocommitSimpleInsert | Sent::AutocommitSimpleBatch => {
+            simple_insert.replace('\'', "''")
+        }
         _ => "COMMIT".to_string(),
     };
     let sql = format!(
@@ -234,6 +262,13 @@ async fn an_autocommit_write_gets_its_true_answer_after_a_crash_and_a_freeze() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simple_query_autocommit_write_gets_its_true_answer_after_a_crash_and_a_freeze() {
     autocommit_write_scenes(Sent::AutocommitSimpleInsert).await;
+}
+
+/// The same for several statements in one simple query (psql -c, an ORM's batch): they
+/// commit or roll back together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_statement_simple_query_gets_its_true_answer_after_a_crash_and_a_freeze() {
+    autocommit_write_scenes(Sent::AutocommitSimpleBatch).await;
 }
 
 async fn autocommit_write_scenes(sent: Sent) {
@@ -439,6 +474,36 @@ async fn probed_writes_are_answered_as_without_a_probe() {
     .await
     .expect_err("duplicate");
     assert_eq!(sqlstate(&e), "23505");
+    // Several statements in one simple query: one answer each, as without a probe, also when
+    // the answer is too long to hold (3 MB of rows, relayed as they come).
+    let batch = "INSERT INTO u VALUES ('m1'); \
+                 SELECT g::text FROM generate_series(1, 200000) g; \
+                 DELETE FROM u WHERE v = 'm1'";
+    // (tokio-postgres sends the Close of a statement it dropped with the next request: that
+    // one, not the batch, which must go alone to be probed.)
+    simple("SELECT 1").await.unwrap();
+    let answer = simple(batch).await.unwrap();
+    use tokio_postgres::SimpleQueryMessage as M;
+    let completed: Vec<u64> = answer
+        .iter()
+        .filter_map(|m| match m {
+            M::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completed, [1, 200000, 1]);
+    let rows = answer.iter().filter(|m| matches!(m, M::Row(_))).count();
+    assert_eq!(rows, 200000);
+    let last = answer.iter().rev().find_map(|m| match m {
+        M::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(last.as_deref(), Some("200000"));
+    // They commit or fail together.
+    let dup = simple("INSERT INTO u VALUES ('m2'); INSERT INTO u VALUES ('m2')")
+        .await
+        .expect_err("duplicate");
+    assert_eq!(sqlstate(&dup), "23505", "{dup:?}");
     // Each of those committed or failed on its own.
     assert_eq!(h.pg.psql_db("app", "SELECT count(*) FROM u").unwrap(), "0");
     assert_eq!(simple("SELECT 1").await.unwrap().len(), 3);

@@ -104,8 +104,8 @@ impl Session {
         let held = match probe {
             CommitProbe::Answered(_, kind) if kind.is_write() => {
                 let mut held = server.conn.read_buf.split();
-                if kind == Probing::SimpleWrite {
-                    switchyard_server::strip_extended_preamble(&mut held);
+                if let Probing::SimpleWrite { .. } = kind {
+                    switchyard_server::strip_extended_answers(&mut held, 0);
                 }
                 Some(held.freeze())
             }
@@ -184,7 +184,7 @@ impl Session {
             && !self.relay.unsynced()
             && match kind {
                 Probing::Commit(_) => commit,
-                Probing::Write | Probing::SimpleWrite => {
+                Probing::Write | Probing::SimpleWrite { .. } => {
                     !commit && self.relay.status == TxStatus::Idle
                 }
             }

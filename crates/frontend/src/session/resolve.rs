@@ -139,7 +139,9 @@ pub(super) fn probing(
         TxStatus::Idle if !committing && is_autocommit_write(sent, statements) => {
             Some(Probing::Write)
         }
-        TxStatus::Idle if !committing && is_simple_write(sent) => Some(Probing::SimpleWrite),
+        TxStatus::Idle if !committing => {
+            simple_write_statements(sent).map(|statements| Probing::SimpleWrite { statements })
+        }
         _ => None,
     }
 }
@@ -159,7 +161,7 @@ pub(super) fn with_probe(conn: &mut ServerConn, kind: Probing, request: &[u8]) -
             }
             switchyard_server::probe_messages(prepared)
         }
-        Probing::Write | Probing::SimpleWrite => {
+        Probing::Write | Probing::SimpleWrite { .. } => {
             if !usable(conn, WRITE_PROBE_STATEMENT) {
                 return None;
             }
@@ -167,7 +169,7 @@ pub(super) fn with_probe(conn: &mut ServerConn, kind: Probing, request: &[u8]) -
             // before the Sync that commits, brings its answer out before the commit.
             const SYNC: [u8; 5] = [fe::SYNC, 0, 0, 0, 4];
             let mut out = switchyard_server::write_probe_messages();
-            if kind == Probing::SimpleWrite {
+            if let Probing::SimpleWrite { .. } = kind {
                 as_extended(request, &mut out)?;
             } else {
                 out.extend_from_slice(request.strip_suffix(&SYNC)?);
@@ -187,7 +189,7 @@ pub(super) fn with_probe(conn: &mut ServerConn, kind: Probing, request: &[u8]) -
 /// Whether `sent` is one autocommit write over the extended protocol: Bind (of an unnamed
 /// statement parsed in the same flight, or a named one), maybe Describes, one Execute of all
 /// its rows, a Sync; the statement one INSERT, UPDATE, DELETE or MERGE. (A simple query of one
-/// is [`is_simple_write`].)
+/// is [`simple_write_statements`].)
 fn is_autocommit_write(sent: &[u8], statements: &Statements) -> bool {
     let mut at = 0;
     let mut parsed_write = false;
@@ -236,42 +238,78 @@ fn is_autocommit_write(sent: &[u8], statements: &Statements) -> bool {
     executed && sent.last_chunk::<5>() == Some(&[fe::SYNC, 0, 0, 0, 4])
 }
 
-/// Whether `sent` is one simple query of one INSERT, UPDATE, DELETE or MERGE.
-fn is_simple_write(sent: &[u8]) -> bool {
-    let Some((&fe::QUERY, rest)) = sent.split_first() else {
-        return false;
-    };
-    let Some(&[a, b, c, d]) = rest.first_chunk::<4>() else {
-        return false;
-    };
-    if u32::from_be_bytes([a, b, c, d]) as usize + 1 != sent.len() {
-        return false; // more than one message
-    }
-    let text = crate::sql::until_nul(&rest[4..]);
-    let mut statements = 0;
-    let mut writes = false;
+/// Most statements of one simple query that is probed (each becomes four messages).
+const MAX_PROBED_STATEMENTS: usize = 64;
+
+/// Whether `sent` is one simple query whose statements (at most [`MAX_PROBED_STATEMENTS`])
+/// each write rows or read them (INSERT, UPDATE, DELETE, MERGE, SELECT, WITH, VALUES, TABLE:
+/// nothing that ends a transaction or cannot run inside one), at least one an INSERT, UPDATE,
+/// DELETE or MERGE. PostgreSQL runs them as one implicit transaction, and so does the probed
+/// form ([`as_extended`]).
+///
+/// Returns how many statements it has.
+fn simple_write_statements(sent: &[u8]) -> Option<u8> {
+    let text = simple_query_text(sent)?;
+    let (mut statements, mut writes, mut runs_in_a_transaction) = (0, false, true);
     let lexed = crate::sql::for_each_statement(text, |s| {
         if !crate::sql::skip_blanks(s).is_some_and(<[u8]>::is_empty) {
             statements += 1;
-            writes = is_write_text(s);
+            writes |= is_write_text(s);
+            runs_in_a_transaction &= is_row_statement(s);
         }
     });
-    lexed && statements == 1 && writes
+    let probed = lexed && writes && runs_in_a_transaction;
+    u8::try_from(statements)
+        .ok()
+        .filter(|&n| probed && usize::from(n) <= MAX_PROBED_STATEMENTS)
 }
 
-/// A simple query's statement (`query`, the whole Query message) as the extended protocol's
-/// unnamed statement: Parse, Bind (text results), Describe of the portal (for the
-/// RowDescription a simple query's answer has), Execute of all rows; no Sync.
+/// The text of `sent` if it is one Query message (without its NUL).
+fn simple_query_text(sent: &[u8]) -> Option<&[u8]> {
+    let (&fe::QUERY, rest) = sent.split_first()? else {
+        return None;
+    };
+    let &[a, b, c, d] = rest.first_chunk::<4>()?;
+    if u32::from_be_bytes([a, b, c, d]) as usize + 1 != sent.len() {
+        return None; // more than one message
+    }
+    Some(crate::sql::until_nul(&rest[4..]))
+}
+
+/// A simple query's statements (`query`, the whole Query message) as the extended protocol's
+/// unnamed statement, one after the other: Parse, Bind (text results), Describe of the portal
+/// (for the RowDescription a simple query's answer has), Execute of all rows; no Sync, so all
+/// run in one implicit transaction, as the simple query's would. (An error skips the rest
+/// through the Sync, as it ends a simple query.)
 fn as_extended(query: &[u8], out: &mut BytesMut) -> Option<()> {
     use switchyard_proto::frontend::{
         Target, TargetKind, bind_unnamed_portal, execute_all, parse_unnamed,
     };
-    let text = query.get(5..)?.strip_suffix(&[0])?;
-    parse_unnamed(text).encode(out);
-    bind_unnamed_portal(b"", &[]).encode(out);
-    Target::encode(fe::DESCRIBE, TargetKind::Portal, b"").encode(out);
-    execute_all().encode(out);
-    Some(())
+    let text = simple_query_text(query)?;
+    let lexed = crate::sql::for_each_statement(text, |s| {
+        if crate::sql::skip_blanks(s).is_some_and(<[u8]>::is_empty) {
+            return;
+        }
+        parse_unnamed(s.trim_ascii()).encode(out);
+        bind_unnamed_portal(b"", &[]).encode(out);
+        Target::encode(fe::DESCRIBE, TargetKind::Portal, b"").encode(out);
+        execute_all().encode(out);
+    });
+    lexed.then_some(())
+}
+
+/// A statement that reads or writes rows (after comments): one that runs inside a
+/// transaction block like any other, and ends none.
+fn is_row_statement(text: &[u8]) -> bool {
+    let Some(start) = crate::sql::skip_blanks(crate::sql::until_nul(text)) else {
+        return false;
+    };
+    let first = crate::sql::word(start).0;
+    [
+        "insert", "update", "delete", "merge", "select", "with", "values", "table",
+    ]
+    .iter()
+    .any(|w| first.eq_ignore_ascii_case(w.as_bytes()))
 }
 
 /// One INSERT, UPDATE, DELETE or MERGE statement (after comments).
@@ -454,7 +492,7 @@ impl Session {
         let commit = matches!(kind, Probing::Commit(_));
         let held = held
             .as_deref()
-            .and_then(switchyard_server::held_through_end);
+            .and_then(|h| switchyard_server::held_through_end(h, kind.statements()));
         let ready = backend::ready_for_query(TxStatus::Idle);
         let mut out = BytesMut::new();
         let unknown = |why: &str| outcome_unknown(commit, &format!("{cause} ({why})")).to_frame();
@@ -463,12 +501,16 @@ impl Session {
                 reply.frames().iter().for_each(|f| f.encode(&mut out));
                 Caught::Committed
             }
-            (Resolved::Committed, Probing::Write | Probing::SimpleWrite, Some((answer, true))) => {
+            (
+                Resolved::Committed,
+                Probing::Write | Probing::SimpleWrite { .. },
+                Some((answer, true)),
+            ) => {
                 out.extend_from_slice(answer);
                 ready.encode(&mut out);
                 Caught::Committed
             }
-            (Resolved::Committed, Probing::Write | Probing::SimpleWrite, _) => {
+            (Resolved::Committed, Probing::Write | Probing::SimpleWrite { .. }, _) => {
                 let why = "it committed on the primary that followed, but its result was lost";
                 unknown(why).encode(&mut out);
                 ready.encode(&mut out);
@@ -476,7 +518,7 @@ impl Session {
             }
             (
                 Resolved::RolledBack(_),
-                Probing::Write | Probing::SimpleWrite,
+                Probing::Write | Probing::SimpleWrite { .. },
                 Some((answer, false)),
             ) => {
                 // Its own error ended it: the server's answer, whole.
@@ -504,6 +546,10 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn is_simple_write(sent: &[u8]) -> bool {
+        simple_write_statements(sent).is_some()
+    }
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         switchyard_proto::Frame::new(tag, bytes::Bytes::copy_from_slice(body))
@@ -633,13 +679,38 @@ mod tests {
         );
         assert!(is_simple_write(&q("insert into t values (1);")));
         assert!(is_simple_write(&q("-- c\nDELETE FROM t WHERE a = ';'")));
+        // Several statements, one implicit transaction: probed when one of them writes and
+        // none ends a transaction or cannot run inside one.
+        assert!(is_simple_write(&q(
+            "INSERT INTO t VALUES (1); SELECT 1; update t set a = 2;"
+        )));
+        assert!(is_simple_write(&q(
+            "WITH x AS (SELECT 1) SELECT 1; MERGE INTO t USING x ON true WHEN MATCHED THEN DELETE"
+        )));
         for no in [
             "SELECT 1",
-            "INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)",
+            "SELECT f(); SELECT 2",
             "BEGIN",
+            "BEGIN; INSERT INTO t VALUES (1); COMMIT",
+            "INSERT INTO t VALUES (1); VACUUM t",
+            "INSERT INTO t VALUES (1); SET a.b = 1",
+            "INSERT INTO t VALUES (1); SELECT '",
         ] {
             assert!(!is_simple_write(&q(no)), "{no}");
         }
+        let many = "INSERT INTO t VALUES (1);".repeat(MAX_PROBED_STATEMENTS + 1);
+        assert!(!is_simple_write(&q(&many)), "too many statements");
+        // Each statement as the unnamed statement, no Sync between; blanks skipped.
+        let mut out = BytesMut::new();
+        as_extended(&q("INSERT INTO t VALUES (1);  ; SELECT ';' "), &mut out).unwrap();
+        let mut frames = Vec::new();
+        while let Some(f) = switchyard_proto::decode_frame(&mut out, 1 << 20).unwrap() {
+            frames.push(f);
+        }
+        let tags: Vec<u8> = frames.iter().map(|f| f.tag).collect();
+        assert_eq!(tags, b"PBDEPBDE");
+        assert_eq!(&frames[0].body[..], b"\0INSERT INTO t VALUES (1)\0\0\0");
+        assert_eq!(&frames[4].body[..], b"\0SELECT ';'\0\0\0");
         assert!(!is_simple_write(
             &[q("INSERT INTO t VALUES (1)"), q("SELECT 1")].concat()
         ));

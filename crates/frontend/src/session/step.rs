@@ -390,11 +390,12 @@ impl Session {
         let conn = &mut server.conn;
         if matches!(
             conn.commit_probe,
-            CommitProbe::Sent(..) | CommitProbe::Answered(..)
+            CommitProbe::Sent(..) | CommitProbe::Answered(..) | CommitProbe::Relayed
         ) {
             // The commit probe's answers come first; the client never sees them. Then the
             // COMMIT's own answer is held until it is whole.
-            match conn.commit_probe.take_answer(&mut conn.read_buf) {
+            let relaying = conn.passthrough as usize;
+            match conn.commit_probe.take_answer(&mut conn.read_buf, relaying) {
                 Ok(true) => {}
                 Ok(false) => return Ok(Flow::Continue),
                 Err(e) => return Ok(Flow::Lost(Lost::Socket(ServerError::Protocol(e)))),
