@@ -306,6 +306,10 @@ pub struct FailoverConfig {
     /// probe too (it runs one more statement before each: a cost on write-heavy autocommit
     /// traffic that COMMITs of explicit transactions do not pay).
     pub resolve_autocommit_writes: bool,
+    /// With `resolve_autocommit_writes`: a lone autocommit SELECT (WITH, VALUES, TABLE), which
+    /// may call a function that writes, carries the write probe too. Off by default: the
+    /// probe gives every such read a transaction id and a WAL record.
+    pub resolve_autocommit_reads: bool,
     /// Session mode: a session between transactions when its server is lost (idle, or with
     /// an autocommit request in flight, which gets 08007) is attached to the new primary and
     /// what it built (settings, prepared statements, LISTENs) is replayed there; a session
@@ -327,6 +331,7 @@ impl Default for FailoverConfig {
             dns_max_ttl_unhealthy: Duration::secs(1),
             resolve_commits: false,
             resolve_autocommit_writes: true,
+            resolve_autocommit_reads: false,
             rebuild_sessions: true,
         }
     }

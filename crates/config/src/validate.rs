@@ -134,6 +134,12 @@ impl Config {
             }
         }
         let f = &self.failover;
+        if f.resolve_autocommit_reads && !f.resolve_autocommit_writes {
+            errs.push(
+                "failover.resolve_autocommit_reads needs resolve_autocommit_writes: reads carry the write probe"
+                    .into(),
+            );
+        }
         if f.down_after == 0 || f.up_after == 0 {
             errs.push("failover.down_after and failover.up_after must be at least 1".into());
         }
@@ -343,6 +349,30 @@ mod tests {
             panic!("must be invalid")
         };
         assert_eq!(e.0.len(), 6, "{e}");
+    }
+
+    #[test]
+    fn probing_reads_needs_the_write_probe() {
+        let text = r#"
+            [clusters.main]
+            members = ["h:5432"]
+            [[sites]]
+            database = "db"
+            cluster = "main"
+            [[users]]
+            name = "u"
+            auth = "trust"
+            [failover]
+            resolve_commits = true
+            resolve_autocommit_writes = false
+            resolve_autocommit_reads = true
+        "#;
+        let Err(ConfigError::Invalid(e)) = Config::from_toml(text) else {
+            panic!("must be invalid")
+        };
+        assert!(e.to_string().contains("resolve_autocommit_reads"), "{e}");
+        let fixed = text.replace("resolve_autocommit_writes = false", "");
+        assert!(Config::from_toml(&fixed).is_ok());
     }
 
     #[test]

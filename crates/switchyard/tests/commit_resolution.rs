@@ -28,6 +28,8 @@ CREATE FUNCTION apply_at_commit() RETURNS trigger LANGUAGE plpgsql AS
   $$ BEGIN PERFORM set_config('synchronous_commit', 'remote_apply', true); RETURN NEW; END $$;
 CREATE TRIGGER apply_at_commit BEFORE INSERT ON t FOR EACH ROW WHEN (NEW.v = 'applied')
   EXECUTE FUNCTION apply_at_commit();
+CREATE FUNCTION add_row(v text) RETURNS text LANGUAGE sql AS
+  $$ INSERT INTO t VALUES (v) RETURNING v $$;
 GRANT ALL ON t TO PUBLIC;";
 
 /// How the COMMIT is held on the primary.
@@ -64,6 +66,9 @@ enum Sent {
     AutocommitSimpleInsert,
     /// A simple query of several statements, the INSERT last: one implicit transaction.
     AutocommitSimpleBatch,
+    /// No INSERT in sight: a SELECT of a function that inserts, over the extended protocol
+    /// (probed with `resolve_autocommit_reads`).
+    AutocommitSelect,
 }
 
 /// Runs one scene; returns what the client's COMMIT got and whether the row is on the primary
@@ -83,7 +88,11 @@ async fn scene_with(
         sync_replication,
         ..ClusterOptions::default()
     };
-    let c = Cluster::start_with(opts, |cfg| cfg.failover.resolve_commits = true).await;
+    let c = Cluster::start_with(opts, |cfg| {
+        cfg.failover.resolve_commits = true;
+        cfg.failover.resolve_autocommit_reads = sent == Sent::AutocommitSelect;
+    })
+    .await;
     Cluster::psql_on(&c.primary, "app", SCHEMA).await;
     let client = Arc::new(c.client().await);
     let value = match held {
@@ -94,7 +103,10 @@ async fn scene_with(
     let simple_insert = format!("INSERT INTO t VALUES ('{value}')");
     let autocommit = matches!(
         sent,
-        Sent::AutocommitInsert | Sent::AutocommitSimpleInsert | Sent::AutocommitSimpleBatch
+        Sent::AutocommitInsert
+            | Sent::AutocommitSimpleInsert
+            | Sent::AutocommitSimpleBatch
+            | Sent::AutocommitSelect
     );
     if !autocommit {
         let begin = format!("BEGIN; INSERT INTO t VALUES ('{value}')");
@@ -126,6 +138,12 @@ async fn scene_with(
                 });
                 assert_eq!(done, Some(1), "the INSERT's own answer");
             }),
+            Sent::AutocommitSelect => committing
+                .query_one("SELECT add_row($1)", &[&value])
+                .await
+                .map(|row| {
+                    assert_eq!(row.get::<_, String>(0), value, "the SELECT's own answer");
+                }),
             Sent::AutocommitSimpleBatch => {
                 let batch = format!("INSERT INTO t VALUES ('batch'); SELECT 'row' AS r; {simple}");
                 committing.simple_query(&batch).await.map(|answer| {
@@ -151,6 +169,7 @@ async fn scene_with(
     // The COMMIT is in flight once the primary shows it waiting.
     let query = match sent {
         Sent::AutocommitInsert => insert.to_string(),
+        Sent::AutocommitSelect => "SELECT add_row($1)".to_string(),
         // (A batch's statement running now is its last, the INSERT.)
         Sent::AutocommitSimpleInsert | Sent::AutocommitSimpleBatch => {
             simple_insert.replace('\'', "''")
@@ -269,6 +288,12 @@ async fn a_simple_query_autocommit_write_gets_its_true_answer_after_a_crash_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_statement_simple_query_gets_its_true_answer_after_a_crash_and_a_freeze() {
     autocommit_write_scenes(Sent::AutocommitSimpleBatch).await;
+}
+
+/// With `resolve_autocommit_reads`: a SELECT of a function that writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_select_that_writes_gets_its_true_answer_after_a_crash_and_a_freeze() {
+    autocommit_write_scenes(Sent::AutocommitSelect).await;
 }
 
 async fn autocommit_write_scenes(sent: Sent) {

@@ -125,23 +125,29 @@ pub(super) fn commit_reply(sent: &[u8], statements: &Statements) -> Option<Commi
 }
 
 /// Whether (and how) the request just sent is probed: a lone COMMIT ending an explicit
-/// transaction, or an autocommit write. Only for a request sent with nothing outstanding.
+/// transaction, or an autocommit write (with `reads`, `resolve_autocommit_reads`: or read,
+/// which may call a function that writes). Only for a request sent with nothing outstanding.
 pub(super) fn probing(
     status_before: TxStatus,
     committing: bool,
     sent: &[u8],
     statements: &Statements,
+    reads: bool,
 ) -> Option<Probing> {
+    let probed = if reads {
+        is_row_statement
+    } else {
+        is_write_text
+    };
     match status_before {
         TxStatus::InTransaction if committing => {
             commit_reply(sent, statements).map(Probing::Commit)
         }
-        TxStatus::Idle if !committing && is_autocommit_write(sent, statements) => {
+        TxStatus::Idle if !committing && is_autocommit_write(sent, statements, probed) => {
             Some(Probing::Write)
         }
-        TxStatus::Idle if !committing => {
-            simple_write_statements(sent).map(|statements| Probing::SimpleWrite { statements })
-        }
+        TxStatus::Idle if !committing => simple_write_statements(sent, probed)
+            .map(|statements| Probing::SimpleWrite { statements }),
         _ => None,
     }
 }
@@ -188,9 +194,10 @@ pub(super) fn with_probe(conn: &mut ServerConn, kind: Probing, request: &[u8]) -
 
 /// Whether `sent` is one autocommit write over the extended protocol: Bind (of an unnamed
 /// statement parsed in the same flight, or a named one), maybe Describes, one Execute of all
-/// its rows, a Sync; the statement one INSERT, UPDATE, DELETE or MERGE. (A simple query of one
-/// is [`simple_write_statements`].)
-fn is_autocommit_write(sent: &[u8], statements: &Statements) -> bool {
+/// its rows, a Sync; the statement one that `probed` accepts (one INSERT, UPDATE, DELETE or
+/// MERGE; or any [`is_row_statement`]). (A simple query of one is
+/// [`simple_write_statements`].)
+fn is_autocommit_write(sent: &[u8], statements: &Statements, probed: fn(&[u8]) -> bool) -> bool {
     let mut at = 0;
     let mut parsed_write = false;
     let mut bound: Option<&[u8]> = None;
@@ -207,15 +214,13 @@ fn is_autocommit_write(sent: &[u8], statements: &Statements) -> bool {
         let second = || crate::sql::until_nul(body.get(first.len() + 1..).unwrap_or_default());
         let ok = match h.tag {
             fe::PARSE if first.is_empty() && bound.is_none() => {
-                parsed_write = is_write_text(second());
+                parsed_write = probed(second());
                 parsed_write
             }
             fe::BIND if bound.is_none() => {
                 let writes = match second() {
                     [] => parsed_write,
-                    name => statements
-                        .get(name)
-                        .is_some_and(|s| is_write_text(&s.parse.tail)),
+                    name => statements.get(name).is_some_and(|s| probed(&s.parse.tail)),
                 };
                 bound = Some(first);
                 writes
@@ -243,18 +248,18 @@ const MAX_PROBED_STATEMENTS: usize = 64;
 
 /// Whether `sent` is one simple query whose statements (at most [`MAX_PROBED_STATEMENTS`])
 /// each write rows or read them (INSERT, UPDATE, DELETE, MERGE, SELECT, WITH, VALUES, TABLE:
-/// nothing that ends a transaction or cannot run inside one), at least one an INSERT, UPDATE,
-/// DELETE or MERGE. PostgreSQL runs them as one implicit transaction, and so does the probed
-/// form ([`as_extended`]).
+/// nothing that ends a transaction or cannot run inside one), at least one accepted by
+/// `probed` (an INSERT, UPDATE, DELETE or MERGE; or any). PostgreSQL runs them as one
+/// implicit transaction, and so does the probed form ([`as_extended`]).
 ///
 /// Returns how many statements it has.
-fn simple_write_statements(sent: &[u8]) -> Option<u8> {
+fn simple_write_statements(sent: &[u8], probed: fn(&[u8]) -> bool) -> Option<u8> {
     let text = simple_query_text(sent)?;
     let (mut statements, mut writes, mut runs_in_a_transaction) = (0, false, true);
     let lexed = crate::sql::for_each_statement(text, |s| {
         if !crate::sql::skip_blanks(s).is_some_and(<[u8]>::is_empty) {
             statements += 1;
-            writes |= is_write_text(s);
+            writes |= probed(s);
             runs_in_a_transaction &= is_row_statement(s);
         }
     });
@@ -548,7 +553,7 @@ mod tests {
     use super::*;
 
     fn is_simple_write(sent: &[u8]) -> bool {
-        simple_write_statements(sent).is_some()
+        simple_write_statements(sent, is_write_text).is_some()
     }
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -644,7 +649,7 @@ mod tests {
         let sync = msg(fe::SYNC, b"");
         let describe = msg(fe::DESCRIBE, b"P\0");
         let st = Statements::default();
-        let write = |parts: &[&[u8]]| is_autocommit_write(&parts.concat(), &st);
+        let write = |parts: &[&[u8]]| is_autocommit_write(&parts.concat(), &st, is_write_text);
         let insert = parse("/* c */ INSERT INTO t VALUES ($1)");
         assert!(write(&[&insert, &bind(""), &describe, &execute, &sync]));
         assert!(write(&[
@@ -726,11 +731,28 @@ mod tests {
                 TxStatus::InTransaction,
                 false,
                 &[&insert[..], &bind(""), &execute, &sync].concat(),
-                &st
+                &st,
+                true
             ),
             None,
             "inside a transaction, a write commits nothing"
         );
+        // Reads (a function they call may write) only with resolve_autocommit_reads.
+        let select = [&parse("SELECT f($1)")[..], &bind(""), &execute, &sync].concat();
+        for (sent, kind) in [
+            (&select[..], Probing::Write),
+            (&q("SELECT f()")[..], Probing::SimpleWrite { statements: 1 }),
+            (
+                &q("SELECT 1; TABLE t")[..],
+                Probing::SimpleWrite { statements: 2 },
+            ),
+        ] {
+            assert_eq!(probing(TxStatus::Idle, false, sent, &st, false), None);
+            assert_eq!(probing(TxStatus::Idle, false, sent, &st, true), Some(kind));
+        }
+        for never in ["CALL p()", "DO $$ BEGIN END $$", "SHOW work_mem"] {
+            assert_eq!(probing(TxStatus::Idle, false, &q(never), &st, true), None);
+        }
     }
 
     fn probed(timeline: u32, lsn: u64) -> Probed {

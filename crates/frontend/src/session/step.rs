@@ -259,10 +259,19 @@ impl Session {
         if may_probe {
             let sent = &self.client.buf[..used];
             let committing = relay.commit_in_flight();
-            let kind = super::resolve::probing(status_before, committing, sent, &self.statements)
-                // A write's held answer goes to the client as it is if resolved: not with
-                // answers to messages the relay added.
-                .filter(|k| !k.is_write() || !relay.injected());
+            // (Read only here: with resolve_commits on, once per lone request.)
+            let reads = self
+                .proxy
+                .live
+                .load()
+                .config
+                .failover
+                .resolve_autocommit_reads;
+            let kind =
+                super::resolve::probing(status_before, committing, sent, &self.statements, reads)
+                    // A write's held answer goes to the client as it is if resolved: not with
+                    // answers to messages the relay added.
+                    .filter(|k| !k.is_write() || !relay.injected());
             // Rare (once per COMMIT or write, when enabled): the probe goes first, same write.
             probed = kind.and_then(|kind| super::resolve::with_probe(conn, kind, request));
         }
