@@ -330,6 +330,30 @@ impl BuiltState {
         }
     }
 
+    /// The session's transaction died with its server connection (nothing of it committed):
+    /// what its answered requests did that a rollback keeps (PREPARE, DEALLOCATE) stays, the
+    /// rest goes, as a ROLLBACK would have it. False, and nothing changed, if that cannot be
+    /// known: a Parse or Close awaits its answer, a request not yet answered made a change,
+    /// or an error in the transaction leaves unknown whether a PREPARE before it ran.
+    pub fn transaction_lost(&mut self) -> bool {
+        let answered = self.answered;
+        let unknown = !self.ops.is_empty()
+            || self.pending.iter().any(|(req, _)| *req >= answered)
+            || (self.failed_through.is_some()
+                && self.pending.iter().any(|(_, c)| c.survives_rollback()));
+        if unknown {
+            return false;
+        }
+        for (req, change) in std::mem::take(&mut self.pending) {
+            if change.survives_rollback() {
+                self.apply(req, change);
+            }
+        }
+        self.failed_through = None;
+        self.sent = self.answered;
+        true
+    }
+
     /// What cannot be rebuilt, for the client's message; None if everything can.
     pub fn lost(&self) -> Option<String> {
         (!self.lost.is_empty()).then(|| {

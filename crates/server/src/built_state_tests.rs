@@ -224,3 +224,44 @@ fn a_commit_then_an_error_in_one_request_is_a_doubt() {
     );
     assert!(b.lost().is_some());
 }
+
+#[test]
+fn a_lost_transaction_keeps_what_a_rollback_keeps_when_that_is_known() {
+    let prepare = Change::Prepare {
+        name: "p".into(),
+        sql: "PREPARE p AS SELECT 1".into(),
+    };
+    let mut b = BuiltState::default();
+    request(&mut b, &[set("a")], false, TxStatus::Idle);
+    request(
+        &mut b,
+        &[set("b"), prepare.clone()],
+        false,
+        TxStatus::InTransaction,
+    );
+    assert!(b.transaction_lost());
+    assert!(b.is_settled());
+    assert_eq!(
+        b.replay_sql().as_deref(),
+        Some("SET a = 1\n;\nPREPARE p AS SELECT 1")
+    );
+    // A request still unanswered made a change: whether it ran is not known.
+    let mut b = BuiltState::default();
+    request(&mut b, &[set("a")], false, TxStatus::InTransaction);
+    b.run(&[Effect::Change(set("b"))]);
+    b.request_sent();
+    assert!(!b.transaction_lost());
+    assert!(!b.is_settled(), "nothing changed");
+    // A PREPARE before an error in the transaction: whether it ran is not known.
+    let mut b = BuiltState::default();
+    request(&mut b, &[prepare], true, TxStatus::Failed);
+    assert!(!b.transaction_lost());
+    // An unanswered request that changes nothing is only answered (40001).
+    let mut b = BuiltState::default();
+    request(&mut b, &[set("a")], false, TxStatus::Idle);
+    request(&mut b, &[], false, TxStatus::InTransaction);
+    b.request_sent();
+    assert!(b.transaction_lost());
+    assert!(b.is_settled());
+    assert_eq!(b.replay_sql().as_deref(), Some("SET a = 1"));
+}

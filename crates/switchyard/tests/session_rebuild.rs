@@ -2,8 +2,8 @@
 //! cleanly for a switchover, which ends its backend with the server's own 57P01) keeps what it
 //! built (settings, SQL and protocol prepared statements, LISTEN) on the promoted standby, and
 //! sees no error (tokio-postgres and psycopg); a rolled-back SET stays undone; a request in
-//! flight gets 08007 and the session goes on; a session with a temporary table ends with 57P01
-//! naming it. (A backend an operator terminates while the primary stays ends the session with
+//! flight gets 08007 and the session goes on; a session inside a transaction gets 40001 and
+//! goes on once it ends it; a session with a temporary table ends with 57P01 naming it. (A backend an operator terminates while the primary stays ends the session with
 //! the server's own FATAL: `server_faults`.)
 
 mod common;
@@ -295,4 +295,48 @@ async fn ends_naming_its_temporary_table(ending: Ending) {
         Some(Heard::Notification(_)) => panic!("a notification"),
         None => panic!("connection task gone without an error"),
     }
+}
+
+/// A session inside a transaction when the primary fails: the transaction is rolled back
+/// (40001, then 25P02 until the client ends it, as in transaction mode), and the session goes
+/// on, rebuilt with what it held before the transaction and what a rollback keeps (a
+/// PREPARE), not what the transaction set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_inside_a_transaction_gets_40001_and_goes_on() {
+    let c = start().await;
+    let (client, mut heard) = client(&c).await;
+    let sql = "SET work_mem = '7MB'";
+    within(STEP, sql, client.batch_execute(sql)).await.unwrap();
+    let sql = "BEGIN; SET lock_timeout = '9s'; PREPARE inside AS SELECT 2";
+    within(STEP, sql, client.batch_execute(sql)).await.unwrap();
+    let _crash = c.inject(Fault::Crash).await;
+    c.promote_standby().await;
+    let standby = c.standby.addr();
+    c.wait_for(AFTER_FAULT, "the promoted standby named", |t| {
+        t.primary.as_deref() == Some(standby.as_str())
+    })
+    .await;
+    let e = within(
+        STEP,
+        "in the lost transaction",
+        client.simple_query("SELECT 1"),
+    )
+    .await
+    .expect_err("its transaction is gone");
+    assert_eq!(e.code().map(|c| c.code()), Some("40001"), "{e:?}");
+    let e = within(STEP, "still in it", client.simple_query("SELECT 1"))
+        .await
+        .expect_err("until it ends");
+    assert_eq!(e.code().map(|c| c.code()), Some("25P02"), "{e:?}");
+    within(STEP, "rollback", client.batch_execute("ROLLBACK"))
+        .await
+        .expect("the client ends it");
+    assert_eq!(
+        show(&client, "SELECT pg_is_in_recovery()", AFTER_FAULT).await,
+        "f"
+    );
+    assert_eq!(show(&client, "SHOW work_mem", STEP).await, "7MB");
+    assert_eq!(show(&client, "SHOW lock_timeout", STEP).await, "0");
+    assert_eq!(show(&client, "EXECUTE inside", STEP).await, "2");
+    assert!(heard.try_recv().is_err(), "nothing else was heard");
 }

@@ -229,12 +229,14 @@ impl Session {
         if unsynced {
             self.owe_ready_at_sync = Some(after);
         }
+        let rebuild_after = rebuild_after.filter(|b| !b.is_empty());
         if in_tx {
+            // (Session mode: rebuilt once the client ends the transaction.)
             self.link = Link::FailedTransaction {
                 told: !frames.is_empty(),
+                rebuild: rebuild_after,
             };
-        }
-        if let Some(built) = rebuild_after.filter(|b| !b.is_empty()) {
+        } else if let Some(built) = rebuild_after {
             self.link = Link::Rebuilding(built);
         }
         self.relay.reset();
@@ -279,7 +281,7 @@ impl Session {
     /// kept of the request is its shape (one small entry per message, at most
     /// [`MAX_FAILED_BATCH`]), never the messages themselves.
     pub(super) async fn answer_failed_transaction(&mut self) -> Result<(), SessionError> {
-        let Link::FailedTransaction { told } = self.link else {
+        let Link::FailedTransaction { told, .. } = self.link else {
             return Ok(());
         };
         let mut shape = Vec::new();
@@ -298,11 +300,15 @@ impl Session {
             }
         }
         let frames = failed_transaction_reply(&shape, ends, told);
-        self.link = if ends.is_some() {
-            Link::Detached
-        } else {
-            Link::FailedTransaction { told: true }
-        };
+        if let Link::FailedTransaction { told, rebuild } = &mut self.link {
+            *told = true;
+            if ends.is_some() {
+                self.link = match rebuild.take() {
+                    Some(built) => Link::Rebuilding(built),
+                    None => Link::Detached,
+                };
+            }
+        }
         self.client.send(&frames).await
     }
 

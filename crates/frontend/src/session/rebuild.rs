@@ -4,9 +4,10 @@
 //! primary at once (not at its next request, so its LISTENs hear on) and that state is
 //! replayed there; the client notices nothing. A request in flight outside a transaction
 //! that changes nothing recorded (a query, an INSERT) is answered as in transaction mode
-//! (08007) and the session is rebuilt the same way. A session inside a transaction, or whose
-//! request in flight changes what it holds, or that holds state that cannot be rebuilt, ends
-//! with 57P01 saying what was lost.
+//! (08007) and the session is rebuilt the same way. A session inside a transaction gets
+//! 40001 as in transaction mode and is rebuilt, with what it held before the transaction, once
+//! the client ends it. A session committing, or whose request in flight changes what it
+//! holds, or that holds state that cannot be rebuilt, ends with 57P01 saying what was lost.
 
 use super::run::{Link, Session};
 use crate::SessionError;
@@ -30,6 +31,22 @@ impl Session {
             self.relay.status == TxStatus::Idle && self.owe_ready_at_sync.is_none();
         let idle = between_transactions && outstanding == 0 && !self.relay.unsynced();
         let enabled = (self.proxy.live.load().config.failover).rebuild_sessions;
+        let mut built = built;
+        // Inside a transaction (not committing: its outcome would be unknown): it is answered
+        // 40001 and rolled back as in transaction mode, then the session is rebuilt with what
+        // it held before the transaction (and what a rollback keeps).
+        let rolled_back = !between_transactions
+            && self.owe_ready_at_sync.is_none()
+            && !self.relay.unsynced()
+            && !self.relay.commit_in_flight()
+            && enabled
+            && built
+                .as_mut()
+                .is_some_and(|b| b.lost().is_none() && b.transaction_lost());
+        if rolled_back {
+            tracing::info!(parent: self.span(), server = %addr, cause = %why, "session-mode server lost inside a transaction; rolling it back (40001), then rebuilding the session");
+            return Ok(built);
+        }
         let lost = match built {
             Some(b) if idle && enabled && b.is_settled() && b.is_empty() => {
                 // Nothing to rebuild: the next request attaches via the gate.

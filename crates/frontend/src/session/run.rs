@@ -41,9 +41,12 @@ pub(super) enum Link {
         generation: u64,
         since: Instant,
     },
-    /// `told`: the client has already been sent the 40001 for it.
+    /// `told`: the client has already been sent the 40001 for it. `rebuild`: session mode,
+    /// what the session had built, rebuilt on the next primary once the client ends the
+    /// transaction (`rebuild.rs`).
     FailedTransaction {
         told: bool,
+        rebuild: Option<Box<switchyard_server::BuiltState>>,
     },
     /// Session mode: the server was lost between the session's transactions. What it had
     /// built is replayed on a connection at the next primary before anything else
