@@ -145,11 +145,7 @@ async fn survives(ending: Ending) {
     c.promote_standby().await;
     // The client stays idle through the failover (a request in flight at the fault would get
     // 08007: see the test of that below).
-    let standby = c.standby.addr();
-    c.wait_for(AFTER_FAULT, "the promoted standby named", |t| {
-        t.primary.as_deref() == Some(standby.as_str())
-    })
-    .await;
+    c.wait_for_primary(&c.standby.addr(), AFTER_FAULT).await;
     assert_eq!(show(&client, "SHOW work_mem", AFTER_FAULT).await, "7MB");
     assert_eq!(show(&client, "SELECT pg_is_in_recovery()", STEP).await, "f");
     assert_eq!(show(&client, "SHOW lock_timeout", STEP).await, "4s");
@@ -209,11 +205,7 @@ async fn a_psycopg_session_goes_on_after_a_failover() {
     assert_eq!(ready.as_deref(), Some("READY"), "the script's first line");
     let _crash = c.inject(Fault::Crash).await;
     c.promote_standby().await;
-    let standby = c.standby.addr();
-    c.wait_for(AFTER_FAULT, "the promoted standby named", |t| {
-        t.primary.as_deref() == Some(standby.as_str())
-    })
-    .await;
+    c.wait_for_primary(&c.standby.addr(), AFTER_FAULT).await;
     within(STEP, "go", stdin.write_all(b"go\n"))
         .await
         .expect("write");
@@ -311,11 +303,7 @@ async fn a_session_inside_a_transaction_gets_40001_and_goes_on() {
     within(STEP, sql, client.batch_execute(sql)).await.unwrap();
     let _crash = c.inject(Fault::Crash).await;
     c.promote_standby().await;
-    let standby = c.standby.addr();
-    c.wait_for(AFTER_FAULT, "the promoted standby named", |t| {
-        t.primary.as_deref() == Some(standby.as_str())
-    })
-    .await;
+    c.wait_for_primary(&c.standby.addr(), AFTER_FAULT).await;
     let e = within(
         STEP,
         "in the lost transaction",
