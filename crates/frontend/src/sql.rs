@@ -56,11 +56,16 @@ impl Effect {
     /// quote or comment) may do anything. A trailing NUL (as in Query and Parse bodies) ends it.
     pub fn of(sql: &[u8]) -> Effect {
         let sql = until_nul(sql);
+        Effect::of_text(sql, memchr::memchr(b';', sql))
+    }
+
+    /// [`Effect::of`] a text without its NUL whose first `;` (if any) is known, as [`scan`]
+    /// finds it.
+    pub fn of_text(sql: &[u8], first_semicolon: Option<usize>) -> Effect {
         // Fast path, most requests: one statement, at most a trailing `;`.
         let body = trim_end(sql);
-        let body = body.strip_suffix(b";").unwrap_or(body);
-        if memchr::memchr(b';', body).is_none() {
-            return first_words_effect(body);
+        if first_semicolon.is_none_or(|at| at + 1 == body.len()) {
+            return first_words_effect(body.strip_suffix(b";").unwrap_or(body));
         }
         let mut commits = false;
         // After a ROLLBACK, what follows runs outside a transaction block, and commits by itself.
@@ -294,35 +299,93 @@ pub struct Mentions {
     pub listen: bool,
 }
 
-/// [`Mentions`] of `sql`. Underscores and `n`s are few enough in SQL that this looks only
-/// around each (found with memchr's vectorised search: this runs on every request).
+/// [`Mentions`] of `sql`.
 pub fn mentions(sql: &[u8]) -> Mentions {
-    let mut m = Mentions::default();
-    for i in memchr::memchr3_iter(b'_', b'n', b'N', sql) {
-        match sql[i] {
-            b'_' => {
-                m.search_path |= i >= 6
-                    && sql[i - 6..i].eq_ignore_ascii_case(b"search")
-                    && sql
-                        .get(i + 1..i + 5)
-                        .is_some_and(|p| p.eq_ignore_ascii_case(b"path"));
-            }
-            b'n' | b'N' if i >= 5 => {
-                let start = i - 5;
-                // (UNLISTEN too: "un" before it is not an identifier's middle.)
-                let start = match start.checked_sub(2) {
-                    Some(un) if sql[un..start].eq_ignore_ascii_case(b"un") => un,
-                    _ => start,
-                };
-                let before = start.checked_sub(1).map(|j| sql[j]);
-                m.listen |= sql[i - 5..=i].eq_ignore_ascii_case(b"listen")
-                    && !before.is_some_and(continues_identifier)
-                    && !sql.get(i + 1).is_some_and(|&c| continues_identifier(c));
-            }
-            _ => {}
-        }
+    scan(sql).mentions
+}
+
+/// A Query message's text: its body without the final NUL. (PostgreSQL refuses a Query with
+/// a NUL before its end, so nothing after one ever runs; reading past it only adds doubt.)
+pub fn query_text(body: &[u8]) -> &[u8] {
+    body.strip_suffix(&[0]).unwrap_or(body)
+}
+
+/// What one pass over a request's SQL text finds (on the data path for every Query and Parse).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scanned {
+    pub mentions: Mentions,
+    /// Where the first `;` is, quoted or not (for [`Effect::of_text`]).
+    pub first_semicolon: Option<usize>,
+}
+
+/// [`Scanned`] of `sql`: looks only around each `;`, `_`, `n` and `N` (search_path has an
+/// underscore, LISTEN an n), found eight bytes at a time.
+pub fn scan(sql: &[u8]) -> Scanned {
+    let mut found = Scanned::default();
+    let mut chunks = sql.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        for_each_candidate(word, |i| note_candidate(sql, base + i, &mut found));
+        base += 8;
     }
-    m
+    let mut last = [0u8; 8];
+    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    // (Zero padding matches none of the bytes looked for.)
+    for_each_candidate(u64::from_le_bytes(last), |i| {
+        note_candidate(sql, base + i, &mut found)
+    });
+    found
+}
+
+/// Calls `each` with the index of every byte of `word` (little-endian) that is `;`, `_`, `n`
+/// or `N`, in order. Hand-written (SWAR) because a vectorised search (memchr) costs more to
+/// start than a whole short query takes this way, and most texts are short.
+fn for_each_candidate(word: u64, mut each: impl FnMut(usize)) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // Bit 7 of each byte set where that byte of `x` is zero (exact: no borrow between bytes).
+    let zero_bytes = |x: u64| {
+        const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+        !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+    };
+    let splat = |b: u8| ONES * u64::from(b);
+    let mut hits = zero_bytes(word ^ splat(b';'))
+        | zero_bytes(word ^ splat(b'_'))
+        // Folding case maps only `N` and `n` to `n`.
+        | zero_bytes((word | splat(0x20)) ^ splat(b'n'));
+    while hits != 0 {
+        each((hits.trailing_zeros() / 8) as usize);
+        hits &= hits - 1;
+    }
+}
+
+/// Notes what the `;`, `_` or `n` at `sql[i]` may be part of.
+fn note_candidate(sql: &[u8], i: usize, m: &mut Scanned) {
+    match sql[i] {
+        b';' => {
+            m.first_semicolon.get_or_insert(i);
+        }
+        b'_' => {
+            m.mentions.search_path |= i >= 6
+                && sql[i - 6..i].eq_ignore_ascii_case(b"search")
+                && sql
+                    .get(i + 1..i + 5)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"path"));
+        }
+        b'n' | b'N' if i >= 5 => {
+            let start = i - 5;
+            // (UNLISTEN too: "un" before it is not an identifier's middle.)
+            let start = match start.checked_sub(2) {
+                Some(un) if sql[un..start].eq_ignore_ascii_case(b"un") => un,
+                _ => start,
+            };
+            let before = start.checked_sub(1).map(|j| sql[j]);
+            m.mentions.listen |= sql[i - 5..=i].eq_ignore_ascii_case(b"listen")
+                && !before.is_some_and(continues_identifier)
+                && !sql.get(i + 1).is_some_and(|&c| continues_identifier(c));
+        }
+        _ => {}
+    }
 }
 
 /// True for the text of one statement that only starts a transaction. On the data path for
@@ -438,5 +501,74 @@ mod tests {
         assert!(!first_statement_commits(b"select 1; commit"));
         assert!(!first_statement_commits(b"-- ping"));
         assert!(!first_statement_commits(b"/* open"));
+    }
+
+    /// The one-pass scan finds what a byte-by-byte look finds, wherever the bytes fall in its
+    /// eight-byte words (and in the short tail).
+    #[test]
+    fn scan_agrees_with_a_byte_by_byte_look() {
+        fn slow(sql: &[u8]) -> Scanned {
+            let mut found = Scanned::default();
+            for i in 0..sql.len() {
+                note_candidate(sql, i, &mut found);
+            }
+            found
+        }
+        let texts: [&[u8]; 10] = [
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            b"set search_path = a; LISTEN x",
+            b"SET SEARCH_PATH TO public",
+            b"unlisten *",
+            b"select 'listen'; select listener",
+            b"\xc3\xa9n;_n\xffN",
+            b"relisten; x_listen",
+            b"",
+            b";",
+            b"LISTEN",
+        ];
+        for text in texts {
+            for pad in 0..9 {
+                let mut padded = vec![b' '; pad];
+                padded.extend_from_slice(text);
+                assert_eq!(
+                    scan(&padded),
+                    slow(&padded),
+                    "{:?}",
+                    String::from_utf8_lossy(&padded)
+                );
+                assert_eq!(
+                    scan(&padded).first_semicolon,
+                    padded.iter().position(|&b| b == b';')
+                );
+            }
+        }
+        assert!(scan(b"  set search_path = x").mentions.search_path);
+        assert!(scan(b"select 1;        LISTEN chan").mentions.listen);
+        assert!(!scan(b"select relisten").mentions.listen);
+    }
+
+    /// With the first `;` known from the scan, a Query's effect is what [`Effect::of`] says.
+    #[test]
+    fn effect_of_a_scanned_text_is_effect_of() {
+        for sql in [
+            "COMMIT",
+            "commit;",
+            "commit ;  ",
+            "select 1;;",
+            "UPDATE t SET x = 1; COMMIT",
+            "ROLLBACK; SELECT 1",
+            "SELECT 'a;b'",
+            "END",
+            "",
+        ] {
+            let text = sql.as_bytes();
+            let scanned = scan(text);
+            assert_eq!(
+                Effect::of_text(text, scanned.first_semicolon),
+                Effect::of(text),
+                "{sql}"
+            );
+        }
+        assert_eq!(query_text(b"COMMIT\0"), b"COMMIT");
     }
 }

@@ -139,6 +139,10 @@ fn truncate_identifier(mut name: String) -> String {
 /// every request of a transaction-mode client between transactions).
 fn starts_with_listen(sql: &[u8]) -> bool {
     skip_blanks(sql).is_some_and(|t| {
+        // Most requests are told by their first letter.
+        if !matches!(t.first().map(|b| b | 0x20), Some(b'l' | b'u')) {
+            return false;
+        }
         let first = word(t).0;
         first.eq_ignore_ascii_case(b"listen") || first.eq_ignore_ascii_case(b"unlisten")
     })
@@ -158,7 +162,7 @@ pub(super) fn may_be_listen_flight(buf: &[u8], wire_len: usize, has_prepared_lis
         return false;
     };
     match tag {
-        fe::QUERY => starts_with_listen(until_nul(body)),
+        fe::QUERY => starts_with_listen(crate::sql::query_text(body)),
         fe::PARSE => {
             let name = until_nul(body);
             starts_with_listen(until_nul(&body[(name.len() + 1).min(body.len())..]))

@@ -40,8 +40,17 @@ impl Relay {
             let rewrite = self.mode == PoolMode::Transaction
                 && matches!(h.tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE)
                 && names_a_statement(h.tag, &msg[5..]);
+            // A Query's text is scanned once, for what it mentions and what it may commit.
+            let mut query_effect = None;
             if matches!(h.tag, fe::QUERY | fe::PARSE) {
-                let m = mentions(&msg[5..]);
+                let m = if h.tag == fe::QUERY {
+                    let text = query_text(&msg[5..]);
+                    let scanned = scan(text);
+                    query_effect = Some(Effect::of_text(text, scanned.first_semicolon));
+                    scanned.mentions
+                } else {
+                    mentions(&msg[5..])
+                };
                 self.names_search_path |= m.search_path;
                 if m.listen && self.mode == PoolMode::Transaction {
                     // Its server connection would hear for the next client: closed, not pooled.
@@ -52,7 +61,7 @@ impl Relay {
             if let Some(built) = server.built.as_deref_mut() {
                 session_state::note_message(built, h.tag, &msg[5..], self.copy_in);
             }
-            self.note_commit(h.tag, &msg[5..], statements);
+            self.note_commit(h.tag, &msg[5..], query_effect, statements);
             if rewrite {
                 if !copying {
                     out.extend_from_slice(&input[..start]);
@@ -104,9 +113,15 @@ impl Relay {
     /// portal not known here), puts a commit in flight; so does any request sent while a
     /// rollback is unanswered (it runs outside the transaction block). A Parse records what the
     /// unnamed statement would do, a Bind what its portal would.
-    fn note_commit(&mut self, tag: u8, body: &[u8], statements: &Statements) {
+    fn note_commit(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        query_effect: Option<Effect>,
+        statements: &Statements,
+    ) {
         let effect = match tag {
-            fe::QUERY => Effect::of(body),
+            fe::QUERY => query_effect.unwrap_or_else(|| Effect::of(body)),
             fe::EXECUTE => match cstr_at_start(body) {
                 Some([]) => self.unnamed_portal,
                 Some(_) => self.named_portals,
