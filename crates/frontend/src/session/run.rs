@@ -330,16 +330,20 @@ impl Session {
 
     /// Gives the server connection back (or closes it if it is not at a clean sync point).
     pub(super) fn detach(&mut self) {
-        self.detach_at(Instant::now());
+        let now = Instant::now();
+        let attached_for = self
+            .link
+            .attached_mut()
+            .map_or(std::time::Duration::ZERO, |(_, _, since)| now - since);
+        self.detach_at(now, attached_for);
     }
 
-    /// [`Session::detach`] with the time already read.
-    pub(super) fn detach_at(&mut self, now: Instant) {
+    /// [`Session::detach`] with the time already read, and how long it has been attached then
+    /// (already known where a request's answer ends: one clock read and one subtraction).
+    pub(super) fn detach_at(&mut self, now: Instant, attached_for: std::time::Duration) {
         self.info.cancel.unlink();
         let transaction_mode = self.mode() == PoolMode::Transaction;
-        let Link::Attached {
-            mut server, since, ..
-        } = std::mem::replace(&mut self.link, Link::Detached)
+        let Link::Attached { mut server, .. } = std::mem::replace(&mut self.link, Link::Detached)
         else {
             return;
         };
@@ -347,7 +351,7 @@ impl Session {
             let stripe = stripe_of(&server.conn);
             m.request_finished(&server.conn.addr, stripe);
             m.counters()
-                .transaction(now - since, u64::from(self.relay.answered), stripe);
+                .transaction(attached_for, u64::from(self.relay.answered), stripe);
         }
         if transaction_mode && self.relay.listened {
             self.warn_listen_in_transaction();

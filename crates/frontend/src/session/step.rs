@@ -484,20 +484,21 @@ impl Session {
         conn.commit_probe = CommitProbe::None;
         // One clock read for the request's latency, the transaction's and the release.
         let now = Instant::now();
+        let attached_for = now - since;
         self.replay = None;
         if let Some(m) = &self.monitor {
             let started = Duration::from_micros(relay.request_started_us.into());
             m.counters()
                 .query_latency
-                .observe_in((now - since).saturating_sub(started), stripe_of(conn));
+                .observe_in(attached_for.saturating_sub(started), stripe_of(conn));
         }
         if relay.busy() {
             // A pipeline: the next request's answer starts now (for its latency and its
             // query_timeout).
-            relay.request_started_us = u32::try_from((now - since).as_micros()).unwrap_or(u32::MAX);
+            relay.request_started_us = u32::try_from(attached_for.as_micros()).unwrap_or(u32::MAX);
         }
         if relay.releases() {
-            self.detach_at(now);
+            self.detach_at(now, attached_for);
         } else if relay.at_sync_point() && self.proxy.is_stopping() {
             return Err(SessionError::Shutdown);
         }
