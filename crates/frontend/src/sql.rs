@@ -372,7 +372,8 @@ fn note_candidate(sql: &[u8], i: usize, m: &mut Scanned) {
                     .get(i + 1..i + 5)
                     .is_some_and(|p| p.eq_ignore_ascii_case(b"path"));
         }
-        b'n' | b'N' if i >= 5 => {
+        // (The `l` first: most n's are not the end of a LISTEN.)
+        b'n' | b'N' if i >= 5 && sql[i - 5] | 0x20 == b'l' => {
             let start = i - 5;
             // (UNLISTEN too: "un" before it is not an identifier's middle.)
             let start = match start.checked_sub(2) {
@@ -397,6 +398,10 @@ pub fn is_transaction_start(body: &[u8]) -> bool {
         .position(|b| !b.is_ascii_whitespace())
         .unwrap_or(text.len());
     let text = &text[start..];
+    // Most requests are told by their first letter.
+    if !matches!(text.first().map(|b| b | 0x20), Some(b'b' | b's')) {
+        return false;
+    }
     let (word, rest) = word(text);
     let begin = word.eq_ignore_ascii_case(b"begin");
     if !begin && !word.eq_ignore_ascii_case(b"start") {
