@@ -97,6 +97,13 @@ fn first_words_effect(statement: &[u8]) -> Effect {
     let Some(text) = skip_blanks(statement) else {
         return Effect::Commits; // an unterminated comment: cannot tell
     };
+    // Most statements are told by their first letter (ROLLBACK, ABORT, COMMIT, END, PREPARE).
+    if !matches!(
+        text.first().map(|b| b | 0x20),
+        Some(b'r' | b'a' | b'c' | b'e' | b'p')
+    ) {
+        return Effect::Neither;
+    }
     let (first, rest) = word(text);
     if first.eq_ignore_ascii_case(b"rollback") || first.eq_ignore_ascii_case(b"abort") {
         return Effect::RollsBack;
@@ -398,15 +405,17 @@ pub fn is_transaction_start(body: &[u8]) -> bool {
         .position(|b| !b.is_ascii_whitespace())
         .unwrap_or(text.len());
     let text = &text[start..];
-    // Most requests are told by their first letter.
-    if !matches!(text.first().map(|b| b | 0x20), Some(b'b' | b's')) {
+    // The keyword by its five bytes, not followed by more of an identifier ("SELECT" is
+    // told from "START" at its second letter).
+    let keyword = |k: &[u8; 5]| {
+        text.get(..5).is_some_and(|w| w.eq_ignore_ascii_case(k))
+            && !text.get(5).is_some_and(|&c| continues_identifier(c))
+    };
+    let begin = keyword(b"begin");
+    if !begin && !keyword(b"start") {
         return false;
     }
-    let (word, rest) = word(text);
-    let begin = word.eq_ignore_ascii_case(b"begin");
-    if !begin && !word.eq_ignore_ascii_case(b"start") {
-        return false;
-    }
+    let rest = &text[5..];
     let Ok(rest) = std::str::from_utf8(rest) else {
         return false;
     };
