@@ -306,11 +306,6 @@ pub struct Mentions {
     pub listen: bool,
 }
 
-/// [`Mentions`] of `sql`.
-pub fn mentions(sql: &[u8]) -> Mentions {
-    scan(sql).mentions
-}
-
 /// A Query message's text: its body without the final NUL. (PostgreSQL refuses a Query with
 /// a NUL before its end, so nothing after one ever runs; reading past it only adds doubt.)
 pub fn query_text(body: &[u8]) -> &[u8] {

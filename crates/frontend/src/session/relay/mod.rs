@@ -4,7 +4,7 @@
 
 use crate::params::ClientParams;
 use crate::session_state;
-use crate::sql::{Effect, is_transaction_start, mentions, query_text, scan};
+use crate::sql::{Effect, is_transaction_start, query_text, scan};
 use crate::statements::Statements;
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, VecDeque};

@@ -40,17 +40,18 @@ impl Relay {
             let rewrite = self.mode == PoolMode::Transaction
                 && matches!(h.tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE)
                 && names_a_statement(h.tag, &msg[5..]);
-            // A Query's text is scanned once, for what it mentions and what it may commit.
-            let mut query_effect = None;
+            // A Query's or Parse's text is scanned once, for what it mentions and what it may
+            // commit.
+            let mut text_effect = None;
             if matches!(h.tag, fe::QUERY | fe::PARSE) {
-                let m = if h.tag == fe::QUERY {
-                    let text = query_text(&msg[5..]);
-                    let scanned = scan(text);
-                    query_effect = Some(Effect::of_text(text, scanned.first_semicolon));
-                    scanned.mentions
+                let text = if h.tag == fe::QUERY {
+                    query_text(&msg[5..])
                 } else {
-                    mentions(&msg[5..])
+                    parse_text(&msg[5..])
                 };
+                let scanned = scan(text);
+                text_effect = Some(Effect::of_text(text, scanned.first_semicolon));
+                let m = scanned.mentions;
                 self.names_search_path |= m.search_path;
                 if m.listen && self.mode == PoolMode::Transaction {
                     // Its server connection would hear for the next client: closed, not pooled.
@@ -61,7 +62,7 @@ impl Relay {
             if let Some(built) = server.built.as_deref_mut() {
                 session_state::note_message(built, h.tag, &msg[5..], self.copy_in);
             }
-            self.note_commit(h.tag, &msg[5..], query_effect, statements);
+            self.note_commit(h.tag, &msg[5..], text_effect, statements);
             if rewrite {
                 if !copying {
                     out.extend_from_slice(&input[..start]);
@@ -117,11 +118,11 @@ impl Relay {
         &mut self,
         tag: u8,
         body: &[u8],
-        query_effect: Option<Effect>,
+        text_effect: Option<Effect>,
         statements: &Statements,
     ) {
         let effect = match tag {
-            fe::QUERY => query_effect.unwrap_or_else(|| Effect::of(body)),
+            fe::QUERY => text_effect.unwrap_or_else(|| Effect::of(body)),
             fe::EXECUTE => match cstr_at_start(body) {
                 Some([]) => self.unnamed_portal,
                 Some(_) => self.named_portals,
@@ -131,7 +132,7 @@ impl Relay {
             fe::FUNCTION_CALL => Effect::default(),
             fe::PARSE => {
                 if let Some(text) = body.strip_prefix(&[0]) {
-                    self.unnamed_statement = Effect::of(text);
+                    self.unnamed_statement = text_effect.unwrap_or_else(|| Effect::of(text));
                 }
                 return;
             }
@@ -270,4 +271,11 @@ impl Relay {
         self.expect
             .push_back(Expect::CloseComplete { injected: true });
     }
+}
+
+/// A Parse message's SQL text: after the statement's name, up to its NUL (the parameter types
+/// follow).
+fn parse_text(body: &[u8]) -> &[u8] {
+    let name = cstr_at_start(body).unwrap_or(body);
+    crate::sql::until_nul(body.get(name.len() + 1..).unwrap_or_default())
 }

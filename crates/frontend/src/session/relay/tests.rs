@@ -393,12 +393,12 @@ fn unchanged_traffic_goes_straight_from_the_input_and_rewrites_keep_the_order() 
 
 #[test]
 fn search_path_is_read_back_only_when_it_may_have_changed() {
-    let names = |sql: &[u8]| crate::sql::mentions(sql).search_path;
+    let names = |sql: &[u8]| crate::sql::scan(sql).mentions.search_path;
     assert!(names(b"SET search_path TO a"));
     assert!(names(b"set SEARCH_Path = a"));
     assert!(!names(b"select * from pgbench_accounts"));
     assert!(!names(b"_path search_ search"));
-    let listens = |sql: &[u8]| crate::sql::mentions(sql).listen;
+    let listens = |sql: &[u8]| crate::sql::scan(sql).mentions.listen;
     assert!(listens(b"BEGIN; LISTEN jobs"));
     assert!(listens(b"listen x"));
     assert!(listens(b"SELECT 1; UNLISTEN x"));
