@@ -312,6 +312,13 @@ pub fn query_text(body: &[u8]) -> &[u8] {
     body.strip_suffix(&[0]).unwrap_or(body)
 }
 
+/// A Parse message's SQL text: after the statement's name, up to its NUL (the parameter types
+/// follow).
+pub fn parse_text(body: &[u8]) -> &[u8] {
+    let name = until_nul(body);
+    until_nul(body.get(name.len() + 1..).unwrap_or_default())
+}
+
 /// What one pass over a request's SQL text finds (on the data path for every Query and Parse).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Scanned {

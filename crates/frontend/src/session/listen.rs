@@ -163,10 +163,7 @@ pub(super) fn may_be_listen_flight(buf: &[u8], wire_len: usize, has_prepared_lis
     };
     match tag {
         fe::QUERY => starts_with_listen(crate::sql::query_text(body)),
-        fe::PARSE => {
-            let name = until_nul(body);
-            starts_with_listen(until_nul(&body[(name.len() + 1).min(body.len())..]))
-        }
+        fe::PARSE => starts_with_listen(crate::sql::parse_text(body)),
         _ => false,
     }
 }

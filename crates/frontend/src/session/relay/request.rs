@@ -47,7 +47,7 @@ impl Relay {
                 let text = if h.tag == fe::QUERY {
                     query_text(&msg[5..])
                 } else {
-                    parse_text(&msg[5..])
+                    crate::sql::parse_text(&msg[5..])
                 };
                 let scanned = scan(text);
                 text_effect = Some(Effect::of_text(text, scanned.first_semicolon));
@@ -271,11 +271,4 @@ impl Relay {
         self.expect
             .push_back(Expect::CloseComplete { injected: true });
     }
-}
-
-/// A Parse message's SQL text: after the statement's name, up to its NUL (the parameter types
-/// follow).
-fn parse_text(body: &[u8]) -> &[u8] {
-    let name = cstr_at_start(body).unwrap_or(body);
-    crate::sql::until_nul(body.get(name.len() + 1..).unwrap_or_default())
 }
