@@ -401,7 +401,7 @@ fn note_candidate(sql: &[u8], i: usize, m: &mut Scanned) {
 /// True for the text of one statement that only starts a transaction. On the data path for
 /// every simple query: the first word decides cheaply; only a `BEGIN`/`START` is looked at whole.
 pub fn is_transaction_start(body: &[u8]) -> bool {
-    let text = body.strip_suffix(&[0]).unwrap_or(body);
+    let text = query_text(body);
     let start = text
         .iter()
         .position(|b| !b.is_ascii_whitespace())
