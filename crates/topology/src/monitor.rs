@@ -47,11 +47,15 @@ struct MemberSignals {
     sleeping_slow: AtomicBool,
     /// Carried over to a monitor that replaces this one (see [`Carried`]).
     probes: Arc<ProbeCounters>,
-    /// Probes begun, counted from 1 (see [`ClusterMonitor::moving_on_from`]).
-    probes_begun: AtomicU64,
-    /// The number of the last probe answered, and whether it found the member a writable
+    /// Requests for a probe on a new connection, counted from 1 (see
+    /// [`ClusterMonitor::moving_on_from`]: only a new connection tells a server refusing new
+    /// work from one whose backends were terminated; the probe's own backend may not have
+    /// been signalled yet when it answers).
+    fresh_wanted: AtomicU64,
+    /// The count of `fresh_wanted` the last answered probe's connection was opened after
+    /// (written after `last_was_writable`), and whether that probe found the member a writable
     /// primary; waiters are woken by `answered`.
-    last_answered: AtomicU64,
+    last_fresh: AtomicU64,
     last_was_writable: AtomicBool,
     answered: Notify,
 }
@@ -325,17 +329,19 @@ impl ClusterMonitor {
 
     /// After `addr` ended a connection of `generation` on its own (FATAL 57P0x): whether the
     /// cluster is moving on from it (a shutdown for a switchover, a crash: `true` once the
-    /// generation moves) or it stays the writable primary (`false` as soon as a probe begun
-    /// after this call finds it so: the connection's backend was terminated, not the server).
-    /// A shutting-down server refuses new work at once, so that probe fails. Waits at most
-    /// `detect_within`, then answers `false` (the primary stayed).
+    /// generation moves) or it stays the writable primary (`false` as soon as a probe on a
+    /// connection opened after this call finds it so: the connection's backend was terminated,
+    /// not the server). A shutting-down server refuses new connections at once, so that probe
+    /// fails; a probe on the connection it already had could still be answered, by a backend
+    /// not yet told of the shutdown. Waits at most `detect_within`, then answers `false` (the
+    /// primary stayed).
     ///
     /// Cancel safety: cancel-safe.
     pub async fn moving_on_from(&self, addr: &str, generation: u64) -> bool {
         let Some(m) = self.member(addr) else {
             return self.generation() != generation;
         };
-        let asked_after = m.probes_begun.load(Ordering::Acquire);
+        let wanted = m.fresh_wanted.fetch_add(1, Ordering::AcqRel) + 1;
         m.fast.store(true, Ordering::Relaxed);
         m.probe_now();
         let mut changes = self.generations();
@@ -347,7 +353,7 @@ impl ClusterMonitor {
             if self.generation() != generation {
                 return true;
             }
-            if m.last_answered.load(Ordering::Acquire) > asked_after
+            if m.last_fresh.load(Ordering::Acquire) >= wanted
                 && m.last_was_writable.load(Ordering::Relaxed)
             {
                 return false;
@@ -420,15 +426,21 @@ impl ProbeLoop {
         let Some(sig) = self.signals.get(self.id) else {
             return;
         };
+        // The count of fresh connections asked for that `conn` was opened after.
+        let mut fresh = 0;
         loop {
             let started = tokio::time::Instant::now();
-            let number = sig.probes_begun.fetch_add(1, Ordering::AcqRel) + 1;
+            let wanted = sig.fresh_wanted.load(Ordering::Acquire);
+            if wanted != fresh {
+                conn = None;
+                fresh = wanted;
+            }
             let result = probe(&mut conn, &self.params, self.settings.probe_timeout).await;
             let failed = result.is_err();
             sig.probes.record(started.elapsed(), !failed);
             let writable = result.as_ref().is_ok_and(|f| !f.in_recovery);
             sig.last_was_writable.store(writable, Ordering::Relaxed);
-            sig.last_answered.store(number, Ordering::Release);
+            sig.last_fresh.store(fresh, Ordering::Release);
             sig.answered.notify_waiters();
             if self.results.send((self.id, result)).await.is_err() {
                 return;
