@@ -333,14 +333,25 @@ impl BuiltState {
     /// The session's transaction died with its server connection (nothing of it committed):
     /// what its answered requests did that a rollback keeps (PREPARE, DEALLOCATE) stays, the
     /// rest goes, as a ROLLBACK would have it. False, and nothing changed, if that cannot be
-    /// known: a Parse or Close awaits its answer, a request not yet answered made a change,
-    /// or an error in the transaction leaves unknown whether a PREPARE before it ran.
-    pub fn transaction_lost(&mut self) -> bool {
+    /// known: a request not yet answered made a change, or an error in the transaction leaves
+    /// unknown whether a PREPARE before it ran. (A protocol Parse or Close awaiting its answer
+    /// is as if not sent: the client is told its request failed, never that it took effect,
+    /// so it holds what was recorded before.)
+    ///
+    /// `committing`: the transaction's COMMIT is the request in flight, so whether it
+    /// committed is not known. The state is still known when nothing the transaction did
+    /// depends on that (no SET, LISTEN ... in it; a PREPARE holds either way).
+    pub fn transaction_lost(&mut self, committing: bool) -> bool {
         let answered = self.answered;
-        let unknown = !self.ops.is_empty()
-            || self.pending.iter().any(|(req, _)| *req >= answered)
-            || (self.failed_through.is_some()
-                && self.pending.iter().any(|(_, c)| c.survives_rollback()));
+        let unknown = self.pending.iter().any(|(req, c)| {
+            let end = matches!(c, Change::End { .. });
+            if committing {
+                !end && (*req >= answered || !c.survives_rollback())
+            } else {
+                *req >= answered
+            }
+        }) || (self.failed_through.is_some()
+            && self.pending.iter().any(|(_, c)| c.survives_rollback()));
         if unknown {
             return false;
         }
@@ -350,6 +361,7 @@ impl BuiltState {
             }
         }
         self.failed_through = None;
+        self.ops.clear();
         self.sent = self.answered;
         true
     }
@@ -367,10 +379,10 @@ impl BuiltState {
         self.pending.is_empty() && self.ops.is_empty() && self.sent == self.answered
     }
 
-    /// A request not yet answered may have changed what is recorded (a change or a Parse
-    /// awaits its outcome).
+    /// A request not yet answered may have changed what is recorded (a change awaits its
+    /// outcome; a Parse or Close does not count, as in [`BuiltState::transaction_lost`]).
     pub fn changes_in_flight(&self) -> bool {
-        !self.pending.is_empty() || !self.ops.is_empty()
+        !self.pending.is_empty()
     }
 
     /// Nothing built: nothing to rebuild, nothing lost.

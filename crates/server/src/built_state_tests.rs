@@ -239,7 +239,7 @@ fn a_lost_transaction_keeps_what_a_rollback_keeps_when_that_is_known() {
         false,
         TxStatus::InTransaction,
     );
-    assert!(b.transaction_lost());
+    assert!(b.transaction_lost(false));
     assert!(b.is_settled());
     assert_eq!(
         b.replay_sql().as_deref(),
@@ -250,18 +250,67 @@ fn a_lost_transaction_keeps_what_a_rollback_keeps_when_that_is_known() {
     request(&mut b, &[set("a")], false, TxStatus::InTransaction);
     b.run(&[Effect::Change(set("b"))]);
     b.request_sent();
-    assert!(!b.transaction_lost());
+    assert!(!b.transaction_lost(false));
     assert!(!b.is_settled(), "nothing changed");
     // A PREPARE before an error in the transaction: whether it ran is not known.
     let mut b = BuiltState::default();
     request(&mut b, &[prepare], true, TxStatus::Failed);
-    assert!(!b.transaction_lost());
+    assert!(!b.transaction_lost(false));
     // An unanswered request that changes nothing is only answered (40001).
     let mut b = BuiltState::default();
     request(&mut b, &[set("a")], false, TxStatus::Idle);
     request(&mut b, &[], false, TxStatus::InTransaction);
     b.request_sent();
-    assert!(b.transaction_lost());
+    assert!(b.transaction_lost(false));
     assert!(b.is_settled());
     assert_eq!(b.replay_sql().as_deref(), Some("SET a = 1"));
+}
+
+#[test]
+fn a_lost_commit_keeps_the_state_when_its_transaction_changed_nothing_held() {
+    let prepare = Change::Prepare {
+        name: "p".into(),
+        sql: "PREPARE p AS SELECT 1".into(),
+    };
+    // BEGIN; a PREPARE; then the COMMIT in flight: the PREPARE holds either way.
+    let mut b = BuiltState::default();
+    request(&mut b, &[set("a")], false, TxStatus::Idle);
+    request(&mut b, &[prepare], false, TxStatus::InTransaction);
+    b.run(&[Effect::Change(end(true))]);
+    b.request_sent();
+    assert!(!b.transaction_lost(false), "a COMMIT in flight is a change");
+    assert!(b.transaction_lost(true));
+    assert!(b.is_settled());
+    assert_eq!(
+        b.replay_sql().as_deref(),
+        Some("SET a = 1\n;\nPREPARE p AS SELECT 1")
+    );
+    // A SET in the transaction: whether it holds depends on the COMMIT.
+    let mut b = BuiltState::default();
+    request(&mut b, &[set("a")], false, TxStatus::InTransaction);
+    b.run(&[Effect::Change(end(true))]);
+    b.request_sent();
+    assert!(!b.transaction_lost(true));
+    assert!(!b.is_settled(), "nothing changed");
+}
+
+#[test]
+fn a_parse_or_close_in_flight_is_as_if_not_sent() {
+    let mut b = BuiltState::default();
+    request(&mut b, &[set("a")], false, TxStatus::Idle);
+    let parse = b"P\0\0\0\x11s1\0select 1\0\0\0";
+    b.parse_sent(b"s1", parse, Vec::new());
+    b.request_sent();
+    b.op_done();
+    b.ready(TxStatus::InTransaction);
+    // s1 is prepared; its Close, then a Parse of s2, are in flight.
+    b.close_sent(Some(b"s1"));
+    b.parse_sent(b"s2", b"P\0\0\0\x11s2\0select 2\0\0\0", Vec::new());
+    b.request_sent();
+    assert!(!b.changes_in_flight());
+    assert!(b.transaction_lost(false));
+    assert!(b.is_settled());
+    assert_eq!(b.replay_sql().as_deref(), Some("SET a = 1"));
+    let held: Vec<&[u8]> = b.parsed.keys().map(|k| &k[..]).collect();
+    assert_eq!(held, [b"s1"], "what the client was told, not what it asked");
 }

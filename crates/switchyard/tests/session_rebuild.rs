@@ -328,3 +328,56 @@ async fn a_session_inside_a_transaction_gets_40001_and_goes_on() {
     assert_eq!(show(&client, "EXECUTE inside", STEP).await, "2");
     assert!(heard.try_recv().is_err(), "nothing else was heard");
 }
+
+/// A COMMIT in flight when the primary fails, of a transaction that changed nothing the
+/// session holds: answered as in transaction mode (08007, its outcome unknown), and the
+/// session goes on, rebuilt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_in_flight_gets_08007_and_the_session_goes_on() {
+    let c = start().await;
+    let (client, mut heard) = client(&c).await;
+    let sql = "SET work_mem = '7MB'; PREPARE twice(int) AS SELECT $1 * 2";
+    within(STEP, sql, client.batch_execute(sql)).await.unwrap();
+    let sql = "BEGIN; SELECT 1";
+    within(STEP, sql, client.batch_execute(sql)).await.unwrap();
+    let _freeze = c.inject(Fault::Freeze).await;
+    let e = within(AFTER_FAULT, "the COMMIT", client.simple_query("COMMIT"))
+        .await
+        .expect_err("its server froze");
+    assert_eq!(e.code().map(|c| c.code()), Some("08007"), "{e:?}");
+    c.promote_standby().await;
+    assert_eq!(show(&client, "SHOW work_mem", AFTER_FAULT).await, "7MB");
+    assert_eq!(show(&client, "EXECUTE twice(2)", STEP).await, "4");
+    assert_eq!(show(&client, "SELECT pg_is_in_recovery()", STEP).await, "f");
+    assert!(heard.try_recv().is_err(), "nothing else was heard");
+}
+
+/// A driver's statement in a transaction (tokio-postgres prepares it unnamed, then binds
+/// it) in flight when the primary fails: the transaction is rolled back (40001) and the
+/// session goes on, since the unnamed statement is nothing the session holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_query_in_a_transaction_gets_40001_and_the_session_goes_on() {
+    let c = start().await;
+    let (client, mut heard) = client(&c).await;
+    let sql = "SET work_mem = '7MB'";
+    within(STEP, sql, client.batch_execute(sql)).await.unwrap();
+    within(STEP, "begin", client.batch_execute("BEGIN"))
+        .await
+        .unwrap();
+    let _freeze = c.inject(Fault::Freeze).await;
+    let e = within(
+        AFTER_FAULT,
+        "the statement",
+        client.query_one("SELECT $1::int", &[&1i32]),
+    )
+    .await
+    .expect_err("its server froze");
+    assert_eq!(e.code().map(|c| c.code()), Some("40001"), "{e:?}");
+    c.promote_standby().await;
+    within(STEP, "rollback", client.batch_execute("ROLLBACK"))
+        .await
+        .expect("the client ends it");
+    assert_eq!(show(&client, "SHOW work_mem", AFTER_FAULT).await, "7MB");
+    assert_eq!(show(&client, "SELECT pg_is_in_recovery()", STEP).await, "f");
+    assert!(heard.try_recv().is_err(), "nothing else was heard");
+}

@@ -6,8 +6,10 @@
 //! that changes nothing recorded (a query, an INSERT) is answered as in transaction mode
 //! (08007) and the session is rebuilt the same way. A session inside a transaction gets
 //! 40001 as in transaction mode and is rebuilt, with what it held before the transaction, once
-//! the client ends it. A session committing, or whose request in flight changes what it
-//! holds, or that holds state that cannot be rebuilt, ends with 57P01 saying what was lost.
+//! the client ends it; one whose COMMIT is in flight gets that COMMIT's answer as in
+//! transaction mode and is rebuilt at once. A session whose request in flight changes what it
+//! holds (a COMMIT of a SET, a named Parse), or that holds state that cannot be rebuilt, ends
+//! with 57P01 saying what was lost.
 
 use super::run::{Link, Session};
 use crate::SessionError;
@@ -32,19 +34,25 @@ impl Session {
         let idle = between_transactions && outstanding == 0 && !self.relay.unsynced();
         let enabled = (self.proxy.live.load().config.failover).rebuild_sessions;
         let mut built = built;
-        // Inside a transaction (not committing: its outcome would be unknown): it is answered
-        // 40001 and rolled back as in transaction mode, then the session is rebuilt with what
-        // it held before the transaction (and what a rollback keeps).
-        let rolled_back = !between_transactions
+        // Inside a transaction: it is answered 40001 and rolled back as in transaction mode,
+        // then the session is rebuilt with what it held before the transaction (and what a
+        // rollback keeps). Its COMMIT in flight is answered as in transaction mode (08007, or
+        // its resolved outcome) when nothing the session holds depends on that outcome.
+        let committing = self.relay.commit_in_flight();
+        let transaction_lost = !between_transactions
             && self.owe_ready_at_sync.is_none()
             && !self.relay.unsynced()
-            && !self.relay.commit_in_flight()
             && enabled
             && built
                 .as_mut()
-                .is_some_and(|b| b.lost().is_none() && b.transaction_lost());
-        if rolled_back {
-            tracing::info!(parent: self.span(), server = %addr, cause = %why, "session-mode server lost inside a transaction; rolling it back (40001), then rebuilding the session");
+                .is_some_and(|b| b.lost().is_none() && b.transaction_lost(committing));
+        if transaction_lost {
+            let what = if committing {
+                "with its COMMIT in flight; answering it"
+            } else {
+                "inside a transaction; rolling it back (40001)"
+            };
+            tracing::info!(parent: self.span(), server = %addr, cause = %why, "session-mode server lost {what}, then rebuilding the session");
             return Ok(built);
         }
         let lost = match built {
