@@ -16,6 +16,7 @@ use common::cluster::{Cluster, ClusterOptions, Fault, why};
 use common::*;
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_config::PoolMode;
 
 const SCHEMA: &str = "\
 CREATE TABLE t (v text);
@@ -176,21 +177,7 @@ async fn scene_with(
         }
         _ => "COMMIT".to_string(),
     };
-    let sql = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE query = '{query}' AND wait_event = \
-         '{wait_event}'"
-    );
-    within(
-        Duration::from_secs(20),
-        "the COMMIT waiting on the primary",
-        async {
-            while Cluster::psql_on(&c.primary, "postgres", &sql).await != "1" {
-                // A poll interval, not a synchronisation.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        },
-    )
-    .await;
+    waiting_on_the_primary(&c, &query, wait_event).await;
     let (injected, follower) = match then {
         Then::FailOver(fault) => {
             let injected = c.inject(fault).await;
@@ -220,6 +207,25 @@ async fn scene_with(
         c.restore(injected).await;
     }
     (answer, count == "1")
+}
+
+/// Until the primary shows `query` waiting on `wait_event`.
+async fn waiting_on_the_primary(c: &Cluster, query: &str, wait_event: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query = '{query}' AND wait_event = \
+         '{wait_event}'"
+    );
+    within(
+        Duration::from_secs(20),
+        "the COMMIT waiting on the primary",
+        async {
+            while Cluster::psql_on(&c.primary, "postgres", &sql).await != "1" {
+                // A poll interval, not a synchronisation.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,4 +553,53 @@ async fn autocommit_writes_can_be_left_unprobed() {
     let sql = "SELECT string_agg(name, ',' ORDER BY name) FROM pg_prepared_statements \
                WHERE name LIKE 'sy\\_%'";
     assert_eq!(first_column(&c, sql).await, "sy_commit_probe");
+}
+
+/// Session mode: the COMMIT gets its true answer, and the session goes on, rebuilt on the new
+/// primary with what it built (its COMMIT changed none of that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_mode_commit_gets_its_true_answer_and_the_session_goes_on() {
+    let opts = ClusterOptions {
+        mode: PoolMode::Session,
+        sync_replication: true,
+        ..ClusterOptions::default()
+    };
+    let c = Cluster::start_with(opts, |cfg| cfg.failover.resolve_commits = true).await;
+    Cluster::psql_on(&c.primary, "app", SCHEMA).await;
+    let client = Arc::new(c.client().await);
+    // A probed COMMIT with nothing failing is answered as without a probe.
+    for sql in ["SET work_mem = '7MB'", "BEGIN; INSERT INTO t VALUES ('x')"] {
+        within(STEP, sql, client.batch_execute(sql)).await.unwrap();
+    }
+    let done = within(STEP, "COMMIT", client.simple_query("COMMIT"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &done[..],
+            [tokio_postgres::SimpleQueryMessage::CommandComplete(0)]
+        ),
+        "{done:?}"
+    );
+    let sql = "BEGIN; INSERT INTO t VALUES ('applied')";
+    within(STEP, sql, client.batch_execute(sql)).await.unwrap();
+    Cluster::psql_on(&c.standby, "postgres", "SELECT pg_wal_replay_pause()").await;
+    let committing = client.clone();
+    let commit = tokio::spawn(async move { committing.batch_execute("COMMIT").await });
+    waiting_on_the_primary(&c, "COMMIT", "SyncRep").await;
+    let injected = c.inject(Fault::Crash).await;
+    c.promote_standby().await;
+    let answer = within(Duration::from_secs(40), "the COMMIT's answer", commit)
+        .await
+        .expect("task");
+    assert!(answer.is_ok(), "{answer:?}");
+    let work_mem = within(STEP, "SHOW", client.simple_query("SHOW work_mem"))
+        .await
+        .expect("the session goes on");
+    let shown = work_mem.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(shown.as_deref(), Some("7MB"), "rebuilt with its setting");
+    c.restore(injected).await;
 }

@@ -10,7 +10,8 @@
 //! - A COMMIT, or any autocommit request, in flight: 08007 (outcome unknown). A statement
 //!   Switchyard cannot prove read-only counts as a write.
 //! - Session mode: the session is rebuilt on the next primary when it can be (`rebuild.rs`:
-//!   idle, or with an autocommit request in flight, answered 08007 as above); else its
+//!   idle, or with an autocommit request or a COMMIT in flight, answered as above, or in a
+//!   transaction, rolled back as above); else its
 //!   server-side state is gone: FATAL 57P01 naming why, connection closed. The server's own
 //!   57P0x counts as such a loss when the primary is going away (a switchover shuts it down);
 //!   when the primary stays (the backend was terminated), the server's FATAL is relayed.
@@ -193,7 +194,11 @@ impl Session {
             // of its transaction.
             let lost = (&*addr, generation);
             let asked = self.answer_resolved((probed, kind, held), lost, &why);
-            return Box::pin(asked).await;
+            Box::pin(asked).await?;
+            if let Some(built) = rebuild_after.filter(|b| !b.is_empty()) {
+                self.link = Link::Rebuilding(built);
+            }
+            return Ok(());
         }
         let in_tx = self.relay.status != TxStatus::Idle && !commit;
         if in_tx {

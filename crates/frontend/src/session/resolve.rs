@@ -154,10 +154,16 @@ pub(super) fn probing(
 
 /// The probe followed by the client's `request`, for one write; records it on the connection.
 /// A write is probed only where the write probe is prepared; a COMMIT's probe goes as a simple
-/// query where its statement is not.
-pub(super) fn with_probe(conn: &mut ServerConn, kind: Probing, request: &[u8]) -> Option<BytesMut> {
+/// query where its statement is not, or where the statements are not Switchyard's to rely on
+/// (`own_statements` false: session mode).
+pub(super) fn with_probe(
+    conn: &mut ServerConn,
+    kind: Probing,
+    request: &[u8],
+    own_statements: bool,
+) -> Option<BytesMut> {
     let usable = |conn: &ServerConn, name: &[u8]| {
-        !conn.prepared.is_uncertain() && conn.prepared.contains(name)
+        own_statements && !conn.prepared.is_uncertain() && conn.prepared.contains(name)
     };
     let mut out = match kind {
         Probing::Commit(_) => {

@@ -238,11 +238,13 @@ impl Session {
             held_fatal: &mut conn.held_fatal,
         };
         // A lone COMMIT or autocommit write may carry a probe of its transaction (if the
-        // connection was opened with resolve_commits on, and its user may run it).
+        // connection was opened with resolve_commits on, and its user may run it). In session
+        // mode only a COMMIT, whose probe is a simple query: the session's own statements are
+        // the client's to deallocate, so none of Switchyard's is relied on there.
         let nothing_outstanding = relay.outstanding_requests() == 0;
+        let session_mode = self.info.settings.mode == PoolMode::Session;
         let may_probe = conn.can_probe_commits
             && nothing_outstanding
-            && self.info.settings.mode == PoolMode::Transaction
             && !relay.unsynced()
             && !relay.commit_in_flight();
         let status_before = relay.status;
@@ -271,9 +273,11 @@ impl Session {
                 super::resolve::probing(status_before, committing, sent, &self.statements, reads)
                     // A write's held answer goes to the client as it is if resolved: not with
                     // answers to messages the relay added.
-                    .filter(|k| !k.is_write() || !relay.injected());
+                    .filter(|k| !k.is_write() || !relay.injected())
+                    .filter(|k| !session_mode || !k.is_write());
             // Rare (once per COMMIT or write, when enabled): the probe goes first, same write.
-            probed = kind.and_then(|kind| super::resolve::with_probe(conn, kind, request));
+            probed = kind
+                .and_then(|kind| super::resolve::with_probe(conn, kind, request, !session_mode));
         }
         let request = probed.as_deref().unwrap_or(request);
         // What the server's socket does not take at once (rare: the server is busy writing).
