@@ -62,6 +62,11 @@ async fn client(c: &Cluster) -> (Client, mpsc::UnboundedReceiver<Heard>) {
 }
 
 async fn start() -> Cluster {
+    // The proxy's log, shown with a failure's output (these tests race a failover).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
     Cluster::start(ClusterOptions {
         mode: PoolMode::Session,
         ..ClusterOptions::default()

@@ -115,7 +115,8 @@ pub struct Carried {
 impl Carried {
     /// The new monitor's first view, for members `addrs` (see [`first_view`]).
     pub(crate) fn first_view(&self, addrs: &[String]) -> TopologyView {
-        let previous = self.previous.as_ref().map(|m| m.view());
+        // (Read without the publishing lock: the caller holds it.)
+        let previous = self.previous.as_ref().map(|m| m.view.borrow().clone());
         let fenced = self
             .previous
             .as_ref()
@@ -281,7 +282,11 @@ impl ClusterMonitor {
         &self.name
     }
 
+    /// The current view: never behind [`ClusterMonitor::generation`] read before this call
+    /// (taken under the publishing lock, which the publisher holds while it updates both; the
+    /// data path reads only the generation, so this lock is off it).
     pub fn view(&self) -> Arc<TopologyView> {
+        let _publishing = self.generation.lock();
         self.view.borrow().clone()
     }
 
@@ -289,7 +294,10 @@ impl ClusterMonitor {
         self.view.clone()
     }
 
-    /// The current generation (of the view [`ClusterMonitor::view`] gives now or later).
+    /// The current generation (of the view [`ClusterMonitor::view`] gives from now on). It
+    /// moves before the new view is seen anywhere, so whoever saw that view (a watcher, the
+    /// status page, a client told by either) finds the data path already on the new
+    /// generation: a request sent after it never reaches the old primary.
     pub fn generation(&self) -> u64 {
         self.generation.current.load(Ordering::Acquire)
     }
@@ -551,8 +559,8 @@ impl Decider {
             // A reload replaced this monitor; the new one answers from now on.
             return;
         }
-        self.publish.send_replace(Arc::new(view));
         shared.current.store(generation, Ordering::Release);
+        self.publish.send_replace(Arc::new(view));
         if changed {
             shared.changes.send_replace(generation);
             let none = !matches!(self.publish.borrow().state, ClusterState::Primary { .. });
