@@ -3,7 +3,7 @@
 //! the protocol, LISTEN channels), and what cannot (temporary objects, session advisory
 //! locks, WITH HOLD cursors, SET ROLE ...). The relay records it as requests are answered
 //! (`frontend::session_state` reads the client's SQL); when a failover takes the session's
-//! server, it is replayed on the new primary's connection ([`ServerConn::rebuild`]).
+//! server, it is replayed on the new primary's connection ([`ServerConn::replay`]).
 //!
 //! A change counts once the server has shown it took effect: a protocol Parse or Close at its
 //! ParseComplete or CloseComplete; what a statement does when it is run (a Query, or the
@@ -412,18 +412,26 @@ impl BuiltState {
     }
 }
 
+impl BuiltState {
+    /// Keeps only what is settled, for a new connection: what was in flight with the old one
+    /// is gone.
+    pub fn settle_for_move(&mut self) {
+        self.sent = 0;
+        self.answered = 0;
+        self.failed_through = None;
+        self.pending.clear();
+        self.ops.clear();
+        self.portal_effects.clear();
+    }
+}
+
 impl ServerConn {
-    /// Builds `state` again on this (new) connection: one simple query for the settings, SQL
-    /// prepared statements and LISTENs, then the protocol-level Parses and a Sync. Any error
-    /// fails the rebuild (the caller ends the session). The connection takes the state.
-    pub async fn rebuild(&mut self, mut state: Box<BuiltState>) -> Result<(), ServerError> {
-        // Only settled state moves: what was in flight with the old connection is gone.
-        state.sent = 0;
-        state.answered = 0;
-        state.failed_through = None;
-        state.pending.clear();
-        state.ops.clear();
-        state.portal_effects.clear();
+    /// Builds `state` (settled: [`BuiltState::settle_for_move`]) again on this (new)
+    /// connection: one simple query for the settings, SQL prepared statements and LISTENs,
+    /// then the protocol-level Parses and a Sync. Any error fails the rebuild. On success the
+    /// caller hands the state to the connection (`built`); on failure it still has it, to try
+    /// again on another.
+    pub async fn replay(&mut self, state: &BuiltState) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
         let mut readies = 0;
         if let Some(sql) = state.replay_sql() {
@@ -447,11 +455,10 @@ impl ServerConn {
                 _ => {}
             }
         }
-        if let Some(e) = failure {
-            return Err(ServerError::Query(Box::new(e)));
+        match failure {
+            Some(e) => Err(ServerError::Query(Box::new(e))),
+            None => Ok(()),
         }
-        self.built = Some(state);
-        Ok(())
     }
 }
 

@@ -386,3 +386,60 @@ async fn an_extended_query_in_a_transaction_gets_40001_and_the_session_goes_on()
     assert_eq!(show(&client, "SELECT pg_is_in_recovery()", STEP).await, "f");
     assert!(heard.try_recv().is_err(), "nothing else was heard");
 }
+
+/// A failover during the rebuild itself: the primary that followed is lost while the session's
+/// state is being replayed there (held on a lock its PREPARE needs); the rebuild goes back to
+/// the gate and the session is rebuilt on the primary after it, with no error to the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_lost_during_the_rebuild_is_followed_by_the_next() {
+    let c = start().await;
+    let (client, mut heard) = client(&c).await;
+    let sql = "CREATE TABLE locked (a int); SET work_mem = '7MB'; \
+               PREPARE counted AS SELECT count(*) FROM locked";
+    within(STEP, sql, client.batch_execute(sql)).await.unwrap();
+    let replicated = "SELECT count(*) FROM pg_class WHERE relname = 'locked'";
+    within(STEP, "the table on the standby", async {
+        while Cluster::psql_on(&c.standby, "app", replicated).await != "1" {
+            // A poll interval, not a synchronisation.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Held in the gate (PAUSE) until the new primary's table is locked.
+    let pauses = &c.proxy.proxy.pauses;
+    pauses.pause(None);
+    let _crash = c.inject(Fault::Crash).await;
+    c.promote_standby().await;
+    c.wait_for_primary(&c.standby.addr(), AFTER_FAULT).await;
+    let direct = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app",
+        c.standby.port()
+    );
+    let (locker, connection) = within(STEP, "connect", tokio_postgres::connect(&direct, NoTls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let lock = "BEGIN; LOCK TABLE locked IN ACCESS EXCLUSIVE MODE";
+    within(STEP, lock, locker.batch_execute(lock))
+        .await
+        .unwrap();
+    pauses.resume(None);
+    let replaying = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%PREPARE counted%' \
+                     AND wait_event_type = 'Lock'";
+    within(STEP, "the replay waiting on the lock", async {
+        while Cluster::psql_on(&c.standby, "app", replaying).await != "1" {
+            // A poll interval, not a synchronisation.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The new primary crashes (its lock goes with it) and comes back on its timeline.
+    let standby = c.standby.clone();
+    blocking("kill the new primary", move || standby.kill()).await;
+    let standby = c.standby.clone();
+    blocking("restart the new primary", move || standby.start_again()).await;
+    assert_eq!(show(&client, "SHOW work_mem", AFTER_FAULT).await, "7MB");
+    assert_eq!(show(&client, "EXECUTE counted", STEP).await, "0");
+    assert_eq!(show(&client, "SELECT pg_is_in_recovery()", STEP).await, "f");
+    assert!(heard.try_recv().is_err(), "nothing else was heard");
+}

@@ -2,7 +2,8 @@
 //! server is lost, holding only state Switchyard recorded and can build again (settings,
 //! prepared statements, LISTENs: `switchyard_server::BuiltState`), is attached to the next
 //! primary at once (not at its next request, so its LISTENs hear on) and that state is
-//! replayed there; the client notices nothing. A request in flight outside a transaction
+//! replayed there; the client notices nothing. A primary lost during the replay sends it back
+//! to the gate for the next one. A request in flight outside a transaction
 //! that changes nothing recorded (a query, an INSERT) is answered as in transaction mode
 //! (08007) and the session is rebuilt the same way. A session inside a transaction gets
 //! 40001 as in transaction mode and is rebuilt, with what it held before the transaction, once
@@ -11,10 +12,10 @@
 //! holds (a COMMIT of a SET, a named Parse), or that holds state that cannot be rebuilt, ends
 //! with 57P01 saying what was lost.
 
-use super::run::{Link, Session};
+use super::run::{Link, Session, stripe_of};
 use crate::SessionError;
 use switchyard_proto::backend::TxStatus;
-use switchyard_server::BuiltState;
+use switchyard_server::{BuiltState, ServerError};
 use switchyard_topology::Caught;
 
 impl Session {
@@ -95,36 +96,75 @@ impl Session {
     }
 
     /// Attaches to the current primary (waiting in the failover gate) and replays what the
-    /// session had built; any failure ends the session with 57P01.
+    /// session had built. A primary lost during the replay (its connection fails, or the
+    /// topology moves on) sends the rebuild back to the gate for the next one, within
+    /// `failover_timeout` of the first attempt; any other failure ends the session with 57P01.
     pub(super) async fn rebuild(&mut self) -> Result<(), SessionError> {
-        let Link::Rebuilding(built) = std::mem::replace(&mut self.link, Link::Detached) else {
+        let Link::Rebuilding(mut built) = std::mem::replace(&mut self.link, Link::Detached) else {
             return Ok(());
         };
         let lost = |e: &dyn std::fmt::Display| {
             SessionError::SessionLost(format!("the session could not be rebuilt: {e}"))
         };
-        self.attach().await.map_err(|e| lost(&e))?;
-        let Link::Attached { server, .. } = &mut self.link else {
-            return Err(lost(&"no server connection"));
-        };
-        // Until the replay is through, the connection's state is not known: never reused.
-        self.relay.discard = true;
-        let replayed = tokio::time::timeout(
-            super::pool_for::INTERNAL_QUERY_TIMEOUT,
-            server.conn.rebuild(built),
-        )
-        .await;
-        let addr = server.conn.addr.clone();
-        match replayed {
-            Ok(Ok(())) => {
-                self.relay.discard = false;
-                // (Nothing of the client's is sent on this attachment yet: `fresh`, so a loss
-                // now is handled like one before its first request.)
-                tracing::info!(parent: self.span(), server = %addr, "session rebuilt on the new primary");
-                Ok(())
+        built.settle_for_move();
+        let deadline = tokio::time::Instant::now() + self.failover_timeout();
+        loop {
+            self.attach().await.map_err(|e| lost(&e))?;
+            let Link::Attached {
+                server, generation, ..
+            } = &mut self.link
+            else {
+                return Err(lost(&"no server connection"));
+            };
+            let generation = *generation;
+            // Until the replay is through, the connection's state is not known: never reused.
+            self.relay.discard = true;
+            let replayed = tokio::time::timeout(
+                super::pool_for::INTERNAL_QUERY_TIMEOUT,
+                server.conn.replay(&built),
+            )
+            .await;
+            let addr = server.conn.addr.clone();
+            let (failed, connection_failed) = match replayed {
+                Ok(Ok(())) => {
+                    server.conn.built = Some(built);
+                    self.relay.discard = false;
+                    // (Nothing of the client's is sent on this attachment yet: `fresh`, so a
+                    // loss now is handled like one before its first request.)
+                    tracing::info!(parent: self.span(), server = %addr, "session rebuilt on the new primary");
+                    return Ok(());
+                }
+                // (An error the server answered means the state cannot be built there.)
+                Ok(Err(e)) => (e.to_string(), !matches!(e, ServerError::Query(_))),
+                Err(_) => ("replaying its state timed out".to_string(), false),
+            };
+            let primary_lost = connection_failed || self.generation_moved_from(generation);
+            self.drop_server();
+            if !primary_lost || tokio::time::Instant::now() >= deadline {
+                return Err(lost(&failed));
             }
-            Ok(Err(e)) => Err(lost(&e)),
-            Err(_) => Err(lost(&"replaying its state timed out")),
+            tracing::warn!(parent: self.span(), server = %addr, error = %failed, "primary lost while the session was being rebuilt; rebuilding on the next one");
         }
+    }
+
+    /// Whether the topology has moved on from `generation`.
+    fn generation_moved_from(&self, generation: u64) -> bool {
+        self.monitor
+            .as_ref()
+            .is_some_and(|m| m.generation() != generation)
+    }
+
+    /// Lets go of the attached server connection without returning it to its pool.
+    fn drop_server(&mut self) {
+        let Link::Attached { server, .. } = std::mem::replace(&mut self.link, Link::Detached)
+        else {
+            return;
+        };
+        if let Some(m) = &self.monitor {
+            m.request_finished(&server.conn.addr, stripe_of(&server.conn));
+        }
+        self.info.cancel.unlink();
+        self.relay.reset();
+        drop(server);
     }
 }
