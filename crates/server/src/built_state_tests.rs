@@ -19,6 +19,14 @@ fn request(b: &mut BuiltState, changes: &[Change], error: bool, status: TxStatus
     b.ready(status);
 }
 
+/// `PREPARE p AS SELECT 1`.
+fn prepare_p() -> Change {
+    Change::Prepare {
+        name: "p".into(),
+        sql: "PREPARE p AS SELECT 1".into(),
+    }
+}
+
 fn end(commit: bool) -> Change {
     Change::End { commit }
 }
@@ -227,10 +235,7 @@ fn a_commit_then_an_error_in_one_request_is_a_doubt() {
 
 #[test]
 fn a_lost_transaction_keeps_what_a_rollback_keeps_when_that_is_known() {
-    let prepare = Change::Prepare {
-        name: "p".into(),
-        sql: "PREPARE p AS SELECT 1".into(),
-    };
+    let prepare = prepare_p();
     let mut b = BuiltState::default();
     request(&mut b, &[set("a")], false, TxStatus::Idle);
     request(
@@ -268,10 +273,7 @@ fn a_lost_transaction_keeps_what_a_rollback_keeps_when_that_is_known() {
 
 #[test]
 fn a_lost_commit_keeps_the_state_when_its_transaction_changed_nothing_held() {
-    let prepare = Change::Prepare {
-        name: "p".into(),
-        sql: "PREPARE p AS SELECT 1".into(),
-    };
+    let prepare = prepare_p();
     // BEGIN; a PREPARE; then the COMMIT in flight: the PREPARE holds either way.
     let mut b = BuiltState::default();
     request(&mut b, &[set("a")], false, TxStatus::Idle);

@@ -357,9 +357,9 @@ async fn a_commit_in_flight_gets_08007_and_the_session_goes_on() {
     assert!(heard.try_recv().is_err(), "nothing else was heard");
 }
 
-/// A driver's statement in a transaction (tokio-postgres prepares it unnamed, then binds
-/// it) in flight when the primary fails: the transaction is rolled back (40001) and the
-/// session goes on, since the unnamed statement is nothing the session holds.
+/// A driver's statement in a transaction (tokio-postgres prepares it by name, then binds it)
+/// in flight when the primary fails: the transaction is rolled back (40001) and the session
+/// goes on, since a statement the driver was never told is prepared is nothing it holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extended_query_in_a_transaction_gets_40001_and_the_session_goes_on() {
     let c = start().await;
