@@ -107,6 +107,11 @@ impl Collector for Live {
             "Client connections open now",
             &[(vec![], proxy.client_count() as f64)],
         )?;
+        f.gauges(
+            "switchyard_clients_parked",
+            "Idle clients parked now (park_idle_after): no task, woken by their next bytes",
+            &[(vec![], proxy.parked_count() as f64)],
+        )?;
         pools(&mut f, state)?;
         clusters(&mut f, state)?;
         incidents(&mut f, state)

@@ -54,6 +54,10 @@ pub struct ProxyConfig {
     /// fastest where the proxy shares a few cores with PostgreSQL and its clients: no
     /// cross-thread wake-ups.
     pub worker_threads: usize,
+    /// A plain-TCP client with no transaction open that sends nothing for between this and
+    /// twice this is parked: its task and socket registration are freed, and its next bytes
+    /// wake it (about half an idle client's memory). 0: never (restart to change).
+    pub park_idle_after: Duration,
     /// Certificate chain (PEM) Switchyard shows clients; empty: no TLS for clients.
     pub tls_cert_file: String,
     /// Its private key (PEM).
@@ -106,6 +110,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::secs(30),
             handover_socket: String::new(),
             worker_threads: 1,
+            park_idle_after: Duration::secs(1),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             client_tls: ClientTls::Prefer,

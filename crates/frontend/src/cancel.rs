@@ -12,6 +12,7 @@
 use crate::session::pool_for::Target;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use switchyard_config::UserConfig;
@@ -77,26 +78,75 @@ pub struct ClientSnapshot {
     pub server: Option<(Arc<str>, i32)>,
 }
 
-#[derive(Default)]
 struct Link {
     server: Option<CancelTarget>,
     /// When the latest request started waiting or was attached.
     since: Option<Instant>,
     waiting: bool,
+    /// A request started since the last sweep for idle sessions to park (see
+    /// [`CancelRegistry::ask_idle_to_park`]); set at login.
+    touched: bool,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            server: None,
+            since: None,
+            waiting: false,
+            touched: true,
+        }
+    }
+}
+
+/// Where a session stands with parking (`crate::parking`), in [`Slot::park`].
+mod park {
+    /// Not asked (or asked, and it could not park then).
+    pub const NO: u8 = 0;
+    /// Asked to park at its next look; its task was woken to look.
+    pub const ASKED: u8 = 1;
+    /// Parked: no task until its client sends something.
+    pub const PARKED: u8 = 2;
+    /// Can never park (a TLS client): not asked again.
+    pub const NEVER: u8 = 3;
 }
 
 /// One client's shared registration.
 struct Slot {
     link: Mutex<Link>,
     info: ClientInfo,
-    /// The session task's waker, kept from its first idle wait on: a shutdown wakes every idle
-    /// session through it, so an idle wait registers nothing anywhere (see `wake_all`).
-    idle_waker: std::sync::OnceLock<std::task::Waker>,
+    /// The session task's waker, kept from its first idle wait on: a shutdown (and the sweep
+    /// that asks idle sessions to park) wakes every idle session through it, so an idle wait
+    /// registers nothing anywhere (see `wake_all`). Set again by the task that resumes a parked
+    /// session; `has_waker` lets the idle wait check that with one load.
+    idle_waker: Mutex<Option<std::task::Waker>>,
+    has_waker: AtomicBool,
+    /// See [`park`].
+    park: AtomicU8,
     /// Notifications waiting for the client (transaction-mode LISTEN), once it listens.
     inbox: std::sync::OnceLock<Arc<crate::listen::Inbox>>,
 }
 
 impl Slot {
+    fn new(info: ClientInfo) -> Arc<Slot> {
+        let park = match info.who {
+            Who::Session(_) => park::NO,
+            Who::Console(_) => park::NEVER,
+        };
+        Arc::new(Slot {
+            link: Mutex::default(),
+            info,
+            idle_waker: Mutex::new(None),
+            has_waker: AtomicBool::new(false),
+            park: AtomicU8::new(park),
+            inbox: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn idle_waker(&self) -> std::sync::MutexGuard<'_, Option<std::task::Waker>> {
+        self.idle_waker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn link(&self) -> std::sync::MutexGuard<'_, Link> {
         self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -109,7 +159,7 @@ struct Entry {
 
 type Entries = Arc<Mutex<HashMap<i32, Entry>>>;
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct CancelRegistry {
     entries: Entries,
 }
@@ -130,10 +180,39 @@ impl CancelRegistry {
     /// Wakes every session that has waited idle (at shutdown: each then sees it and ends).
     pub fn wake_all(&self) {
         for e in lock(&self.entries).values() {
-            if let Some(w) = e.slot.idle_waker.get() {
+            if let Some(w) = e.slot.idle_waker().as_ref() {
                 w.wake_by_ref();
             }
         }
+    }
+
+    /// The sweep of `crate::parking`: asks every session that has been idle since the last
+    /// sweep (no request started, no server connection, not listening) to park, by waking its
+    /// task; returns how many were asked. Costs the hot path nothing: `touched` is set under
+    /// the lock a session takes anyway when a request starts.
+    pub fn ask_idle_to_park(&self) -> usize {
+        let mut asked = 0;
+        for e in lock(&self.entries).values() {
+            let slot = &e.slot;
+            if slot.park.load(Ordering::Relaxed) != park::NO || slot.inbox.get().is_some() {
+                continue;
+            }
+            let idle = {
+                let mut link = slot.link();
+                let idle = link.server.is_none() && !link.waiting && !link.touched;
+                link.touched = false;
+                idle
+            };
+            if !idle {
+                continue;
+            }
+            if let Some(w) = slot.idle_waker().as_ref() {
+                slot.park.store(park::ASKED, Ordering::Release);
+                w.wake_by_ref();
+                asked += 1;
+            }
+        }
+        asked
     }
 
     /// Registers a client that keeps the key another Switchyard process gave it (an online
@@ -148,12 +227,7 @@ impl CancelRegistry {
             drop(entries);
             return self.register(info, None);
         }
-        let slot = Arc::new(Slot {
-            link: Mutex::default(),
-            info,
-            idle_waker: std::sync::OnceLock::new(),
-            inbox: std::sync::OnceLock::new(),
-        });
+        let slot = Slot::new(info);
         entries.insert(
             process_id,
             Entry {
@@ -172,12 +246,7 @@ impl CancelRegistry {
     /// Gives a new client a unique key: `process_id` if given and free (a session-mode client
     /// gets its server's process id), else a random one.
     pub fn register(&self, info: ClientInfo, process_id: Option<i32>) -> CancelHandle {
-        let slot = Arc::new(Slot {
-            link: Mutex::default(),
-            info,
-            idle_waker: std::sync::OnceLock::new(),
-            inbox: std::sync::OnceLock::new(),
-        });
+        let slot = Slot::new(info);
         let mut entries = lock(&self.entries);
         let mut wanted = process_id;
         loop {
@@ -302,11 +371,47 @@ impl CancelHandle {
             link.since = Some(at);
         }
         link.waiting = false;
+        link.touched = true;
     }
 
-    /// Keeps `waker` (the session task's: it never changes) for [`CancelRegistry::wake_all`].
+    /// Keeps `waker` (the session task's: it does not change while the task lives) for
+    /// [`CancelRegistry::wake_all`] and [`CancelRegistry::ask_idle_to_park`].
     pub fn wake_on_shutdown(&self, waker: &std::task::Waker) {
-        self.slot.idle_waker.get_or_init(|| waker.clone());
+        if self.slot.has_waker.load(Ordering::Acquire) {
+            return;
+        }
+        *self.slot.idle_waker() = Some(waker.clone());
+        self.slot.has_waker.store(true, Ordering::Release);
+    }
+
+    /// Asked to park by the last sweep: the caller either parks ([`CancelHandle::parked`]) or
+    /// says it cannot ([`CancelHandle::cannot_park_now`], [`CancelHandle::can_never_park`]).
+    pub fn asked_to_park(&self) -> bool {
+        self.slot.park.load(Ordering::Acquire) == park::ASKED
+    }
+
+    /// The session parks: its task ends, and with it the waker kept here.
+    pub fn parked(&self) {
+        self.slot.park.store(park::PARKED, Ordering::Relaxed);
+        self.slot.has_waker.store(false, Ordering::Release);
+        *self.slot.idle_waker() = None;
+    }
+
+    /// The session could not park now (mid-request, or in a state only its task holds): it is
+    /// asked again after its next idle sweep.
+    pub fn cannot_park_now(&self) {
+        self.slot.park.store(park::NO, Ordering::Relaxed);
+    }
+
+    /// The session can never park (a TLS client): it is not asked again.
+    pub fn can_never_park(&self) {
+        self.slot.park.store(park::NEVER, Ordering::Relaxed);
+    }
+
+    /// A parked session is being served again (by a new task: its waker comes at its first
+    /// idle wait).
+    pub fn unparked(&self) {
+        self.slot.park.store(park::NO, Ordering::Relaxed);
     }
 
     /// The client's inbox of notifications, if it has listened.
@@ -333,6 +438,7 @@ impl CancelHandle {
         link.waiting = since.is_some();
         if since.is_some() {
             link.since = since;
+            link.touched = true;
         }
     }
 }

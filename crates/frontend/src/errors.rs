@@ -49,6 +49,12 @@ pub enum SessionError {
     /// Online restart: the session moved to the process replacing this one, with its socket.
     #[error("handed over to the new process")]
     HandedOver,
+    /// Idle long enough to be parked (`crate::parking`): the session leaves its task for the
+    /// parking lot, not its client. `idle_deadline`: when its `client_idle_timeout` is due.
+    #[error("parked while idle")]
+    Parked {
+        idle_deadline: Option<std::time::Instant>,
+    },
     #[error(transparent)]
     Route(#[from] switchyard_router::RouteError),
     /// Session mode: the server connection, and whatever state the session had on it, is gone.
@@ -257,6 +263,7 @@ impl SessionError {
             | Self::DirectTls
             | Self::LostMidMessage(_)
             | Self::HandedOver
+            | Self::Parked { .. }
             | Self::EndedByServer => None,
         }
     }

@@ -100,8 +100,7 @@ pub fn adopt(proxy: &Arc<Proxy>, fd: OwnedFd, image: SessionImage) {
                 let mut session =
                     Box::new(crate::session::Session::new(admitted, client, info, span));
                 session.statements = statements;
-                let result = session.run().await;
-                Box::pin(session.close(result)).await;
+                crate::session::serve_session(session).await;
             }
             Err(why) => {
                 tracing::warn!(%user, %why, "a session handed over could not be taken in; its connection is closed");

@@ -20,6 +20,7 @@ pub mod listen;
 pub mod listener;
 mod logins;
 mod params;
+mod parking;
 pub mod pause;
 mod proxy;
 mod session;

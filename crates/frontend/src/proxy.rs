@@ -146,6 +146,8 @@ pub struct Proxy {
     pub pools: Arc<Pools>,
     pub router: Arc<Router>,
     pub(crate) cancels: CancelRegistry,
+    /// Idle clients held without a task (`park_idle_after`).
+    pub(crate) parking: crate::parking::ParkingLot<crate::session::Parked>,
     /// PAUSE/RESUME state, consulted when a session attaches.
     pub pauses: Pauses,
     /// Set when this process is being replaced (online restart): where idle sessions go.
@@ -188,11 +190,17 @@ impl Proxy {
         let background = CancellationToken::new();
         let router = Router::new(pools.clone(), background.clone());
         router.reconcile(&live.config, &live.server_tls);
+        let cancels = CancelRegistry::default();
+        let parking = match live.config.proxy.park_idle_after.limit() {
+            Some(period) => crate::parking::ParkingLot::start(period, cancels.clone()),
+            None => crate::parking::ParkingLot::off(),
+        };
         let proxy = Arc::new(Self {
             live: ArcSwap::from_pointee(live),
             pools,
             router,
-            cancels: CancelRegistry::default(),
+            cancels,
+            parking,
             pauses: Pauses::default(),
             handover: OnceLock::new(),
             predecessor: Default::default(),
@@ -316,6 +324,11 @@ impl Proxy {
         self.cancels.clients()
     }
 
+    /// Clients parked while idle (`park_idle_after`).
+    pub fn parked_count(&self) -> usize {
+        self.parking.len()
+    }
+
     pub fn client_count(&self) -> usize {
         self.clients.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -331,6 +344,7 @@ async fn wake_idle_sessions_at_shutdown(proxy: Weak<Proxy>) {
         p.stopping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         p.cancels.wake_all();
+        p.parking.resume_all();
     }
 }
 

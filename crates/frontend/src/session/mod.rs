@@ -7,6 +7,7 @@ mod attach;
 mod handover;
 mod listen;
 pub(crate) mod login;
+mod park;
 pub mod pool_for;
 mod rebuild;
 mod relay;
@@ -14,6 +15,7 @@ mod resolve;
 mod run;
 mod step;
 
+pub(crate) use park::{Parked, serve_session};
 pub(crate) use run::Session;
 
 use crate::SessionError;
@@ -33,10 +35,7 @@ use tracing::Instrument;
 /// login runs boxed and hands back a boxed [`run::Session`] (or the console's boxed future).
 pub(crate) async fn serve_client(accepted: Box<Accepted>) {
     match Box::pin(open_session(accepted)).await {
-        Opened::Session(mut session) => {
-            let result = session.run().await;
-            Box::pin(session.close(result)).await;
-        }
+        Opened::Session(session) => serve_session(session).await,
         Opened::Console(serve, admitted) => {
             serve.await;
             drop(admitted);

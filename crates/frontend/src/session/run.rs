@@ -20,13 +20,14 @@ use crate::proxy::Admitted;
 use crate::statements::Statements;
 use bytes::BytesMut;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use switchyard_config::PoolMode;
 use switchyard_pool::{Pool, Pooled};
 use switchyard_proto::backend::{self, TxStatus};
 use switchyard_proto::frontend::tag as fe;
 use switchyard_proto::{ProtoError, decode_frame, peek_header};
 use switchyard_server::{ServerConn, ServerError};
+use switchyard_tls::Stream;
 use switchyard_topology::{ClusterMonitor, Stripe};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -289,43 +290,81 @@ impl Session {
         }
     }
 
-    /// The idle wait: the client's next bytes (`Ok(false)`: it left) or shutdown. Every idle
-    /// client's task holds this future, so it is one poll function over the socket alone: the
-    /// shutdown wakes the task through the waker kept in its registration (no waiter node to
-    /// add and remove on every wait).
+    /// The idle wait: the client's next bytes (`Ok(false)`: it left), shutdown, or a request to
+    /// park (`SessionError::Parked`, see `park.rs`). Every idle client's task holds this future,
+    /// so it is one poll function over the socket alone: the shutdown and the parking sweep wake
+    /// the task through the waker kept in its registration (no waiter node to add and remove on
+    /// every wait).
     ///
     /// Cancel safety: cancel-safe.
     async fn wait_idle(&mut self) -> Result<bool, SessionError> {
-        let Some(limit) = self.info.settings.client_idle_timeout.limit() else {
-            return self.poll_idle().await;
-        };
-        // Boxed: the timer is only in the tasks of clients that have one.
-        match Box::pin(tokio::time::timeout(limit, self.poll_idle())).await {
+        match self.idle_limit() {
+            None => self.poll_idle().await,
+            // Boxed: the timer is only in the tasks of clients that have one.
+            Some(limit) => Box::pin(self.poll_idle_for(limit)).await,
+        }
+    }
+
+    /// [`Session::poll_idle`] for at most `limit`.
+    ///
+    /// Cancel safety: cancel-safe.
+    async fn poll_idle_for(&mut self, limit: std::time::Duration) -> Result<bool, SessionError> {
+        let deadline = Instant::now() + limit;
+        match tokio::time::timeout_at(deadline, self.poll_idle()).await {
+            Ok(Err(SessionError::Parked { .. })) => Err(SessionError::Parked {
+                idle_deadline: Some(deadline.into_std()),
+            }),
             Ok(r) => r,
             Err(_) => Err(SessionError::IdleTimeout { limit }),
         }
+    }
+
+    /// `client_idle_timeout`, if the session has one.
+    pub(super) fn idle_limit(&self) -> Option<std::time::Duration> {
+        self.info.settings.client_idle_timeout.limit()
     }
 
     /// [`Session::wait_idle`] without a limit.
     ///
     /// Cancel safety: cancel-safe.
     async fn poll_idle(&mut self) -> Result<bool, SessionError> {
-        let proxy = &self.proxy;
+        // A move closure over one pointer: every idle client's task holds it.
+        let this = &mut *self;
+        std::future::poll_fn(move |cx| this.poll_idle_once(cx)).await
+    }
+
+    /// One look at what an idle session waits for: shutdown, notifications to deliver, a
+    /// request to park, the client's next bytes.
+    fn poll_idle_once(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, SessionError>> {
         let cancel = &self.info.cancel;
-        let client = &mut self.client;
-        std::future::poll_fn(|cx| {
-            if proxy.poll_stopping(cancel, cx).is_ready() {
-                return Poll::Ready(Err(SessionError::Shutdown));
-            }
-            if let Some(inbox) = cancel.inbox()
-                && inbox.poll_mail(cx).is_ready()
+        if self.proxy.poll_stopping(cancel, cx).is_ready() {
+            return Poll::Ready(Err(SessionError::Shutdown));
+        }
+        if let Some(inbox) = cancel.inbox()
+            && inbox.poll_mail(cx).is_ready()
+        {
+            // Notifications to deliver: the caller's loop does.
+            return Poll::Ready(Ok(true));
+        }
+        if cancel.asked_to_park() {
+            if !matches!(self.client.stream, Stream::Plain(_)) {
+                cancel.can_never_park();
+            } else if self.client.buf.is_empty()
+                && cancel.inbox().is_none()
+                && super::park::may_park(
+                    &self.link,
+                    self.owe_ready_at_sync.is_some(),
+                    !self.out.is_empty(),
+                )
             {
-                // Notifications to deliver: the caller's loop does.
-                return Poll::Ready(Ok(true));
+                return Poll::Ready(Err(SessionError::Parked {
+                    idle_deadline: None,
+                }));
+            } else {
+                cancel.cannot_park_now();
             }
-            client.poll_fill(cx)
-        })
-        .await
+        }
+        self.client.poll_fill(cx)
     }
 
     /// Gives the server connection back (or closes it if it is not at a clean sync point).

@@ -47,3 +47,17 @@ fn an_idle_client_stays_small() {
         proxy.background.cancel();
     });
 }
+
+/// The size of what `f` returns, without calling it.
+fn size_of_return<A, R>(_f: impl Fn(A) -> R) -> usize {
+    std::mem::size_of::<R>()
+}
+
+#[test]
+fn a_resumed_client_stays_small() {
+    let size = size_of_return(|p: Parked| park::serve_parked(p, crate::parking::Resume::Readable));
+    assert!(
+        size <= MAX_TASK_FUTURE,
+        "a resumed session's future is {size} bytes (budget {MAX_TASK_FUTURE})"
+    );
+}

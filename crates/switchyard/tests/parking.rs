@@ -1,0 +1,199 @@
+//! Parked idle clients (`park_idle_after`), against a real PostgreSQL: an idle client gives up
+//! its task and is woken by its next request, which is answered as if nothing happened; a
+//! client that leaves while parked is forgotten; `client_idle_timeout` still ends a parked
+//! client on time; a shutdown reaches parked clients; a client in a transaction or listening is
+//! never parked and keeps what it has.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use switchyard_config::{Config, Duration as CfgDuration, PoolMode};
+use switchyard_frontend::Proxy;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// Sweeps every 100 ms: a client idle for 100–200 ms is parked.
+fn park_fast(c: &mut Config) {
+    c.proxy.park_idle_after = CfgDuration::millis(100);
+}
+
+/// Waits (bounded) until `want` parked clients.
+async fn wait_parked(proxy: &Proxy, want: usize) {
+    let deadline = Instant::now() + STEP;
+    while proxy.parked_count() != want {
+        assert!(
+            Instant::now() < deadline,
+            "{} clients parked after {STEP:?}, not {want}",
+            proxy.parked_count()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_clients_are_answered_when_they_speak_again() {
+    let h = Harness::start_with(PoolMode::Transaction, park_fast).await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(h.client().await);
+    }
+    for c in &clients {
+        assert_eq!(first_column(c, "select 1").await, "1");
+    }
+    wait_parked(&h.proxy.proxy, 20).await;
+    for round in 0..2 {
+        for (i, c) in clients.iter().enumerate() {
+            // Extended protocol, a parameter, a prepared statement: the session is all there.
+            let row = within(
+                STEP,
+                "query after parking",
+                c.query_one("select $1::int + 1", &[&(i as i32)]),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("round {round}, client {i}: {e:?}"));
+            assert_eq!(row.get::<_, i32>(0), i as i32 + 1);
+        }
+        // Parked again.
+        wait_parked(&h.proxy.proxy, 20).await;
+    }
+    assert_eq!(h.proxy.proxy.client_count(), 20);
+}
+
+/// Session pooling holds a server connection from the login on, so its clients never park; a
+/// session-mode client keeps working however long it idles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_mode_client_is_never_parked() {
+    let h = Harness::start_with(PoolMode::Session, park_fast).await;
+    let c = h.client().await;
+    let other = h.client().await;
+    within(
+        STEP,
+        "set",
+        c.batch_execute("set application_name = 'kept'"),
+    )
+    .await
+    .expect("set");
+    // A transaction-mode-style wait would have parked by now: wait for sweeps to pass by
+    // parking nothing, then check the session kept its setting.
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_millis(500) {
+        assert_eq!(h.proxy.proxy.parked_count(), 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(first_column(&c, "show application_name").await, "kept");
+    assert_eq!(first_column(&other, "select 2").await, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_parked_is_forgotten() {
+    let h = Harness::start_with(PoolMode::Transaction, park_fast).await;
+    let stays = h.client().await;
+    let leaves = h.client().await;
+    wait_parked(&h.proxy.proxy, 2).await;
+    drop(leaves);
+    within(STEP, "the client that left to be gone", async {
+        while h.proxy.proxy.client_count() != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        first_column(&stays, "select 'still here'").await,
+        "still here"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_idle_timeout_ends_a_parked_client_on_time() {
+    const LIMIT: Duration = Duration::from_secs(1);
+    let h = Harness::start_with(PoolMode::Transaction, |c: &mut Config| {
+        park_fast(c);
+        c.pool.client_idle_timeout = CfgDuration::secs(1);
+    })
+    .await;
+    let (client, conn) = connect_watched(&h.conninfo("postgres", "", "app")).await;
+    // The idle clock starts as the proxy answers: no earlier than the request is sent.
+    let idle_since = Instant::now();
+    assert_eq!(first_column(&client, "select 1").await, "1");
+    wait_parked(&h.proxy.proxy, 1).await;
+    let end = within(LIMIT + Duration::from_secs(4), "the idle timeout", conn)
+        .await
+        .expect("connection task");
+    let took = idle_since.elapsed();
+    let e = end.expect_err("ended by the proxy");
+    let db = e.as_db_error().unwrap_or_else(|| panic!("no FATAL: {e:?}"));
+    assert_eq!(
+        (db.severity(), db.code().code()),
+        ("FATAL", "57P05"),
+        "{}",
+        db.message()
+    );
+    assert!(
+        took >= LIMIT,
+        "ended after {took:?}, before client_idle_timeout"
+    );
+    assert_eq!(h.proxy.proxy.parked_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_reaches_parked_clients() {
+    let h = Harness::start_with(PoolMode::Transaction, park_fast).await;
+    let mut watched = Vec::new();
+    for _ in 0..5 {
+        watched.push(connect_watched(&h.conninfo("postgres", "", "app")).await);
+    }
+    wait_parked(&h.proxy.proxy, 5).await;
+    let proxy = h.proxy.proxy.clone();
+    let drain = tokio::spawn(h.proxy.drain(Duration::from_secs(10)));
+    for (_client, conn) in watched {
+        let end = within(STEP, "the shutdown's FATAL", conn)
+            .await
+            .expect("connection task");
+        let e = end.expect_err("ended by the proxy");
+        assert_eq!(sqlstate(&e), "57P01", "{e:?}");
+    }
+    within(STEP, "the drain", drain).await.expect("drain task");
+    assert_eq!(proxy.client_count(), 0);
+    assert_eq!(proxy.parked_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_in_a_transaction_or_listening_is_not_parked() {
+    let h = Harness::start_with(PoolMode::Transaction, park_fast).await;
+    let info = h.conninfo("postgres", "", "app");
+    let in_tx = h.client().await;
+    within(
+        STEP,
+        "begin",
+        in_tx.batch_execute("create table t (v int); begin; insert into t values (1)"),
+    )
+    .await
+    .expect("begin");
+    let (listening, mut connection) = within(STEP, "login", tokio_postgres::connect(&info, NoTls))
+        .await
+        .expect("login");
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    within(STEP, "listen", listening.batch_execute("LISTEN jobs"))
+        .await
+        .expect("listen");
+    // A third client is parked: sweeps have run past the other two.
+    let idle = h.client().await;
+    wait_parked(&h.proxy.proxy, 1).await;
+    let sender = h.client().await;
+    within(STEP, "notify", sender.batch_execute("NOTIFY jobs, 'hello'"))
+        .await
+        .expect("notify");
+    let payload = within(STEP, "the notification", heard.recv()).await;
+    assert_eq!(payload.as_deref(), Some("hello"));
+    within(STEP, "commit", in_tx.batch_execute("commit"))
+        .await
+        .expect("the transaction commits on its own connection");
+    assert_eq!(first_column(&idle, "select count(*) from t").await, "1");
+}
