@@ -170,13 +170,18 @@ async def main(args):
             if args.progress and done % args.progress == 0:
                 print(f"idle_clients: {done}/{args.count} attempts, {len(conns)} up", file=sys.stderr, flush=True)
 
-    tasks = [asyncio.create_task(one()) for _ in range(args.count)]
-    _, pending = await asyncio.wait(tasks, timeout=args.overall_timeout)
-    for t in pending:
-        t.cancel()
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)
-        failures["overall timeout"] = failures.get("overall timeout", 0) + len(pending)
+    per_batch = -(-args.count // args.batches)
+    for b in range(args.batches):
+        if b:
+            await asyncio.sleep(args.batch_gap)
+        n = min(per_batch, args.count - b * per_batch)
+        tasks = [asyncio.create_task(one()) for _ in range(n)]
+        _, pending = await asyncio.wait(tasks, timeout=args.overall_timeout)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            failures["overall timeout"] = failures.get("overall timeout", 0) + len(pending)
     nfailed = sum(failures.values())
     for text, n in sorted(failures.items(), key=lambda kv: -kv[1])[:5]:
         print(f"idle_clients: {n} failed: {text}", file=sys.stderr, flush=True)
@@ -242,6 +247,10 @@ def parse_args():
     p.add_argument("--database", default="postgres")
     p.add_argument("--count", "-n", type=int, default=10000, help="connections to open (default 10000)")
     p.add_argument("--concurrency", type=int, default=200, help="logins in flight at once (default 200)")
+    p.add_argument("--batches", type=int, default=1,
+                   help="log in in this many batches, each after the previous one is up (default 1)")
+    p.add_argument("--batch-gap", type=float, default=3,
+                   help="seconds between batches (default 3)")
     p.add_argument("--connect-timeout", type=float, default=30, help="seconds per connect+login (default 30)")
     p.add_argument("--overall-timeout", type=float, default=None,
                    help="seconds for all logins (default 60 + count/50)")

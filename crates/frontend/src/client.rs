@@ -27,7 +27,41 @@ pub struct ClientConn {
     buffers: Arc<Buffers>,
 }
 
+/// What a parked session keeps of its client connection: not the socket (the parking lot holds
+/// it) and not the read buffer (empty when a session parks).
+pub struct ParkedClient {
+    max_message: u32,
+    write_stall_ms: u32,
+    buffers: Arc<Buffers>,
+}
+
+impl ParkedClient {
+    /// The connection again, on `stream`.
+    pub fn resume(self, stream: Stream) -> ClientConn {
+        ClientConn {
+            stream,
+            buf: BytesMut::new(),
+            max_message: self.max_message,
+            write_stall_ms: self.write_stall_ms,
+            buffers: self.buffers,
+        }
+    }
+}
+
 impl ClientConn {
+    /// Splits off the socket for the parking lot (the read buffer, which must be empty, is
+    /// given back).
+    pub fn park(mut self) -> (Stream, ParkedClient) {
+        debug_assert!(self.buf.is_empty(), "a session parks with nothing unread");
+        self.shed_buffer();
+        let parked = ParkedClient {
+            max_message: self.max_message,
+            write_stall_ms: self.write_stall_ms,
+            buffers: self.buffers,
+        };
+        (self.stream, parked)
+    }
+
     pub fn new(
         stream: TcpStream,
         max_message: usize,

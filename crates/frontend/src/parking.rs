@@ -9,6 +9,7 @@
 //! most of their memory, and nothing in tokio holds a socket without them. The lot is generic
 //! over its records ([`Parkable`]), which the session module provides.
 
+use crate::buffers::Buffers;
 use crate::cancel::CancelRegistry;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -38,6 +39,14 @@ pub(crate) enum Resume {
     IdleTimeout,
     /// Shutdown (or the lot's poller failed): it is served by a task again, to end or hand over.
     Shutdown,
+}
+
+/// What the lot's periodic sweep looks at besides its records.
+pub(crate) struct Sweep {
+    /// Sessions idle since the last sweep are asked to park.
+    pub clients: CancelRegistry,
+    /// Read buffers no request needed since the last sweep are freed.
+    pub buffers: Arc<Buffers>,
 }
 
 /// The records and their poller; `None` inside when parking is off.
@@ -72,8 +81,8 @@ impl<T: Parkable> ParkingLot<T> {
 
     /// Starts the lot's thread, sweeping every `period`. Needs a runtime: resumed sessions are
     /// spawned on it. If the poller cannot be made, parking is off (and logged).
-    pub(crate) fn start(period: Duration, clients: CancelRegistry) -> Self {
-        match Self::try_start(period, clients) {
+    pub(crate) fn start(period: Duration, sweep: Sweep) -> Self {
+        match Self::try_start(period, sweep) {
             Ok(lot) => lot,
             Err(e) => {
                 tracing::warn!(error = %e, "parking idle clients is off: its poller could not start");
@@ -82,7 +91,7 @@ impl<T: Parkable> ParkingLot<T> {
         }
     }
 
-    fn try_start(period: Duration, clients: CancelRegistry) -> std::io::Result<Self> {
+    fn try_start(period: Duration, sweep: Sweep) -> std::io::Result<Self> {
         let poll = Poll::new()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -99,7 +108,7 @@ impl<T: Parkable> ParkingLot<T> {
         std::thread::Builder::new()
             .name("switchyard-parking".into())
             .stack_size(256 << 10)
-            .spawn(move || watch(poll, for_thread, clients, period))?;
+            .spawn(move || watch(poll, for_thread, sweep, period))?;
         Ok(Self {
             shared: Some(shared),
         })
@@ -217,13 +226,9 @@ impl<T: Parkable> Shared<T> {
 }
 
 /// The lot's thread: waits for parked sockets to become readable, and every `period` asks the
-/// sessions idle since the previous sweep to park and resumes those whose idle limit is due.
-fn watch<T: Parkable>(
-    mut poll: Poll,
-    shared: Arc<Shared<T>>,
-    clients: CancelRegistry,
-    period: Duration,
-) {
+/// sessions idle since the previous sweep to park, resumes those whose idle limit is due, and
+/// frees the read buffers nothing needed.
+fn watch<T: Parkable>(mut poll: Poll, shared: Arc<Shared<T>>, sweep: Sweep, period: Duration) {
     let mut events = Events::with_capacity(1024);
     let mut next_sweep = Instant::now() + period;
     loop {
@@ -247,9 +252,10 @@ fn watch<T: Parkable>(
         if now >= next_sweep {
             next_sweep = now + period;
             if !shared.lock().stopping {
-                clients.ask_idle_to_park();
+                sweep.clients.ask_idle_to_park();
             }
             shared.resume_due(now);
+            sweep.buffers.trim();
         }
     }
 }

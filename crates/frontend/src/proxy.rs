@@ -191,8 +191,15 @@ impl Proxy {
         let router = Router::new(pools.clone(), background.clone());
         router.reconcile(&live.config, &live.server_tls);
         let cancels = CancelRegistry::default();
+        let buffers = Arc::<crate::buffers::Buffers>::default();
         let parking = match live.config.proxy.park_idle_after.limit() {
-            Some(period) => crate::parking::ParkingLot::start(period, cancels.clone()),
+            Some(period) => crate::parking::ParkingLot::start(
+                period,
+                crate::parking::Sweep {
+                    clients: cancels.clone(),
+                    buffers: buffers.clone(),
+                },
+            ),
             None => crate::parking::ParkingLot::off(),
         };
         let proxy = Arc::new(Self {
@@ -205,7 +212,7 @@ impl Proxy {
             handover: OnceLock::new(),
             predecessor: Default::default(),
             console: OnceLock::new(),
-            buffers: Arc::default(),
+            buffers,
             targets: Default::default(),
             shutdown,
             stopping: AtomicBool::new(false),

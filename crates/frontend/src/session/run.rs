@@ -131,7 +131,7 @@ pub struct Session {
     /// What the relay rewrote or dropped, when it could not forward the buffer read.
     pub(super) out: BytesMut,
     /// The client's span, boxed when enabled (debug level): a disabled one takes no room.
-    span: Option<Box<tracing::Span>>,
+    pub(super) span: Option<Box<tracing::Span>>,
     pub(super) monitor: Option<Arc<ClusterMonitor>>,
     /// Nothing has been written on the current attachment yet: if the first write fails, the
     /// server never saw the request, which can go back to the gate.
@@ -351,11 +351,7 @@ impl Session {
                 cancel.can_never_park();
             } else if self.client.buf.is_empty()
                 && cancel.inbox().is_none()
-                && super::park::may_park(
-                    &self.link,
-                    self.owe_ready_at_sync.is_some(),
-                    !self.out.is_empty(),
-                )
+                && super::park::may_park(self)
             {
                 return Poll::Ready(Err(SessionError::Parked {
                     idle_deadline: None,
