@@ -54,9 +54,9 @@ pub struct ProxyConfig {
     /// fastest where the proxy shares a few cores with PostgreSQL and its clients: no
     /// cross-thread wake-ups.
     pub worker_threads: usize,
-    /// A plain-TCP client with no transaction open that sends nothing for between this and
-    /// twice this is parked: its task and socket registration are freed, and its next bytes
-    /// wake it (about half an idle client's memory). 0: never (restart to change).
+    /// A sweep every this long parks the plain-TCP clients with no transaction open that made
+    /// no request since the previous sweep: their tasks, socket registrations and attachment
+    /// state are freed, and their next bytes wake them. 0: never (restart to change).
     pub park_idle_after: Duration,
     /// Certificate chain (PEM) Switchyard shows clients; empty: no TLS for clients.
     pub tls_cert_file: String,

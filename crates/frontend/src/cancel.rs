@@ -78,25 +78,17 @@ pub struct ClientSnapshot {
     pub server: Option<(Arc<str>, i32)>,
 }
 
+#[derive(Default)]
 struct Link {
     server: Option<CancelTarget>,
     /// When the latest request started waiting or was attached.
     since: Option<Instant>,
     waiting: bool,
     /// A request started since the last sweep for idle sessions to park (see
-    /// [`CancelRegistry::ask_idle_to_park`]); set at login.
+    /// [`CancelRegistry::ask_idle_to_park`]). Clear at login: a client that has sent nothing
+    /// since is parked at the first sweep, so a crowd logging in at once is not all held in
+    /// tasks until the sweep after.
     touched: bool,
-}
-
-impl Default for Link {
-    fn default() -> Self {
-        Self {
-            server: None,
-            since: None,
-            waiting: false,
-            touched: true,
-        }
-    }
 }
 
 /// Where a session stands with parking (`crate::parking`), in [`Slot::park`].
