@@ -146,24 +146,37 @@ impl Session {
 }
 
 /// A parked session's new task: its socket back in tokio, then the relay loop again.
+///
+/// The session is served boxed: an async fn keeps its arguments for its whole life, and the
+/// parked record would push the task past its size class (`sizes.rs`); one allocation per wake.
 pub(super) async fn serve_parked(parked: Parked, why: Resume) {
+    match wake(parked, why) {
+        Ok(session) => Box::pin(serve_session(session)).await,
+        Err((session, error)) => Box::pin(end_or_park(session, Err(error))).await,
+    }
+}
+
+/// The session of a parked record, with its socket back in tokio; with the error that ends it
+/// instead, if it is not to run.
+#[allow(clippy::type_complexity)]
+fn wake(parked: Parked, why: Resume) -> Result<Box<Session>, (Box<Session>, SessionError)> {
     let Parked {
         session: dormant,
         socket,
         ..
     } = parked;
     dormant.info.cancel.unparked();
-    let (stream, registered) = match tokio::net::TcpStream::from_std(socket) {
-        Ok(tcp) => (Stream::Plain(tcp), Ok(())),
-        Err(e) => (Stream::Closed, Err(SessionError::ClientGone(e))),
-    };
-    let mut session = dormant.wake(stream);
-    let result = match (registered, why) {
-        (Err(e), _) => Err(e),
-        (Ok(()), Resume::IdleTimeout) => Err(SessionError::IdleTimeout {
-            limit: session.idle_limit().unwrap_or_default(),
-        }),
-        (Ok(()), Resume::Readable | Resume::Shutdown) => session.run().await,
-    };
-    Box::pin(end_or_park(session, result)).await;
+    match tokio::net::TcpStream::from_std(socket) {
+        Err(e) => Err((dormant.wake(Stream::Closed), SessionError::ClientGone(e))),
+        Ok(tcp) => {
+            let session = dormant.wake(Stream::Plain(tcp));
+            match why {
+                Resume::IdleTimeout => {
+                    let limit = session.idle_limit().unwrap_or_default();
+                    Err((session, SessionError::IdleTimeout { limit }))
+                }
+                Resume::Readable | Resume::Shutdown => Ok(session),
+            }
+        }
+    }
 }
