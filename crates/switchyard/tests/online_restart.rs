@@ -218,3 +218,77 @@ async fn a_cancel_reaches_a_client_still_in_the_old_process() {
     );
     drop(second);
 }
+
+/// `switchyard_clients_parked` from `/metrics` at `admin`.
+async fn parked_now(admin: u16) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = within(
+        STEP,
+        "admin connect",
+        tokio::net::TcpStream::connect(("127.0.0.1", admin)),
+    )
+    .await
+    .expect("connect to the admin listener");
+    let req = b"GET /metrics HTTP/1.0\r\nHost: switchyard\r\n\r\n";
+    within(STEP, "send", s.write_all(req)).await.expect("send");
+    let mut raw = Vec::new();
+    within(STEP, "read", s.read_to_end(&mut raw))
+        .await
+        .expect("read");
+    String::from_utf8_lossy(&raw)
+        .lines()
+        .find_map(|l| l.strip_prefix("switchyard_clients_parked "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("switchyard_clients_parked in /metrics")
+}
+
+/// Clients parked while idle are resumed at the handover and move to the new process with
+/// their prepared statements, like any idle client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_clients_move_with_an_online_restart() {
+    let pg = start_pg();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config_for(&pg, PoolMode::Transaction);
+    cfg.proxy.handover_socket = dir.path().join("handover.sock").display().to_string();
+    cfg.proxy.park_idle_after = switchyard_config::Duration::millis(100);
+    let admin = switchyard_localpg::free_port();
+    let mut first_cfg = cfg.clone();
+    first_cfg.admin.listen = format!("127.0.0.1:{admin}");
+    let port = switchyard_localpg::free_port();
+    let mut first = Served::start_on(first_cfg, port).await;
+    let info = format!("host=127.0.0.1 port={port} user=postgres dbname=app");
+    let mut clients = Vec::new();
+    for i in 0..5i32 {
+        let c = connect(&info).await.expect("connect");
+        let st = within(STEP, "prepare", c.prepare("select $1::int * 2"))
+            .await
+            .expect("prepare");
+        let row = within(STEP, "query", c.query_one(&st, &[&i]))
+            .await
+            .expect("query");
+        assert_eq!(row.get::<_, i32>(0), i * 2);
+        clients.push((c, st));
+    }
+    let deadline = Instant::now() + STEP;
+    while parked_now(admin).await < 5.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the idle clients were not parked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = restart(&mut first, &cfg, port).await;
+    assert_eq!(
+        second.log().matches("session taken over").count(),
+        5,
+        "{}",
+        second.log()
+    );
+    for (i, (c, st)) in clients.iter().enumerate() {
+        let i = i as i32;
+        let row = within(STEP, "query after the restart", c.query_one(st, &[&i]))
+            .await
+            .unwrap_or_else(|e| panic!("client {i}: {e:?}\n{}", second.log()));
+        assert_eq!(row.get::<_, i32>(0), i * 2);
+    }
+}
