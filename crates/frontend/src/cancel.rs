@@ -86,8 +86,7 @@ struct Link {
     waiting: bool,
     /// A request started since the last sweep for idle sessions to park (see
     /// [`CancelRegistry::ask_idle_to_park`]). Clear at login: a client that has sent nothing
-    /// since is parked at the first sweep, so a crowd logging in at once is not all held in
-    /// tasks until the sweep after.
+    /// since is parked by the next quick sweep ([`CancelRegistry::ask_fresh_to_park`]).
     touched: bool,
 }
 
@@ -135,6 +134,32 @@ impl Slot {
         })
     }
 
+    /// Asks the session to park (waking its task to look) if it made no request since the
+    /// last sweep, holds no server connection, waits for none and does not listen; clears the
+    /// mark for the next sweep. True if asked.
+    fn ask_to_park_if_idle(&self) -> bool {
+        if self.park.load(Ordering::Relaxed) != park::NO || self.inbox.get().is_some() {
+            return false;
+        }
+        let idle = {
+            let mut link = self.link();
+            let idle = link.server.is_none() && !link.waiting && !link.touched;
+            link.touched = false;
+            idle
+        };
+        if !idle {
+            return false;
+        }
+        match self.idle_waker().as_ref() {
+            Some(w) => {
+                self.park.store(park::ASKED, Ordering::Release);
+                w.wake_by_ref();
+                true
+            }
+            None => false,
+        }
+    }
+
     fn idle_waker(&self) -> std::sync::MutexGuard<'_, Option<std::task::Waker>> {
         self.idle_waker.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -154,6 +179,9 @@ type Entries = Arc<Mutex<HashMap<i32, Entry>>>;
 #[derive(Default, Clone)]
 pub struct CancelRegistry {
     entries: Entries,
+    /// Sessions registered since the last sweep of fresh logins
+    /// ([`CancelRegistry::ask_fresh_to_park`]).
+    fresh: Arc<Mutex<Vec<std::sync::Weak<Slot>>>>,
 }
 
 fn lock(entries: &Entries) -> std::sync::MutexGuard<'_, HashMap<i32, Entry>> {
@@ -183,28 +211,47 @@ impl CancelRegistry {
     /// task; returns how many were asked. Costs the hot path nothing: `touched` is set under
     /// the lock a session takes anyway when a request starts.
     pub fn ask_idle_to_park(&self) -> usize {
+        lock(&self.entries)
+            .values()
+            .filter(|e| e.slot.ask_to_park_if_idle())
+            .count()
+    }
+
+    /// The quick sweep of `crate::parking`: asks the sessions that logged in since the last
+    /// quick sweep and have sent nothing since to park, so a crowd logging in at once is not
+    /// held in tasks until the next full sweep. One not yet waiting for its first request is
+    /// looked at again next time.
+    pub fn ask_fresh_to_park(&self) -> usize {
+        let fresh = std::mem::take(&mut *self.fresh.lock().unwrap_or_else(|p| p.into_inner()));
         let mut asked = 0;
-        for e in lock(&self.entries).values() {
-            let slot = &e.slot;
-            if slot.park.load(Ordering::Relaxed) != park::NO || slot.inbox.get().is_some() {
+        let mut again = Vec::new();
+        for weak in fresh {
+            let Some(slot) = weak.upgrade() else {
                 continue;
-            }
-            let idle = {
-                let mut link = slot.link();
-                let idle = link.server.is_none() && !link.waiting && !link.touched;
-                link.touched = false;
-                idle
             };
-            if !idle {
-                continue;
-            }
-            if let Some(w) = slot.idle_waker().as_ref() {
-                slot.park.store(park::ASKED, Ordering::Release);
-                w.wake_by_ref();
+            if !slot.has_waker.load(Ordering::Acquire) {
+                again.push(weak);
+            } else if slot.ask_to_park_if_idle() {
                 asked += 1;
             }
         }
+        if !again.is_empty() {
+            self.fresh
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(again);
+        }
         asked
+    }
+
+    /// Lists a new session for the next quick sweep.
+    fn note_fresh(&self, slot: &Arc<Slot>) {
+        if let Who::Session(_) = slot.info.who {
+            self.fresh
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::downgrade(slot));
+        }
     }
 
     /// Registers a client that keeps the key another Switchyard process gave it (an online
@@ -220,6 +267,7 @@ impl CancelRegistry {
             return self.register(info, None);
         }
         let slot = Slot::new(info);
+        self.note_fresh(&slot);
         entries.insert(
             process_id,
             Entry {
@@ -239,6 +287,7 @@ impl CancelRegistry {
     /// gets its server's process id), else a random one.
     pub fn register(&self, info: ClientInfo, process_id: Option<i32>) -> CancelHandle {
         let slot = Slot::new(info);
+        self.note_fresh(&slot);
         let mut entries = lock(&self.entries);
         let mut wanted = process_id;
         loop {

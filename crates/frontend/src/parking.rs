@@ -1,5 +1,6 @@
 //! The parking lot: idle clients held without a task. Every `park_idle_after` its thread asks
-//! the sessions idle since the last sweep to park (`CancelRegistry::ask_idle_to_park`); a
+//! the sessions idle since the last sweep to park (`CancelRegistry::ask_idle_to_park`), and
+//! ten times as often those that logged in since and sent nothing (`ask_fresh_to_park`); a
 //! session that can gives up its task and its socket's tokio registration and lands here as a
 //! record. The thread watches the parked sockets and resumes a session, on a new task, when its
 //! client sends something or leaves, when its `client_idle_timeout` is due, or at shutdown.
@@ -225,14 +226,22 @@ impl<T: Parkable> Shared<T> {
     }
 }
 
-/// The lot's thread: waits for parked sockets to become readable, and every `period` asks the
+/// How many quick sweeps (of the clients that logged in since the last) per full sweep.
+const QUICK_SWEEPS: u32 = 10;
+
+/// The lot's thread: waits for parked sockets to become readable; every `period` asks the
 /// sessions idle since the previous sweep to park, resumes those whose idle limit is due, and
-/// frees the read buffers nothing needed.
+/// frees the read buffers nothing needed; ten times as often asks the clients that logged in
+/// and sent nothing since to park.
 fn watch<T: Parkable>(mut poll: Poll, shared: Arc<Shared<T>>, sweep: Sweep, period: Duration) {
     let mut events = Events::with_capacity(1024);
     let mut next_sweep = Instant::now() + period;
+    let quick = period / QUICK_SWEEPS;
+    let mut next_quick = Instant::now() + quick;
     loop {
-        let wait = next_sweep.saturating_duration_since(Instant::now());
+        let wait = next_sweep
+            .min(next_quick)
+            .saturating_duration_since(Instant::now());
         if let Err(e) = poll.poll(&mut events, Some(wait))
             && e.kind() != std::io::ErrorKind::Interrupted
         {
@@ -249,6 +258,12 @@ fn watch<T: Parkable>(mut poll: Poll, shared: Arc<Shared<T>>, sweep: Sweep, peri
             }
         }
         let now = Instant::now();
+        if now >= next_quick {
+            next_quick = now + quick;
+            if !shared.lock().stopping {
+                sweep.clients.ask_fresh_to_park();
+            }
+        }
         if now >= next_sweep {
             next_sweep = now + period;
             if !shared.lock().stopping {

@@ -19,15 +19,39 @@ fn park_fast(c: &mut Config) {
 
 /// Waits (bounded) until `want` parked clients.
 async fn wait_parked(proxy: &Proxy, want: usize) {
-    let deadline = Instant::now() + STEP;
+    wait_parked_within(proxy, want, STEP).await;
+}
+
+async fn wait_parked_within(proxy: &Proxy, want: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
     while proxy.parked_count() != want {
         assert!(
             Instant::now() < deadline,
-            "{} clients parked after {STEP:?}, not {want}",
+            "{} clients parked after {limit:?}, not {want}",
             proxy.parked_count()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Clients that log in and send nothing are parked by the quick sweep (a tenth of
+/// `park_idle_after`), not left in tasks until a full sweep: a crowd logging in at once costs
+/// what parked clients cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_log_in_and_send_nothing_are_parked_soon() {
+    let h = Harness::start_with(PoolMode::Transaction, |c: &mut Config| {
+        // Full sweeps every 10 s (the first 10 s after the start); quick ones every second.
+        c.proxy.park_idle_after = CfgDuration::secs(10);
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(h.client().await);
+    }
+    // A quick sweep within 1 s of the last login, one more for a client caught before its
+    // first idle wait; slack for a loaded machine, well short of the first full sweep.
+    wait_parked_within(&h.proxy.proxy, 20, Duration::from_secs(6)).await;
+    assert_eq!(first_column(&clients[3], "select 3").await, "3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
