@@ -44,6 +44,10 @@ impl Config {
         if self.proxy.client_write_timeout.get().is_zero() {
             errs.push("proxy.client_write_timeout must be above zero".into());
         }
+        let park = self.proxy.park_idle_after.get();
+        if !park.is_zero() && park < std::time::Duration::from_millis(100) {
+            errs.push("proxy.park_idle_after must be 0s (off) or at least 100ms".into());
+        }
         if self.proxy.max_message_size < 1024 {
             errs.push("proxy.max_message_size must be at least 1024 bytes".into());
         }

@@ -141,22 +141,37 @@ impl Slot {
         if self.park.load(Ordering::Relaxed) != park::NO || self.inbox.get().is_some() {
             return false;
         }
-        let idle = {
+        let waker = {
             let mut link = self.link();
             let idle = link.server.is_none() && !link.waiting && !link.touched;
             link.touched = false;
-            idle
-        };
-        if !idle {
-            return false;
-        }
-        match self.idle_waker().as_ref() {
-            Some(w) => {
+            let waker = if idle {
+                self.idle_waker().clone()
+            } else {
+                None
+            };
+            if waker.is_some() {
+                // Under the link's lock: a request that starts now takes the request back
+                // (`CancelHandle::link`, `waiting`).
                 self.park.store(park::ASKED, Ordering::Release);
-                w.wake_by_ref();
+            }
+            waker
+        };
+        match waker {
+            Some(w) => {
+                w.wake();
                 true
             }
             None => false,
+        }
+    }
+
+    /// A request starts: the session is not idle, whatever the last sweep asked (called with
+    /// the link's lock held).
+    fn touch(&self, link: &mut Link) {
+        link.touched = true;
+        if self.park.load(Ordering::Relaxed) == park::ASKED {
+            self.park.store(park::NO, Ordering::Relaxed);
         }
     }
 
@@ -180,8 +195,10 @@ type Entries = Arc<Mutex<HashMap<i32, Entry>>>;
 pub struct CancelRegistry {
     entries: Entries,
     /// Sessions registered since the last sweep of fresh logins
-    /// ([`CancelRegistry::ask_fresh_to_park`]).
+    /// ([`CancelRegistry::ask_fresh_to_park`]), kept only while a sweeper runs
+    /// (`sweeping`): nothing else empties it.
     fresh: Arc<Mutex<Vec<std::sync::Weak<Slot>>>>,
+    sweeping: Arc<AtomicBool>,
 }
 
 fn lock(entries: &Entries) -> std::sync::MutexGuard<'_, HashMap<i32, Entry>> {
@@ -244,9 +261,19 @@ impl CancelRegistry {
         asked
     }
 
-    /// Lists a new session for the next quick sweep.
+    /// A sweeper (the parking lot's thread) runs from now on (`true`) or no longer.
+    pub fn set_sweeping(&self, on: bool) {
+        self.sweeping.store(on, Ordering::Release);
+        if !on {
+            self.fresh.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
+    /// Lists a new session for the next quick sweep, if one will run.
     fn note_fresh(&self, slot: &Arc<Slot>) {
-        if let Who::Session(_) = slot.info.who {
+        if let Who::Session(_) = slot.info.who
+            && self.sweeping.load(Ordering::Acquire)
+        {
             self.fresh
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -412,7 +439,7 @@ impl CancelHandle {
             link.since = Some(at);
         }
         link.waiting = false;
-        link.touched = true;
+        self.slot.touch(&mut link);
     }
 
     /// Keeps `waker` (the session task's: it does not change while the task lives) for
@@ -479,7 +506,7 @@ impl CancelHandle {
         link.waiting = since.is_some();
         if since.is_some() {
             link.since = since;
-            link.touched = true;
+            self.slot.touch(&mut link);
         }
     }
 }

@@ -106,10 +106,20 @@ impl<T: Parkable> ParkingLot<T> {
             parked: AtomicUsize::new(0),
         });
         let for_thread = shared.clone();
-        std::thread::Builder::new()
+        sweep.clients.set_sweeping(true);
+        let clients = sweep.clients.clone();
+        let started = std::thread::Builder::new()
             .name("switchyard-parking".into())
             .stack_size(256 << 10)
-            .spawn(move || watch(poll, for_thread, sweep, period))?;
+            .spawn(move || {
+                let clients = sweep.clients.clone();
+                watch(poll, for_thread, sweep, period);
+                clients.set_sweeping(false);
+            });
+        if let Err(e) = started {
+            clients.set_sweeping(false);
+            return Err(e);
+        }
         Ok(Self {
             shared: Some(shared),
         })
@@ -155,10 +165,13 @@ impl<T: Parkable> ParkingLot<T> {
         }
     }
 
-    /// Shutdown: every parked session is resumed to see it, and nothing parks any more.
+    /// Shutdown: every parked session is resumed to see it, nothing parks any more, and the
+    /// thread ends.
     pub(crate) fn resume_all(&self) {
         if let Some(shared) = &self.shared {
             shared.resume_all();
+            shared.closed.store(true, Ordering::Release);
+            let _ = shared.waker.wake();
         }
     }
 }
@@ -229,10 +242,10 @@ impl<T: Parkable> Shared<T> {
 /// How many quick sweeps (of the clients that logged in since the last) per full sweep.
 const QUICK_SWEEPS: u32 = 10;
 
-/// The lot's thread: waits for parked sockets to become readable; every `period` asks the
-/// sessions idle since the previous sweep to park, resumes those whose idle limit is due, and
-/// frees the read buffers nothing needed; ten times as often asks the clients that logged in
-/// and sent nothing since to park.
+/// The lot's thread, until shutdown: waits for parked sockets to become readable; every
+/// `period` asks the sessions idle since the previous sweep to park and frees the read buffers
+/// nothing needed; ten times as often asks the clients that logged in and sent nothing since to
+/// park and resumes those whose idle limit is due.
 fn watch<T: Parkable>(mut poll: Poll, shared: Arc<Shared<T>>, sweep: Sweep, period: Duration) {
     let mut events = Events::with_capacity(1024);
     let mut next_sweep = Instant::now() + period;
@@ -260,16 +273,13 @@ fn watch<T: Parkable>(mut poll: Poll, shared: Arc<Shared<T>>, sweep: Sweep, peri
         let now = Instant::now();
         if now >= next_quick {
             next_quick = now + quick;
-            if !shared.lock().stopping {
-                sweep.clients.ask_fresh_to_park();
-            }
+            sweep.clients.ask_fresh_to_park();
+            // Idle limits are kept to within a quick sweep.
+            shared.resume_due(now);
         }
         if now >= next_sweep {
             next_sweep = now + period;
-            if !shared.lock().stopping {
-                sweep.clients.ask_idle_to_park();
-            }
-            shared.resume_due(now);
+            sweep.clients.ask_idle_to_park();
             sweep.buffers.trim();
         }
     }

@@ -221,3 +221,37 @@ async fn a_client_in_a_transaction_or_listening_is_not_parked() {
         .expect("the transaction commits on its own connection");
     assert_eq!(first_column(&idle, "select count(*) from t").await, "1");
 }
+
+/// A parked client's `client_idle_timeout` is kept to within a quick sweep (a tenth of
+/// `park_idle_after`), not a full one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_idle_timeout_is_kept_to_a_quick_sweep() {
+    const LIMIT: Duration = Duration::from_secs(3);
+    let h = Harness::start_with(PoolMode::Transaction, |c: &mut Config| {
+        // Full sweeps every 10 s, quick ones every second.
+        c.proxy.park_idle_after = CfgDuration::secs(10);
+        c.pool.client_idle_timeout = CfgDuration::secs(3);
+    })
+    .await;
+    // The idle clock starts after the login, so no earlier than this.
+    let before_login = Instant::now();
+    let (_client, conn) = connect_watched(&h.conninfo("postgres", "", "app")).await;
+    let logged_in = Instant::now();
+    // The quick sweep after the login parks it, well before its limit.
+    wait_parked_within(&h.proxy.proxy, 1, Duration::from_millis(2500)).await;
+    let end = within(LIMIT + Duration::from_secs(5), "the idle timeout", conn)
+        .await
+        .expect("connection task");
+    let e = end.expect_err("ended by the proxy");
+    assert_eq!(sqlstate(&e), "57P05", "{e:?}");
+    assert!(
+        before_login.elapsed() >= LIMIT,
+        "ended before client_idle_timeout"
+    );
+    // One quick sweep late at most, with slack for a loaded machine; a full sweep (10 s) fails.
+    let late = logged_in.elapsed().saturating_sub(LIMIT);
+    assert!(
+        late < Duration::from_secs(3),
+        "ended {late:?} after client_idle_timeout"
+    );
+}

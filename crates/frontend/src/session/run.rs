@@ -333,8 +333,8 @@ impl Session {
         std::future::poll_fn(move |cx| this.poll_idle_once(cx)).await
     }
 
-    /// One look at what an idle session waits for: shutdown, notifications to deliver, a
-    /// request to park, the client's next bytes.
+    /// One look at what an idle session waits for: shutdown, notifications to deliver, the
+    /// client's next bytes, or (with none) a request to park.
     fn poll_idle_once(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, SessionError>> {
         let cancel = &self.info.cancel;
         if self.proxy.poll_stopping(cancel, cx).is_ready() {
@@ -346,7 +346,9 @@ impl Session {
             // Notifications to deliver: the caller's loop does.
             return Poll::Ready(Ok(true));
         }
-        if cancel.asked_to_park() {
+        let filled = self.client.poll_fill(cx);
+        // Only with nothing to read: a client whose bytes are here is not idle.
+        if filled.is_pending() && cancel.asked_to_park() {
             if !matches!(self.client.stream, Stream::Plain(_)) {
                 cancel.can_never_park();
             } else if self.client.buf.is_empty()
@@ -360,7 +362,7 @@ impl Session {
                 cancel.cannot_park_now();
             }
         }
-        self.client.poll_fill(cx)
+        filled
     }
 
     /// Gives the server connection back (or closes it if it is not at a clean sync point).
