@@ -5,6 +5,12 @@
 //! never parked and keeps what it has.
 
 mod common;
+#[path = "clients/json.rs"]
+#[allow(dead_code)]
+mod json;
+#[path = "clients/programs.rs"]
+#[allow(dead_code)]
+mod programs;
 
 use common::*;
 use std::time::{Duration, Instant};
@@ -15,6 +21,13 @@ use tokio_postgres::{AsyncMessage, NoTls};
 /// Sweeps every 100 ms: a client idle for 100–200 ms is parked.
 fn park_fast(c: &mut Config) {
     c.proxy.park_idle_after = CfgDuration::millis(100);
+}
+
+/// Runs `sql` (bounded), failing the test on an error.
+async fn exec(c: &tokio_postgres::Client, sql: &str) {
+    within(STEP, sql, c.batch_execute(sql))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
 }
 
 /// Waits (bounded) until `want` parked clients.
@@ -90,13 +103,7 @@ async fn a_session_mode_client_is_never_parked() {
     let h = Harness::start_with(PoolMode::Session, park_fast).await;
     let c = h.client().await;
     let other = h.client().await;
-    within(
-        STEP,
-        "set",
-        c.batch_execute("set application_name = 'kept'"),
-    )
-    .await
-    .expect("set");
+    exec(&c, "set application_name = 'kept'").await;
     // A transaction-mode-style wait would have parked by now: wait for sweeps to pass by
     // parking nothing, then check the session kept its setting.
     let waited = Instant::now();
@@ -186,13 +193,11 @@ async fn a_client_in_a_transaction_or_listening_is_not_parked() {
     let h = Harness::start_with(PoolMode::Transaction, park_fast).await;
     let info = h.conninfo("postgres", "", "app");
     let in_tx = h.client().await;
-    within(
-        STEP,
-        "begin",
-        in_tx.batch_execute("create table t (v int); begin; insert into t values (1)"),
+    exec(
+        &in_tx,
+        "create table t (v int); begin; insert into t values (1)",
     )
-    .await
-    .expect("begin");
+    .await;
     let (listening, mut connection) = within(STEP, "login", tokio_postgres::connect(&info, NoTls))
         .await
         .expect("login");
@@ -204,21 +209,27 @@ async fn a_client_in_a_transaction_or_listening_is_not_parked() {
             }
         }
     });
-    within(STEP, "listen", listening.batch_execute("LISTEN jobs"))
-        .await
-        .expect("listen");
+    exec(&listening, "LISTEN jobs").await;
     // A third client is parked: sweeps have run past the other two.
     let idle = h.client().await;
     wait_parked(&h.proxy.proxy, 1).await;
+    // Through several more sweeps, the other two stay unparked (nothing to wait for: a
+    // window to look in).
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_millis(500) {
+        assert_eq!(
+            h.proxy.proxy.parked_count(),
+            1,
+            "a client in a transaction or listening parked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let sender = h.client().await;
-    within(STEP, "notify", sender.batch_execute("NOTIFY jobs, 'hello'"))
-        .await
-        .expect("notify");
+    exec(&sender, "NOTIFY jobs, 'hello'").await;
     let payload = within(STEP, "the notification", heard.recv()).await;
     assert_eq!(payload.as_deref(), Some("hello"));
-    within(STEP, "commit", in_tx.batch_execute("commit"))
-        .await
-        .expect("the transaction commits on its own connection");
+    // The transaction commits on its own connection.
+    exec(&in_tx, "commit").await;
     assert_eq!(first_column(&idle, "select count(*) from t").await, "1");
 }
 
@@ -254,4 +265,42 @@ async fn client_idle_timeout_is_kept_to_a_quick_sweep() {
         late < Duration::from_secs(3),
         "ended {late:?} after client_idle_timeout"
     );
+}
+
+/// A TLS client keeps its task (its TLS state is not parked) and keeps working through the
+/// sweeps that park a plain client beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_is_not_parked_and_keeps_working() {
+    let certs = switchyard_localpg::TestCerts::generate(&["127.0.0.1"]).expect("certificates");
+    let h = Harness::start_with(PoolMode::Transaction, |c: &mut Config| {
+        park_fast(c);
+        c.proxy.tls_cert_file = certs.cert.display().to_string();
+        c.proxy.tls_key_file = certs.key.display().to_string();
+    })
+    .await;
+    let plain = h.client().await;
+    wait_parked(&h.proxy.proxy, 1).await;
+    // psql over TLS (sslmode=require: TLS or no connection): a query, a second idle (sweeps
+    // every 100 ms), another query.
+    let mut psql = programs::pg_program("psql");
+    psql.args(["-X", "-At", "-v", "ON_ERROR_STOP=1"])
+        .arg(format!(
+            "host=127.0.0.1 port={} user=postgres dbname=app sslmode=require",
+            h.port()
+        ));
+    let script = b"select 1;\n\\! sleep 1\nselect 'after ' || 2;\n";
+    let run = tokio::spawn(programs::run(psql, Some(script), STEP, "psql over TLS"));
+    while !run.is_finished() {
+        assert!(
+            h.proxy.proxy.parked_count() <= 1,
+            "the TLS client was parked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ran = run
+        .await
+        .expect("psql task")
+        .expect_success("psql over TLS");
+    assert!(ran.stdout.contains("after 2"), "{}", ran.stdout);
+    assert_eq!(first_column(&plain, "select 'plain'").await, "plain");
 }
