@@ -58,7 +58,7 @@ pub(crate) struct ParkingLot<T: Parkable> {
 struct Shared<T> {
     state: Mutex<State<T>>,
     registry: mio::Registry,
-    /// Wakes the thread when the lot is dropped.
+    /// Wakes the thread to end (shutdown, or the lot dropped).
     waker: Waker,
     closed: AtomicBool,
     runtime: tokio::runtime::Handle,
