@@ -24,20 +24,7 @@ async fn ends_with(
     code: &str,
     since: Instant,
 ) -> String {
-    let end = within(LIMIT + SLACK, "the connection to be ended", conn)
-        .await
-        .expect("connection task");
-    let took = since.elapsed();
-    let e = end.expect_err("ended by the proxy with an error");
-    let db = e.as_db_error().unwrap_or_else(|| panic!("no FATAL: {e:?}"));
-    assert_eq!(
-        (db.severity(), db.code().code()),
-        ("FATAL", code),
-        "{}",
-        db.message()
-    );
-    assert!(took >= LIMIT, "ended after {took:?}, before the limit");
-    db.message().to_string()
+    ends_with_fatal(conn, code, since, LIMIT, SLACK).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,6 +162,32 @@ pub async fn connect_watched(
     (client, tokio::spawn(conn))
 }
 
+/// The watched connection (see [`connect_watched`]) ends with a FATAL `code` no earlier than
+/// `limit` after `since` (the earliest instant the limit's clock can have started) and within
+/// `slack` after that; returns the FATAL's message.
+pub async fn ends_with_fatal(
+    conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    code: &str,
+    since: std::time::Instant,
+    limit: Duration,
+    slack: Duration,
+) -> String {
+    let end = within(limit + slack, "the connection to be ended", conn)
+        .await
+        .expect("connection task");
+    let took = since.elapsed();
+    let e = end.expect_err("ended by the proxy with an error");
+    let db = e.as_db_error().unwrap_or_else(|| panic!("no FATAL: {e:?}"));
+    assert_eq!(
+        (db.severity(), db.code().code()),
+        ("FATAL", code),
+        "{}",
+        db.message()
+    );
+    assert!(took >= limit, "ended after {took:?}, before the limit");
+    db.message().to_string()
+}
+
 /// A protocol 3.0 startup packet for `user` on database `app`, with `settings`, for the tests
 /// that speak the protocol as raw bytes.
 pub fn startup_packet(user: &str, settings: &[(&str, &str)]) -> Vec<u8> {
