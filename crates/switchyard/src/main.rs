@@ -1,5 +1,7 @@
 //! The `switchyard` command line: `serve`, `demo`, `drill`, `check-config`, `version`.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

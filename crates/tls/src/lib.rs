@@ -2,6 +2,8 @@
 //! modes Switchyard offers clients and asks of servers, and [`Stream`], a socket that is plain
 //! or TLS on either side.
 
+#![forbid(unsafe_code)]
+
 mod files;
 mod from_client;
 mod stream;
