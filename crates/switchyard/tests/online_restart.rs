@@ -59,6 +59,15 @@ async fn wait_history(
     }
 }
 
+/// Transaction pooling in front of `pg` with a handover socket in a temporary directory (kept
+/// while the returned guard lives).
+fn handover_config(pg: &PgServer) -> (Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = config_for(pg, PoolMode::Transaction);
+    cfg.proxy.handover_socket = dir.path().join("handover.sock").display().to_string();
+    (cfg, dir)
+}
+
 /// Starts a new process on `cfg` at `port`, which takes over from `old`; the old one exits.
 async fn restart(old: &mut Served, cfg: &Config, port: u16) -> Served {
     let new = Served::start_on(cfg.clone(), port).await;
@@ -101,9 +110,7 @@ async fn pgbench_goes_through_two_online_restarts_without_a_failed_transaction()
     )
     .await;
     init.expect_success("pgbench -i");
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config_for(&pg, PoolMode::Transaction);
-    cfg.proxy.handover_socket = dir.path().join("handover.sock").display().to_string();
+    let (cfg, _dir) = handover_config(&pg);
     let port = switchyard_localpg::free_port();
     let mut first = Served::start_on(cfg.clone(), port).await;
 
@@ -164,9 +171,7 @@ async fn pgbench_goes_through_two_online_restarts_without_a_failed_transaction()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_reaches_a_client_still_in_the_old_process() {
     let pg = start_pg();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config_for(&pg, PoolMode::Transaction);
-    cfg.proxy.handover_socket = dir.path().join("handover.sock").display().to_string();
+    let (cfg, _dir) = handover_config(&pg);
     let port = switchyard_localpg::free_port();
     let mut first = Served::start_on(cfg.clone(), port).await;
     let conninfo = format!("host=127.0.0.1 port={port} user=postgres dbname=app");
@@ -247,9 +252,7 @@ async fn parked_now(admin: u16) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_clients_move_with_an_online_restart() {
     let pg = start_pg();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config_for(&pg, PoolMode::Transaction);
-    cfg.proxy.handover_socket = dir.path().join("handover.sock").display().to_string();
+    let (mut cfg, _dir) = handover_config(&pg);
     cfg.proxy.park_idle_after = switchyard_config::Duration::millis(100);
     let admin = switchyard_localpg::free_port();
     let mut first_cfg = cfg.clone();
